@@ -1,0 +1,24 @@
+"""dpnn: a data-parallel trainer for NumPy convolutional networks.
+
+``import dpnn`` gives the single-process library (Model, layers, losses, optimizers,
+data, I/O); ``dpnn.workers`` holds the shared-memory data-parallel engine.
+"""
+from ._threads import configure_threads
+
+configure_threads()   # must run before NumPy is imported to take effect
+
+from . import data, losses, optim  # noqa: E402
+from .callbacks import Callback, EarlyStopping  # noqa: E402
+from .data import Dataset, one_hot  # noqa: E402
+from .errors import DataError, WeightsError, WorkerError  # noqa: E402
+from .layers import (LAYER_REGISTRY, Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense,  # noqa: E402
+                     Dropout, Flatten, GlobalAvgPool2D, Layer, MaxPool2D, register_layer)
+from .model import Model  # noqa: E402
+from .optim import Adam, Optimizer, SGD, adam, sgd  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dense", "Activation",
+           "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
+           "Optimizer", "SGD", "Adam", "sgd", "adam", "Callback", "EarlyStopping", "Dataset",
+           "one_hot", "DataError", "WeightsError", "WorkerError", "data", "losses", "optim"]

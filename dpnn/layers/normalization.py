@@ -61,7 +61,7 @@ class BatchNorm2D(Layer):
             mean, var = self.state["running_mean"], self.state["running_var"]
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)      # (C,)
         xhat = (x2 - mean) * inv_std                                  # (M, C)
-        self._xhat, self._inv_std = xhat, inv_std
+        self._xhat, self._inv_std, self._training = xhat, inv_std, training
         return (xhat * self.params["gamma"] + self.params["beta"]).reshape(x.shape)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
@@ -70,6 +70,9 @@ class BatchNorm2D(Layer):
         xhat = self._xhat
         self.grads["gamma"][...] = (g2 * xhat).sum(axis=0)
         self.grads["beta"][...] = g2.sum(axis=0)
+        if not self._training:                  # fixed running statistics: an affine map
+            dx = g2 * (self.params["gamma"] * self._inv_std)
+            return dx.astype(grad.dtype, copy=False).reshape(grad.shape)
         sums = np.concatenate([g2.sum(0), (g2 * xhat).sum(0), [g2.shape[0]]])
         if self.sync is not None:
             sums = self.sync(sums.astype(np.float64)).astype(g2.dtype)

@@ -1,0 +1,344 @@
+"""dpnn against PyTorch: every layer's forward and backward, the losses, optimizer steps, clipping
+and the whole seed-cnn. Layers run in float64 here (they compute in their input's dtype)."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+import dpnn  # noqa: E402
+from dpnn import (Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten,  # noqa: E402
+                  GlobalAvgPool2D, MaxPool2D)
+from dpnn.losses import get_loss  # noqa: E402
+from dpnn.optim import Adam, SGD, regularize  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def nchw(x):
+    return torch.tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), requires_grad=True)
+
+
+def nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+def same_pads(size, k, s):
+    """TensorFlow 'same': out = ceil(size / s), the odd pixel of padding goes after."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return total // 2, total - total // 2
+
+
+def torch_pad(x, kh, kw, sh, sw, padding, value=0.0):
+    """Explicit F.pad of an NCHW tensor for dpnn's padding rule."""
+    if padding == "valid":
+        return x
+    top, bottom = same_pads(x.shape[2], kh, sh)
+    left, right = same_pads(x.shape[3], kw, sw)
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+def build64(layer, input_shape, seed=0):
+    """Build ``layer`` and give it random float64 params (BatchNorm's gamma too)."""
+    rng = np.random.default_rng(seed)
+    layer.rng = rng
+    layer.build((None,) + tuple(input_shape[1:]))
+    for d in (layer.params, layer.grads, layer.state):
+        for k in d:
+            d[k] = np.array(d[k], dtype=np.float64)
+    for p in layer.params.values():
+        p[...] = rng.standard_normal(p.shape)
+    return layer
+
+
+def close(got, want, rtol=1e-10, atol=1e-10):
+    np.testing.assert_allclose(got, np.asarray(want), rtol=rtol, atol=atol)
+
+
+def run_layer(layer, x, training=True, seed=1):
+    """dpnn forward, then backward of a random upstream gradient; returns (out, g, dx)."""
+    layer.needs_input_grad = True
+    out = layer.forward(x, training)
+    g = np.random.default_rng(seed).standard_normal(out.shape)
+    return out, g, layer.backward(g.copy())
+
+
+# -- layers --------------------------------------------------------------------------------
+CONV_CASES = [  # filters, kernel, stride, padding, use_bias, input shape
+    (4, (3, 3), 1, "same", True, (2, 6, 6, 3)),
+    (4, (3, 3), 1, "valid", True, (2, 6, 7, 3)),
+    (3, (3, 3), 2, "same", True, (2, 7, 6, 2)),
+    (3, (5, 5), 2, "valid", True, (2, 9, 10, 2)),
+    (5, (1, 1), 1, "same", True, (2, 4, 4, 3)),
+    (3, (2, 3), 1, "same", True, (2, 5, 6, 2)),
+    (3, (3, 3), 1, "same", False, (2, 5, 5, 2)),
+    (2, (4, 4), 3, "same", True, (1, 8, 7, 2)),
+]
+
+
+@pytest.mark.parametrize("filters, kernel, stride, padding, use_bias, shape", CONV_CASES)
+def test_conv2d(filters, kernel, stride, padding, use_bias, shape):
+    layer = build64(Conv2D(filters, kernel, stride, padding, use_bias), shape)
+    x = np.random.default_rng(2).standard_normal(shape)
+    out, g, dx = run_layer(layer, x)
+
+    xt = nchw(x)
+    wt = torch.tensor(layer.params["W"].transpose(3, 2, 0, 1).copy(), requires_grad=True)  # (F, C, KH, KW)
+    bt = torch.tensor(layer.params["b"], requires_grad=True) if use_bias else None
+    yt = F.conv2d(torch_pad(xt, *kernel, stride, stride, padding), wt, bt, stride=stride)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2).copy()))
+    close(out, nhwc(yt))
+    close(dx, nhwc(xt.grad))
+    close(layer.grads["W"], wt.grad.numpy().transpose(2, 3, 1, 0))
+    if use_bias:
+        close(layer.grads["b"], bt.grad.numpy())
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_dense(use_bias):
+    layer = build64(Dense(5, use_bias=use_bias), (4, 7))
+    x = np.random.default_rng(2).standard_normal((4, 7))
+    out, g, dx = run_layer(layer, x)
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.params["W"].T.copy(), requires_grad=True)     # (units, D)
+    bt = torch.tensor(layer.params["b"], requires_grad=True) if use_bias else None
+    yt = F.linear(xt, wt, bt)
+    yt.backward(torch.tensor(g))
+    close(out, yt.detach())
+    close(dx, xt.grad)
+    close(layer.grads["W"], wt.grad.numpy().T)
+    if use_bias:
+        close(layer.grads["b"], bt.grad)
+
+
+TORCH_ACTIVATIONS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+                     "softmax": lambda t: torch.softmax(t, dim=-1), "linear": lambda t: t}
+
+
+@pytest.mark.parametrize("func", sorted(TORCH_ACTIVATIONS))
+@pytest.mark.parametrize("shape", [(4, 6), (2, 3, 3, 4)])
+def test_activation(func, shape):
+    x = np.random.default_rng(3).standard_normal(shape)
+    out, g, dx = run_layer(Activation(func), x)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = TORCH_ACTIVATIONS[func](xt)
+    yt.backward(torch.tensor(g))
+    close(out, yt.detach())
+    close(dx, xt.grad)
+
+
+def test_flatten_is_nhwc_order():
+    x = np.random.default_rng(4).standard_normal((2, 3, 4, 5))
+    out, g, dx = run_layer(Flatten(), x)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch.flatten(xt, 1)
+    yt.backward(torch.tensor(g))
+    close(out, yt.detach())
+    close(dx, xt.grad)
+
+
+POOL_CASES = [  # pool, stride, padding, input shape
+    ((2, 2), None, "valid", (2, 6, 8, 3)),
+    ((3, 3), (2, 2), "valid", (2, 7, 7, 2)),
+    ((2, 2), None, "same", (2, 5, 7, 2)),
+    ((3, 3), (2, 2), "same", (2, 6, 5, 2)),
+    ((2, 2), None, "valid", (2, 5, 7, 2)),
+    ((2, 3), (1, 2), "same", (1, 5, 6, 2)),
+]
+
+
+@pytest.mark.parametrize("pool, stride, padding, shape", POOL_CASES)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pooling(kind, pool, stride, padding, shape):
+    layer = (MaxPool2D if kind == "max" else AvgPool2D)(pool, stride, padding)
+    layer.build((None,) + shape[1:])
+    x = np.random.default_rng(5).standard_normal(shape)
+    out, g, dx = run_layer(layer, x)
+    s = stride or pool
+    xt = nchw(x)
+    xp = torch_pad(xt, *pool, *s, padding, value=-np.inf if kind == "max" else 0.0)
+    yt = (F.max_pool2d if kind == "max" else F.avg_pool2d)(xp, pool, s)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2).copy()))
+    close(out, nhwc(yt))
+    close(dx, nhwc(xt.grad))
+
+
+def test_global_avg_pool():
+    x = np.random.default_rng(6).standard_normal((3, 4, 5, 6))
+    out, g, dx = run_layer(GlobalAvgPool2D(), x)
+    xt = nchw(x)
+    yt = xt.mean(dim=(2, 3))
+    yt.backward(torch.tensor(g))
+    close(out, yt.detach())
+    close(dx, nhwc(xt.grad))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 3), (8, 5)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm(shape, training):
+    C, momentum = shape[-1], 0.8
+    layer = build64(BatchNorm2D(momentum=momentum, eps=1e-3), shape)
+    rng = np.random.default_rng(7)
+    layer.state["running_mean"][...] = rng.standard_normal(C)
+    layer.state["running_var"][...] = rng.uniform(0.5, 2.0, C)
+    ref = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(
+        C, eps=1e-3, momentum=1 - momentum, dtype=torch.float64)   # torch: new = (1-m) old + m batch
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(layer.params["gamma"]))
+        ref.bias.copy_(torch.tensor(layer.params["beta"]))
+        ref.running_mean.copy_(torch.tensor(layer.state["running_mean"]))
+        ref.running_var.copy_(torch.tensor(layer.state["running_var"]))
+    ref.train(training)
+
+    x = rng.standard_normal(shape) * 3 + 1
+    out, g, dx = run_layer(layer, x, training)
+    xt = nchw(x) if len(shape) == 4 else torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2).copy() if len(shape) == 4 else g))
+    to_np = nhwc if len(shape) == 4 else (lambda t: t.detach().numpy())
+    close(out, to_np(yt))
+    close(dx, to_np(xt.grad))
+    close(layer.grads["gamma"], ref.weight.grad)
+    close(layer.grads["beta"], ref.bias.grad)
+    close(layer.state["running_mean"], ref.running_mean)
+    close(layer.state["running_var"], ref.running_var)
+
+
+# -- losses --------------------------------------------------------------------------------
+LABELS = np.array([3, 0, 4, 4, 1, 2])
+
+
+@pytest.mark.parametrize("one_hot", [False, True])
+def test_cross_entropy(one_hot):
+    logits = np.random.default_rng(8).standard_normal((6, 5)) * 3
+    labels = np.eye(5)[LABELS] if one_hot else LABELS
+    loss = get_loss("categorical_crossentropy")
+    value = loss.forward(logits, labels)
+    grad = loss.backward()
+    lt = torch.tensor(logits, requires_grad=True)
+    target = torch.tensor(labels) if one_hot else torch.tensor(labels, dtype=torch.long)
+    ref = F.cross_entropy(lt, target)
+    ref.backward()
+    close(value, ref.item())
+    close(grad, lt.grad)
+
+
+def test_mse():
+    rng = np.random.default_rng(9)
+    pred, target = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+    loss = get_loss("mse")
+    value = loss.forward(pred, target)
+    grad = loss.backward()
+    pt = torch.tensor(pred, requires_grad=True)
+    ref = F.mse_loss(pt, torch.tensor(target))
+    ref.backward()
+    close(value, ref.item())
+    close(grad, pt.grad)
+
+
+# -- optimizers and clipping ------------------------------------------------------------------
+def test_sgd_momentum_steps_with_weight_decay():
+    """Several steps with different gradients; torch gets the raw gradient and decays itself."""
+    rng = np.random.default_rng(10)
+    p = rng.standard_normal(37)
+    pt = torch.tensor(p.copy(), requires_grad=True)
+    opt, ref = SGD(lr=0.1, momentum=0.9), torch.optim.SGD([pt], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for _ in range(3):
+        g = rng.standard_normal(37)
+        pt.grad = torch.tensor(g.copy())
+        regularize(p, g, weight_decay=0.01)
+        opt.step([(p, g)])
+        ref.step()
+    close(p, pt.detach())
+
+
+def test_adam_steps_with_weight_decay():
+    """Adam's L2 weight decay (grad += wd * param) is torch.optim.Adam's, not AdamW's."""
+    rng = np.random.default_rng(11)
+    p = rng.standard_normal(37)
+    pt = torch.tensor(p.copy(), requires_grad=True)
+    opt = Adam(lr=0.01, beta1=0.8, beta2=0.99, eps=1e-6)
+    ref = torch.optim.Adam([pt], lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
+    for _ in range(4):
+        g = rng.standard_normal(37)
+        pt.grad = torch.tensor(g.copy())
+        regularize(p, g, weight_decay=0.05)
+        opt.step([(p, g)])
+        ref.step()
+    close(p, pt.detach())
+    state = ref.state[pt]
+    close(opt.slots[0]["m"], state["exp_avg"])
+    close(opt.slots[0]["v"], state["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_norm(max_norm):
+    rng = np.random.default_rng(12)
+    shapes = [(3, 4), (4,), (2, 2, 3)]
+    grads = [rng.standard_normal(s) for s in shapes]
+    ts = [torch.zeros(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    for t, g in zip(ts, grads):
+        t.grad = torch.tensor(g.copy())
+    flat = np.concatenate([g.ravel() for g in grads])
+    norm = regularize(np.zeros_like(flat), flat, clip_norm=max_norm)
+    ref_norm = torch.nn.utils.clip_grad_norm_(ts, max_norm)
+    close(norm, ref_norm.item())
+    close(flat, np.concatenate([t.grad.numpy().ravel() for t in ts]))
+
+
+# -- the whole seed-cnn ---------------------------------------------------------------------
+def seed_cnn():
+    return dpnn.Model([Conv2D(32, 3), Activation("relu"), MaxPool2D(2), Conv2D(64, 3),
+                       Activation("relu"), MaxPool2D(2), Flatten(), Dense(128), Activation("relu"),
+                       Dense(10)], seed=0)
+
+
+class TorchSeedCNN(torch.nn.Module):
+    """The same network in NCHW; Flatten permutes back to NHWC so Dense weights line up."""
+
+    def __init__(self, model):
+        super().__init__()
+        conv1, conv2, dense1, dense2 = (model.layers[i] for i in (0, 3, 7, 9))
+        as_t = lambda a: torch.nn.Parameter(torch.tensor(np.array(a, np.float64)))  # noqa: E731
+        self.w1, self.b1 = as_t(conv1.params["W"].transpose(3, 2, 0, 1)), as_t(conv1.params["b"])
+        self.w2, self.b2 = as_t(conv2.params["W"].transpose(3, 2, 0, 1)), as_t(conv2.params["b"])
+        self.w3, self.b3 = as_t(dense1.params["W"].T), as_t(dense1.params["b"])
+        self.w4, self.b4 = as_t(dense2.params["W"].T), as_t(dense2.params["b"])
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.relu(F.conv2d(x, self.w1, self.b1, padding=1)), 2)
+        x = F.max_pool2d(torch.relu(F.conv2d(x, self.w2, self.b2, padding=1)), 2)
+        x = torch.flatten(x.permute(0, 2, 3, 1), 1)
+        return F.linear(torch.relu(F.linear(x, self.w3, self.b3)), self.w4, self.b4)
+
+
+def test_seed_cnn_forward_backward():
+    """dpnn's real float32 path against a float64 torch model with the same weights."""
+    model = seed_cnn().compile("cce", "adam")
+    rng = np.random.default_rng(13)
+    x = rng.uniform(0, 1, (6, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, 6)
+    model.build(x.shape)
+    ref = TorchSeedCNN(model)
+
+    logits = model.forward(x, training=True)
+    loss = model.loss.forward(logits, y)
+    model.backward(model.loss.backward())
+    lt = ref(torch.tensor(x.transpose(0, 3, 1, 2).astype(np.float64)))
+    ref_loss = F.cross_entropy(lt, torch.tensor(y))
+    ref_loss.backward()
+
+    def near(got, want):
+        want = want.detach().numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+    near(logits, lt)
+    assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    to_nhwc = lambda t: t.permute(2, 3, 1, 0)        # noqa: E731  (F, C, KH, KW) -> (KH, KW, C, F)
+    expected = {0: (to_nhwc(ref.w1.grad), ref.b1.grad), 3: (to_nhwc(ref.w2.grad), ref.b2.grad),
+                7: (ref.w3.grad.T, ref.b3.grad), 9: (ref.w4.grad.T, ref.b4.grad)}
+    for i, (dw, db) in expected.items():
+        near(model.layers[i].grads["W"], dw)
+        near(model.layers[i].grads["b"], db)

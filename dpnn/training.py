@@ -130,7 +130,8 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
 def _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
            initial_epoch, history) -> None:
     cbs = model.callbacks
-    cbs.on_train_begin({"workers": getattr(engine, "workers", 1)})
+    cbs.on_train_begin({"workers": getattr(engine, "workers", 1),
+                        "threads_per_worker": getattr(engine, "threads_per_worker", None)})
     for epoch in range(initial_epoch, epochs):
         cbs.on_epoch_begin(epoch, {})
         bar = tqdm(total=len(X), desc=f"epoch {epoch + 1}/{epochs}", unit="sample",

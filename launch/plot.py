@@ -1,0 +1,53 @@
+"""Loss and accuracy curves of a training history as a PNG (matplotlib, from the ``plot`` extra)."""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+from dpnn.io import atomic_write
+
+INSTALL_HINT = "pip install 'dpnn[plot]' (or: pip install matplotlib)"
+
+
+class PlotUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def matplotlib_available() -> bool:
+    """True when matplotlib can be imported (checked without importing it)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _series(history: dict, key: str) -> list[float]:
+    return [math.nan if v is None else float(v) for v in history.get(key, [])]
+
+
+def plot_history(history: dict, path: str, title: str = "") -> None:
+    """Write ``path`` (PNG, atomically): loss on the left, accuracy on the right, per epoch.
+
+    ``history`` is the dict ``fit`` returns: lists ``loss``, ``acc``, ``val_loss``, ``val_acc``.
+    """
+    if not matplotlib_available():
+        raise PlotUnavailable(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
+    import matplotlib
+    matplotlib.use("Agg")            # no display needed; must precede pyplot
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        for prefix, style in (("", "o-"), ("val_", "s--")):
+            ys = _series(history, prefix + key)
+            if ys and not all(math.isnan(v) for v in ys):
+                ax.plot(range(1, len(ys) + 1), ys, style, label=("validation " if prefix else "train ") + label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)

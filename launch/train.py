@@ -1,0 +1,454 @@
+"""Train a CNN from the shell on real data, on every core, with checkpoints and a saved model.
+
+    python -m launch.train --workers auto                       # seed-cnn on Fashion-MNIST, 5 epochs
+    python -m launch.train --dataset mnist-5k --model lenet5 --epochs 10 --plot curves.png
+    python -m launch.train --dataset ./mnist_dataset --limit 2000 --epochs 1 --quiet
+    python -m launch.train --resume --checkpoint-dir checkpoints  # continue an interrupted run
+    mpiexec -n 2 python -m launch.train --backend mpi --workers auto
+
+Exit status: 0 done, 1 training failed, 2 bad arguments or data, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM). Ctrl-C keeps the last complete checkpoint and prints how to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import shlex
+import signal
+import sys
+from types import SimpleNamespace
+
+from dpnn import Callback, EarlyStopping
+from dpnn.callbacks import LRScheduler
+from dpnn.datasets import LOADERS, load_dataset
+from dpnn.errors import DataError, WeightsError, WorkerError
+from dpnn.io import atomic_write
+from dpnn.training import TrainingDiverged
+from launch import checkpoint as ckpt
+from launch.plot import INSTALL_HINT, matplotlib_available, plot_history
+from launch.presets import PRESETS, build_model
+
+PROG = "python -m launch.train"
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+DEFAULT_MOMENTUM = 0.9
+# Settings that define the computation: --resume takes them from the checkpoint and refuses
+# a different value on the command line. Every other flag may change when resuming.
+RUN_KEYS = ("dataset", "model", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+            "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
+            "seed", "deterministic", "limit")
+
+
+class UsageError(ValueError):
+    """A bad command line; printed as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def workers_arg(text: str):
+    if text == "auto":
+        return "auto"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default="fashion-mnist", metavar="NAME|DIR",
+                   help=f"named data set ({', '.join(LOADERS)}) or a directory holding the four "
+                        "MNIST-style IDX files, gzip or raw; 'python -m launch.data' lists what is installed")
+    g.add_argument("--model", default="seed-cnn", metavar="PRESET|FILE.json",
+                   help=f"preset ({', '.join(PRESETS)}) or an architecture JSON as model.save() writes it")
+    g.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="train on the first N training samples only (quick runs); the test set is kept whole")
+    g.add_argument("--val-split", type=float, default=0.0, metavar="F",
+                   help="hold out the last fraction F of the training samples for validation (0: none)")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=5, help="total number of epochs (also when resuming)")
+    g.add_argument("--batch-size", type=int, default=64, help="global batch size, split across the workers")
+    g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 0.001 for adam, 0.01 for sgd)")
+    g.add_argument("--momentum", type=float, default=None,
+                   help=f"SGD momentum, only with --optimizer sgd (default: {DEFAULT_MOMENTUM})")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay added to the gradients")
+    g.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm to this value")
+    g.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default="none",
+                   help="plateau: halve the lr after 2 epochs without improvement; cosine: decay to 1e-6 over --epochs")
+    g.add_argument("--early-stopping", action="store_true",
+                   help="stop when validation accuracy (training accuracy without --val-split) stops "
+                        "improving, and keep the best weights")
+    g.add_argument("--patience", type=int, default=None,
+                   help="epochs without improvement before early stopping (default: 3)")
+    g.add_argument("--min-delta", type=float, default=None,
+                   help="smallest accuracy gain that counts as an improvement (default: 0.0)")
+    g.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and dropout")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bitwise reproducible results whatever the worker count (a little slower)")
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--workers", type=workers_arg, default="auto", metavar="N|auto",
+                   help="data-parallel worker processes; auto: one per usable core; 1: train in this process")
+    g.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
+                   help="BLAS threads per worker (default: chosen with --workers)")
+    g.add_argument("--backend", choices=("shm", "mpi"), default="shm",
+                   help="shm: shared memory on this machine; mpi: across the ranks of mpiexec, "
+                        "shared memory within each")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default="weights.hdf5", metavar="PATH",
+                   help="trained weights (HDF5; the architecture JSON goes beside it), written once at the end")
+    g.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR",
+                   help=f"write a checkpoint after every epoch here (the newest {ckpt.KEEP} are kept); "
+                        "'none' disables checkpoints")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the newest checkpoint in --checkpoint-dir with its saved settings")
+    g.add_argument("--history", default=None, metavar="PATH", help="write the per-epoch history as JSON")
+    g.add_argument("--plot", default=None, metavar="PATH", help="write loss/accuracy curves as a PNG")
+    g.add_argument("--quiet", action="store_true", help="print only the final summary")
+    return p
+
+
+def explicit_args(argv) -> dict:
+    """Only the options actually given on the command line (to compare with a checkpoint)."""
+    parser = build_parser()
+    parser.set_defaults(**{a.dest: argparse.SUPPRESS for a in parser._actions})
+    return vars(parser.parse_args(argv))
+
+
+# -- validation (right after parsing) ---------------------------------------------------------
+def check_args(args) -> None:
+    """Range checks; raises UsageError with a one-line message."""
+    checks = [
+        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+        (args.lr is None or args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.momentum is None or 0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}"),
+        (args.momentum is None or args.optimizer == "sgd", "--momentum applies to --optimizer sgd only"),
+        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (args.clip_norm is None or args.clip_norm > 0, f"--clip-norm must be > 0, got {args.clip_norm}"),
+        (0 <= args.val_split < 1, f"--val-split must be in [0, 1), got {args.val_split}"),
+        (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
+        (args.min_delta is None or args.min_delta >= 0, f"--min-delta must be >= 0, got {args.min_delta}"),
+        (args.early_stopping or (args.patience is None and args.min_delta is None),
+         "--patience and --min-delta need --early-stopping"),
+        (args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}"),
+        (args.threads_per_worker is None or args.threads_per_worker >= 1,
+         f"--threads-per-worker must be >= 1, got {args.threads_per_worker}"),
+        (args.plot is None or matplotlib_available(), f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+def resolve_defaults(args) -> None:
+    """Fill the defaults that depend on other flags, so the saved configuration is explicit."""
+    args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+    if args.optimizer == "sgd" and args.momentum is None:
+        args.momentum = DEFAULT_MOMENTUM
+    if args.early_stopping:
+        args.patience = 3 if args.patience is None else args.patience
+        args.min_delta = 0.0 if args.min_delta is None else args.min_delta
+    if args.checkpoint_dir in ("", "none"):
+        args.checkpoint_dir = None
+
+
+def check_writable(path: str, flag: str) -> None:
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path} is a directory; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: cannot create files in {parent}")
+
+
+def check_outputs(args) -> None:
+    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
+        if path:
+            check_writable(path, flag)
+    d = args.checkpoint_dir
+    if d is None:
+        if args.resume:
+            raise UsageError("--resume needs --checkpoint-dir DIR")
+        return
+    if os.path.exists(d) and not os.path.isdir(d):
+        raise UsageError(f"--checkpoint-dir {d} exists and is not a directory")
+    check_writable(os.path.join(d, "epoch-0000.hdf5"), "--checkpoint-dir")
+    found = ckpt.list_checkpoints(d) if os.path.isdir(d) else []
+    if found and not args.resume:
+        raise UsageError(f"{d} already holds checkpoints of an earlier run (up to epoch {found[-1][0]}); "
+                         "pass --resume to continue it, or choose another --checkpoint-dir, or delete them")
+
+
+def engine_available() -> bool:
+    try:
+        from dpnn.workers import DataParallel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_workers(args, note) -> None:
+    """Turn --workers/--backend into fit() arguments: args.fit_workers, args.engine_options."""
+    args.fit_workers, args.engine_options = args.workers, {}
+    if args.backend == "mpi":
+        if importlib.util.find_spec("mpi4py") is None:
+            raise UsageError("--backend mpi needs mpi4py and an MPI library: pip install 'dpnn[mpi]'")
+        args.engine_options = {"backend": "mpi"}
+    if engine_available():
+        return
+    if args.backend == "mpi" or args.workers not in (1, "auto"):
+        raise UsageError(f"--workers {args.workers}" + (" --backend mpi" if args.backend == "mpi" else "")
+                         + " needs the data-parallel engine (dpnn.workers), which this installation "
+                           "lacks; use --workers 1")
+    if args.workers == "auto":
+        note("note: the data-parallel engine (dpnn.workers) is not available; training in one process")
+    args.fit_workers = 1
+
+
+def mpi_rank(args) -> int:
+    """This process's MPI rank from the launcher's environment (0 without MPI): only rank 0 writes."""
+    if args.backend != "mpi":
+        return 0
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+# -- preparing a run --------------------------------------------------------------------------
+def merge_checkpoint_config(args, explicit: dict):
+    """--resume: the newest checkpoint's configuration, with the flags allowed to change applied."""
+    path = ckpt.latest_checkpoint(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else None
+    if path is None:
+        raise UsageError(f"--resume: no checkpoint in {args.checkpoint_dir}; "
+                         "start a new run without --resume (or point --checkpoint-dir at the old one)")
+    model, info, state = ckpt.load_checkpoint(path)
+    saved = info["config"]
+    for key in RUN_KEYS:
+        if key in explicit and explicit[key] != saved.get(key):
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"{flag} {explicit[key]} differs from the checkpoint's {saved.get(key)}; "
+                             f"--resume continues {path} with its own settings (drop {flag})")
+    merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}}
+    merged.update({k: v for k, v in explicit.items() if k not in RUN_KEYS})
+    merged.update(resume=True, checkpoint_dir=args.checkpoint_dir, quiet=args.quiet)
+    if info["epoch"] > merged["epochs"]:
+        raise UsageError(f"{path} has already trained {info['epoch']} epochs, more than --epochs "
+                         f"{merged['epochs']}; pass a larger --epochs")
+    return argparse.Namespace(**merged), SimpleNamespace(path=path, model=model, info=info, state=state)
+
+
+def load_data(args):
+    """(train, test, info) with --limit applied; DataError for anything wrong with the files."""
+    train, test, info = load_dataset(args.dataset)
+    if args.limit:
+        train = train.subset(args.limit)
+    n_val = int(round(len(train) * args.val_split))
+    if len(train) - n_val < 1:
+        raise UsageError(f"--val-split {args.val_split} leaves no training samples out of {len(train)}")
+    return train, test, info
+
+
+def make_model(args, train, info, resumed):
+    """A built, compiled model: fresh from --model, or the checkpoint's with its optimizer state."""
+    num_classes = len(info["class_names"])
+    try:
+        model = resumed.model if resumed else build_model(args.model, num_classes, seed=args.seed)
+        model.build((1,) + train.X.shape[1:])
+    except ValueError as e:            # includes WeightsError from an architecture JSON
+        raise UsageError(f"--model {args.model}: {e}") from None
+    if model.output_shape[1:] != (num_classes,):
+        raise UsageError(f"--model {args.model} outputs shape {model.output_shape[1:]} but "
+                         f"{info['name']} has {num_classes} classes; end the model with Dense({num_classes})")
+    extra = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
+    model.compile(loss="categorical_crossentropy", optimizer=args.optimizer, lr=args.lr,
+                  weight_decay=args.weight_decay, clip_norm=args.clip_norm, **extra)
+    if resumed:
+        model.optimizer.load_state_dict(resumed.info["optimizer"])
+    model.metadata.update({"class_names": list(info["class_names"]), "dataset": info["name"],
+                           "preset": args.model})
+    return model
+
+
+def prepare(args, argv, note):
+    """Everything between parsing and training: validate, resume, load data, build the model."""
+    check_args(args)
+    resumed = None
+    if args.resume:
+        resolve_defaults(args)
+        if args.checkpoint_dir is None:
+            raise UsageError("--resume needs --checkpoint-dir DIR")
+        args, resumed = merge_checkpoint_config(args, explicit_args(argv))
+        check_args(args)
+    resolve_defaults(args)
+    check_outputs(args)
+    resolve_workers(args, note)
+    train, test, info = load_data(args)
+    model = make_model(args, train, info, resumed)
+    saved = resumed.info["history"] if resumed else {k: [] for k in ("loss", "acc", "val_loss", "val_acc", "lr")}
+    history = {k: [math.nan if v is None else v for v in vs] for k, vs in saved.items()}
+    return SimpleNamespace(args=args, model=model, train=train, test=test, info=info,
+                           history=history, initial_epoch=resumed.info["epoch"] if resumed else 0,
+                           resume_state=resumed.state if resumed else None,
+                           resumed_from=resumed.path if resumed else None)
+
+
+# -- running it -------------------------------------------------------------------------------
+class EpochLog(Callback):
+    """Adds time and throughput to the history; remembers the parallel layout for the summary."""
+
+    def __init__(self, history: dict) -> None:
+        self.history, self.workers, self.threads, self.epoch = history, 1, None, None
+
+    def on_train_begin(self, logs):
+        self.workers = logs.get("workers", 1)
+        self.threads = logs.get("threads_per_worker")
+
+    def on_epoch_begin(self, epoch, logs):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs):
+        self.history.setdefault("time", []).append(float(logs["time"]))
+        self.history.setdefault("samples_per_s", []).append(float(logs["samples_per_s"]))
+        self.epoch = None
+
+
+def blas_threads() -> int:
+    """BLAS threads this process uses (what one in-process worker gets)."""
+    from threadpoolctl import threadpool_info
+    return max((p.get("num_threads", 1) for p in threadpool_info() if p.get("user_api") == "blas"), default=1)
+
+
+def config_of(args) -> dict:
+    """The command's full configuration (every flag, defaults resolved) for checkpoints."""
+    return {a.dest: getattr(args, a.dest) for a in build_parser()._actions if a.dest != "help"}
+
+
+def make_callbacks(run, rank: int) -> tuple[EpochLog, ckpt.Checkpointer, list]:
+    a = run.args
+    log = EpochLog(run.history)
+    cbs = [log]
+    if a.lr_schedule != "none":
+        cbs.append(LRScheduler(a.lr_schedule, a.epochs))
+    if a.early_stopping:
+        cbs.append(EarlyStopping(patience=a.patience, min_delta=a.min_delta))
+    saver = ckpt.Checkpointer(a.checkpoint_dir, config_of(a), a.seed, run.history,
+                              resume_state=run.resume_state, write=rank == 0)
+    return log, saver, cbs + [saver]        # the checkpointer last: it sees the others' state
+
+
+def fit(run, callbacks) -> None:
+    a = run.args
+    kwargs = dict(epochs=a.epochs, batch_size=a.batch_size, validation_split=a.val_split,
+                  callbacks=callbacks, seed=a.seed, verbose=0 if a.quiet else 1,
+                  workers=a.fit_workers, threads_per_worker=a.threads_per_worker,
+                  deterministic=a.deterministic, initial_epoch=run.initial_epoch,
+                  history=run.history, **a.engine_options)
+    if a.fit_workers == 1 and a.threads_per_worker and not a.engine_options:
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=a.threads_per_worker, user_api="blas"):
+            run.model.fit(run.train.X, run.train.y, **kwargs)
+    else:
+        run.model.fit(run.train.X, run.train.y, **kwargs)
+
+
+def write_outputs(run, test_loss: float, test_acc: float) -> None:
+    """--out, --history and --plot, each atomically, with Ctrl-C held back until they are done."""
+    a, model = run.args, run.model
+    model.metadata.update({"test_accuracy": test_acc, "test_loss": test_loss,
+                           "epochs": len(run.history["loss"])})
+    report = {"config": config_of(a), "dataset": run.info["name"], "test_loss": test_loss,
+              "test_accuracy": test_acc, "history": run.history}
+    with ckpt.deferred_interrupts():
+        if a.out:
+            model.save(a.out)
+        if a.history:
+            text = json.dumps(ckpt._clean(report), indent=1) + "\n"
+            atomic_write(a.history, lambda tmp: open(tmp, "w").write(text))
+        if a.plot:
+            plot_history(run.history, a.plot, f"{a.model} on {run.info['name']}")
+
+
+def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
+    a, h = run.args, run.history
+    times = h.get("time", [])
+    per_epoch = sum(times) / len(times) if times else math.nan
+    rate = sum(h.get("samples_per_s", [])) / len(times) if times else math.nan
+    threads = log.threads or (blas_threads() if log.workers == 1 else "?")
+    lines = [f"summary: {a.model} on {run.info['name']}, {len(h['loss'])} epochs, "
+             f"{len(run.train):,} training samples",
+             f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)",
+             f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
+             f"  workers         {log.workers} x {threads} threads"]
+    outputs = [(a.out, "weights"), (a.history, "history"), (a.plot, "plot")]
+    lines += [f"  {name:<15} {path}" for path, name in outputs if path]
+    return "\n".join(lines)
+
+
+def interrupted(run, log: EpochLog, exc: KeyboardInterrupt) -> int:
+    a = run.args
+    where = f"during epoch {log.epoch + 1}/{a.epochs}" if log.epoch is not None else "between epochs"
+    lines = [f"{PROG}: interrupted {where}; --out was not written"]
+    latest = ckpt.latest_checkpoint(a.checkpoint_dir) if a.checkpoint_dir and os.path.isdir(a.checkpoint_dir) else None
+    if latest:
+        lines += [f"last complete checkpoint: {latest}",
+                  f"resume with: {PROG} --resume --checkpoint-dir {shlex.quote(a.checkpoint_dir)}"]
+    else:
+        lines.append("no checkpoint was written yet; run the command again to start over")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return 143 if isinstance(exc, ckpt.Terminated) else 130
+
+
+def execute(run, rank: int) -> int:
+    """Train, evaluate on the test set, write the outputs; returns the exit status."""
+    log, _, callbacks = make_callbacks(run, rank)
+    try:
+        fit(run, callbacks)
+        test_loss, test_acc = run.model.evaluate(run.test.X, run.test.y)
+        if rank == 0:
+            write_outputs(run, test_loss, test_acc)
+    except KeyboardInterrupt as e:
+        return interrupted(run, log, e)
+    except (TrainingDiverged, WorkerError) as e:
+        print(f"{PROG}: training failed: {e}", file=sys.stderr)
+        return 1
+    if rank == 0:
+        print(summary(run, log, test_loss, test_acc), flush=True)
+    return 0
+
+
+def raise_terminated(signum, frame):
+    raise ckpt.Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = mpi_rank(args)
+    quiet = args.quiet or rank != 0
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        run = prepare(args, argv, note=lambda m: None if quiet else print(m, file=sys.stderr))
+        run.args.quiet = run.args.quiet or quiet
+        return execute(run, rank)
+    except (UsageError, DataError, WeightsError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
+        return 143 if isinstance(e, ckpt.Terminated) else 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

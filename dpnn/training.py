@@ -39,8 +39,15 @@ def _check_labels(model, y: np.ndarray, num_classes: int | None) -> None:
 
 
 def make_engine(model, workers, threads_per_worker, deterministic, engine_options):
-    """The in-process engine for one worker, else the shared-memory data-parallel one."""
-    if workers in (1, None) and not engine_options.get("backend"):
+    """The in-process engine for one worker, else the shared-memory data-parallel one;
+    ``backend='mpi'`` (or a ``dpnn.comm.Communicator``) spreads batches over MPI ranks."""
+    backend = engine_options.get("backend")
+    if backend == "mpi" or hasattr(backend, "allreduce"):
+        from .distributed import DistributedEngine
+        options = {k: v for k, v in engine_options.items() if k != "backend"}
+        return DistributedEngine(model, backend, workers=workers, threads_per_worker=threads_per_worker,
+                                 deterministic=deterministic, **options)
+    if workers in (1, None) and not backend:
         return LocalEngine(model, deterministic=deterministic)
     from .workers import DataParallel
     return DataParallel(model, workers=workers, threads_per_worker=threads_per_worker,
@@ -119,6 +126,9 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     model.callbacks = CallbackList(cbs, model)
     model.stop_training = False
     engine = make_engine(model, workers, threads_per_worker, deterministic, engine_options)
+    comm = getattr(engine, "comm", None)
+    if comm is not None:       # ranks: one shuffle for all (rank 0's seed); rank 0 alone prints
+        seed, verbose = comm.bcast_object(seed), verbose if comm.rank == 0 else 0
     try:
         _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
                initial_epoch, history)
@@ -145,7 +155,7 @@ def _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, ver
             bar.close()
         engine.sync_state()
         if val_data is not None:
-            logs["val_loss"], logs["val_acc"] = model.evaluate(*val_data)
+            logs["val_loss"], logs["val_acc"] = getattr(engine, "evaluate", model.evaluate)(*val_data)
         logs["lr"] = model.optimizer.lr
         for k in ("loss", "acc", "val_loss", "val_acc", "lr"):
             history.setdefault(k, []).append(float(logs.get(k, float("nan"))))

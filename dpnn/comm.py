@@ -1,0 +1,185 @@
+"""Communicators: the few collective operations data-parallel training needs across processes.
+
+The interface is named after MPI (as in ChainerMN): ``rank``, ``size``, ``allreduce``,
+``bcast``, ``allgather``, ``bcast_object``, ``barrier``, ``abort``. ``LocalComm`` is the
+single-process world (every collective is the identity); ``MPIComm`` wraps ``mpi4py``
+with buffer-based, in-place operations on NumPy arrays, so nothing is pickled per step.
+``get_communicator('local' | 'mpi')`` picks one; ``mpi4py`` is imported only when asked for.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+
+import numpy as np
+
+INSTALL_HINT = "pip install 'dpnn[mpi]'   (brings mpi4py and mpich, a working MPI without a compiler)"
+DEFAULT_TIMEOUT_S = 600.0    # a collective blocked this long means a peer is stuck: abort the job
+
+
+class Communicator:
+    """A group of ``size`` processes; this one is ``rank``. Array collectives work in place."""
+    rank: int = 0
+    size: int = 1
+
+    def allreduce(self, buf: np.ndarray) -> np.ndarray:
+        """buf <- elementwise sum of every rank's buf (in place); returns buf."""
+        raise NotImplementedError
+
+    def bcast(self, buf: np.ndarray, root: int = 0) -> np.ndarray:
+        """buf <- root's buf (in place); returns buf."""
+        raise NotImplementedError
+
+    def allgather(self, buf: np.ndarray) -> np.ndarray:
+        """Every rank's buf stacked in rank order: (size, *buf.shape)."""
+        raise NotImplementedError
+
+    def bcast_object(self, obj, root: int = 0):
+        """root's picklable ``obj`` on every rank (start-up and resume only, never per step)."""
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        raise NotImplementedError
+
+    def abort(self, code: int = 1) -> None:
+        """End every process of the job now (after this rank cleaned up what it owns)."""
+        raise NotImplementedError
+
+
+class LocalComm(Communicator):
+    """The world of one process: every collective returns its input."""
+
+    def allreduce(self, buf):
+        return buf
+
+    def bcast(self, buf, root=0):
+        return buf
+
+    def allgather(self, buf):
+        return np.asarray(buf)[None].copy()
+
+    def bcast_object(self, obj, root=0):
+        return obj
+
+    def barrier(self):
+        pass
+
+    def abort(self, code=1):
+        os._exit(code)
+
+
+def import_mpi():
+    """``mpi4py.MPI``, or an ImportError that says how to install it."""
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError(f"the MPI backend needs mpi4py and an MPI library ({e}); install them "
+                          f"with: {INSTALL_HINT}") from e
+    return MPI
+
+
+def _check_buffer(buf: np.ndarray) -> None:
+    if not isinstance(buf, np.ndarray) or not buf.flags.c_contiguous:
+        raise TypeError("MPI collectives need a C-contiguous NumPy array")
+
+
+class MPIComm(Communicator):
+    """``mpi4py`` collectives on contiguous NumPy buffers, plus a hang watchdog.
+
+    Any collective blocked longer than ``timeout_s`` (a peer that is stuck rather than dead:
+    MPI's launcher already ends the job when a process dies) aborts the whole job with a
+    message naming this rank. ``install_excepthook`` makes an uncaught exception on one
+    rank abort every rank instead of leaving them waiting in the next collective.
+    """
+
+    def __init__(self, mpi_comm=None, timeout_s: float | None = None,
+                 install_excepthook: bool = True) -> None:
+        self.MPI = import_mpi()
+        self.comm = mpi_comm if mpi_comm is not None else self.MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        env = os.environ.get("DPNN_MPI_TIMEOUT")
+        self.timeout_s = float(timeout_s if timeout_s is not None else env or DEFAULT_TIMEOUT_S)
+        self._busy: tuple[str, float] | None = None     # (operation, start time) while blocked
+        threading.Thread(target=self._watch, daemon=True, name="dpnn-mpi-watchdog").start()
+        if install_excepthook:
+            abort_on_uncaught_exception(self)
+
+    @contextmanager
+    def _blocking(self, op: str):
+        self._busy = (op, time.monotonic())
+        try:
+            yield
+        finally:
+            self._busy = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout_s / 4))
+            busy = self._busy
+            if busy and time.monotonic() - busy[1] > self.timeout_s:
+                sys.stderr.write(f"dpnn: rank {self.rank}/{self.size} waited more than {self.timeout_s:.0f} s "
+                                 f"in {busy[0]}: another rank is stuck; aborting the job "
+                                 f"(set DPNN_MPI_TIMEOUT to wait longer)\n")
+                sys.stderr.flush()
+                self.abort(1)
+
+    def allreduce(self, buf):
+        _check_buffer(buf)
+        with self._blocking("allreduce"):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        return buf
+
+    def bcast(self, buf, root=0):
+        _check_buffer(buf)
+        with self._blocking("bcast"):
+            self.comm.Bcast(buf, root=root)
+        return buf
+
+    def allgather(self, buf):
+        _check_buffer(buf)
+        out = np.empty((self.size,) + buf.shape, buf.dtype)
+        with self._blocking("allgather"):
+            self.comm.Allgather(buf, out)
+        return out
+
+    def bcast_object(self, obj, root=0):
+        with self._blocking("bcast_object"):
+            return self.comm.bcast(obj, root=root)
+
+    def barrier(self):
+        with self._blocking("barrier"):
+            self.comm.Barrier()
+
+    def abort(self, code=1):
+        self.comm.Abort(code)
+
+
+def abort_on_uncaught_exception(comm: Communicator) -> None:
+    """Chain ``sys.excepthook``: print the traceback naming the rank, then abort every rank.
+
+    ``finally`` blocks (engines closing their workers and shared memory) have already run
+    on this rank when the hook fires; the other ranks are ended by the MPI launcher.
+    """
+    def hook(kind, value, tb):
+        text = ("interrupted\n" if issubclass(kind, KeyboardInterrupt)
+                else "".join(traceback.format_exception(kind, value, tb)))
+        sys.stderr.write(f"dpnn: rank {comm.rank}/{comm.size} failed; aborting all ranks\n{text}")
+        sys.stderr.flush()
+        comm.abort(1)
+
+    sys.excepthook = hook
+
+
+def get_communicator(name: str = "local", **options) -> Communicator:
+    """'local' (this process alone) or 'mpi' (every process started by mpiexec)."""
+    if isinstance(name, Communicator):
+        return name
+    if name == "local":
+        return LocalComm()
+    if name == "mpi":
+        return MPIComm(**options)
+    raise ValueError(f"unknown communicator {name!r}; choose 'local' or 'mpi'")

@@ -1,0 +1,197 @@
+"""Data-parallel training across processes (one MPI rank per node): ``fit(..., backend='mpi')``.
+
+Every rank holds the whole model and sees the same global batch (``run_epoch`` draws it
+from (seed, epoch) alike on every rank). Per step::
+
+    rank r                                              all ranks
+    ------                                              ---------
+    take its slice of the global batch (shard_bounds over ranks, from sample positions)
+    gradients of sum(loss over its slice) / (global batch size)   -- node-local engine
+    pack [grads | BatchNorm state * (slice / batch)]    ──▶ one in-place Allreduce (float32)
+    [loss sum, correct, count]                           ──▶ one in-place Allreduce (float64)
+    weight decay, clipping, optimizer step               identical on every rank
+
+In ``deterministic`` mode the batch is cut into the same ``DETERMINISTIC_SHARDS`` micro-shards
+as ``LocalEngine``; each rank computes the micro-shards it owns, the per-shard slots are
+all-gathered and summed in the order 0..7 on every rank, so parameters are bitwise the same
+as one process (or one node's workers) would compute.
+
+Parameters, BatchNorm state and optimizer state are broadcast from rank 0 at start (so a
+checkpoint read by rank 0 alone resumes everywhere); a checksum of the parameters is
+compared across ranks every ``check_every`` steps and at every epoch end, and a mismatch
+(or ranks that were fed different batches) raises ``RanksDiverged``.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .comm import Communicator, get_communicator
+from .engine import (DETERMINISTIC_SHARDS, StepStats, add_correct, average_state, count_correct,
+                     shard_bounds, shard_gradients, sum_in_order)
+
+
+class RanksDiverged(RuntimeError):
+    """Ranks hold different parameters, or were fed different batches: the run cannot go on."""
+
+
+class DistributedEngine:
+    """``train_step``/``sync_state``/``evaluate``/``close`` over the ranks of ``comm``.
+
+    ``workers`` > 1 runs each rank's slice on that node's shared-memory ``DataParallel``
+    workers; ``workers`` = 1 computes it in the rank's own process.
+    """
+
+    def __init__(self, model, comm: Communicator | str = "mpi", workers=1,
+                 threads_per_worker: int | None = None, deterministic: bool = False,
+                 check_every: int = 50, **local_options) -> None:
+        self.model, self.deterministic = model, deterministic
+        self.comm = get_communicator(comm)
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.check_every, self.steps = max(int(check_every), 1), 0
+        self.local = self._local_engine(workers, threads_per_worker, local_options)
+        self.workers = getattr(self.local, "workers", 1)
+        self.broadcast_model(root=0)
+        P, S = model.params.size, model.state.size
+        slots = -(-DETERMINISTIC_SHARDS // self.size) if deterministic else 1
+        self._pack = np.zeros((slots, P + S), np.float32)      # (slots, P+S): grads | state
+        self._stats = np.zeros((slots, 3), np.float64)         # (slots, 3): loss sum, correct, count
+
+    def _local_engine(self, workers, threads_per_worker, options):
+        if workers in (1, None) and not options:
+            return None
+        from .workers import DataParallel
+        return DataParallel(self.model, workers=workers, threads_per_worker=threads_per_worker,
+                            deterministic=self.deterministic, **options)
+
+    # -- start-up / resume --------------------------------------------------------------
+    def broadcast_model(self, root: int = 0) -> None:
+        """Parameters, BatchNorm state and optimizer state (step count, lr, moments) from root."""
+        m = self.model
+        self.comm.bcast(m.params, root)
+        self.comm.bcast(m.state, root)
+        if m.optimizer is not None:
+            m.optimizer.load_state_dict(self.comm.bcast_object(m.optimizer.state_dict(), root))
+
+    # -- one step -----------------------------------------------------------------------
+    def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
+        """One optimizer step on the GLOBAL batch (N, ...); returns global sums on every rank."""
+        m, n = self.model, len(x)
+        t0 = time.perf_counter()
+        if self.deterministic:
+            owned = self._owned_micro_shards(n)
+        else:
+            a, b = shard_bounds(n, self.size)[self.rank]
+            owned = [(a, b)]
+        for j, (a, b) in enumerate(owned):
+            self._compute(j, x, y, keys, a, b, n)
+        t1 = time.perf_counter()
+        stats = self._reduce(n)
+        t2 = time.perf_counter()
+        norm = m.apply_gradients()
+        t3 = time.perf_counter()
+        self.steps += 1
+        if self.steps == 1 or self.steps % self.check_every == 0:
+            self.check_in_sync(x, keys)
+        stats.grad_norm = norm
+        stats.times = {"compute": t1 - t0, "wait": 0.0, "reduce": t2 - t1, "optimizer": t3 - t2}
+        return stats
+
+    def _owned_micro_shards(self, n: int) -> list[tuple[int, int]]:
+        lo, hi = shard_bounds(DETERMINISTIC_SHARDS, self.size)[self.rank]
+        return shard_bounds(n, DETERMINISTIC_SHARDS)[lo:hi]
+
+    def _compute(self, j: int, x, y, keys, a: int, b: int, n: int) -> None:
+        """Slot j <- [grads of sum(loss on x[a:b]) / n | BN state after x[a:b]] and its stats."""
+        m, P = self.model, self.model.params.size
+        slot, stats = self._pack[j], self._stats[j]
+        state0 = m.state.copy()
+        if b <= a:
+            slot[:P], slot[P:], stats[:] = 0, state0, (0, 0, 0)
+            return
+        k = None if keys is None else keys[a:b]
+        if self.local is None:
+            loss_sum, correct = shard_gradients(m, x[a:b], y[a:b], n, k)
+        else:
+            loss_sum, correct = self.local.compute_gradients(x[a:b], y[a:b], k, denominator=n)
+        slot[:P], slot[P:] = m.grads, m.state
+        stats[:] = (loss_sum, correct, b - a)
+        m.state[...] = state0          # the next micro-shard starts from the same statistics
+
+    def _reduce(self, n: int) -> StepStats:
+        """Sum the ranks' slots into model.grads/state; the global loss/correct/count."""
+        m, P = self.model, self.model.params.size
+        if not self.deterministic:
+            pack, stats = self._pack[0], self._stats[0]
+            count = stats[2]
+            pack[P:] *= np.float32(count / n)          # sample-weighted BatchNorm statistics
+            self.comm.allreduce(pack)
+            self.comm.allreduce(stats)
+            m.grads[...] = pack[:P]
+            m.state[...] = pack[P:]
+            return StepStats(float(stats[0]), -1 if stats[1] < 0 else int(stats[1]), int(stats[2]))
+        packs = self.comm.allgather(self._pack)        # (size, slots, P+S)
+        stats = self.comm.allgather(self._stats)       # (size, slots, 3)
+        order = [(r, j) for r, (lo, hi) in enumerate(shard_bounds(DETERMINISTIC_SHARDS, self.size))
+                 for j in range(hi - lo)]
+        sum_in_order([packs[r, j, :P] for r, j in order], m.grads)
+        counts = [int(stats[r, j, 2]) for r, j in order]
+        if m.state.size:
+            average_state([packs[r, j, P:] for r, j in order], counts, m.state)
+        loss_sum, correct = 0.0, 0
+        for (r, j), c in zip(order, counts):
+            if c:
+                loss_sum, correct = loss_sum + stats[r, j, 0], add_correct(correct, int(stats[r, j, 1]))
+        return StepStats(float(loss_sum), correct, n)
+
+    # -- agreement across ranks ---------------------------------------------------------
+    def checksum(self, x: np.ndarray | None = None, keys: np.ndarray | None = None) -> np.ndarray:
+        """(6,) uint64 fingerprints of this rank's parameters, state, optimizer step and batch.
+
+        Integer sums of the raw bits: exact and order-free, so equal arrays give equal
+        fingerprints on any CPU (a float sum could round differently on another machine).
+        """
+        m = self.model
+        bits = m.params.view(np.uint32).astype(np.uint64)                      # (P,)
+        weights = np.arange(1, bits.size + 1, dtype=np.uint64) % np.uint64(1009)
+        batch = 0 if x is None else np.ascontiguousarray(x).reshape(-1).view(np.uint8).sum(dtype=np.uint64)
+        key = 0 if keys is None else np.bitwise_xor.reduce(np.asarray(keys, np.uint64))
+        return np.array([bits.sum(dtype=np.uint64), (bits * weights).sum(dtype=np.uint64),
+                         m.state.view(np.uint32).sum(dtype=np.uint64), getattr(m.optimizer, "t", 0),
+                         batch, key], np.uint64)
+
+    def check_in_sync(self, x: np.ndarray | None = None, keys: np.ndarray | None = None) -> None:
+        """Raise RanksDiverged on every rank if any rank's checksum differs from rank 0's."""
+        sums = self.comm.allgather(self.checksum(x, keys))               # (size, 6)
+        bad = [r for r in range(self.size) if not np.array_equal(sums[r], sums[0])]
+        if bad:
+            fed_differently = any(not np.array_equal(sums[r, 4:], sums[0, 4:]) for r in bad)
+            what = "batches (different data or seed)" if fed_differently else "parameters"
+            raise RanksDiverged(f"ranks {bad} hold different {what} than rank 0 after step "
+                                f"{self.steps}; every rank must load the same data and use the same seed")
+
+    def sync_state(self) -> None:
+        """End of epoch: let the node-local engine settle, then verify every rank agrees."""
+        if self.local is not None:
+            self.local.sync_state()
+        self.check_in_sync()
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
+        """(mean loss, accuracy) of the model on (x, y): each rank scores a slice, sums are all-reduced."""
+        m, n = self.model, len(x)
+        a, b = shard_bounds(n, self.size)[self.rank]
+        sums = np.zeros(3, np.float64)                   # loss sum, correct, count
+        if b > a:
+            out = m.predict(x[a:b], batch_size)
+            m.loss.forward(out, y[a:b])
+            sums[:] = m.loss.per_sample.astype(np.float64).sum(), count_correct(out, y[a:b]), b - a
+        self.comm.allreduce(sums)
+        acc = sums[1] / sums[2] if sums[1] >= 0 and sums[2] else math.nan
+        return float(sums[0] / max(sums[2], 1)), float(acc)
+
+    def close(self) -> None:
+        if self.local is not None:
+            self.local.close()
+            self.local = None

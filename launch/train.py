@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 def explicit_args(argv) -> dict:
     """Only the options actually given on the command line (to compare with a checkpoint)."""
     parser = build_parser()
-    parser.set_defaults(**{a.dest: argparse.SUPPRESS for a in parser._actions})
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
     return vars(parser.parse_args(argv))
 
 
@@ -291,6 +292,7 @@ def prepare(args, argv, note):
         if args.checkpoint_dir is None:
             raise UsageError("--resume needs --checkpoint-dir DIR")
         args, resumed = merge_checkpoint_config(args, explicit_args(argv))
+        note(f"resuming from {resumed.path} ({resumed.info['epoch']} epochs done)")
         check_args(args)
     resolve_defaults(args)
     check_outputs(args)

@@ -29,6 +29,11 @@ def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{len(x)} inputs but {len(y)} labels; they must have the same length")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ValueError("the inputs contain NaN or infinite values; clean the data first")
+    if y.dtype.kind not in "iufb":
+        raise ValueError(f"labels must be numbers (class indices, one-hot rows or targets), "
+                         f"got dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError("the labels contain NaN or infinite values; clean the data first")
     return x.astype(np.float32, copy=False), y
 
 

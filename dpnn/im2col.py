@@ -2,9 +2,11 @@
 
 A convolution over an (N, H, W, C) input with a (KH, KW) window becomes one GEMM once
 every window is laid out as a row: ``cols`` has shape (N*OH*OW, KH*KW*C). ``im2col``
-builds it from a strided *view* of the padded input and copies it exactly once;
-``col2im`` is its adjoint (sums overlapping windows back), looping over the KH*KW
-window offsets only, each iteration a vectorised slice-add over the whole batch.
+builds it from a strided *view* of the padded input and copies it exactly once, into a
+buffer the caller may reuse across steps. ``col2im`` is its adjoint (sums overlapping
+windows back); a stride-1 convolution never needs it, because its input gradient is
+itself a convolution (``conv_input_grad_cols``: im2col of the padded output gradient,
+then one GEMM with the flipped kernel).
 """
 from __future__ import annotations
 
@@ -25,15 +27,29 @@ def conv_output_size(size: int, k: int, stride: int, padding: str) -> tuple[int,
     raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
 
 
-def pad_nhwc(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0) -> np.ndarray:
-    """Pad H and W of an (N, H, W, C) array by (top, bottom, left, right)."""
+def _reuse(buf: np.ndarray | None, shape: tuple, dtype) -> np.ndarray | None:
+    """``buf`` if it has this shape and dtype, else None."""
+    return buf if buf is not None and buf.shape == shape and buf.dtype == dtype else None
+
+
+def pad_nhwc(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0,
+             out: np.ndarray | None = None) -> np.ndarray:
+    """Pad H and W of an (N, H, W, C) array by (top, bottom, left, right).
+
+    ``out`` may be a buffer of the padded shape and dtype (from an earlier call); it is reused.
+    """
     top, bottom, left, right = pads
     if not any(pads):
         return x
     N, H, W, C = x.shape
-    out = np.full((N, H + top + bottom, W + left + right, C), value, dtype=x.dtype)
-    out[:, top:top + H, left:left + W, :] = x
-    return out
+    shape = (N, H + top + bottom, W + left + right, C)
+    buf = _reuse(out, shape, x.dtype)
+    if buf is None:
+        buf = np.empty(shape, dtype=x.dtype)                              # (N, Hp, Wp, C)
+    buf[:, :top], buf[:, top + H:] = value, value                         # border strips only
+    buf[:, top:top + H, :left], buf[:, top:top + H, left + W:] = value, value
+    buf[:, top:top + H, left:left + W, :] = x
+    return buf
 
 
 def windows(xp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: int) -> np.ndarray:
@@ -46,26 +62,40 @@ def windows(xp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: int) -> 
 
 
 def im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: str,
-           out: np.ndarray | None = None) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+           out: np.ndarray | None = None, pad_buf: np.ndarray | None = None
+           ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """(N, H, W, C) -> cols (N*OH*OW, KH*KW*C) and the pads used.
 
-    ``out`` may be a preallocated buffer of the right shape and dtype; it is reused.
+    ``out`` and ``pad_buf`` may be buffers from an earlier call (cols and the zero-padded
+    input); they are reused when shape and dtype match. Read the padded input back from
+    :func:`pad_nhwc` with the same ``pad_buf`` if it must be kept.
     """
     N, H, W, C = x.shape
     oh, pt, pb = conv_output_size(H, kh, stride, padding)
     ow, pl, pr = conv_output_size(W, kw, stride, padding)
     pads = (pt, pb, pl, pr)
-    view = windows(pad_nhwc(x, pads), kh, kw, stride, oh, ow)       # (N, OH, OW, KH, KW, C)
+    return im2col_padded(pad_nhwc(x, pads, out=pad_buf), kh, kw, stride, oh, ow, out), pads
+
+
+def im2col_padded(xp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: int,
+                  out: np.ndarray | None = None) -> np.ndarray:
+    """Already padded (N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C), copied once into ``out``."""
+    N, C = xp.shape[0], xp.shape[3]
     shape = (N * oh * ow, kh * kw * C)
-    if out is None or out.shape != shape or out.dtype != x.dtype:
-        out = np.empty(shape, dtype=x.dtype)
-    out.reshape(N, oh, ow, kh, kw, C)[...] = view                   # the one copy
-    return out, pads
+    cols = _reuse(out, shape, xp.dtype)
+    if cols is None:
+        cols = np.empty(shape, dtype=xp.dtype)
+    cols.reshape(N, oh, ow, kh, kw, C)[...] = windows(xp, kh, kw, stride, oh, ow)   # the one copy
+    return cols
 
 
 def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int, pads: tuple[int, int, int, int]) -> np.ndarray:
-    """Adjoint of im2col: cols (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlaps summed."""
+    """Adjoint of im2col: cols (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlaps summed.
+
+    Loops over the KH*KW window offsets; used for strided convolutions only (stride 1
+    goes through :func:`conv_input_grad_cols`, which needs no scatter-add).
+    """
     N, H, W, C = x_shape
     pt, pb, pl, pr = pads
     Hp, Wp = H + pt + pb, W + pl + pr
@@ -77,3 +107,29 @@ def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: in
         for j in range(kw):
             dxp[:, i:hi:stride, j:j + stride * ow:stride, :] += c6[:, :, :, i, j, :]
     return dxp[:, pt:pt + H, pl:pl + W, :]
+
+
+def conv_input_grad_cols(grad: np.ndarray, kh: int, kw: int, pads: tuple[int, int, int, int],
+                         x_hw: tuple[int, int], out: np.ndarray | None = None,
+                         pad_buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stride-1 conv: output gradient (N, OH, OW, F) -> cols (N*H*W, KH*KW*F), padded grad.
+
+    ``cols @ flip_kernel(W)`` is then the input gradient (N*H*W, C): the adjoint of a
+    stride-1 correlation is a full correlation with the kernel rotated by 180 degrees, i.e.
+    a correlation of the output gradient padded by (KH-1-top, KH-1-bottom, ...). The padded
+    gradient is returned so that the caller can pass it back as ``pad_buf`` next time.
+    """
+    N, OH, OW, F = grad.shape
+    pt, pb, pl, pr = pads
+    H, W = x_hw
+    qt, ql = kh - 1 - pt, kw - 1 - pl
+    qb, qr = H + kh - 1 - OH - qt, W + kw - 1 - OW - ql                  # rows/cols past the end
+    assert min(qt, ql) >= 0 and min(qb, qr) >= 0, (pads, grad.shape, x_hw)
+    gp = pad_nhwc(grad, (qt, qb, ql, qr), out=pad_buf)                  # (N, H+KH-1, W+KW-1, F)
+    return im2col_padded(gp, kh, kw, 1, H, W, out), gp
+
+
+def flip_kernel(W: np.ndarray) -> np.ndarray:
+    """(KH, KW, C, F) -> (KH*KW*F, C): rotated by 180 degrees, in and out channels swapped."""
+    KH, KW, C, F = W.shape
+    return np.ascontiguousarray(W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(KH * KW * F, C)

@@ -86,14 +86,27 @@ class Adam(Optimizer):
         if "m" not in slot:
             slot["m"], slot["v"] = np.zeros_like(p), np.zeros_like(p)
         m, v, b1, b2 = slot["m"], slot["v"], self.beta1, self.beta2
-        m *= b1
-        m += (1 - b1) * g
-        v *= b2
-        v += (1 - b2) * (g * g)
+        tmp = self._scratch(p)         # one reused work array: no temporaries (and no page faults)
+        m *= b1                                                       # m = b1 m + (1 - b1) g
+        np.multiply(g, 1 - b1, out=tmp)
+        m += tmp
+        v *= b2                                                       # v = b2 v + (1 - b2) g^2
+        np.multiply(g, g, out=tmp)
+        tmp *= 1 - b2
+        v += tmp
         step = self.lr / (1 - b1 ** self.t)
-        denom = np.sqrt(v) * p.dtype.type(1.0 / np.sqrt(1 - b2 ** self.t))
-        denom += self.eps
-        p -= p.dtype.type(step) * (m / denom)
+        np.sqrt(v, out=tmp)                                           # denom = sqrt(v / (1 - b2^t)) + eps
+        tmp *= p.dtype.type(1.0 / np.sqrt(1 - b2 ** self.t))
+        tmp += self.eps
+        np.divide(m, tmp, out=tmp)
+        tmp *= p.dtype.type(step)
+        p -= tmp
+
+    def _scratch(self, p: np.ndarray) -> np.ndarray:
+        work = getattr(self, "_work", None)
+        if work is None or work.shape != p.shape or work.dtype != p.dtype:
+            work = self._work = np.empty_like(p)
+        return work
 
     def get_config(self) -> dict:
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
@@ -120,7 +133,7 @@ def regularize(params: np.ndarray, grads: np.ndarray, weight_decay: float = 0.0,
     """
     if weight_decay:
         grads += grads.dtype.type(weight_decay) * params
-    norm = float(np.sqrt(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+    norm = float(np.sqrt(np.einsum("i,i->", grads.reshape(-1), grads.reshape(-1), dtype=np.float64)))
     if clip_norm is not None and norm > clip_norm:
         grads *= grads.dtype.type(clip_norm / (norm + 1e-6))
     return norm

@@ -3,7 +3,9 @@
 Max and average pooling loop over the KH*KW window offsets; each iteration is one
 vectorised operation over a strided slice of the whole batch. Max pooling remembers
 the *index* of the winning offset (first maximum, like argmax), not an equality mask,
-so ties route the gradient to exactly one input.
+so ties route the gradient to exactly one input; for non-overlapping windows its
+backward writes every input cell exactly once (no scatter-add, no zero fill when the
+windows tile the input).
 """
 from __future__ import annotations
 
@@ -57,15 +59,18 @@ class MaxPool2D(_Pool2D):
         N, H, W, C = x.shape
         oh, ow, pads = self._geometry(x.shape)
         xp = pad_nhwc(x, pads, value=-np.inf)                          # (N, Hp, Wp, C)
-        out = idx = None
-        for k, sh, sw in self._offsets(oh, ow):
+        offsets = self._offsets(oh, ow)
+        _, sh0, sw0 = next(offsets)
+        out = xp[:, sh0, sw0, :].copy()                                # (N, OH, OW, C)
+        idx = np.zeros(out.shape, np.min_scalar_type(self.pool_size[0] * self.pool_size[1] - 1))
+        better = np.empty(out.shape, bool)
+        winner = np.empty(out.shape, idx.dtype)
+        for k, sh, sw in offsets:       # k increases, so "idx = k where better" is a maximum
             v = xp[:, sh, sw, :]                                       # (N, OH, OW, C)
-            if out is None:
-                out, idx = v.copy(), np.zeros(v.shape, np.uint8)
-            else:
-                better = v > out
-                np.copyto(out, v, where=better)
-                idx[better] = k
+            np.greater(v, out, out=better)                             # strictly: first max wins
+            np.maximum(out, v, out=out)                                # (copyto(where=) is 10x slower)
+            np.multiply(better, idx.dtype.type(k), out=winner)
+            np.maximum(idx, winner, out=idx)
         self._idx, self._x_shape, self._pads = idx, x.shape, pads
         return out
 
@@ -74,14 +79,16 @@ class MaxPool2D(_Pool2D):
         pt, pb, pl, pr = self._pads
         oh, ow = grad.shape[1:3]
         (kh, kw), (sh, sw) = self.pool_size, self.stride
-        overlap = sh < kh or sw < kw
-        dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), grad.dtype)    # (N, Hp, Wp, C)
-        for k, s_h, s_w in self._offsets(oh, ow):
-            g = np.where(self._idx == k, grad, 0)
-            if overlap:
-                dxp[:, s_h, s_w, :] += g
-            else:
-                dxp[:, s_h, s_w, :] = g
+        Hp, Wp = H + pt + pb, W + pl + pr
+        if sh < kh or sw < kw:                                         # overlapping windows
+            dxp = np.zeros((N, Hp, Wp, C), grad.dtype)                  # (N, Hp, Wp, C)
+            for k, s_h, s_w in self._offsets(oh, ow):
+                dxp[:, s_h, s_w, :] += np.multiply(grad, self._idx == k)
+            return dxp[:, pt:pt + H, pl:pl + W, :]
+        tiled = (sh, sw) == (kh, kw) and (Hp, Wp) == (kh * oh, kw * ow)
+        dxp = (np.empty if tiled else np.zeros)((N, Hp, Wp, C), grad.dtype)
+        for k, s_h, s_w in self._offsets(oh, ow):                      # each input cell written once
+            np.multiply(grad, self._idx == k, out=dxp[:, s_h, s_w, :])
         return dxp[:, pt:pt + H, pl:pl + W, :]
 
 

@@ -28,10 +28,12 @@ def monitored(logs: dict) -> tuple[str, float]:
 
 
 class BestWeights(Callback):
-    """Remembers the parameters of the best epoch so far (and the start, before any epoch)."""
+    """Remembers the parameters of the best epoch so far (and the start, before any epoch),
+    with the optimizer state that goes with them (restored only after a divergence)."""
 
     def on_train_begin(self, logs):
         self.best, self.params, self.state = -math.inf, self.model.params.copy(), self.model.state.copy()
+        self.optimizer_state = self._optimizer_state()
 
     def on_epoch_end(self, epoch, logs):
         _, value = monitored(logs)
@@ -39,10 +41,17 @@ class BestWeights(Callback):
             self.best = value
             np.copyto(self.params, self.model.params)
             np.copyto(self.state, self.model.state)
+            self.optimizer_state = self._optimizer_state()
 
-    def restore(self) -> None:
+    def _optimizer_state(self):
+        state_dict = getattr(self.model.optimizer, "state_dict", None)
+        return state_dict() if state_dict is not None else None
+
+    def restore(self, optimizer: bool = False) -> None:
         np.copyto(self.model.params, self.params)
         np.copyto(self.model.state, self.state)
+        if optimizer and self.optimizer_state is not None:
+            self.model.optimizer.load_state_dict(self.optimizer_state)
 
 
 class EarlyStopping(Callback):
@@ -125,5 +134,6 @@ class CallbackList:
         return call
 
     def on_diverged(self) -> None:
-        """The loss went NaN/inf: put the best weights seen so far back into the model."""
-        self.best_weights.restore()
+        """The loss went NaN/inf: put the best weights seen so far back into the model, and the
+        optimizer state of that moment (its moments now hold NaN/inf too)."""
+        self.best_weights.restore(optimizer=True)

@@ -284,6 +284,22 @@ def test_divergence_in_the_first_epoch_restores_the_initial_weights():
     np.testing.assert_array_equal(model.params, rec.start)
 
 
+@pytest.mark.parametrize("optimizer, kwargs", [("adam", {}), ("sgd", {"momentum": 0.9})])
+def test_training_continues_after_divergence_with_a_lower_lr(optimizer, kwargs):
+    """Following the message's advice works: the optimizer's moments are rolled back with the weights."""
+    model = Model([Flatten(), Dense(16), Dense(3)], seed=0).compile("cce", optimizer, lr=0.05, **kwargs)
+    X, y = images(24)
+    rec = RecordParams(explode_after=0)
+    with np.errstate(all="ignore"), pytest.raises(TrainingDiverged):
+        model.fit(X, y, epochs=3, batch_size=8, callbacks=[rec], verbose=0)
+    slots = model.optimizer.slots[0]
+    assert slots and all(np.isfinite(v).all() for v in slots.values())
+    assert model.optimizer.t == 3 and model.optimizer.lr == 0.05     # as after epoch 1's 3 steps
+    model.optimizer.lr = 1e-3
+    history = model.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(history["loss"]).all() and np.isfinite(model.params).all()
+
+
 def test_a_diverged_model_can_still_be_saved_and_used(tmp_path):
     model = linear_mlp()
     model.optimizer.lr = HUGE_LR

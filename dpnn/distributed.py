@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 
 import numpy as np
 
 from .comm import Communicator, get_communicator
+from .layers.normalization import BatchNorm2D
 from .engine import (DETERMINISTIC_SHARDS, StepStats, add_correct, average_state, count_correct,
                      shard_bounds, shard_gradients, sum_in_order)
 
@@ -41,18 +43,33 @@ class DistributedEngine:
     """``train_step``/``sync_state``/``evaluate``/``close`` over the ranks of ``comm``.
 
     ``workers`` > 1 runs each rank's slice on that node's shared-memory ``DataParallel``
-    workers; ``workers`` = 1 computes it in the rank's own process.
+    workers; ``workers`` = 1 computes it in the rank's own process, and so does deterministic
+    mode (its micro-shards must be cut from the global batch, which ``DataParallel`` does not
+    do for a slice). As in ``DataParallel``, BatchNorm uses each rank's slice statistics
+    unless ``sync_batchnorm=True`` (one worker per rank): batch sums are then all-reduced
+    across ranks, so the statistics are those of the global batch, as in one process.
     """
 
     def __init__(self, model, comm: Communicator | str = "mpi", workers=1,
                  threads_per_worker: int | None = None, deterministic: bool = False,
-                 check_every: int = 50, **local_options) -> None:
+                 check_every: int = 50, sync_batchnorm: bool | None = None, **local_options) -> None:
         self.model, self.deterministic = model, deterministic
         self.comm = get_communicator(comm)
         self.rank, self.size = self.comm.rank, self.comm.size
         self.check_every, self.steps = max(int(check_every), 1), 0
+        self.sync_batchnorm = bool(sync_batchnorm)
+        if self.sync_batchnorm and (deterministic or workers not in (1, None)):
+            raise ValueError("sync_batchnorm=True across MPI ranks needs workers=1 per rank and "
+                             "deterministic=False")
         self.local = self._local_engine(workers, threads_per_worker, local_options)
         self.workers = getattr(self.local, "workers", 1)
+        self._janitor = None
+        if self.local is not None and self.size > 1:     # outlives a SIGKILL of this rank
+            from . import janitor
+            self._janitor = janitor.start()
+        self._bn = [layer for layer in model.layers if isinstance(layer, BatchNorm2D)]
+        for layer in self._bn if self.sync_batchnorm else []:
+            layer.sync = self._allreduce_sums
         self.broadcast_model(root=0)
         P, S = model.params.size, model.state.size
         slots = -(-DETERMINISTIC_SHARDS // self.size) if deterministic else 1
@@ -61,6 +78,11 @@ class DistributedEngine:
 
     def _local_engine(self, workers, threads_per_worker, options):
         if workers in (1, None) and not options:
+            return None
+        if self.deterministic:
+            if self.rank == 0:
+                warnings.warn("deterministic mode over MPI computes each rank's micro-shards in the "
+                              f"rank's own process; workers={workers!r} is ignored", stacklevel=4)
             return None
         from .workers import DataParallel
         return DataParallel(self.model, workers=workers, threads_per_worker=threads_per_worker,
@@ -110,12 +132,16 @@ class DistributedEngine:
         state0 = m.state.copy()
         if b <= a:
             slot[:P], slot[P:], stats[:] = 0, state0, (0, 0, 0)
+            for layer in self._bn + self._bn[::-1] if self.sync_batchnorm else []:
+                self._allreduce_sums(np.zeros(2 * layer.params["gamma"].size + 1))   # join every exchange
             return
         k = None if keys is None else keys[a:b]
         if self.local is None:
             loss_sum, correct = shard_gradients(m, x[a:b], y[a:b], n, k)
-        else:
-            loss_sum, correct = self.local.compute_gradients(x[a:b], y[a:b], k, denominator=n)
+        else:                  # the node's workers divide by their slice size b - a, not by n
+            local = self.local.compute_gradients(x[a:b], y[a:b], k)
+            loss_sum, correct = local.loss_sum, local.correct
+            m.grads *= np.float32((b - a) / n)
         slot[:P], slot[P:] = m.grads, m.state
         stats[:] = (loss_sum, correct, b - a)
         m.state[...] = state0          # the next micro-shard starts from the same statistics
@@ -125,8 +151,10 @@ class DistributedEngine:
         m, P = self.model, self.model.params.size
         if not self.deterministic:
             pack, stats = self._pack[0], self._stats[0]
-            count = stats[2]
-            pack[P:] *= np.float32(count / n)          # sample-weighted BatchNorm statistics
+            if self.sync_batchnorm:                    # every rank has the same statistics
+                pack[P:] *= np.float32(self.rank == 0)
+            else:                                      # sample-weighted shard statistics
+                pack[P:] *= np.float32(stats[2] / n)
             self.comm.allreduce(pack)
             self.comm.allreduce(stats)
             m.grads[...] = pack[:P]
@@ -145,6 +173,10 @@ class DistributedEngine:
             if c:
                 loss_sum, correct = loss_sum + stats[r, j, 0], add_correct(correct, int(stats[r, j, 1]))
         return StepStats(float(loss_sum), correct, n)
+
+    def _allreduce_sums(self, sums: np.ndarray) -> np.ndarray:
+        """BatchNorm's ``sync`` hook: per-rank float64 sums -> sums over the global batch."""
+        return self.comm.allreduce(np.array(sums, np.float64))
 
     # -- agreement across ranks ---------------------------------------------------------
     def checksum(self, x: np.ndarray | None = None, keys: np.ndarray | None = None) -> np.ndarray:
@@ -192,6 +224,30 @@ class DistributedEngine:
         return float(sums[0] / max(sums[2], 1)), float(acc)
 
     def close(self) -> None:
+        for layer in self._bn:
+            layer.sync = None
         if self.local is not None:
             self.local.close()
             self.local = None
+        if self._janitor is not None:
+            from . import janitor
+            janitor.finish(self._janitor)
+            self._janitor = None
+
+
+def on_root(comm: Communicator, fn, *args, root: int = 0):
+    """``fn(*args)`` run on ``root`` alone; its result, or the exception it raised, on every rank.
+
+    For start-up work only rank 0 should do (read a checkpoint, check output paths): every
+    rank then succeeds or fails alike, so no rank is left waiting for the others.
+    """
+    result = error = None
+    if comm.rank == root:
+        try:
+            result = fn(*args)
+        except Exception as e:         # noqa: BLE001 -- re-raised on every rank below
+            error = e
+    error, result = comm.bcast_object((error, result), root)
+    if error is not None:
+        raise error
+    return result

@@ -1,0 +1,271 @@
+"""The MPI backend: communicators, the distributed engine, and real `mpiexec -n 2` runs on localhost.
+
+The mpiexec tests run scripts written to tmp_path (so spawned workers can import their
+main module) and compare what rank 0 saved with an in-process run of the same training.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from dpnn import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model, Activation
+from dpnn.comm import LocalComm, get_communicator
+from dpnn.distributed import DistributedEngine, RanksDiverged, on_root
+
+
+def workers_available() -> bool:
+    try:
+        from dpnn.workers import DataParallel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def find_mpiexec() -> str | None:
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+
+
+MPIEXEC = find_mpiexec()
+HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and MPIEXEC is not None
+needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec not found; install them with "
+                                                    "pip install 'dpnn[mpi]' (make test does)")
+
+# -- the workload: tiny models, 90 samples, 3 steps per epoch ---------------------------------
+MODELS = textwrap.dedent('''
+    import numpy as np
+    from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
+
+    def make(kind):
+        if kind == "bn":     # BatchNorm + Dropout, Adam, decay and clipping: every path of a step
+            layers = [Conv2D(4, (3, 3), padding="same"), BatchNorm2D(), Activation("relu"),
+                      MaxPool2D((2, 2)), Flatten(), Dense(16), Activation("relu"), Dropout(0.25), Dense(3)]
+            m = Model(layers, seed=1)
+            return m.compile(optimizer="adam", lr=1e-2, weight_decay=1e-4, clip_norm=1.0)
+        layers = [Conv2D(4, (3, 3), padding="same"), Activation("relu"), MaxPool2D((2, 2)),
+                  Flatten(), Dense(16), Activation("relu"), Dropout(0.25), Dense(3)]
+        return Model(layers, seed=1).compile(optimizer="sgd", lr=0.05, momentum=0.9)
+
+    def data():
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(90, 8, 8, 1)).astype(np.float32)
+        return X, rng.integers(0, 3, 90)
+
+    def train(model, **kwargs):
+        X, y = data()
+        return model.fit(X, y, epochs=2, batch_size=32, seed=5, verbose=0,
+                         val_data=(X[:20], y[:20]), **kwargs)
+''')
+
+RUN = textwrap.dedent('''
+    import json, os, signal, sys, time
+    import numpy as np
+    from dpnn import Callback
+    from dpnn.comm import get_communicator
+    from models import make, train
+
+    mode, out = sys.argv[1], sys.argv[2]
+    comm = get_communicator("mpi")
+
+    class Fail(Callback):                # the failure tests: rank 1 raises / waits to be killed
+        def on_batch_end(self, step, logs):
+            if mode == "raise" and comm.rank == 1 and step == 1:
+                raise ValueError("rank 1 was told to fail")
+            if mode == "kill" and step == 0 and not os.path.exists(f"{out}/ready-{comm.rank}"):
+                open(f"{out}/ready-{comm.rank}", "w").write(str(os.getpid()))
+            if mode == "kill":
+                time.sleep(0.05)
+
+    if mode in ("raise", "kill"):
+        workers = int(sys.argv[3])
+        make("plain").fit(*__import__("models").data(), epochs=1000, batch_size=16, seed=5,
+                          verbose=0, backend=comm, workers=workers, callbacks=[Fail()])
+        sys.exit(0)
+    results = {}
+    for kind, det, workers in [("plain", False, 1), ("bn", True, 1), ("bn", False, 1)]:
+        model = make(kind)
+        history = train(model, backend=comm, deterministic=det, workers=workers)
+        results[f"{kind}-{det}"] = (model.params.copy(), model.state.copy(), history)
+    for key, (params, state, history) in results.items():
+        np.save(f"{out}/{key}-params-{comm.rank}.npy", params)
+        np.save(f"{out}/{key}-state-{comm.rank}.npy", state)
+        json.dump(history, open(f"{out}/{key}-history-{comm.rank}.json", "w"))
+''')
+
+
+def write_scripts(tmp_path):
+    (tmp_path / "models.py").write_text(MODELS)
+    (tmp_path / "run.py").write_text(RUN)
+    sys.path.insert(0, str(tmp_path))
+    import models
+    sys.path.pop(0)
+    return models
+
+
+def mpi_env(tmp_path) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               HYDRA_LAUNCHER="fork", DPNN_MPI_TIMEOUT="60")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), root, env.get("PYTHONPATH", "")])
+    return env
+
+
+def mpiexec(tmp_path, *args, n: int = 2, timeout: float = 60, **popen):
+    cmd = [MPIEXEC, "-n", str(n), sys.executable, *args]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=mpi_env(tmp_path), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
+
+
+def finish(proc, timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the MPI job did not end within {timeout} s:\n{out}\n{err}")
+    return proc.returncode, out, err
+
+
+def our_shm() -> set[str]:
+    """dpnn's shared-memory segments (MPICH's own mpich_shm_* leftovers are not ours)."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith("dpnn")} if os.path.isdir("/dev/shm") else set()
+
+
+# -- communicators, in process ----------------------------------------------------------------
+def test_local_comm_is_the_identity():
+    c = get_communicator("local")
+    a = np.arange(4, dtype=np.float32)
+    assert (c.rank, c.size) == (0, 1)
+    assert c.allreduce(a) is a and c.bcast(a) is a and np.array_equal(c.allgather(a), a[None])
+    assert c.bcast_object({"k": 1}) == {"k": 1}
+    assert on_root(c, lambda: 7) == 7
+    with pytest.raises(ValueError, match="unknown communicator"):
+        get_communicator("nccl")
+
+
+def test_missing_mpi4py_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)      # "import mpi4py" now raises ImportError
+    with pytest.raises(ImportError, match=r"pip install 'dpnn\[mpi\]'"):
+        get_communicator("mpi")
+
+
+def tiny_bn_model():
+    layers = [Conv2D(3, (3, 3), padding="same"), BatchNorm2D(), Activation("relu"), MaxPool2D((2, 2)),
+              Flatten(), Dense(8), Activation("relu"), Dropout(0.25), Dense(3)]
+    return Model(layers, seed=2).compile(optimizer="adam", lr=1e-2)
+
+
+def test_one_rank_is_bitwise_local_engine():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(50, 6, 6, 1)).astype(np.float32), rng.integers(0, 3, 50)
+    for det in (True, False):
+        a, b = tiny_bn_model(), tiny_bn_model()
+        ha = a.fit(X, y, epochs=2, batch_size=16, seed=3, deterministic=det, verbose=0)
+        hb = b.fit(X, y, epochs=2, batch_size=16, seed=3, deterministic=det, verbose=0, backend=LocalComm())
+        assert np.array_equal(a.params, b.params) and np.array_equal(a.state, b.state)
+        assert ha["loss"] == hb["loss"]
+
+
+class SkewedComm(LocalComm):
+    """A two-rank world seen from rank 0, where rank 1 reports ``skew`` added to a checksum."""
+    size = 2
+
+    def __init__(self, column: int) -> None:
+        self.column = column
+
+    def allgather(self, buf):
+        rows = np.stack([buf, buf])
+        rows[1, self.column] += np.uint64(1)
+        return rows
+
+
+@pytest.mark.parametrize("column, what", [(0, "parameters"), (4, "batches")])
+def test_divergent_ranks_are_an_error(column, what):
+    model = tiny_bn_model()
+    model.build((1, 6, 6, 1))
+    engine = DistributedEngine(model, SkewedComm(column))
+    x = np.zeros((4, 6, 6, 1), np.float32)
+    with pytest.raises(RanksDiverged, match=rf"ranks \[1\] hold different {what}"):
+        engine.check_in_sync(x, np.arange(4, dtype=np.uint64))
+
+
+# -- two ranks with mpiexec -------------------------------------------------------------------
+@needs_mpi
+def test_two_ranks_train_like_one_process(tmp_path):
+    models = write_scripts(tmp_path)
+    code, out, err = finish(mpiexec(tmp_path, "run.py", "train", str(tmp_path)), timeout=60)
+    assert code == 0, err
+    for kind, det in [("plain", False), ("bn", True), ("bn", False)]:
+        key = f"{kind}-{det}"
+        p0, p1 = (np.load(tmp_path / f"{key}-params-{r}.npy") for r in (0, 1))
+        assert np.array_equal(p0, p1), f"{key}: the ranks ended with different parameters"
+        local = models.make(kind)
+        history = models.train(local, deterministic=det)
+        h0 = __import__("json").loads((tmp_path / f"{key}-history-0.json").read_text())
+        if det:        # same micro-shards, same summation order: bitwise one process
+            assert np.array_equal(p0, local.params), key
+            assert np.array_equal(np.load(tmp_path / f"{key}-state-0.npy"), local.state), key
+            assert h0["loss"] == history["loss"] and h0["acc"] == history["acc"]
+        elif kind == "plain":
+            np.testing.assert_allclose(p0, local.params, rtol=1e-4, atol=1e-5, err_msg=key)
+            np.testing.assert_allclose(h0["loss"], history["loss"], rtol=1e-5)
+        if not det and workers_available():     # 2 ranks x 1 worker == 1 rank x 2 workers
+            shm = models.make(kind)
+            models.train(shm, workers=2)
+            np.testing.assert_allclose(p0, shm.params, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+@needs_mpi
+def test_a_rank_that_raises_ends_the_job(tmp_path):
+    write_scripts(tmp_path)
+    before = our_shm()
+    t0 = time.monotonic()
+    code, out, err = finish(mpiexec(tmp_path, "run.py", "raise", str(tmp_path), "1"), timeout=30)
+    assert code != 0
+    assert "rank 1/2 failed" in err and "rank 1 was told to fail" in err
+    assert time.monotonic() - t0 < 30
+    assert our_shm() <= before
+
+
+def alive(pids) -> list[int]:
+    import psutil
+    return [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@needs_mpi
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_rank_ends_the_job_and_leaves_nothing(tmp_path, workers):
+    import psutil
+    if workers > 1 and not workers_available():
+        pytest.skip("dpnn.workers (the shared-memory engine) is not available")
+    write_scripts(tmp_path)
+    before = our_shm()
+    proc = mpiexec(tmp_path, "run.py", "kill", str(tmp_path), str(workers))
+    ready = [tmp_path / f"ready-{r}" for r in (0, 1)]
+    deadline = time.monotonic() + 40
+    while not all(p.exists() and p.read_text() for p in ready):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            finish(proc, 5)
+            pytest.fail(f"the ranks did not start training: {proc.returncode}")
+        time.sleep(0.1)
+    ranks = [int(p.read_text()) for p in ready]
+    family = ranks + [c.pid for r in ranks for c in psutil.Process(r).children(recursive=True)]
+    if workers > 1:
+        assert any(n.startswith(f"dpnn_{ranks[0]}_") for n in our_shm()), "rank 0's workers use shared memory"
+    os.kill(ranks[1], signal.SIGKILL)
+    code, out, err = finish(proc, timeout=20)
+    assert code != 0
+    deadline = time.monotonic() + 10          # the janitors clean up right after the job ends
+    while (alive(family) or our_shm() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert alive(family) == [], "processes of the job survived it"
+    assert our_shm() - before == set(), "shared memory was left in /dev/shm"

@@ -1,0 +1,208 @@
+"""Throughput and scaling of the data-parallel engine, beside single-process BLAS and PyTorch.
+
+    python -m benchmarks.scaling --workers 1,2,4 --threads-per-worker 1 --batch-size 64,256 \\
+        --steps 50 --json out.json --plot scaling.png
+    python -m benchmarks.scaling --workers auto          # calibrate a workers x threads split
+
+For every (workers, threads, batch): strong scaling (global batch fixed) and weak scaling
+(per-worker batch fixed: global batch = batch x workers). In the same run: the float32
+GEMM peak of one core, dpnn in one process with T BLAS threads, PyTorch CPU with T
+threads (T = cores in use), the issue's targets as ratios, and a projection to 64 cores
+and across nodes from the measured step breakdown.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+from dpnn._threads import usable_cores
+
+from . import measure, peak, report, torch_ref
+from .models import MODELS, build, flops_per_sample
+from .projection import from_measurements, project
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"error: {name} must be a comma-separated list of positive ints, got {text!r}")
+    if not vals or min(vals) <= 0:
+        raise SystemExit(f"error: {name} must be a comma-separated list of positive ints, got {text!r}")
+    return vals
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2,4; or 'auto' to calibrate "
+                   "a workers x threads split on this machine (default 1,2)")
+    p.add_argument("--threads-per-worker", default="1", help="BLAS threads per worker, e.g. 1 or 1,2 (default 1)")
+    p.add_argument("--batch-size", default="64,256", help="global batch sizes for strong scaling; also the "
+                   "per-worker batches for weak scaling (default 64,256)")
+    p.add_argument("--steps", type=int, default=50, help="timed steps per configuration (default 50)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--model", default="seed-cnn", choices=sorted(MODELS), help="model (default seed-cnn)")
+    p.add_argument("--backend", default="shm", choices=("shm", "mpi"), help="engine backend (default shm)")
+    p.add_argument("--no-weak", action="store_true", help="skip the weak-scaling rows")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--calibration-steps", type=int, default=6, help="steps per split for --workers auto")
+    p.add_argument("--project-cores", default="1,2,4,8,16,32,64", help="core counts of the projection")
+    p.add_argument("--cores-per-node", type=int, default=16, help="node size in the multi-node projection")
+    p.add_argument("--net-latency-us", type=float, default=20.0, help="all-reduce alpha, microseconds")
+    p.add_argument("--net-gbps", type=float, default=10.0, help="all-reduce link bandwidth, Gbit/s")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write every measurement to this JSON file")
+    p.add_argument("--plot", help="draw throughput/efficiency vs cores into this PNG")
+    a = p.parse_args(argv)
+    a.auto = a.workers.strip() == "auto"
+    a.worker_list = [] if a.auto else _int_list(a.workers, "--workers")
+    a.thread_list = _int_list(a.threads_per_worker, "--threads-per-worker")
+    a.batches = _int_list(a.batch_size, "--batch-size")
+    a.cores_list = _int_list(a.project_cores, "--project-cores")
+    if a.steps < 1 or a.warmup < 0 or a.calibration_steps < 1 or a.cores_per_node < 1:
+        p.error("--steps, --calibration-steps and --cores-per-node must be >= 1, --warmup >= 0")
+    if a.net_latency_us < 0 or a.net_gbps <= 0:
+        p.error("--net-latency-us must be >= 0 and --net-gbps > 0")
+    return a
+
+
+def check_backend(backend: str) -> None:
+    """Exit with a readable message when the engine (or the requested backend) is missing."""
+    try:
+        from dpnn.workers import DataParallel
+    except ImportError as e:
+        raise SystemExit(f"error: the data-parallel engine is not available ({e})")
+    if backend == "mpi":
+        import inspect
+        if "backend" not in inspect.signature(DataParallel).parameters:
+            raise SystemExit("error: --backend mpi is not available yet: dpnn.workers.DataParallel has no "
+                             "MPI backend; use --backend shm (the default)")
+
+
+def calibrate(a, cores: int, log) -> tuple[int, int, list[dict]]:
+    """Try each workers x threads split that fills the cores; keep the fastest."""
+    splits = [(n, cores // n) for n in range(1, cores + 1) if cores % n == 0]
+    b = a.batches[0]
+    trials = []
+    for n, t in splits:
+        r = measure.data_parallel(a.model, n, t, b, a.calibration_steps, 2, a.backend, a.seed)
+        trials.append({"workers": n, "threads": t, "samples_per_s": r["samples_per_s"]})
+        log(f"  calibrate {n} workers x {t} threads, batch {b}: {r['samples_per_s']:,.0f} samples/s")
+    best = max(trials, key=lambda r: r["samples_per_s"])
+    others = ", ".join(f"{r['workers']}x{r['threads']}: {r['samples_per_s']:,.0f}" for r in trials
+                       if r is not best)
+    log(f"  auto chose {best['workers']} workers x {best['threads']} threads: fastest at "
+        f"{best['samples_per_s']:,.0f} samples/s (vs {others or 'no other split'})")
+    return best["workers"], best["threads"], trials
+
+
+def run(a) -> dict:
+    log = lambda s="": print(s, flush=True)                                # noqa: E731
+    cores = usable_cores()
+    check_backend(a.backend)
+    probe = build(a.model, seed=a.seed)
+    flops = flops_per_sample(probe)["total"]
+    grad_bytes = probe.params.size * 4
+    log(f"dpnn scaling benchmark: model {a.model} ({flops / 1e6:.1f} MFLOP per training sample, "
+        f"{probe.param_count():,} params), {cores} usable cores, {platform.processor() or platform.machine()}")
+    pk = peak.peak_per_core()
+    log(f"measured float32 GEMM peak: {pk:.1f} GFLOP/s per core -> limit {pk * 1e9 / flops:,.0f} "
+        "samples/s per core")
+    auto = None
+    configs = [(n, t) for t in a.thread_list for n in a.worker_list]
+    if a.auto:
+        n, t, trials = calibrate(a, cores, log)
+        auto = {"workers": n, "threads": t, "trials": trials}
+        configs = sorted({(1, t), (n, t)})
+    rows, local, torch = [], {}, {}
+    has_torch, torch_note = (False, "skipped (--no-torch)") if a.no_torch else torch_ref.available()
+    if not has_torch:
+        log(f"PyTorch comparison: {torch_note}")
+    for b in a.batches:
+        for t_total in sorted({min(n * t, cores) for n, t in configs}):
+            local[(b, t_total)] = measure.local(a.model, t_total, b, a.steps, a.warmup, a.seed)
+            if has_torch:
+                torch[(b, t_total)] = measure.torch_cpu(t_total, b, a.steps, a.warmup, a.seed)
+            log(f"  baselines batch {b}, {t_total} thread(s): dpnn 1 process "
+                f"{local[(b, t_total)]['samples_per_s']:,.0f} samples/s"
+                + (f", PyTorch {torch[(b, t_total)]['samples_per_s']:,.0f}" if has_torch else ""))
+        for kind in ("strong", "weak"):
+            for n, t in configs:
+                if kind == "weak" and (a.no_weak or n == 1):
+                    continue
+                gb = b if kind == "strong" else b * n
+                r = measure.data_parallel(a.model, n, t, gb, a.steps, a.warmup, a.backend, a.seed)
+                r["kind"] = kind
+                rows.append(r)
+                log(f"  {kind:<6} {n} workers x {t} threads, batch {gb}: {r['samples_per_s']:,.0f} samples/s")
+    for r in rows:
+        per = r["batch"] if r["kind"] == "strong" else r["batch"] // r["workers"]
+        one = next((q for q in rows if q["kind"] == "strong" and q["workers"] == 1
+                    and q["threads"] == r["threads"] and q["batch"] == per), None)
+        report.derive(r, one, flops, pk, cores, local, torch)
+    proj = _projection(a, rows, grad_bytes)
+    return {"model": a.model, "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
+            "machine": platform.platform(), "python": sys.version.split()[0],
+            "peak_gflops_per_core": pk, "torch": torch_note, "auto": auto, "rows": rows,
+            "local": [dict(v, batch=k[0], threads=k[1]) for k, v in local.items()],
+            "pytorch": [dict(v, batch=k[0], threads=k[1]) for k, v in torch.items()],
+            "targets": report.targets(rows, local, torch), "projection": proj,
+            "_local": local, "_torch": torch}
+
+
+def _projection(a, rows: list[dict], grad_bytes: int) -> dict:
+    strong = [r for r in rows if r["kind"] == "strong"]
+    if not strong:
+        return {}
+    b = min(r["batch"] for r in strong)
+    ones = [r for r in strong if r["workers"] == 1 and r["batch"] == b]
+    if not ones:
+        return {}
+    one = min(ones, key=lambda r: r["threads"])
+    many = max((r for r in strong if r["batch"] == b and r["threads"] == one["threads"]),
+               key=lambda r: r["workers"])
+    model = from_measurements(one, many if many["workers"] > 1 else None, grad_bytes,
+                              net_alpha=a.net_latency_us * 1e-6, net_beta=a.net_gbps * 1e9 / 8,
+                              cores_per_node=a.cores_per_node)
+    if one["threads"] > 1:
+        model.compute_per_sample *= one["threads"]     # per core: the projection counts cores
+    return project(model, sorted({r["batch"] for r in strong}), a.cores_list, per_worker_batch=b)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    res = run(a)
+    local, torch = res.pop("_local"), res.pop("_torch")
+    print()
+    print(report.table(res["rows"]))
+    print()
+    print(report.baseline_table(local, torch, res["flops_per_sample"], res["peak_gflops_per_core"]))
+    print("\nratios: /BLAS = dpnn workers vs dpnn single process with the same total threads; /torch = vs "
+          "PyTorch CPU with the same threads; ovh = step time not spent in the slowest worker's compute")
+    print("\ntargets (global batch 64 unless noted; each a ratio measured in this run):")
+    print(report.targets_text(res["targets"]))
+    if res["projection"]:
+        print("\nprojection (model, not measured):")
+        for name, pts in res["projection"]["curves"].items():
+            print(f"  {name}: " + ", ".join(f"{p['cores']}c {p['samples_per_s']:,.0f}/s ({p['efficiency']:.0%})"
+                                             for p in pts))
+        print("  assumptions:")
+        for s in res["projection"]["assumptions"]:
+            print(f"   - {s}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    if a.plot:
+        title = (f"{a.model}, {res['flops_per_sample'] / 1e6:.1f} MFLOP/sample, {res['cores']} cores, "
+                 f"GEMM peak {res['peak_gflops_per_core']:.0f} GFLOP/s/core")
+        report.plot(a.plot, res["rows"], local, torch, res["projection"], res["flops_per_sample"],
+                    res["peak_gflops_per_core"], title)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

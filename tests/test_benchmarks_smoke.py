@@ -1,0 +1,40 @@
+"""The scaling benchmark runs end to end with tiny settings (it measures nothing here)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_scaling_benchmark_writes_table_json_and_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "out.json", tmp_path / "scaling.png"
+    cmd = [sys.executable, "-m", "benchmarks.scaling", "--workers", "1,2", "--threads-per-worker", "1",
+           "--batch-size", "16", "--steps", "2", "--warmup", "1", "--no-torch",
+           "--json", str(out), "--plot", str(png)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "samples/s" in proc.stdout and "targets" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["flops_per_sample"] == 24_995_328          # seed-cnn, counted from its layer shapes
+    assert res["peak_gflops_per_core"] > 0
+    rows = {(r["kind"], r["workers"], r["threads"], r["batch"]) for r in res["rows"]}
+    assert rows == {("strong", 1, 1, 16), ("strong", 2, 1, 16), ("weak", 2, 1, 32)}
+    for r in res["rows"]:
+        for key in ("samples_per_s", "speedup", "efficiency", "gflops", "peak_fraction", "startup_s",
+                    "mb_per_worker", "mb_total", "overhead"):
+            assert r[key] >= 0, key
+        assert {"compute", "wait", "reduce", "optimizer"} <= set(r["times"])
+        assert len(r["worker_peak_mb"]) == r["workers"]
+    assert {(b["batch"], b["threads"]) for b in res["local"]} == {(16, 1), (16, 2)}
+    assert res["projection"]["assumptions"] and res["projection"]["curves"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_scaling_benchmark_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--workers", "0,x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--workers" in proc.stderr

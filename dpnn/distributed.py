@@ -24,6 +24,7 @@ compared across ranks every ``check_every`` steps and at every epoch end, and a 
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 
@@ -64,7 +65,7 @@ class DistributedEngine:
         self.local = self._local_engine(workers, threads_per_worker, local_options)
         self.workers = getattr(self.local, "workers", 1)
         self._janitor = None
-        if self.local is not None and self.size > 1:     # outlives a SIGKILL of this rank
+        if self.size > 1 and os.path.isdir("/proc"):     # cleans up after a SIGKILL of this rank
             from . import janitor
             self._janitor = janitor.start()
         self._bn = [layer for layer in model.layers if isinstance(layer, BatchNorm2D)]

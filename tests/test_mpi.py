@@ -135,9 +135,9 @@ def finish(proc, timeout: float) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def our_shm() -> set[str]:
-    """dpnn's shared-memory segments (MPICH's own mpich_shm_* leftovers are not ours)."""
-    return {n for n in os.listdir("/dev/shm") if n.startswith("dpnn")} if os.path.isdir("/dev/shm") else set()
+def our_shm(prefix: str = "dpnn") -> set[str]:
+    """Shared-memory segments in /dev/shm whose names start with ``prefix``."""
+    return {n for n in os.listdir("/dev/shm") if n.startswith(prefix)} if os.path.isdir("/dev/shm") else set()
 
 
 # -- communicators, in process ----------------------------------------------------------------
@@ -248,7 +248,7 @@ def test_a_killed_rank_ends_the_job_and_leaves_nothing(tmp_path, workers):
     if workers > 1 and not workers_available():
         pytest.skip("dpnn.workers (the shared-memory engine) is not available")
     write_scripts(tmp_path)
-    before = our_shm()
+    before, mpich_before = our_shm(), our_shm("mpich_shm_")
     proc = mpiexec(tmp_path, "run.py", "kill", str(tmp_path), str(workers))
     ready = [tmp_path / f"ready-{r}" for r in (0, 1)]
     deadline = time.monotonic() + 40
@@ -269,3 +269,4 @@ def test_a_killed_rank_ends_the_job_and_leaves_nothing(tmp_path, workers):
         time.sleep(0.1)
     assert alive(family) == [], "processes of the job survived it"
     assert our_shm() - before == set(), "shared memory was left in /dev/shm"
+    assert our_shm("mpich_shm_") - mpich_before == set(), "MPICH's segments were left (the janitor removes them)"

@@ -1,0 +1,215 @@
+"""End to end: ``python -m launch.train`` on tiny synthetic IDX data and, where installed, real data.
+
+Most runs are subprocesses (exit status, stdout/stderr, signals); argument and data checks
+that need no training call ``launch.train.main`` in-process to keep the suite fast.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+import launch.train as train_cli
+from dpnn import Model
+from dpnn.datasets import FASHION_DIR, _has_mnist_files, make_synthetic, mnist_5k_path
+from dpnn.idx import write_idx
+from dpnn.io import read_arrays
+from launch.checkpoint import list_checkpoints
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_ENGINE = train_cli.engine_available()
+FLAGS = ["--workers", "--threads-per-worker", "--dataset", "--model", "--epochs", "--batch-size",
+         "--optimizer", "--lr", "--momentum", "--weight-decay", "--clip-norm", "--val-split",
+         "--early-stopping", "--patience", "--min-delta", "--lr-schedule", "--seed",
+         "--deterministic", "--limit", "--out", "--checkpoint-dir", "--resume", "--history",
+         "--plot", "--backend", "--quiet"]
+# A small CNN with dropout, so resume also covers the per-sample dropout masks.
+TINY_CNN = [{"class": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3], "padding": "same"}},
+            {"class": "Activation", "config": {"func": "relu"}},
+            {"class": "MaxPool2D", "config": {"pool_size": [4, 4]}},
+            {"class": "Flatten", "config": {}},
+            {"class": "Dense", "config": {"units": 16}},
+            {"class": "Activation", "config": {"func": "relu"}},
+            {"class": "Dropout", "config": {"rate": 0.25}},
+            {"class": "Dense", "config": {"units": 10}}]
+
+
+def run_cli(*args, cwd, timeout=90):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "launch.train", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_split(d, prefix, n, seed):
+    ds = make_synthetic(n, seed)
+    write_idx(d / f"{prefix}-images-idx3-ubyte.gz", (ds.X[..., 0] * 255).round().astype(np.uint8))
+    write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", ds.y.astype(np.uint8))
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+    """Four gzip IDX files of a learnable 10-class toy problem: 256 train, 100 test images."""
+    d = tmp_path / "toy"
+    d.mkdir()
+    write_split(d, "train", 256, 0)
+    write_split(d, "t10k", 100, 1)
+    return d
+
+
+@pytest.fixture
+def tiny_cnn(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY_CNN))
+    return path
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def same_weights(a, b) -> bool:
+    wa, _ = read_arrays(str(a))
+    wb, _ = read_arrays(str(b))
+    return wa.keys() == wb.keys() and all(np.array_equal(wa[k], wb[k]) for k in wa)
+
+
+# -- the command line -------------------------------------------------------------------------
+def test_help_explains_every_flag_with_its_default(tmp_path):
+    r = run_cli("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    for flag in FLAGS:
+        assert flag in text, flag
+    for default in ("(default: fashion-mnist)", "(default: seed-cnn)", "(default: 5)", "(default: 64)",
+                    "(default: auto)", "(default: weights.hdf5)", "(default: checkpoints)", "(default: shm)"):
+        assert default in text, default
+    assert "0.001 for adam" in text and "--resume" in text
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--epochs", "0"], "--epochs"),
+    (["--workers", "0"], "--workers"),
+    (["--workers", "many"], "--workers"),
+    (["--lr", "-1"], "--lr"),
+    (["--momentum", "0.9"], "--momentum applies to --optimizer sgd"),
+    (["--patience", "2"], "--early-stopping"),
+    (["--val-split", "1.5"], "--val-split"),
+    (["--limit", "0"], "--limit"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--resume", "--checkpoint-dir", "empty"], "no checkpoint in empty"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--model", "missing.json"], "missing.json"),
+    (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    defaults = [] if "--dataset" in argv else ["--dataset", "synthetic"]
+    assert exit_code(argv + defaults + ["--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "weights.hdf5").exists()
+
+
+def exit_code(argv) -> int:
+    """launch.train.main in this process; argparse's own errors exit via SystemExit."""
+    try:
+        return train_cli.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_missing_matplotlib_is_reported_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_cli, "matplotlib_available", lambda: False)
+    assert exit_code(["--dataset", "synthetic", "--plot", "c.png"]) == 2
+    assert "pip install 'dpnn[plot]'" in capsys.readouterr().err
+
+
+def test_mpi_backend_fails_clearly_when_unavailable(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if HAVE_ENGINE:
+        pytest.skip("the data-parallel engine exists; MPI runs are tested with mpiexec")
+    assert exit_code(["--dataset", "synthetic", "--backend", "mpi", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--backend mpi" in err and ("dpnn.workers" in err or "mpi4py" in err)
+
+
+# -- training runs ----------------------------------------------------------------------------
+def test_trains_on_an_idx_directory_and_writes_every_output(tmp_path, idx_dir):
+    r = run_cli("--dataset", idx_dir, "--model", "mlp", "--epochs", 2, "--workers", 1, "--val-split", 0.25,
+                "--out", "out/w.hdf5", "--history", "h.json", "--plot", "curves.png", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch 2/2" in r.stderr                      # progress (tqdm) goes to stderr
+    summary = r.stdout
+    for needle in ("test accuracy", "time per epoch", "workers         1 x", "out/w.hdf5"):
+        assert needle in summary, summary
+    model = Model.load(str(tmp_path / "out" / "w.hdf5"))
+    assert (tmp_path / "out" / "w.json").exists()
+    assert model.metadata["dataset"] == "toy" and model.metadata["preset"] == "mlp"
+    assert model.metadata["class_names"] == [str(k) for k in range(10)]
+    test_acc = model.metadata["test_accuracy"]
+    assert f"{test_acc:.4f}" in summary and test_acc > 0.5    # the toy problem is easy
+
+    report = json.loads((tmp_path / "h.json").read_text(), parse_constant=pytest.fail)  # strict JSON
+    assert report["test_accuracy"] == test_acc and report["config"]["epochs"] == 2
+    for key in ("loss", "acc", "val_loss", "val_acc", "lr", "time", "samples_per_s"):
+        assert len(report["history"][key]) == 2, key
+    assert report["history"]["val_acc"][-1] > 0.3
+
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    import matplotlib.image
+    height, width, _ = matplotlib.image.imread(str(tmp_path / "curves.png")).shape
+    assert height >= 200 and width >= 400
+    assert [e for e, _ in list_checkpoints(str(tmp_path / "checkpoints"))] == [1, 2]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+def test_quiet_prints_only_the_summary(tmp_path, idx_dir):
+    r = run_cli("--dataset", idx_dir, "--model", "mlp", "--epochs", 1, "--workers", "auto", "--quiet",
+                "--checkpoint-dir", "none", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "" and r.stdout.startswith("summary: mlp on toy, 1 epochs")
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("options, steps", [
+    (["--optimizer", "adam"], 8),                                      # 256 samples / 32
+    (["--optimizer", "sgd", "--lr-schedule", "plateau", "--early-stopping", "--patience", "5",
+      "--val-split", "0.2", "--clip-norm", "1.0", "--weight-decay", "1e-4"], 7),   # 205 / 32
+], ids=["adam", "sgd-plateau-earlystop"])
+def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path, idx_dir, tiny_cnn, options, steps):
+    common = ["--dataset", idx_dir, "--model", tiny_cnn, "--deterministic", "--workers", 1, "--quiet",
+              "--batch-size", 32, "--seed", 7, *options]
+    straight = run_cli(*common, "--epochs", 4, "--out", "straight.hdf5", "--checkpoint-dir", "a", cwd=tmp_path)
+    first = run_cli(*common, "--epochs", 2, "--out", "resumed.hdf5", "--checkpoint-dir", "b", cwd=tmp_path)
+    second = run_cli("--resume", "--checkpoint-dir", "b", "--epochs", 4, "--quiet", cwd=tmp_path)
+    for r in (straight, first, second):
+        assert r.returncode == 0, r.stderr
+    assert same_weights(tmp_path / "straight.hdf5", tmp_path / "resumed.hdf5")
+    assert same_weights(tmp_path / "a" / "epoch-0004.hdf5", tmp_path / "b" / "epoch-0004.hdf5")
+    assert second.stdout.splitlines()[1] == straight.stdout.splitlines()[1]   # test accuracy line
+    checkpoint = Model.load(str(tmp_path / "b" / "epoch-0004.hdf5"))
+    assert checkpoint.extra_arrays["optimizer/t"] == 4 * steps
+
+
+def test_resume_keeps_the_run_settings(tmp_path, idx_dir):
+    common = ["--dataset", idx_dir, "--model", "mlp", "--workers", 1, "--quiet"]
+    assert run_cli(*common, "--epochs", 1, cwd=tmp_path).returncode == 0
+    again = run_cli(*common, "--epochs", 1, cwd=tmp_path)
+    assert_one_line_error(again, "already holds checkpoints", "--resume")
+    changed = run_cli("--resume", "--lr", "0.5", "--epochs", 2, cwd=tmp_path)
+    assert_one_line_error(changed, "--lr 0.5 differs from the checkpoint's 0.001")
+    shorter = run_cli("--resume", "--epochs", 1, "--out", "final.hdf5", cwd=tmp_path)
+    assert shorter.returncode == 0 and (tmp_path / "final.hdf5").exists()    # nothing left to train

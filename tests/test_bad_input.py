@@ -71,7 +71,8 @@ def test_fit_input_shape_mismatch_on_a_built_model():
 
 def test_build_of_a_built_model_for_another_shape():
     model = cnn().build((1, 8, 8, 1))
-    with pytest.raises(ValueError, match=r"built for inputs \(8, 8, 1\), not \(9, 9, 1\); create a new Model"):
+    with pytest.raises(ValueError,
+                       match=r"built for inputs \(8, 8, 1\), not \(9, 9, 1\); create a new Model"):
         model.build((1, 9, 9, 1))
 
 
@@ -135,7 +136,8 @@ def test_fractional_labels():
 def test_mse_targets_of_the_wrong_shape():
     X, _ = images()
     model = cnn().compile("mse", "sgd")
-    with pytest.raises(ValueError, match=r"mse targets of shape \(12, 2\) do not match predictions \(12, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"mse targets of shape \(12, 2\) do not match predictions \(12, 3\)"):
         model.train_on_batch(X, np.zeros((12, 2)))
 
 
@@ -156,12 +158,14 @@ def test_optimizer_arguments_it_does_not_take():
 
 
 def test_unknown_loss():
-    with pytest.raises(ValueError, match=r"unknown loss 'hinge'; choose one of .*categorical_crossentropy.*mse"):
+    with pytest.raises(ValueError,
+                       match=r"unknown loss 'hinge'; choose one of .*categorical_crossentropy.*mse"):
         cnn().compile("hinge", "adam")
 
 
 def test_unknown_activation():
-    with pytest.raises(ValueError, match=r"unknown activation 'gelu'; choose one of relu, sigmoid, tanh, softmax"):
+    with pytest.raises(ValueError,
+                       match=r"unknown activation 'gelu'; choose one of relu, sigmoid, tanh, softmax"):
         Activation("gelu")
 
 

@@ -1,6 +1,8 @@
 """Every layer and loss against central differences (float64, every element): dpnn.gradcheck."""
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from dpnn import (Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
                   GlobalAvgPool2D, MaxPool2D)
@@ -28,8 +30,13 @@ LAYER_CASES = [
     ("conv-no-bias", lambda: Conv2D(3, 3, use_bias=False), (2, 4, 4, 2), True),
     ("conv-same-s2-odd", lambda: Conv2D(2, 3, stride=2), (2, 7, 5, 2), True),
     ("conv4x4-same-s3-odd", lambda: Conv2D(2, 4, stride=3), (1, 7, 8, 2), True),
+    ("conv4x4-same-s1-asymmetric", lambda: Conv2D(2, 4), (2, 5, 6, 2), True),
+    ("conv2x2-valid-s1", lambda: Conv2D(3, 2, padding="valid"), (2, 4, 5, 2), True),
+    ("conv-fused-relu", lambda: Conv2D(3, 3, activation="relu"), (2, 5, 5, 2), True),
+    ("conv-fused-relu-s2", lambda: Conv2D(3, 3, stride=2, activation="relu"), (2, 6, 5, 2), True),
     ("dense", lambda: Dense(4), (3, 5), True),
     ("dense-no-bias", lambda: Dense(3, use_bias=False), (4, 6), True),
+    ("dense-fused-relu", lambda: Dense(5, activation="relu"), (4, 6), True),
     ("relu", lambda: Activation("relu"), (3, 7), True),
     ("relu-4d", lambda: Activation("relu"), (2, 3, 3, 2), True),
     ("sigmoid", lambda: Activation("sigmoid"), (3, 7), True),
@@ -82,6 +89,20 @@ def test_layer_gradients(make_layer, input_shape, training):
 def test_loss_gradients(loss, shape, labels, denominator):
     report = check_loss(loss, shape, labels, denominator=denominator)
     assert report.ok and report.max_abs < 1e-7
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
+@given(kind=st.sampled_from(["conv", "max", "avg"]), k=st.integers(1, 4), stride=st.integers(1, 3),
+       padding=st.sampled_from(["same", "valid"]), h=st.integers(1, 7), w=st.integers(1, 7),
+       c=st.integers(1, 2))
+def test_window_layers_over_random_geometry(kind, k, stride, padding, h, w, c):
+    """Any kernel/stride/padding/size combination, including stride > kernel and 1-pixel inputs."""
+    assume(padding == "same" or (h >= k and w >= k))
+    if kind == "conv":
+        layer = Conv2D(2, k, stride, padding)
+    else:
+        layer = (MaxPool2D if kind == "max" else AvgPool2D)(k, stride, padding)
+    check_layer(layer, (2, h, w, c))
 
 
 def test_dropout_check_really_drops():

@@ -77,6 +77,18 @@ def test_npz_file_loads_when_h5py_is_installed(tmp_path):
     np.testing.assert_array_equal(Model.load(path).predict(inputs()), model.predict(inputs()))
 
 
+def test_fused_activations_survive_save_and_load(tmp_path):
+    model = Model([Conv2D(3, 3, activation="relu"), Flatten(), Dense(2, activation="relu")], seed=0)
+    x = inputs()
+    before = model.predict(x)
+    assert (before == 0).any()                                       # the ReLU is really applied
+    path = str(tmp_path / "fused.hdf5")
+    model.save(path)
+    loaded = Model.load(path)
+    assert [getattr(layer, "activation", None) for layer in loaded.layers] == ["relu", None, "relu"]
+    np.testing.assert_array_equal(loaded.predict(x), before)
+
+
 def test_hdf5_file_without_h5py_says_how_to_install_it(saved, monkeypatch):
     monkeypatch.setattr(dpnn.io, "h5py", None)
     with pytest.raises(WeightsError, match="pip install h5py"):
@@ -208,7 +220,8 @@ def test_weights_missing_a_key(saved):
     _, path = saved
     with h5py.File(path, "a") as f:
         del f["1_BatchNorm2D_running_var"]
-    with pytest.raises(WeightsError, match=r"do not match the architecture: missing 1_BatchNorm2D_running_var"):
+    with pytest.raises(WeightsError,
+                       match=r"do not match the architecture: missing 1_BatchNorm2D_running_var"):
         Model.load(path)
 
 

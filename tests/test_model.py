@@ -130,6 +130,16 @@ def test_predict_is_batched_and_in_inference_mode():
     assert model.predict(x[:0]).shape == (0, 3)
 
 
+def test_predict_batches_do_not_alias_when_the_last_layer_is_not_dense():
+    """Layers reuse work buffers between calls; no returned batch may be overwritten by the next."""
+    model = Model([Conv2D(3, 3, activation="relu"), MaxPool2D(2)], seed=0)
+    x, _ = blobs(9)
+    x_before = x.copy()
+    full = model.predict(x, batch_size=9)
+    np.testing.assert_allclose(model.predict(x, batch_size=2), full, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(x, x_before)                       # inputs are never written
+
+
 def test_get_and_set_weights_round_trip():
     a, b = small_cnn(seed=1, batchnorm=True), small_cnn(seed=2, batchnorm=True)
     x, _ = blobs(6)

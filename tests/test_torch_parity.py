@@ -66,8 +66,12 @@ def run_layer(layer, x, training=True, seed=1):
 
 
 # -- layers --------------------------------------------------------------------------------
-CONV_CASES = [  # filters, kernel, stride, padding, use_bias, input shape
+CONV_CASES = [  # filters, kernel, stride, padding, use_bias, input shape[, fused activation]
     (4, (3, 3), 1, "same", True, (2, 6, 6, 3)),
+    (4, (3, 3), 1, "same", True, (2, 6, 6, 3), "relu"),
+    (3, (3, 3), 2, "same", True, (2, 7, 6, 2), "relu"),
+    (3, (4, 4), 1, "same", True, (2, 5, 6, 2)),
+    (3, (2, 2), 1, "valid", False, (2, 5, 4, 2)),
     (4, (3, 3), 1, "valid", True, (2, 6, 7, 3)),
     (3, (3, 3), 2, "same", True, (2, 7, 6, 2)),
     (3, (5, 5), 2, "valid", True, (2, 9, 10, 2)),
@@ -78,9 +82,10 @@ CONV_CASES = [  # filters, kernel, stride, padding, use_bias, input shape
 ]
 
 
-@pytest.mark.parametrize("filters, kernel, stride, padding, use_bias, shape", CONV_CASES)
-def test_conv2d(filters, kernel, stride, padding, use_bias, shape):
-    layer = build64(Conv2D(filters, kernel, stride, padding, use_bias), shape)
+@pytest.mark.parametrize("filters, kernel, stride, padding, use_bias, shape, activation",
+                         [c if len(c) == 7 else c + (None,) for c in CONV_CASES])
+def test_conv2d(filters, kernel, stride, padding, use_bias, shape, activation):
+    layer = build64(Conv2D(filters, kernel, stride, padding, use_bias, activation), shape)
     x = np.random.default_rng(2).standard_normal(shape)
     out, g, dx = run_layer(layer, x)
 
@@ -88,6 +93,7 @@ def test_conv2d(filters, kernel, stride, padding, use_bias, shape):
     wt = torch.tensor(layer.params["W"].transpose(3, 2, 0, 1).copy(), requires_grad=True)  # (F, C, KH, KW)
     bt = torch.tensor(layer.params["b"], requires_grad=True) if use_bias else None
     yt = F.conv2d(torch_pad(xt, *kernel, stride, stride, padding), wt, bt, stride=stride)
+    yt = torch.relu(yt) if activation == "relu" else yt
     yt.backward(torch.tensor(g.transpose(0, 3, 1, 2).copy()))
     close(out, nhwc(yt))
     close(dx, nhwc(xt.grad))
@@ -96,15 +102,16 @@ def test_conv2d(filters, kernel, stride, padding, use_bias, shape):
         close(layer.grads["b"], bt.grad.numpy())
 
 
-@pytest.mark.parametrize("use_bias", [True, False])
-def test_dense(use_bias):
-    layer = build64(Dense(5, use_bias=use_bias), (4, 7))
+@pytest.mark.parametrize("use_bias, activation", [(True, None), (False, None), (True, "relu")])
+def test_dense(use_bias, activation):
+    layer = build64(Dense(5, use_bias=use_bias, activation=activation), (4, 7))
     x = np.random.default_rng(2).standard_normal((4, 7))
     out, g, dx = run_layer(layer, x)
     xt = torch.tensor(x, requires_grad=True)
     wt = torch.tensor(layer.params["W"].T.copy(), requires_grad=True)     # (units, D)
     bt = torch.tensor(layer.params["b"], requires_grad=True) if use_bias else None
     yt = F.linear(xt, wt, bt)
+    yt = torch.relu(yt) if activation == "relu" else yt
     yt.backward(torch.tensor(g))
     close(out, yt.detach())
     close(dx, xt.grad)

@@ -90,6 +90,7 @@ class LocalEngine:
     def __init__(self, model, deterministic: bool = False) -> None:
         self.model, self.deterministic = model, deterministic
         self._slots: np.ndarray | None = None
+        self._blas = None      # threadpoolctl controller, created on the first deterministic step
 
     def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
         m, n = self.model, len(x)
@@ -103,13 +104,14 @@ class LocalEngine:
                 self._state_slots = np.zeros((DETERMINISTIC_SHARDS, m.state.size), np.float32)
             state0 = m.state.copy()
             loss_sum, correct = 0.0, 0
-            for k, (a, b) in enumerate(parts):
-                self._slots[k] = 0
-                if b > a:
-                    m.state[...] = state0
-                    ls, c = shard_gradients(m, x[a:b], y[a:b], n, None if keys is None else keys[a:b])
-                    self._slots[k], self._state_slots[k] = m.grads, m.state
-                    loss_sum, correct = loss_sum + ls, add_correct(correct, c)
+            with self._one_blas_thread():
+                for k, (a, b) in enumerate(parts):
+                    self._slots[k] = 0
+                    if b > a:
+                        m.state[...] = state0
+                        ls, c = shard_gradients(m, x[a:b], y[a:b], n, None if keys is None else keys[a:b])
+                        self._slots[k], self._state_slots[k] = m.grads, m.state
+                        loss_sum, correct = loss_sum + ls, add_correct(correct, c)
             sum_in_order(self._slots, m.grads)
             if m.state.size:
                 average_state(self._state_slots, [b - a for a, b in parts], m.state)
@@ -118,6 +120,14 @@ class LocalEngine:
         t2 = time.perf_counter()
         return StepStats(loss_sum, correct, n, norm,
                          {"compute": t1 - t0, "wait": 0.0, "reduce": 0.0, "optimizer": t2 - t1})
+
+    def _one_blas_thread(self):
+        """Limit BLAS to one thread, like every deterministic worker: GEMM results (not only their
+        speed) can depend on the thread count, and deterministic results must not."""
+        if self._blas is None:
+            from threadpoolctl import ThreadpoolController
+            self._blas = ThreadpoolController()
+        return self._blas.limit(limits=1, user_api="blas")
 
     def sync_state(self) -> None:
         """Nothing to gather in one process (the model's state is already current)."""

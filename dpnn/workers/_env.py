@@ -1,0 +1,52 @@
+"""Process start-up details: the start method and the BLAS environment children inherit."""
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+
+from .._threads import BLAS_THREAD_VARS
+
+START_METHODS = ("forkserver", "spawn")
+PRELOAD = ["dpnn.workers.worker"]      # imported once by the fork server, inherited by workers
+
+
+def default_start_method() -> str:
+    """``forkserver`` where available (fast: NumPy and dpnn are imported once), else ``spawn``."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+@contextlib.contextmanager
+def blas_environment(threads: int, active: bool = True):
+    """Temporarily set the BLAS thread variables, so a child sees them before importing NumPy."""
+    if not active:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in BLAS_THREAD_VARS}
+    os.environ.update({k: str(threads) for k in BLAS_THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def start_context(method: str, threads: int):
+    """A multiprocessing context for ``method`` ('forkserver' or 'spawn'; never 'fork').
+
+    The fork server imports NumPy with one BLAS thread, so forking it never copies a running
+    thread pool; each worker then raises its own limit with threadpoolctl.
+    """
+    if method not in START_METHODS:
+        raise ValueError(f"start_method must be one of {', '.join(START_METHODS)}, got {method!r} "
+                         "(fork is unsafe once BLAS has started threads)")
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        from multiprocessing import forkserver
+        ctx.set_forkserver_preload(PRELOAD)
+        with blas_environment(1):
+            forkserver.ensure_running()
+    return ctx

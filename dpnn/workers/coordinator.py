@@ -1,0 +1,271 @@
+"""DataParallel: the coordinator of the shared-memory data-parallel engine.
+
+One step (see docs/engine.md for the picture)::
+
+    copy the global batch into the shared batch buffer; send ("step", n) to every worker
+    wait for every worker (or a death)           <- each fills its gradient slot(s)
+    grads = slot[0] + slot[1] + ...   (fixed order)  state = sample-weighted slot average
+    weight decay, global-norm clip, optimizer step IN PLACE on the shared parameters
+
+The workers see the new parameters at the next step without any copy. ``train_step``
+has the same contract as :class:`dpnn.engine.LocalEngine` and gives the same result: to
+float32 rounding in general, bitwise with ``deterministic=True`` for any worker count.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import cloudpickle
+import numpy as np
+
+from ..engine import DETERMINISTIC_SHARDS, StepStats, add_correct
+from ..errors import WorkerError
+from ..random import sample_keys as make_sample_keys
+from . import protocol as P
+from ._env import default_start_method
+from .arena import SharedArena
+from .pool import WorkerPool
+from .protocol import WorkerSpec
+from .reduce import StepReducer
+from .syncbn import exchange_width
+from .topology import plan_placement, resolve_workers
+
+
+class DataParallel:
+    """Train ``model`` with ``workers`` processes sharing its parameters; a context manager.
+
+    >>> with DataParallel(model, workers=4) as dp:
+    ...     loss, acc = dp.train_on_batch(x, y)
+
+    ``model`` must be compiled; it is built on the first batch if needed. While the pool
+    runs, the model's parameters and BatchNorm statistics live in shared memory (so the
+    coordinator's ``model`` is always current); ``close`` copies them back into private
+    arrays, so the model stays usable afterwards.
+    """
+
+    def __init__(self, model, workers: int | str = "auto", threads_per_worker: int | None = None,
+                 deterministic: bool = False, sync_batchnorm: bool = False,
+                 start_method: str | None = None, max_restarts: int = 3) -> None:
+        n = resolve_workers(workers)
+        if deterministic and n > DETERMINISTIC_SHARDS:
+            if workers != "auto":
+                raise ValueError(f"deterministic=True splits every batch into {DETERMINISTIC_SHARDS} "
+                                 f"fixed shards, so it supports at most {DETERMINISTIC_SHARDS} workers; "
+                                 f"got workers={workers}")
+            n = DETERMINISTIC_SHARDS
+        if deterministic and sync_batchnorm:
+            raise ValueError("sync_batchnorm=True cannot be combined with deterministic=True "
+                             "(deterministic shards are computed one after another)")
+        if not isinstance(max_restarts, int) or max_restarts < 0:
+            raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
+        self.model, self.workers = model, n
+        self.deterministic, self.sync_batchnorm = bool(deterministic), bool(sync_batchnorm)
+        self.placement = plan_placement(n, threads_per_worker, deterministic)
+        self.threads_per_worker = self.placement.threads_per_worker
+        self.start_method = start_method or default_start_method()
+        self.max_restarts = max_restarts
+        self.slots = DETERMINISTIC_SHARDS if deterministic else n
+        self.startup_time: float | None = None      # seconds from start() to every worker ready
+        self.restarts = [0] * n                     # deaths seen per worker
+        self.arena: SharedArena | None = None
+        self.pool: WorkerPool | None = None
+        self._reducer: StepReducer | None = None
+        self._attempt = self._auto_keys = 0
+        self._in_flight = self._closed = False
+        self._old_sigterm = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def __enter__(self) -> "DataParallel":
+        if self.model.built:
+            self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self, x: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
+        """Allocate shared memory and start the workers (``x``/``y``: a first batch, for sizes)."""
+        if self.pool is not None:
+            return
+        if self._closed:
+            raise RuntimeError("this DataParallel is closed; create a new one")
+        m = self.model
+        m._require_compiled()
+        if not m.built:
+            if x is None:
+                raise ValueError("the model is not built: call model.build(input_shape) or train a batch")
+            m.build(x.shape)
+        t0 = time.perf_counter()
+        try:
+            self.arena = SharedArena.create(self._regions(x, y))
+            m.bind(self.arena["params"], m.grads, self.arena["state"][0], copy=True)
+            self._reducer = StepReducer(m, self.arena["grads"], self.arena["state"], self.workers)
+            self.pool = WorkerPool(self._spec(), self.start_method)
+            self._install_sigterm()
+            self.pool.start()
+        except BaseException:
+            self.close()
+            raise
+        self.startup_time = time.perf_counter() - t0
+
+    def _regions(self, x, y) -> dict:
+        m, S = self.model, self.slots
+        cap = len(x) if x is not None else 1
+        y_tail, y_dtype = (y.shape[1:], y.dtype.str) if y is not None else ((), "<i8")
+        regions = {"params": ((m.params.size,), "float32"),
+                   "grads": ((S, m.params.size), "float32"),
+                   "state": ((S + 1, m.state.size), "float32"),    # row 0: the model's state
+                   "x": ((cap,) + tuple(m.input_shape[1:]), "float32"),
+                   "y": ((cap,) + tuple(y_tail), y_dtype),
+                   "keys": ((cap,), "uint64")}
+        width = exchange_width(m.layers) if self.sync_batchnorm else 0
+        if width:
+            regions["exchange"] = ((2, self.workers, width), "float64")
+        return regions
+
+    def _spec(self) -> WorkerSpec:
+        m = self.model
+        fresh = [type(layer)(**layer.get_config()) for layer in m.layers]   # unbuilt copies
+        return WorkerSpec(
+            workers=self.workers, layers_blob=cloudpickle.dumps(fresh),
+            loss_blob=cloudpickle.dumps(m.loss), seed=m.seed, input_shape=tuple(m.input_shape),
+            layout=self.arena.layout(), prefix=self.arena.prefix, slots=self.slots,
+            deterministic=self.deterministic, sync_batchnorm=self.sync_batchnorm,
+            threads=self.threads_per_worker, cpus=self.placement.cpus,
+            coordinator_pid=os.getpid())
+
+    def _install_sigterm(self) -> None:
+        """While the pool runs, SIGTERM behaves like Ctrl-C, so every ``finally`` gets to clean up."""
+        if threading.current_thread() is threading.main_thread():
+            self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+
+    def close(self) -> None:
+        """Stop the workers, copy parameters/state back to private memory, unlink shared memory."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.pool is not None:
+                self.pool.stop(graceful=not self._in_flight)
+        finally:
+            if self.arena is not None:
+                m = self.model
+                m.bind(self.arena["params"].copy(), m.grads, self.arena["state"][0].copy(), copy=False)
+                self._reducer = None
+                self.arena.unlink()
+            if self._old_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+                self._old_sigterm = None
+
+    def sync_state(self) -> None:
+        """Nothing to gather: parameters and BatchNorm statistics already live in the model."""
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return list(self.pool.pids) if self.pool is not None else []
+
+    # -- training -------------------------------------------------------------------------
+    def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
+        """One optimizer step on the global batch (x, y); ``keys`` (N,) uint64 key Dropout masks."""
+        stats = self.compute_gradients(x, y, keys)
+        t0 = time.perf_counter()
+        stats.grad_norm = self._reducer.apply()
+        stats.times["optimizer"] = time.perf_counter() - t0
+        return stats
+
+    def compute_gradients(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None,
+                          denominator: int | None = None) -> StepStats:
+        """Workers' forward + backward, no optimizer step: ``model.grads`` = d(sum of losses)/dθ
+        / ``denominator`` (default: the batch size), ``model.state`` = the merged statistics."""
+        t0 = time.perf_counter()
+        x, y = self.model.check_input(x), np.asarray(y)
+        n = len(x)
+        if n == 0 or len(y) != n:
+            raise ValueError(f"a training batch needs at least one sample and as many labels as "
+                             f"inputs; got {n} inputs and {len(y)} labels")
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"labels must be numeric, got dtype {y.dtype}")
+        if self.pool is None:
+            self.start(x, y)
+        if keys is None:
+            self._auto_keys += 1
+            keys = make_sample_keys(self.model.seed or 0, self._auto_keys, np.arange(n))
+        layout = self._load_batch(x, y, keys)
+        t1 = time.perf_counter()
+        done, t_sent = self._compute((P.STEP, n, denominator or n, layout))
+        t2 = time.perf_counter()
+        shards = sorted(s for msg in done.values() for s in msg[2])     # slot order
+        self._reducer.reduce([s[3] for s in shards], same_state=self.sync_batchnorm)
+        t3 = time.perf_counter()
+        loss_sum, correct = 0.0, 0
+        for _, loss, hits, count in shards:
+            if count:
+                loss_sum, correct = loss_sum + loss, add_correct(correct, hits)
+        compute = [msg[3] for msg in done.values()]
+        slowest = max(compute)
+        times = {"compute": slowest, "wait": max(0.0, t2 - t_sent - slowest), "reduce": t3 - t2,
+                 "optimizer": 0.0, "scatter": t_sent - t0,
+                 "straggler": slowest - sum(compute) / len(compute)}
+        return StepStats(loss_sum, correct, n, 0.0, times)
+
+    def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
+        """One step on (x, y); returns (mean loss, accuracy or nan), like ``Model.train_on_batch``."""
+        stats = self.train_step(x, y, sample_keys)
+        acc = stats.correct / stats.count if stats.correct >= 0 else float("nan")
+        return stats.loss_sum / stats.count, acc
+
+    def _load_batch(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray):
+        """Copy the batch into shared memory (growing the buffers if needed); new layout or None."""
+        a, n = self.arena, len(x)
+        grown = False
+        if a["x"].shape[0] < n:
+            a.replace("x", (n,) + x.shape[1:], "float32")
+            a.replace("keys", (n,), "uint64")
+            grown = True
+        cap, tail, dtype = a["y"].shape[0], a["y"].shape[1:], a["y"].dtype    # no view kept:
+        if cap < n or tail != y.shape[1:] or dtype != y.dtype:                # replace unmaps it
+            a.replace("y", (max(n, a["x"].shape[0]),) + y.shape[1:], y.dtype.str)
+            grown = True
+        np.copyto(a["x"][:n], x)
+        np.copyto(a["y"][:n], y)
+        np.copyto(a["keys"][:n], np.asarray(keys, np.uint64))
+        return a.layout() if grown else None
+
+    def _compute(self, step: tuple) -> tuple[dict, float]:
+        """Every worker fills its slots; a dead worker is respawned and the step redone."""
+        kind, *args = step
+        while True:
+            self._respawn_dead(set())
+            self._attempt += 1
+            self._in_flight = True
+            self.pool.send_all((kind, self._attempt, *args))
+            t_sent = time.perf_counter()
+            done, dead, errors = self.pool.gather(self._attempt)
+            self._in_flight = False
+            if errors:
+                k = min(errors)
+                pid = self.pool.pids[k]
+                self.close()
+                raise WorkerError(f"worker {k} (pid {pid}) raised an exception; all workers were "
+                                  f"stopped. Its traceback:\n{errors[k]}")
+            if not dead:
+                return done, t_sent
+            self._respawn_dead(dead)
+
+    def _respawn_dead(self, dead: set[int]) -> None:
+        for k in sorted(dead | set(self.pool.dead_workers())):
+            reason = self.pool.exit_reason(k)
+            self.restarts[k] += 1
+            if self.restarts[k] > self.max_restarts:
+                pid = self.pool.pids[k]
+                self.close()
+                raise WorkerError(f"worker {k} (pid {pid}) died {self.restarts[k]} times, last "
+                                  f"{reason}; gave up after max_restarts={self.max_restarts}")
+            self.pool.respawn(k, self.arena.layout())
+
+
+def _sigterm_to_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"received signal {signal.Signals(signum).name}")

@@ -1,0 +1,54 @@
+"""What the coordinator and a worker tell each other.
+
+Once, at start-up, each worker receives a :class:`WorkerSpec` (pickled with the Process).
+Per step only small tuples cross its Pipe; the parameters, gradients and the batch are in
+shared memory (:mod:`dpnn.workers.arena`)::
+
+    coordinator -> worker   ("step", attempt, n, denominator, layout | None)
+                            n = global batch size; gradients are d(sum loss)/dθ / denominator
+                            ("stop",)
+    worker -> coordinator   ("ready", pid)
+                            ("done", attempt, shards, compute_seconds)
+                            ("error", attempt, traceback_text)
+                            ("aborted", attempt)                     a peer died mid-step
+
+``shards`` lists ``(slot, loss_sum, correct, count)`` for every gradient slot the worker
+filled, so the coordinator adds losses in slot order whoever computed them. ``attempt``
+numbers every send, so a reply from an abandoned attempt is recognised and ignored.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .arena import Region
+
+STEP, STOP = "step", "stop"
+READY, DONE, ERROR, ABORTED = "ready", "done", "error", "aborted"
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to rebuild the model and find the shared buffers."""
+    workers: int                        # how many workers share each batch
+    layers_blob: bytes                  # cloudpickle of fresh (unbuilt) layers
+    loss_blob: bytes                    # cloudpickle of the loss object
+    seed: int | None                    # the model's seed (initial values are overwritten)
+    input_shape: tuple                  # (None, H, W, C)
+    layout: dict[str, Region]           # arena regions: params, grads, state, x, y, keys, ...
+    prefix: str                         # every segment name starts with this
+    slots: int                          # gradient slots: 8 (deterministic) or workers
+    deterministic: bool                 # fixed micro-shards, slot per micro-shard
+    sync_batchnorm: bool                # BatchNorm statistics over the global batch
+    threads: int                        # BLAS threads per worker
+    cpus: tuple                         # cpus[k]: logical CPUs of worker k, or None
+    coordinator_pid: int                # the process to watch
+    barrier_timeout: float = 600.0      # seconds a worker waits for its peers (sync BN)
+
+
+def shard_slots(spec: WorkerSpec, worker_id: int) -> range:
+    """The gradient slots worker ``worker_id`` fills: one, or a contiguous run of micro-shards."""
+    if not spec.deterministic:
+        return range(worker_id, worker_id + 1)
+    from ..engine import shard_bounds
+    a, b = shard_bounds(spec.slots, spec.workers)[worker_id]
+    return range(a, b)

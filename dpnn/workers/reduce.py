@@ -1,0 +1,35 @@
+"""The coordinator's share of a step: add the gradient slots, merge BatchNorm state, update.
+
+Everything here is in place on preallocated arrays; the order of every sum is fixed, so
+the result depends only on the slots' contents, never on which worker filled them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import average_state, sum_in_order
+
+
+class StepReducer:
+    """Reduce ``grad_slots`` (S, P) into ``model.grads`` and ``state_slots[1:]`` into row 0."""
+
+    def __init__(self, model, grad_slots: np.ndarray, state_slots: np.ndarray, workers: int) -> None:
+        self.model, self.grad_slots, self.state_slots = model, grad_slots, state_slots
+
+    def reduce(self, counts: list[int], same_state: bool = False) -> None:
+        """grads = sum of slots in order; state = sample-weighted average of the slot states.
+
+        ``same_state``: every non-empty slot holds the same statistics (synchronised
+        BatchNorm), so copy one instead of averaging (which could round differently).
+        """
+        sum_in_order(self.grad_slots, self.model.grads)
+        state = self.state_slots
+        if state.shape[1]:
+            if same_state:
+                np.copyto(state[0], state[1 + next(k for k, c in enumerate(counts) if c)])
+            else:
+                average_state(state[1:], counts, state[0])
+
+    def apply(self) -> float:
+        """Weight decay, clipping and the optimizer step on the shared parameters; the grad norm."""
+        return self.model.apply_gradients()

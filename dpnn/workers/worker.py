@@ -1,0 +1,157 @@
+"""The worker process: rebuild the model on shared buffers, then compute shard gradients on demand.
+
+``worker_main`` is the process entry point (module level, so ``spawn``/``forkserver`` can
+import it; the forkserver preloads this module, so a fresh worker starts in milliseconds).
+Per step the worker reads its rows of the shared batch, runs forward + backward with the
+layers' parameters as views of the shared parameter buffer, and leaves d(sum loss)/dθ / N
+in its gradient slot. It never writes the parameters: the coordinator steps them while
+every worker is idle, so a step can always be redone after a worker dies.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+import time
+import traceback
+
+import cloudpickle
+import numpy as np
+import psutil
+from threadpoolctl import threadpool_limits
+
+from .._threads import BLAS_THREAD_VARS
+from ..engine import shard_bounds, shard_gradients
+from ..model import Model
+from . import protocol as P
+from .arena import SharedArena, unlink_prefix
+from .protocol import WorkerSpec, shard_slots
+from .syncbn import ShardExchange, batchnorm_layers
+
+PARENT_POLL_S = 0.5      # how often an idle worker checks that its coordinator is alive
+
+
+class ShardRunner:
+    """One worker's model, bound to the shared parameter buffer, and its step computation."""
+
+    def __init__(self, worker_id: int, spec: WorkerSpec, barrier) -> None:
+        self.worker_id, self.spec = worker_id, spec
+        self.arena = SharedArena.attach(spec.layout, spec.prefix)
+        model = Model(cloudpickle.loads(spec.layers_blob), seed=spec.seed)
+        model.loss = cloudpickle.loads(spec.loss_blob)
+        model.build((1,) + tuple(spec.input_shape[1:]))
+        assert model.params.size == self.arena["params"].size, "architecture does not match the arena"
+        self.model, self.slots = model, shard_slots(spec, worker_id)
+        self.exchange = None
+        self.bn_layers = batchnorm_layers(model.layers)
+        if spec.sync_batchnorm and self.bn_layers:
+            self.exchange = ShardExchange(self.arena["exchange"], worker_id, barrier, spec.barrier_timeout)
+            for layer in self.bn_layers:
+                layer.sync = self.exchange
+        self._bind(self.slots[0])
+
+    def _bind(self, slot: int) -> None:
+        """Point the layers at the shared parameters and at gradient/state slot ``slot``."""
+        a = self.arena
+        self.model.bind(a["params"], a["grads"][slot], a["state"][1 + slot], copy=False)
+
+    def _shard(self, slot: int, a: int, b: int, denominator: int) -> tuple[float, int]:
+        if self.spec.deterministic:
+            self._bind(slot)
+        m, arena = self.model, self.arena
+        if m.state.size:
+            np.copyto(m.state, arena["state"][0])        # every shard starts from the step's state
+        return shard_gradients(m, arena["x"][a:b], arena["y"][a:b], denominator, arena["keys"][a:b])
+
+    def step(self, attempt: int, n: int, denominator: int, layout) -> tuple:
+        """Fill this worker's gradient slots for a global batch of ``n`` samples."""
+        if layout is not None:
+            self.arena.refresh(layout)
+        t0 = time.perf_counter()
+        bounds = shard_bounds(n, self.spec.slots)
+        if self.exchange is not None:
+            self.exchange.start_step()
+        shards = []
+        for slot in self.slots:
+            a, b = bounds[slot]
+            if b > a:
+                loss_sum, correct = self._shard(slot, a, b, denominator)
+            else:
+                self.arena["grads"][slot] = 0      # an empty shard adds exactly zero
+                if self.exchange is not None:
+                    self.exchange.take_part_empty(self.bn_layers)
+                loss_sum, correct = 0.0, 0
+            shards.append((slot, loss_sum, correct, b - a))
+        return (P.DONE, attempt, shards, time.perf_counter() - t0)
+
+
+def limit_threads(threads: int) -> None:
+    """BLAS threads for this process: the environment (for libraries loaded later) and the pools."""
+    os.environ.update({k: str(threads) for k in BLAS_THREAD_VARS})
+    threadpool_limits(limits=threads)
+
+
+def pin(cpus) -> None:
+    if cpus and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:        # CPU vanished from our mask (hotplug, cgroup change): run unpinned
+            pass
+
+
+def coordinator_gone(parent_pid: int, coordinator_pid: int) -> bool:
+    """True once the coordinator died (re-parenting, or a zombie nobody has reaped yet)."""
+    if os.getppid() != parent_pid:
+        return True
+    try:
+        return psutil.Process(coordinator_pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
+    """Answer step messages until told to stop (False) or the coordinator vanishes (True)."""
+    parent = os.getppid()
+    while True:
+        try:
+            if not conn.poll(PARENT_POLL_S):
+                if coordinator_gone(parent, spec.coordinator_pid):
+                    return True
+                continue
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return True
+        if msg[0] == P.STOP:
+            return False
+        attempt = msg[1]
+        try:
+            reply = runner.step(*msg[1:])
+        except threading.BrokenBarrierError:
+            reply = (P.ABORTED, attempt)
+        except Exception:
+            reply = (P.ERROR, attempt, traceback.format_exc())
+        try:
+            conn.send(reply)
+        except OSError:
+            return True
+
+
+def worker_main(worker_id: int, spec: WorkerSpec, conn, barrier) -> None:
+    """Process entry point of worker ``worker_id``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the coordinator's to handle
+    try:
+        limit_threads(spec.threads)
+        pin(spec.cpus[worker_id])
+        runner = ShardRunner(worker_id, spec, barrier)
+    except Exception:
+        conn.send((P.ERROR, 0, traceback.format_exc()))
+        return
+    conn.send((P.READY, os.getpid()))
+    orphaned = serve(conn, runner, spec)
+    arena = runner.arena
+    if orphaned:      # the coordinator was killed and cannot unlink: do it for it
+        unlink_prefix(spec.prefix, arena.layout())
+    del runner        # the model's views of shared memory go with it ...
+    gc.collect()
+    arena.close()     # ... so the mappings can be closed

@@ -1,0 +1,171 @@
+"""The data-parallel engine computes what one process computes.
+
+Every test compares ``DataParallel`` with the in-process reference ``LocalEngine`` on the
+same batches: float32 tolerance in general, bitwise with ``deterministic=True`` (whatever
+the worker count, uneven batches, Dropout and BatchNorm included), and the global
+full-batch BatchNorm with ``sync_batchnorm=True``.
+"""
+import warnings
+
+import numpy as np
+import pytest
+
+from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model)
+from dpnn.engine import LocalEngine, shard_gradients
+from dpnn.random import sample_keys
+from dpnn.workers import DataParallel
+
+pytestmark = pytest.mark.slow
+
+
+def cnn(dropout=False, batchnorm=False, seed=0):
+    """Conv2D(4, 3) -> ReLU [-> BN] -> MaxPool -> Flatten [-> Dropout] -> Dense(10), on 8x8x1."""
+    layers = [Conv2D(4, 3), Activation("relu")] + ([BatchNorm2D()] if batchnorm else [])
+    layers += [MaxPool2D(2), Flatten()] + ([Dropout(0.3)] if dropout else []) + [Dense(10)]
+    m = Model(layers, seed=seed)
+    m.compile(loss="categorical_crossentropy", optimizer="adam", lr=0.01)
+    m.build((1, 8, 8, 1))
+    return m
+
+
+def batches(sizes, seed=0, one_hot=False):
+    """[(x, y, keys)] with batch sizes ``sizes``; keys as fit makes them (seed, epoch, index)."""
+    rng, out, start = np.random.default_rng(seed), [], 0
+    for n in sizes:
+        x = rng.random((n, 8, 8, 1), dtype=np.float32)
+        y = rng.integers(0, 10, n)
+        if one_hot:
+            y = np.eye(10, dtype=np.float32)[y]
+        out.append((x, y, sample_keys(seed, 0, np.arange(start, start + n))))
+        start += n
+    return out
+
+
+def train(engine, data):
+    return [engine.train_step(x, y, k).loss_sum for x, y, k in data]
+
+
+def local(data, deterministic, **kw):
+    m = cnn(**kw)
+    losses = train(LocalEngine(m, deterministic=deterministic), data)
+    return m, losses
+
+
+def parallel(data, workers, deterministic, sync_batchnorm=False, **kw):
+    m = cnn(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)      # 3 workers on a 2-core machine
+        with DataParallel(m, workers=workers, deterministic=deterministic,
+                          sync_batchnorm=sync_batchnorm) as dp:
+            losses = train(dp, data)
+    return m, losses
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_same_parameters_as_one_process_to_float32_rounding(workers):
+    data = batches([24] * 4)
+    ref, ref_losses = local(data, deterministic=False)
+    m, losses = parallel(data, workers, deterministic=False)
+    np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_deterministic_mode_is_bitwise_identical_for_any_worker_count(workers):
+    data = batches([24] * 4)
+    ref, ref_losses = local(data, deterministic=True)
+    m, losses = parallel(data, workers, deterministic=True)
+    assert np.array_equal(m.params, ref.params)
+    assert losses == ref_losses
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_deterministic_with_dropout_and_batchnorm(workers):
+    data = batches([24] * 4)
+    ref, ref_losses = local(data, deterministic=True, dropout=True, batchnorm=True)
+    m, losses = parallel(data, workers, deterministic=True, dropout=True, batchnorm=True)
+    assert np.array_equal(m.params, ref.params)
+    assert np.array_equal(m.state, ref.state), "BatchNorm running statistics differ"
+    assert not np.array_equal(m.state, cnn(batchnorm=True).state), "the statistics were updated"
+    assert losses == ref_losses
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_uneven_batches_and_more_workers_than_samples(deterministic):
+    """7 samples on 3 workers (3+2+2), then 2 samples on 3 workers (one worker has none)."""
+    data = batches([7, 2, 7, 1])
+    ref, ref_losses = local(data, deterministic, batchnorm=True)
+    m, losses = parallel(data, 3, deterministic, batchnorm=True)
+    if deterministic:
+        assert np.array_equal(m.params, ref.params) and np.array_equal(m.state, ref.state)
+        assert losses == ref_losses
+    else:   # per-shard BatchNorm statistics (like DDP): 1-sample shards differ from one process
+        assert np.isfinite(m.params).all() and np.isfinite(m.state).all()
+
+
+def test_uneven_batches_without_batchnorm_match_one_process():
+    data = batches([7, 2, 7, 1])
+    ref, ref_losses = local(data, deterministic=False)
+    m, losses = parallel(data, 3, deterministic=False)
+    np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+def test_synchronised_batchnorm_equals_full_batch_statistics():
+    """With sync_batchnorm the shards normalise with the global batch's mean and variance."""
+    data = batches([24, 24, 5, 1])          # 5 and 1 samples: uneven shards, an empty worker
+    ref, ref_losses = local(data, deterministic=False, batchnorm=True)
+    m, losses = parallel(data, 2, deterministic=False, sync_batchnorm=True, batchnorm=True)
+    np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m.state, ref.state, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+
+
+def test_batch_buffer_grows_and_follows_the_label_format():
+    """A bigger batch, then one-hot labels: the shared buffers are replaced, results stay exact."""
+    data = batches([4, 12]) + batches([12, 3], seed=1, one_hot=True)
+    ref, ref_losses = local(data, deterministic=True)
+    m, losses = parallel(data, 2, deterministic=True)
+    assert np.array_equal(m.params, ref.params)
+    assert losses == ref_losses
+
+
+def test_compute_gradients_leaves_the_parameters_alone():
+    (x, y, k), = batches([10])
+    ref = cnn()
+    shard_gradients(ref, x, y, 5, k)                          # d(sum loss)/dθ / 5
+    m = cnn()
+    before = m.params.copy()
+    with DataParallel(m, workers=2) as dp:
+        stats = dp.compute_gradients(x, y, k, denominator=5)
+        assert np.array_equal(m.params, before)
+        np.testing.assert_allclose(m.grads, ref.grads, rtol=1e-4, atol=1e-6)
+        assert stats.count == 10 and stats.loss_sum == pytest.approx(ref.loss.per_sample.sum())
+
+
+def test_train_on_batch_reports_global_loss_and_accuracy():
+    (x, y, k), = batches([30])
+    m = cnn()
+    expected_loss, expected_acc = m.evaluate(x, y)
+    with DataParallel(m, workers=2) as dp:
+        loss, acc = dp.train_on_batch(x, y, k)
+        assert loss == pytest.approx(expected_loss, rel=1e-5)     # before the step's update
+        assert acc == pytest.approx(expected_acc)
+        later = [dp.train_on_batch(x, y)[0] for _ in range(5)]
+    assert later[-1] < loss
+
+
+def test_fit_with_two_workers_matches_fit_in_one_process():
+    """End to end through Model.fit: shuffling, keys, a short last batch, history, then predict."""
+    rng = np.random.default_rng(3)
+    X, y = rng.random((45, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 45)
+    histories, models = [], []
+    for workers in (1, 2):
+        m = cnn(dropout=True, batchnorm=True)
+        histories.append(m.fit(X, y, epochs=2, batch_size=10, seed=5, verbose=0,
+                               workers=workers, deterministic=True))
+        models.append(m)
+    assert np.array_equal(models[0].params, models[1].params)
+    assert np.array_equal(models[0].state, models[1].state)
+    assert histories[0]["loss"] == histories[1]["loss"]
+    assert np.array_equal(models[0].predict(X[:5]), models[1].predict(X[:5]))   # usable after close

@@ -91,7 +91,13 @@ def read_arrays(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             return {k: v for k, v in data.items() if not k.startswith("__attr__")}, attrs
     except WeightsError:
         raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise WeightsError(f"{path} contains pickled Python objects; dpnn never unpickles "
+                               "(allow_pickle=False: loading must not run code); save weights with model.save()") from None
+        raise WeightsError(f"weights file {path} is corrupt or truncated ({e}); "
+                           "re-create it with model.save()") from None
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
         raise WeightsError(f"weights file {path} is corrupt or truncated ({e}); "
                            "re-create it with model.save()") from None
     raise WeightsError(f"{path} is neither an HDF5 nor an NPZ weights file; "
@@ -137,13 +143,20 @@ def save_model(model, path: str, extra_arrays: dict[str, np.ndarray] | None = No
     attrs = {"dpnn_format": "1", "dpnn_input_shape": json.dumps(list(model.input_shape[1:])),
              "dpnn_metadata": json.dumps(model.metadata)}
     arrays = {**model_arrays(model), **(extra_arrays or {})}
-    arch = json.dumps(model.get_config(), indent=2)
-    written = write_arrays(path, arrays, attrs)
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            f.write(arch + "\n")
-    atomic_write(architecture_path(path), write_json)
+    arch = json.dumps(model.get_config(), indent=2) + "\n"
+    arch_path = architecture_path(path)
+    # The JSON goes to a temporary file first, so a failure on either file leaves the old
+    # pair untouched; the two renames at the end are the only window of mismatch.
+    fd, arch_tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(arch_path)) or ".",
+                                    prefix=".tmp-", suffix=os.path.basename(arch_path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(arch)
+        written = write_arrays(path, arrays, attrs)
+        os.replace(arch_tmp, arch_path)
+    finally:
+        if os.path.exists(arch_tmp):
+            os.unlink(arch_tmp)
     return written
 
 
@@ -174,11 +187,14 @@ def load_model(path: str):
     except ValueError as e:
         raise WeightsError(f"{architecture_path(path)}: {e}") from None
     model = Model(layers)
-    model.metadata = json.loads(attrs.get("dpnn_metadata", "{}"))
+    try:
+        model.metadata = json.loads(attrs.get("dpnn_metadata", "{}"))
+        shape = json.loads(attrs["dpnn_input_shape"]) if "dpnn_input_shape" in attrs else None
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{path}: corrupt dpnn metadata attribute ({e}); re-save the model") from None
     model.extra_arrays = {k: v for k, v in arrays.items() if "/" in k}
     model._pending_weights = {k: v for k, v in arrays.items() if "/" not in k}
-    if "dpnn_input_shape" in attrs:
-        shape = json.loads(attrs["dpnn_input_shape"])
+    if shape is not None:
         try:
             model.build((1, *shape))
         except ValueError as e:

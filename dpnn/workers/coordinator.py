@@ -181,6 +181,8 @@ class DataParallel:
         """Workers' forward + backward, no optimizer step: ``model.grads`` = d(sum of losses)/dθ
         / ``denominator`` (default: the batch size), ``model.state`` = the merged statistics."""
         t0 = time.perf_counter()
+        if self._closed:
+            raise RuntimeError("this DataParallel is closed; create a new one")
         x, y = self.model.check_input(x), np.asarray(y)
         n = len(x)
         if n == 0 or len(y) != n:

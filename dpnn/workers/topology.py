@@ -128,12 +128,11 @@ def plan_placement(workers: int, threads_per_worker: int | None = None,
     results can depend on the thread count). When workers * threads exceeds the cores,
     warn once and do not pin, so the OS can at least balance the load.
     """
-    if threads_per_worker is None:
-        threads_per_worker = 1 if deterministic else None
-    cores = physical_cores(usable_cpus())
     count = usable_cores()
-    cores = cores[:count]
-    threads = threads_per_worker or max(1, count // workers)
+    cores = physical_cores(usable_cpus())[:count]
+    threads = threads_per_worker
+    if threads is None:
+        threads = 1 if deterministic else max(1, count // workers)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads_per_worker must be a positive int, got {threads_per_worker!r}")
     over = workers * threads > count

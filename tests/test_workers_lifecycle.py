@@ -1,0 +1,274 @@
+"""Failures and shutdown of the data-parallel engine: nothing hangs, nothing leaks.
+
+A worker that raises, a worker killed with SIGKILL (respawned, the step redone: same result
+as an undisturbed run), a worker that keeps dying, Ctrl-C / SIGTERM / SIGKILL on the
+coordinator (run as a script in a subprocess). After each: no child process and no
+``dpnn_<pid>_*`` segment in /dev/shm.
+"""
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from dpnn import Activation, Conv2D, Dense, Flatten, Layer, MaxPool2D, Model, register_layer
+from dpnn.engine import LocalEngine
+from dpnn.errors import WorkerError
+from dpnn.random import sample_keys
+from dpnn.workers import DataParallel, SharedMemoryError
+from dpnn.workers import arena as arena_module
+
+pytestmark = pytest.mark.slow
+SHM = "/dev/shm"
+MP_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+
+
+def in_worker() -> bool:
+    return multiprocessing.parent_process() is not None
+
+
+@register_layer
+class Explode(Layer):
+    """Identity in the test process; raises inside a worker."""
+
+    def forward(self, x, training=False):
+        if training and in_worker():
+            raise ValueError("boom from the Explode layer")
+        return x
+
+    def backward(self, grad):
+        return grad
+
+
+@register_layer
+class Nap(Layer):
+    """Identity that sleeps in a worker, so a step lasts long enough to be interrupted."""
+
+    def __init__(self, seconds=0.05):
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x, training=False):
+        if training and in_worker():
+            time.sleep(self.seconds)
+        return x
+
+    def backward(self, grad):
+        return grad
+
+    def get_config(self):
+        return {"seconds": self.seconds}
+
+
+@register_layer
+class SelfDestruct(Layer):
+    """Kills its own (worker) process with SIGKILL."""
+
+    def forward(self, x, training=False):
+        if training and in_worker():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+    def backward(self, grad):
+        return grad
+
+
+def cnn(extra=()):
+    m = Model([Conv2D(4, 3), Activation("relu"), *extra, MaxPool2D(2), Flatten(), Dense(10)], seed=0)
+    m.compile(optimizer="adam", lr=0.01)
+    m.build((1, 8, 8, 1))
+    return m
+
+
+def batch(step, n=16):
+    rng = np.random.default_rng(step)
+    return (rng.random((n, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, n),
+            sample_keys(0, step, np.arange(n)))
+
+
+def our_segments(pid):
+    return {n for n in os.listdir(SHM) if n.startswith(f"dpnn_{pid}_")}
+
+
+def workers_alive(root_pid=None):
+    """Live descendants of ``root_pid`` except multiprocessing's own long-lived helpers
+    (the fork server and the resource tracker, children of the root that outlive a pool)."""
+    root = psutil.Process(root_pid)
+    out = []
+    for p in root.children(recursive=True):
+        try:
+            helper = p.ppid() == root.pid and any(h in " ".join(p.cmdline()) for h in MP_HELPERS)
+            if not helper and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_until(condition, timeout):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.fixture
+def no_leaks():
+    """After the test: no worker process and no shared-memory segment of this process."""
+    yield
+    assert wait_until(lambda: not workers_alive(), 5), f"workers left: {workers_alive()}"
+    assert our_segments(os.getpid()) == set()
+
+
+def test_a_worker_that_raises_stops_everything_and_names_itself(no_leaks):
+    m = cnn([Explode()])
+    x, y, k = batch(0)
+    with pytest.raises(WorkerError) as info:
+        with DataParallel(m, workers=2) as dp:
+            dp.train_step(x, y, k)
+    text = str(info.value)
+    assert "worker 0" in text and "Traceback" in text and "ValueError: boom from the Explode layer" in text
+    assert dp.pool is None or all(p is None for p in dp.pool.procs)
+    assert m.predict(x).shape == (16, 10)        # the model left shared memory and still works
+
+
+def test_a_killed_worker_is_respawned_and_the_step_redone(no_leaks):
+    """Kill worker 1 between steps and worker 0 in the middle of one: bitwise the undisturbed result."""
+    data = [batch(s) for s in range(4)]
+    ref = cnn([Nap()])
+    engine = LocalEngine(ref, deterministic=True)
+    for x, y, k in data:
+        engine.train_step(x, y, k)
+    m = cnn([Nap()])
+    with DataParallel(m, workers=2, deterministic=True) as dp:
+        dp.train_step(*data[0])
+        first = dp.worker_pids
+        os.kill(first[1], signal.SIGKILL)
+        dp.train_step(*data[1])
+        threading.Timer(0.1, os.kill, (dp.worker_pids[0], signal.SIGKILL)).start()
+        t0 = time.perf_counter()
+        dp.train_step(*data[2])      # each worker naps 4 x 0.05 s: the kill lands mid-step
+        disturbed = time.perf_counter() - t0
+        dp.train_step(*data[3])
+        assert dp.restarts == [1, 1]
+        assert set(dp.worker_pids).isdisjoint(first)
+    assert disturbed < 10, "the death was not noticed promptly"
+    assert np.array_equal(m.params, ref.params)
+
+
+def test_a_worker_that_keeps_dying_ends_with_an_error(no_leaks):
+    m = cnn([SelfDestruct()])
+    with pytest.raises(WorkerError, match=r"worker 0 .*died 3 times.*SIGKILL.*max_restarts=2"):
+        with DataParallel(m, workers=2, max_restarts=2) as dp:
+            dp.train_step(*batch(0))
+
+
+def test_close_is_idempotent_and_the_model_keeps_its_weights(no_leaks):
+    m = cnn()
+    dp = DataParallel(m, workers=2)
+    dp.train_step(*batch(0))
+    trained = m.params.copy()
+    assert our_segments(os.getpid())
+    dp.close()
+    dp.close()
+    assert np.array_equal(m.params, trained)
+    with pytest.raises(RuntimeError, match="closed"):
+        dp.train_step(*batch(1))
+
+
+def test_too_little_shared_memory_is_a_clear_error(no_leaks, monkeypatch):
+    monkeypatch.setattr(arena_module, "shm_free_bytes", lambda path=SHM: 1000)
+    with pytest.raises(SharedMemoryError, match=r"needs \d+\.\d MiB of shared memory.*has only 0\.0 MiB"):
+        DataParallel(cnn(), workers=2).train_step(*batch(0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"workers": 9, "deterministic": True}, "at most 8 workers"),
+    ({"workers": 2, "deterministic": True, "sync_batchnorm": True}, "cannot be combined"),
+    ({"workers": 0}, "positive int"),
+    ({"workers": 2, "max_restarts": -1}, "max_restarts"),
+])
+def test_bad_options_are_refused_before_anything_starts(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DataParallel(cnn(), **kwargs)
+
+
+def test_fork_is_refused(no_leaks):
+    with pytest.raises(ValueError, match="fork"):
+        DataParallel(cnn(), workers=2, start_method="fork").train_step(*batch(0))
+
+
+# -- the coordinator in a subprocess ------------------------------------------------------
+SCRIPT = """
+import sys
+import numpy as np
+from dpnn import Activation, Callback, Conv2D, Dense, Flatten, MaxPool2D, Model
+
+class Ready(Callback):
+    def on_batch_end(self, step, logs):
+        if step == 1 and not self.done:
+            open(sys.argv[1], "w").write("ready")
+            self.done = True
+    done = False
+
+if __name__ == "__main__":
+    m = Model([Conv2D(4, 3), Activation("relu"), MaxPool2D(2), Flatten(), Dense(10)], seed=0)
+    m.compile(optimizer="adam")
+    rng = np.random.default_rng(0)
+    X, y = rng.random((64, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 64)
+    try:
+        m.fit(X, y, epochs=10**6, batch_size=16, workers=2, verbose=0, callbacks=[Ready()])
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+        raise
+"""
+
+
+def start_coordinator(tmp_path):
+    """Run SCRIPT; returns (process, its descendants once it trains, stderr file)."""
+    (tmp_path / "train.py").write_text(textwrap.dedent(SCRIPT))
+    ready, err = tmp_path / "ready", open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "train.py"), str(ready)],
+                            stdout=subprocess.PIPE, stderr=err, text=True, cwd=tmp_path)
+    if not wait_until(lambda: ready.exists() or proc.poll() is not None, 120) or not ready.exists():
+        proc.kill()
+        err.seek(0)
+        pytest.fail(f"the coordinator did not start training:\n{err.read()}")
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers_alive(proc.pid)) == 2
+    return proc, family, err
+
+
+def gone(family):
+    return not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupting_the_coordinator_stops_every_worker(tmp_path, sig):
+    proc, family, err = start_coordinator(tmp_path)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    err.seek(0)
+    stderr = err.read()
+    assert "INTERRUPTED" in out and "KeyboardInterrupt" in stderr
+    assert wait_until(lambda: gone(family), 10), "processes outlived the coordinator"
+    assert our_segments(proc.pid) == set()
+    assert "leaked" not in stderr
+
+
+def test_a_killed_coordinator_leaves_no_worker_and_no_shared_memory(tmp_path):
+    proc, family, err = start_coordinator(tmp_path)
+    assert our_segments(proc.pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    assert wait_until(lambda: gone(family) and not our_segments(proc.pid), 10), \
+        f"left behind: {[p for p in family if p.is_running()]}, {our_segments(proc.pid)}"
+    err.seek(0)
+    assert "leaked" not in err.read(), "the resource tracker had to clean up after the workers"

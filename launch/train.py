@@ -375,6 +375,7 @@ def write_outputs(run, test_loss: float, test_acc: float) -> None:
               "test_accuracy": test_acc, "history": run.history}
     with ckpt.deferred_interrupts():
         if a.out:
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
             model.save(a.out)
         if a.history:
             text = json.dumps(ckpt._clean(report), indent=1) + "\n"
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = mpi_rank(args)
     quiet = args.quiet or rank != 0
-    signal.signal(signal.SIGTERM, raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         run = prepare(args, argv, note=lambda m: None if quiet else print(m, file=sys.stderr))
         run.args.quiet = run.args.quiet or quiet
@@ -450,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
         return 143 if isinstance(e, ckpt.Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

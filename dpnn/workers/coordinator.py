@@ -102,7 +102,7 @@ class DataParallel:
         try:
             self.arena = SharedArena.create(self._regions(x, y))
             m.bind(self.arena["params"], m.grads, self.arena["state"][0], copy=True)
-            self._reducer = StepReducer(m, self.arena["grads"], self.arena["state"], self.workers)
+            self._reducer = StepReducer(m, self.arena["grads"], self.arena["state"])
             self.pool = WorkerPool(self._spec(), self.start_method)
             self._install_sigterm()
             self.pool.start()

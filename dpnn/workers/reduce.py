@@ -7,13 +7,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine import average_state, sum_in_order
+from ..engine import average_state
+
+
+def add_slots(slots: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = slots[0] + slots[1] + ... in this order: bitwise what ``engine.sum_in_order`` gives,
+    with one pass over memory fewer (no initial copy)."""
+    if len(slots) == 1:
+        np.copyto(out, slots[0])
+        return out
+    np.add(slots[0], slots[1], out=out)
+    for s in slots[2:]:
+        out += s
+    return out
 
 
 class StepReducer:
     """Reduce ``grad_slots`` (S, P) into ``model.grads`` and ``state_slots[1:]`` into row 0."""
 
-    def __init__(self, model, grad_slots: np.ndarray, state_slots: np.ndarray, workers: int) -> None:
+    def __init__(self, model, grad_slots: np.ndarray, state_slots: np.ndarray) -> None:
         self.model, self.grad_slots, self.state_slots = model, grad_slots, state_slots
 
     def reduce(self, counts: list[int], same_state: bool = False) -> None:
@@ -22,7 +34,7 @@ class StepReducer:
         ``same_state``: every non-empty slot holds the same statistics (synchronised
         BatchNorm), so copy one instead of averaging (which could round differently).
         """
-        sum_in_order(self.grad_slots, self.model.grads)
+        add_slots(self.grad_slots, self.model.grads)
         state = self.state_slots
         if state.shape[1]:
             if same_state:

@@ -187,12 +187,14 @@ class DigitApp:
         r = self.buffer.brush_radius / self.view.scale
         self.canvas.create_oval(event.x - r, event.y - r, event.x + r, event.y + r,
                                 fill=self.INK, outline="", tags="ink")
+        self.canvas.tag_raise("margin")
 
     def _on_drag(self, event) -> None:
         prev = self.buffer.extend_stroke(*self.view.to_buffer(event.x, event.y))
         if prev is not None:
             self.canvas.create_line(*self.view.to_widget(*prev), event.x, event.y, fill=self.INK,
                                     width=self._brush_width(), capstyle="round", tags="ink")
+            self.canvas.tag_raise("margin")   # ink outside the square is not in the buffer
 
     def _on_release(self, event) -> None:
         if self.buffer.end_stroke():
@@ -217,6 +219,9 @@ class DigitApp:
             else:
                 c.create_line(*points, fill=self.INK, width=2 * r, capstyle="round",
                               joinstyle="round", tags="ink")
+        w, h = view.width, view.height
+        for box in ((0, 0, w, y0), (0, y1, w, h), (0, 0, x0, h), (x1, 0, w, h)):   # around the paper
+            c.create_rectangle(*box, fill=self.BACKGROUND, outline="", tags="margin")
 
     # -- actions ------------------------------------------------------------------------
     def clear(self) -> None:
@@ -297,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         classifier = load_classifier(args.weights)
-    except (WeightsError, OSError) as e:
+    except (ValueError, OSError) as e:   # WeightsError is a ValueError
         return fail(str(e))
     problem = display_problem()
     if problem:

@@ -34,6 +34,7 @@ IMPORT = "/usr/bin/import"          # ImageMagick's; an unrelated `convert`/`imp
 TITLE = "dpnn digit predictor"
 INSTALL = "apt-get install xvfb xdotool (or run `make test` as root)"
 
+slow = pytest.mark.slow             # trains a model, starts processes and an X server
 needs_x = pytest.mark.skipif(not (XVFB and XDOTOOL),
                              reason=f"Xvfb and xdotool are needed to drive the GUI: {INSTALL}")
 needs_digits = pytest.mark.skipif(mnist_5k_path() is None,
@@ -206,6 +207,7 @@ def digit_weights(tmp_path_factory) -> str:
     return path
 
 
+@slow
 @needs_digits
 @pytest.mark.parametrize("digit", list(DIGITS))
 def test_trained_model_recognises_the_scripted_digits(digit_weights, digit):
@@ -325,6 +327,7 @@ def screenshot(display: str, path: Path) -> None:
     print(f"screenshot: {path}")
 
 
+@slow
 @needs_digits
 @needs_x
 def test_gui_predicts_digits_drawn_with_the_mouse(xdisplay, launch_gui, digit_weights, tmp_path):
@@ -361,6 +364,7 @@ def test_gui_predicts_digits_drawn_with_the_mouse(xdisplay, launch_gui, digit_we
     assert len(predictions) == strokes_drawn, gui.stdout
 
 
+@slow
 @needs_digits
 def test_no_display_is_a_clear_error(launch_gui, digit_weights):
     gui = launch_gui(digit_weights, display=None)
@@ -380,6 +384,7 @@ def write_bad_weights(kind: str, tmp_path: Path, good: str) -> str:
     return str(path)
 
 
+@slow
 @needs_digits
 @needs_x
 @pytest.mark.parametrize("kind, message", [("missing", "not found"), ("corrupt", "corrupt"),
@@ -396,6 +401,7 @@ def test_unusable_weights_exit_2_with_a_message_and_dialog(kind, message, xdispl
     assert message in stderr and "Traceback" not in stderr
 
 
+@slow
 @needs_digits
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
 def test_unusable_weights_without_display_exit_2(kind, launch_gui, digit_weights, tmp_path):

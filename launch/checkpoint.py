@@ -69,14 +69,14 @@ def latest_checkpoint(directory: str) -> str | None:
     return found[-1][1] if found else None
 
 
-def _clean(value):
+def json_safe(value):
     """JSON-safe copy: NaN/inf floats become None (strict JSON readers reject them)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -125,7 +125,7 @@ class Checkpointer(Callback):
         """Write ``epoch-NNNN`` for ``epochs_done`` completed epochs; returns the weights path."""
         model, best = self.model, self.model.callbacks.best_weights
         info = {"format": FORMAT, "epoch": epochs_done, "seed": self.seed, "config": self.config,
-                "history": _clean(self.history),
+                "history": json_safe(self.history),
                 "best": None if not math.isfinite(best.best) else best.best,
                 "callbacks": [_scalar_state(cb) for cb in self._stateful()]}
         arrays = {"optimizer/" + k.replace("/", "."): np.asarray(v)

@@ -1,0 +1,91 @@
+"""What ``launch.train`` prints and writes when a run ends: summary, interrupt notice, outputs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import sys
+
+from dpnn import Callback
+from dpnn.io import atomic_write
+from launch import checkpoint as ckpt
+from launch.plot import plot_history
+
+
+class EpochLog(Callback):
+    """Adds time and throughput to the history; remembers the parallel layout for the summary."""
+
+    def __init__(self, history: dict) -> None:
+        self.history, self.workers, self.threads, self.epoch = history, 1, None, None
+
+    def on_train_begin(self, logs):
+        self.workers = logs.get("workers", 1)
+        self.threads = logs.get("threads_per_worker")
+
+    def on_epoch_begin(self, epoch, logs):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs):
+        self.history.setdefault("time", []).append(float(logs["time"]))
+        self.history.setdefault("samples_per_s", []).append(float(logs["samples_per_s"]))
+        self.epoch = None
+
+
+def blas_threads() -> int:
+    """BLAS threads this process uses (what one in-process worker gets)."""
+    from threadpoolctl import threadpool_info
+    return max((p.get("num_threads", 1) for p in threadpool_info() if p.get("user_api") == "blas"), default=1)
+
+
+def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
+    """--out, --history and --plot, each atomically, with Ctrl-C held back until they are done."""
+    a, model = run.args, run.model
+    model.metadata.update({"test_accuracy": test_acc, "test_loss": test_loss,
+                           "epochs": len(run.history["loss"])})
+    report = {"config": config, "dataset": run.info["name"], "test_loss": test_loss,
+              "test_accuracy": test_acc, "history": run.history}
+    with ckpt.deferred_interrupts():
+        if a.out:
+            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+            model.save(a.out)
+        if a.history:
+            text = json.dumps(ckpt.json_safe(report), indent=1) + "\n"
+            atomic_write(a.history, lambda tmp: _write_text(tmp, text))
+        if a.plot:
+            plot_history(run.history, a.plot, f"{a.model} on {run.info['name']}")
+
+
+def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
+    a, h = run.args, run.history
+    times = h.get("time", [])
+    per_epoch = sum(times) / len(times) if times else math.nan
+    rate = sum(h.get("samples_per_s", [])) / len(times) if times else math.nan
+    threads = log.threads or (blas_threads() if log.workers == 1 else "?")
+    lines = [f"summary: {a.model} on {run.info['name']}, {len(h['loss'])} epochs, "
+             f"{len(run.train):,} training samples",
+             f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)",
+             f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
+             f"  workers         {log.workers} x {threads} threads"]
+    outputs = [(a.out, "weights"), (a.history, "history"), (a.plot, "plot")]
+    lines += [f"  {name:<15} {path}" for path, name in outputs if path]
+    return "\n".join(lines)
+
+
+def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str) -> int:
+    a = run.args
+    where = f"during epoch {log.epoch + 1}/{a.epochs}" if log.epoch is not None else "between epochs"
+    lines = [f"{prog}: interrupted {where}; --out was not written"]
+    latest = ckpt.latest_checkpoint(a.checkpoint_dir) if a.checkpoint_dir and os.path.isdir(a.checkpoint_dir) else None
+    if latest:
+        lines += [f"last complete checkpoint: {latest}",
+                  f"resume with: {prog} --resume --checkpoint-dir {shlex.quote(a.checkpoint_dir)}"]
+    else:
+        lines.append("no checkpoint was written yet; run the command again to start over")
+    print("\n".join(lines), file=sys.stderr, flush=True)
+    return 143 if isinstance(exc, ckpt.Terminated) else 130
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)

@@ -18,7 +18,8 @@ import numpy as np
 import psutil
 import pytest
 
-from dpnn import Activation, Conv2D, Dense, Flatten, Layer, MaxPool2D, Model, register_layer
+from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, Model,
+                  register_layer)
 from dpnn.engine import LocalEngine
 from dpnn.errors import WorkerError
 from dpnn.random import sample_keys
@@ -161,6 +162,33 @@ def test_a_killed_worker_is_respawned_and_the_step_redone(no_leaks):
         assert set(dp.worker_pids).isdisjoint(first)
     assert disturbed < 10, "the death was not noticed promptly"
     assert np.array_equal(m.params, ref.params)
+
+
+def test_synchronised_batchnorm_survives_a_death_in_the_middle_of_an_exchange(no_leaks):
+    """Worker 1 dies while worker 0 waits for it in a BatchNorm exchange: the whole pool is
+    replaced and the step redone, giving what an undisturbed run gives."""
+    data = [batch(s) for s in range(3)]
+    results = []
+    for disturb in (False, True):
+        m = cnn([Nap(0.3), BatchNorm2D()])
+        with DataParallel(m, workers=2, sync_batchnorm=True) as dp:
+            for step, b in enumerate(data):
+                if disturb and step == 1:
+                    threading.Timer(0.15, os.kill, (dp.worker_pids[1], signal.SIGKILL)).start()
+                dp.train_step(*b)
+            restarts = dp.restarts
+        results.append((m.params, m.state))
+    assert restarts == [0, 1]
+    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
+
+
+def test_an_error_during_synchronised_batchnorm_does_not_hang(no_leaks):
+    m = cnn([Explode(), BatchNorm2D()])
+    t0 = time.perf_counter()
+    with pytest.raises(WorkerError, match="boom"):
+        with DataParallel(m, workers=2, sync_batchnorm=True) as dp:
+            dp.train_step(*batch(0))
+    assert time.perf_counter() - t0 < 30
 
 
 def test_a_worker_that_keeps_dying_ends_with_an_error(no_leaks):

@@ -138,8 +138,12 @@ class DataParallel:
             coordinator_pid=os.getpid())
 
     def _install_sigterm(self) -> None:
-        """While the pool runs, SIGTERM behaves like Ctrl-C, so every ``finally`` gets to clean up."""
-        if threading.current_thread() is threading.main_thread():
+        """While the pool runs, SIGTERM behaves like Ctrl-C, so every ``finally`` gets to clean up.
+
+        Only when SIGTERM still has its default action: an application's own handler is kept.
+        """
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
             self._old_sigterm = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
 
     def close(self) -> None:
@@ -246,7 +250,8 @@ class DataParallel:
             self.pool.send_all((kind, self._attempt, *args))
             t_sent = time.perf_counter()
             done, dead, errors = self.pool.gather(self._attempt)
-            self._in_flight = False
+            # with synchronised BatchNorm, peers of a failed worker may still be mid-step
+            self._in_flight = self.pool.barrier is not None and bool(dead or errors)
             if errors:
                 k = min(errors)
                 pid = self.pool.pids[k]
@@ -258,15 +263,17 @@ class DataParallel:
             self._respawn_dead(dead)
 
     def _respawn_dead(self, dead: set[int]) -> None:
-        for k in sorted(dead | set(self.pool.dead_workers())):
-            reason = self.pool.exit_reason(k)
+        dead = sorted(dead | set(self.pool.dead_workers()))
+        for k in dead:
             self.restarts[k] += 1
             if self.restarts[k] > self.max_restarts:
-                pid = self.pool.pids[k]
+                pid, reason = self.pool.pids[k], self.pool.exit_reason(k)
                 self.close()
                 raise WorkerError(f"worker {k} (pid {pid}) died {self.restarts[k]} times, last "
                                   f"{reason}; gave up after max_restarts={self.max_restarts}")
-            self.pool.respawn(k, self.arena.layout())
+        if dead:
+            self.pool.respawn(dead, self.arena.layout())
+            self._in_flight = False
 
 
 def _sigterm_to_interrupt(signum, frame) -> None:

@@ -7,7 +7,7 @@ that dies (SIGKILL, out of memory) is noticed at once, not after a timeout.
 from __future__ import annotations
 
 import contextlib
-import os
+import signal
 import time
 from dataclasses import replace
 from multiprocessing import connection
@@ -74,56 +74,62 @@ class WorkerPool:
         except (EOFError, OSError):
             return None
 
-    def respawn(self, k: int, layout) -> None:
-        """Replace dead worker k by a fresh one that sees the current shared buffers."""
-        self._reap(k)
+    def respawn(self, ids: list[int], layout) -> None:
+        """Replace dead workers by fresh ones that see the current shared buffers.
+
+        With synchronised BatchNorm every worker is replaced, with a new barrier: the
+        survivors may be stuck in an exchange with the dead one.
+        """
+        if self.barrier is not None:
+            self.stop(graceful=False)
+            self.barrier = self.ctx.Barrier(self.spec.workers)
+            ids = range(self.spec.workers)
+        for k in ids:
+            self._reap(k)
         self.spec = replace(self.spec, layout=layout)
-        self.start([k])
+        self.start(list(ids))
 
     # -- per step -------------------------------------------------------------------------
     def send_all(self, msg: tuple) -> None:
         for conn in self.conns:
-            with contextlib.suppress(OSError):     # a dead worker: its sentinel will tell
-                conn.send(msg)
+            if conn is not None:
+                with contextlib.suppress(OSError):     # a dead worker: its sentinel will tell
+                    conn.send(msg)
 
     def gather(self, attempt: int) -> tuple[dict, set, dict]:
-        """Replies of ``attempt``: ({worker: 'done' msg}, {dead workers}, {worker: traceback})."""
+        """Replies of ``attempt``: ({worker: 'done' msg}, {dead workers}, {worker: traceback}).
+
+        With synchronised BatchNorm the workers wait for each other inside a step, so after a
+        death or an error the others may never answer: stop waiting at once (the caller then
+        restarts or stops the whole pool; a barrier whose lock died with its holder cannot
+        be trusted anyway).
+        """
         pending = set(range(self.spec.workers))
         done, dead, errors, aborted = {}, set(), {}, set()
-        while pending:
+        while pending and not (self.barrier is not None and (dead or errors)):
             waitables = [self.conns[k] for k in pending] + [self.procs[k].sentinel for k in pending]
             ready = set(connection.wait(waitables, 1.0))
             for k in sorted(pending):
-                conn_ready, died = self.conns[k] in ready, self.procs[k].sentinel in ready
-                if not (conn_ready or died):
+                if self.conns[k] not in ready and self.procs[k].sentinel not in ready:
                     continue
                 msg = self._poll(k)
-                if msg is None:
-                    if died or conn_ready:       # EOF or exit: the worker is gone
-                        dead.add(k)
-                        pending.discard(k)
-                        self.abort_barrier()
+                if msg is None:           # EOF or exit: the worker is gone
+                    dead.add(k)
+                    pending.discard(k)
                     continue
                 if msg[1] != attempt:
-                    continue                      # a late reply to an abandoned attempt
+                    continue              # a late reply to an abandoned attempt
                 pending.discard(k)
                 if msg[0] == P.DONE:
                     done[k] = msg
                 elif msg[0] == P.ERROR:
                     errors[k] = msg[2]
-                    self.abort_barrier()
                 else:
                     aborted.add(k)
         if aborted and not dead and not errors:
             errors[min(aborted)] = ("timed out waiting for the other workers at the synchronised "
                                     f"BatchNorm barrier (barrier_timeout={self.spec.barrier_timeout} s)")
-        if self.barrier is not None and (dead or errors or aborted):
-            self.barrier.reset()          # every survivor has left the barrier by now
         return done, dead, errors
-
-    def abort_barrier(self) -> None:
-        if self.barrier is not None:
-            self.barrier.abort()          # peers waiting in a sync-BN exchange give up the step
 
     def dead_workers(self) -> list[int]:
         return [k for k, p in enumerate(self.procs) if p is not None and not p.is_alive()]
@@ -135,7 +141,6 @@ class WorkerPool:
         if code is None:
             return "still running"
         if code < 0:
-            import signal
             try:
                 return f"killed by {signal.Signals(-code).name}"
             except ValueError:
@@ -166,18 +171,13 @@ class WorkerPool:
     def _reap(self, k: int) -> None:
         if self.conns[k] is not None:
             self.conns[k].close()
-        if self.procs[k] is not None:
-            self.procs[k].join(0.1)
+        proc = self.procs[k]
+        if proc is not None:
+            proc.join(0.1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
             with contextlib.suppress(ValueError):
-                self.procs[k].close()
+                proc.close()
         self.procs[k] = self.conns[k] = None
 
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -79,13 +79,19 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: str,
 
 def im2col_padded(xp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: int,
                   out: np.ndarray | None = None) -> np.ndarray:
-    """Already padded (N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C), copied once into ``out``."""
+    """Already padded (N, Hp, Wp, C) -> cols (N*OH*OW, KH*KW*C), copied once into ``out``.
+
+    ``out`` may be any (N*OH*OW, KH*KW*C) array with unit column stride, e.g. ``buf[:, :K]``.
+    """
     N, C = xp.shape[0], xp.shape[3]
     shape = (N * oh * ow, kh * kw * C)
     cols = _reuse(out, shape, xp.dtype)
     if cols is None:
         cols = np.empty(shape, dtype=xp.dtype)
-    cols.reshape(N, oh, ow, kh, kw, C)[...] = windows(xp, kh, kw, stride, oh, ow)   # the one copy
+    s0, s1 = cols.strides                     # ``out`` may be a column slice of a wider buffer
+    dst = np.lib.stride_tricks.as_strided(cols, (N, oh, ow, kh, kw, C),
+                                          (oh * ow * s0, ow * s0, s0, kw * C * s1, C * s1, s1))
+    dst[...] = windows(xp, kh, kw, stride, oh, ow)                      # the one copy
     return cols
 
 

@@ -8,6 +8,7 @@ from ..im2col import (col2im, conv_input_grad_cols, conv_output_size, flip_kerne
 from .base import Layer, check_rank, register_layer
 
 FUSED_ACTIVATIONS = (None, "linear", "relu")
+FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -56,7 +57,7 @@ class Conv2D(Layer):
         self.stride, self.padding, self.use_bias = int(stride), padding, bool(use_bias)
         self.activation = _check_activation(activation)
         # buffers reused across steps (same batch size -> no allocation, no page faults)
-        self._cols = self._xpad = self._gcols = self._gpad = None
+        self._cols = self._cols_aug = self._xpad = self._gcols = self._gpad = None
 
     def build(self, input_shape: tuple) -> None:
         check_rank(self, input_shape, (4,), "Conv2D takes NHWC images (N, H, W, C)")
@@ -78,11 +79,22 @@ class Conv2D(Layer):
         xp = pad_nhwc(x, (pt, pb, pl, pr), out=self._xpad)                 # (N, Hp, Wp, C)
         if xp is not x:
             self._xpad = xp
-        cols = im2col_padded(xp, kh, kw, s, oh, ow, out=self._cols)        # (N*OH*OW, KH*KW*C)
-        self._cols, self._pads, self._x_shape, self._out_hw = cols, (pt, pb, pl, pr), x.shape, (oh, ow)
-        out = cols @ self.params["W"].reshape(-1, F)                       # (N*OH*OW, F)
-        if self.use_bias:
-            out += self.params["b"]
+        K = kh * kw * C
+        self._pads, self._x_shape, self._out_hw = (pt, pb, pl, pr), x.shape, (oh, ow)
+        if self._fold_bias(K):   # few columns: a ones column puts the bias inside the GEMM
+            aug = self._cols_aug
+            if aug is None or aug.shape != (N * oh * ow, K + 1) or aug.dtype != x.dtype:
+                aug = self._cols_aug = np.empty((N * oh * ow, K + 1), x.dtype)
+                aug[:, K] = 1
+            self._cols = im2col_padded(xp, kh, kw, s, oh, ow, out=aug[:, :K])
+            Wb = np.concatenate([self.params["W"].reshape(K, F), self.params["b"][None]])  # (K+1, F)
+            out = aug @ Wb                                                 # (N*OH*OW, F), bias included
+        else:
+            cols = im2col_padded(xp, kh, kw, s, oh, ow, out=self._cols)    # (N*OH*OW, KH*KW*C)
+            self._cols = cols
+            out = cols @ self.params["W"].reshape(K, F)                    # (N*OH*OW, F)
+            if self.use_bias:
+                out += self.params["b"]
         if self.activation == "relu":
             np.maximum(out, 0, out=out)
             self._y = out
@@ -94,9 +106,13 @@ class Conv2D(Layer):
         if self.activation == "relu":
             g2 = relu_grad(g2, self._y)
         dW = self.grads["W"].reshape(-1, F)                                # (KH*KW*C, F), a view
-        np.matmul(self._cols.T, g2, out=dW)
-        if self.use_bias:
-            sum_rows(g2, self.grads["b"])
+        if self._fold_bias(dW.shape[0]):
+            dWb = self._cols_aug.T @ g2                                    # (K+1, F): last row is db
+            dW[...], self.grads["b"][...] = dWb[:-1], dWb[-1]
+        else:
+            np.matmul(self._cols.T, g2, out=dW)
+            if self.use_bias:
+                sum_rows(g2, self.grads["b"])
         if not self.needs_input_grad:
             return None
         N, H, W, C = self._x_shape
@@ -109,6 +125,9 @@ class Conv2D(Layer):
             return dx.reshape(N, H, W, C)
         dcols = g2 @ self.params["W"].reshape(-1, F).T                     # (N*OH*OW, KH*KW*C)
         return col2im(dcols, self._x_shape, kh, kw, self.stride, self._pads)
+
+    def _fold_bias(self, K: int) -> bool:
+        return self.use_bias and K < FOLD_BIAS_BELOW
 
     def get_config(self) -> dict:
         cfg = {"filters": self.filters, "kernel_size": list(self.kernel_size), "stride": self.stride,

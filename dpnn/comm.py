@@ -25,6 +25,7 @@ class Communicator:
     """A group of ``size`` processes; this one is ``rank``. Array collectives work in place."""
     rank: int = 0
     size: int = 1
+    local_size: int = 1      # ranks on this machine
 
     def allreduce(self, buf: np.ndarray) -> np.ndarray:
         """buf <- elementwise sum of every rank's buf (in place); returns buf."""
@@ -98,13 +99,18 @@ class MPIComm(Communicator):
 
     def __init__(self, mpi_comm=None, timeout_s: float | None = None,
                  install_excepthook: bool = True) -> None:
-        self.MPI = import_mpi()
-        self.comm = mpi_comm if mpi_comm is not None else self.MPI.COMM_WORLD
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         env = os.environ.get("DPNN_MPI_TIMEOUT")
         self.timeout_s = float(timeout_s if timeout_s is not None else env or DEFAULT_TIMEOUT_S)
-        self._busy: tuple[str, float] | None = None     # (operation, start time) while blocked
+        self.comm, self.rank, self.size = None, int(os.environ.get("PMI_RANK", 0)), 0
+        self._busy: tuple[str, float] | None = ("MPI start-up", time.monotonic())
         threading.Thread(target=self._watch, daemon=True, name="dpnn-mpi-watchdog").start()
+        self.MPI = import_mpi()         # MPI_Init: waits for every process mpiexec started
+        self.comm = mpi_comm if mpi_comm is not None else self.MPI.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        self.local_size = node.Get_size()              # ranks on this node (share its cores)
+        node.Free()
+        self._busy = None
         if install_excepthook:
             abort_on_uncaught_exception(self)
 
@@ -155,6 +161,8 @@ class MPIComm(Communicator):
             self.comm.Barrier()
 
     def abort(self, code=1):
+        if self.comm is None:            # MPI never started: leaving is enough for mpiexec
+            os._exit(code)
         self.comm.Abort(code)
 
 

@@ -78,10 +78,13 @@ class DistributedEngine:
         self._stats = np.zeros((slots, 3), np.float64)         # (slots, 3): loss sum, correct, count
 
     def _local_engine(self, workers, threads_per_worker, options):
+        if workers == "auto" and self.comm.local_size > 1:    # ranks sharing a machine share its cores
+            from .workers import resolve_workers
+            workers = max(1, resolve_workers("auto") // self.comm.local_size)
         if workers in (1, None) and not options:
             return None
         if self.deterministic:
-            if self.rank == 0:
+            if self.rank == 0 and workers != "auto":
                 warnings.warn("deterministic mode over MPI computes each rank's micro-shards in the "
                               f"rank's own process; workers={workers!r} is ignored", stacklevel=4)
             return None

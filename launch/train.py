@@ -26,6 +26,7 @@ from dpnn.errors import DataError, WeightsError, WorkerError
 from dpnn.training import TrainingDiverged
 from launch import checkpoint as ckpt
 from launch import report
+from launch import mpi
 from launch.plot import INSTALL_HINT, matplotlib_available
 from launch.presets import PRESETS, build_model
 
@@ -198,16 +199,16 @@ def engine_available() -> bool:
     return True
 
 
-def resolve_workers(args, note) -> None:
+def resolve_workers(args, note, comm=None) -> None:
     """Turn --workers/--backend into fit() arguments: args.fit_workers, args.engine_options."""
     args.fit_workers, args.engine_options = args.workers, {}
     if args.backend == "mpi":
         if importlib.util.find_spec("mpi4py") is None:
             raise UsageError("--backend mpi needs mpi4py and an MPI library: pip install 'dpnn[mpi]'")
-        args.engine_options = {"backend": "mpi"}
+        args.engine_options = {"backend": comm or "mpi"}
     if engine_available():
         return
-    if args.backend == "mpi" or args.workers not in (1, "auto"):
+    if args.workers not in (1, "auto"):
         raise UsageError(f"--workers {args.workers}" + (" --backend mpi" if args.backend == "mpi" else "")
                          + " needs the data-parallel engine (dpnn.workers), which this installation "
                            "lacks; use --workers 1")
@@ -217,9 +218,9 @@ def resolve_workers(args, note) -> None:
 
 
 def mpi_rank(args) -> int:
-    """This process's MPI rank from the launcher's environment (0 without MPI): only rank 0 writes."""
-    if args.backend != "mpi":
-        return 0
+    """This process's MPI rank from the launcher's environment (0 without MPI): only rank 0 writes.
+
+    Read whatever --backend says: under mpiexec, --resume takes the backend from the checkpoint."""
     for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
@@ -227,13 +228,11 @@ def mpi_rank(args) -> int:
 
 
 # -- preparing a run --------------------------------------------------------------------------
-def merge_checkpoint_config(args, explicit: dict):
+def merge_checkpoint_config(args, explicit: dict, comm=None):
     """--resume: the newest checkpoint's configuration, with the flags allowed to change applied."""
-    path = ckpt.latest_checkpoint(args.checkpoint_dir) if os.path.isdir(args.checkpoint_dir) else None
-    if path is None:
-        raise UsageError(f"--resume: no checkpoint in {args.checkpoint_dir}; "
+    missing = UsageError(f"--resume: no checkpoint in {args.checkpoint_dir}; "
                          "start a new run without --resume (or point --checkpoint-dir at the old one)")
-    model, info, state = ckpt.load_checkpoint(path)
+    path, model, info, state = mpi.newest_checkpoint(args.checkpoint_dir, comm, missing)   # rank 0 reads
     saved = info["config"]
     for key in RUN_KEYS:
         if key in explicit and explicit[key] != saved.get(key):
@@ -281,7 +280,7 @@ def make_model(args, train, info, resumed):
     return model
 
 
-def prepare(args, argv, note):
+def prepare(args, argv, note, comm=None):
     """Everything between parsing and training: validate, resume, load data, build the model."""
     check_args(args)
     resumed = None
@@ -289,12 +288,13 @@ def prepare(args, argv, note):
         resolve_defaults(args)
         if args.checkpoint_dir is None:
             raise UsageError("--resume needs --checkpoint-dir DIR")
-        args, resumed = merge_checkpoint_config(args, explicit_args(argv))
+        args, resumed = merge_checkpoint_config(args, explicit_args(argv), comm)
         note(f"resuming from {resumed.path} ({resumed.info['epoch']} epochs done)")
         check_args(args)
     resolve_defaults(args)
-    check_outputs(args)
-    resolve_workers(args, note)
+    mpi.check_backend(comm, args.backend, UsageError)
+    mpi.rank0_only(comm, check_outputs, args)      # only rank 0 writes files
+    resolve_workers(args, note, comm)
     train, test, info = load_data(args)
     model = make_model(args, train, info, resumed)
     saved = resumed.info["history"] if resumed else {k: [] for k in ("loss", "acc", "val_loss", "val_acc", "lr")}
@@ -366,16 +366,18 @@ def main(argv: list[str] | None = None) -> int:
     rank = mpi_rank(args)
     quiet = args.quiet or rank != 0
     previous = signal.signal(signal.SIGTERM, raise_terminated)
+    comm = None            # --backend mpi: a rank that fails aborts them all (mpi.finish)
     try:
-        run = prepare(args, argv, note=lambda m: None if quiet else print(m, file=sys.stderr))
+        comm = mpi.communicator(args.backend, UsageError)
+        run = prepare(args, argv, note=lambda m: None if quiet else print(m, file=sys.stderr), comm=comm)
         run.args.quiet = run.args.quiet or quiet
-        return execute(run, rank)
+        return mpi.finish(comm, execute(run, rank))
     except (UsageError, DataError, WeightsError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
+        return mpi.finish(comm, 2)
     except KeyboardInterrupt as e:
         print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
-        return 143 if isinstance(e, ckpt.Terminated) else 130
+        return mpi.finish(comm, 143 if isinstance(e, ckpt.Terminated) else 130)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

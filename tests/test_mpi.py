@@ -270,3 +270,57 @@ def test_a_killed_rank_ends_the_job_and_leaves_nothing(tmp_path, workers):
     assert alive(family) == [], "processes of the job survived it"
     assert our_shm() - before == set(), "shared memory was left in /dev/shm"
     assert our_shm("mpich_shm_") - mpich_before == set(), "MPICH's segments were left (the janitor removes them)"
+
+
+# -- launch.train over two ranks --------------------------------------------------------------
+TINY_CNN = [{"class": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3], "padding": "same"}},
+            {"class": "Activation", "config": {"func": "relu"}},
+            {"class": "MaxPool2D", "config": {"pool_size": [4, 4]}},
+            {"class": "Flatten", "config": {}},
+            {"class": "Dense", "config": {"units": 16}},
+            {"class": "Activation", "config": {"func": "relu"}},
+            {"class": "Dropout", "config": {"rate": 0.25}},
+            {"class": "Dense", "config": {"units": 10}}]
+
+
+def launch_two_ranks(tmp_path, *args):
+    """mpiexec with rank 0 in tmp/r0 and rank 1 in tmp/r1: relative paths name different dirs."""
+    cmd = [MPIEXEC]
+    for r in (0, 1):
+        (tmp_path / f"r{r}").mkdir(exist_ok=True)
+        cmd += [":"] * (r > 0) + ["-n", "1", "-wdir", str(tmp_path / f"r{r}"),
+                                  sys.executable, "-m", "launch.train", *map(str, args)]
+    return subprocess.Popen(cmd, env=mpi_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+@needs_mpi
+def test_launch_train_over_two_ranks_resumes_bitwise(tmp_path):
+    import json
+    from dpnn.datasets import make_synthetic
+    from dpnn.idx import write_idx
+    from dpnn.io import read_arrays
+    data = tmp_path / "toy"
+    data.mkdir()
+    for prefix, n, seed in (("train", 160, 0), ("t10k", 50, 1)):
+        ds = make_synthetic(n, seed)
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", (ds.X[..., 0] * 255).round().astype(np.uint8))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", ds.y.astype(np.uint8))
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_CNN))
+    common = ["--dataset", data, "--model", tmp_path / "tiny.json", "--deterministic", "--workers", 1,
+              "--batch-size", 32, "--seed", 7, "--val-split", 0.2]
+    straight = subprocess.run([sys.executable, "-m", "launch.train", *map(str, common), "--epochs", "3",
+                               "--out", "straight.hdf5", "--checkpoint-dir", "a", "--quiet"],
+                              cwd=tmp_path, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert straight.returncode == 0, straight.stderr
+    code, out, err = finish(launch_two_ranks(tmp_path, *common, "--backend", "mpi", "--epochs", 2,
+                                             "--out", "w.hdf5", "--checkpoint-dir", "ck"), timeout=60)
+    assert code == 0, err
+    assert out.count("summary:") == 1 and out.count("epoch 2/2: loss") == 1, (out, err)  # rank 0 alone prints
+    code, out, err = finish(launch_two_ranks(tmp_path, "--resume", "--checkpoint-dir", "ck", "--epochs", 3,
+                                             "--quiet"), timeout=60)
+    assert code == 0, err        # rank 1 resumed from rank 0's checkpoint: its own ck/ does not exist
+    assert list((tmp_path / "r1").iterdir()) == [], "only rank 0 writes files"
+    mine, _ = read_arrays(str(tmp_path / "r0" / "w.hdf5"))
+    theirs, _ = read_arrays(str(tmp_path / "straight.hdf5"))
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)

@@ -1,0 +1,86 @@
+"""What ``launch.train --backend mpi`` adds: one communicator, rank-0 file access, no stray ranks.
+
+Every rank runs the same command. Rank 0 alone checks and writes the outputs and reads the
+checkpoint to resume from (the other nodes need not see its disk: the checkpoint's files
+are broadcast). Any rank that ends with an error aborts the whole job, so no rank is left
+waiting in a collective for a peer that has gone.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+
+from dpnn.comm import INSTALL_HINT, Communicator
+from dpnn.distributed import on_root
+from dpnn.io import architecture_path
+from launch import checkpoint as ckpt
+
+
+def launched_ranks(environ=os.environ) -> int:
+    """How many processes the MPI launcher started (from its environment); 1 outside mpiexec."""
+    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):       # Open MPI; MPICH, Intel MPI, srun
+        if environ.get(var, "").isdigit():
+            return int(environ[var])
+    return 1
+
+
+def communicator(backend: str, usage_error) -> Communicator | None:
+    """The MPI communicator (MPI starts here) for ``--backend mpi``, or when mpiexec started
+    several processes (``--resume`` takes the backend from the checkpoint, but every rank must
+    join before rank 0 reads it); None otherwise."""
+    if backend != "mpi" and launched_ranks() == 1:
+        return None
+    if importlib.util.find_spec("mpi4py") is None:
+        raise usage_error(f"--backend mpi needs mpi4py and an MPI library: {INSTALL_HINT}")
+    from dpnn.comm import get_communicator
+    return get_communicator("mpi")
+
+
+def newest_checkpoint(directory: str, comm: Communicator | None, not_found) -> tuple:
+    """(path, model, info, state) of the newest checkpoint in ``directory``; rank 0 reads it.
+
+    ``not_found`` is the exception raised (on every rank) when there is none.
+    """
+    def files():
+        path = ckpt.latest_checkpoint(directory) if os.path.isdir(directory) else None
+        if path is None:
+            raise not_found
+        blobs = {}
+        for p in (path, architecture_path(path)):
+            with open(p, "rb") as f:
+                blobs[os.path.basename(p)] = f.read()
+        return path, blobs
+
+    if comm is None or comm.size == 1:
+        path, _ = files()
+        return (path, *ckpt.load_checkpoint(path))
+    path, blobs = on_root(comm, files)
+    if comm.rank == 0:
+        return (path, *ckpt.load_checkpoint(path))
+    with tempfile.TemporaryDirectory(prefix="dpnn-resume-") as tmp:
+        for name, data in blobs.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        return (path, *ckpt.load_checkpoint(os.path.join(tmp, os.path.basename(path))))
+
+
+def check_backend(comm: Communicator | None, backend: str, usage_error) -> None:
+    """Several ranks must train together: refuse separate runs racing for the same files."""
+    if comm is not None and comm.size > 1 and backend != "mpi":
+        raise usage_error(f"mpiexec started {comm.size} processes but --backend is {backend}; "
+                          "add --backend mpi")
+
+
+def finish(comm: Communicator | None, status: int) -> int:
+    """Exit status for main(); a failed rank aborts every rank instead of leaving them waiting."""
+    if comm is not None and comm.size > 1 and status != 0:
+        comm.abort(status)
+    return status
+
+
+def rank0_only(comm: Communicator | None, fn, *args):
+    """``fn(*args)`` on rank 0 alone (e.g. checking output paths); its result or error everywhere."""
+    if comm is None or comm.size == 1:
+        return fn(*args)
+    return on_root(comm, fn, *args)

@@ -142,10 +142,9 @@ class DistributedEngine:
         k = None if keys is None else keys[a:b]
         if self.local is None:
             loss_sum, correct = shard_gradients(m, x[a:b], y[a:b], n, k)
-        else:                  # the node's workers divide by their slice size b - a, not by n
-            local = self.local.compute_gradients(x[a:b], y[a:b], k)
+        else:                  # the node's workers: merged grads and state, no optimizer step
+            local = self.local.compute_gradients(x[a:b], y[a:b], k, denominator=n)
             loss_sum, correct = local.loss_sum, local.correct
-            m.grads *= np.float32((b - a) / n)
         slot[:P], slot[P:] = m.grads, m.state
         stats[:] = (loss_sum, correct, b - a)
         m.state[...] = state0          # the next micro-shard starts from the same statistics

@@ -67,38 +67,44 @@ MODELS = textwrap.dedent('''
 ''')
 
 RUN = textwrap.dedent('''
-    import json, os, signal, sys, time
+    import json, os, sys, time
     import numpy as np
     from dpnn import Callback
     from dpnn.comm import get_communicator
-    from models import make, train
+    from models import data, make, train
 
-    mode, out = sys.argv[1], sys.argv[2]
-    comm = get_communicator("mpi")
 
     class Fail(Callback):                # the failure tests: rank 1 raises / waits to be killed
-        def on_batch_end(self, step, logs):
-            if mode == "raise" and comm.rank == 1 and step == 1:
-                raise ValueError("rank 1 was told to fail")
-            if mode == "kill" and step == 0 and not os.path.exists(f"{out}/ready-{comm.rank}"):
-                open(f"{out}/ready-{comm.rank}", "w").write(str(os.getpid()))
-            if mode == "kill":
-                time.sleep(0.05)
+        def __init__(self, mode, out, rank):
+            self.mode, self.out, self.rank = mode, out, rank
 
-    if mode in ("raise", "kill"):
-        workers = int(sys.argv[3])
-        make("plain").fit(*__import__("models").data(), epochs=1000, batch_size=16, seed=5,
-                          verbose=0, backend=comm, workers=workers, callbacks=[Fail()])
-        sys.exit(0)
-    results = {}
-    for kind, det, workers in [("plain", False, 1), ("bn", True, 1), ("bn", False, 1)]:
-        model = make(kind)
-        history = train(model, backend=comm, deterministic=det, workers=workers)
-        results[f"{kind}-{det}"] = (model.params.copy(), model.state.copy(), history)
-    for key, (params, state, history) in results.items():
-        np.save(f"{out}/{key}-params-{comm.rank}.npy", params)
-        np.save(f"{out}/{key}-state-{comm.rank}.npy", state)
-        json.dump(history, open(f"{out}/{key}-history-{comm.rank}.json", "w"))
+        def on_batch_end(self, step, logs):
+            if self.mode == "raise" and self.rank == 1 and step == 1:
+                raise ValueError("rank 1 was told to fail")
+            ready = f"{self.out}/ready-{self.rank}"
+            if self.mode == "kill" and not os.path.exists(ready):
+                with open(ready, "w") as f:
+                    f.write(str(os.getpid()))
+            time.sleep(0.05)
+
+
+    def main(mode, out, workers=1):
+        comm = get_communicator("mpi")
+        if mode in ("raise", "kill"):
+            make("plain").fit(*data(), epochs=1000, batch_size=16, seed=5, verbose=0, backend=comm,
+                              workers=int(workers), callbacks=[Fail(mode, out, comm.rank)])
+            return
+        for kind, det in [("plain", False), ("bn", True), ("bn", False)]:
+            model = make(kind)
+            history = train(model, backend=comm, deterministic=det)
+            np.save(f"{out}/{kind}-{det}-params-{comm.rank}.npy", model.params)
+            np.save(f"{out}/{kind}-{det}-state-{comm.rank}.npy", model.state)
+            with open(f"{out}/{kind}-{det}-history-{comm.rank}.json", "w") as f:
+                json.dump(history, f)
+
+
+    if __name__ == "__main__":         # spawned workers import this module: no MPI for them
+        main(*sys.argv[1:])
 ''')
 
 

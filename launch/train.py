@@ -49,8 +49,14 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Adds '(default: X)' to each option's help unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return text + " (default: %(default)s)"
 
 
 def workers_arg(text: str):
@@ -70,29 +76,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="seed-cnn", metavar="PRESET|FILE.json",
                    help=f"preset ({', '.join(PRESETS)}) or an architecture JSON as model.save() writes it")
     g.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="train on the first N training samples only (quick runs); the test set is kept whole")
+                   help="train on the first N training samples only (quick runs); the test set is kept whole "
+                        "(default: all samples)")
     g.add_argument("--val-split", type=float, default=0.0, metavar="F",
                    help="hold out the last fraction F of the training samples for validation (0: none)")
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=5, help="total number of epochs (also when resuming)")
-    g.add_argument("--batch-size", type=int, default=64, help="global batch size, split across the workers")
+    g.add_argument("--epochs", type=int, default=5, metavar="N", help="total number of epochs (also when resuming)")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="global batch size, split across the workers")
     g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
     g.add_argument("--lr", type=float, default=None,
                    help="learning rate (default: 0.001 for adam, 0.01 for sgd)")
-    g.add_argument("--momentum", type=float, default=None,
+    g.add_argument("--momentum", type=float, default=None, metavar="M",
                    help=f"SGD momentum, only with --optimizer sgd (default: {DEFAULT_MOMENTUM})")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay added to the gradients")
-    g.add_argument("--clip-norm", type=float, default=None, help="clip the global gradient norm to this value")
+    g.add_argument("--weight-decay", type=float, default=0.0, metavar="WD", help="L2 weight decay added to the gradients")
+    g.add_argument("--clip-norm", type=float, default=None, metavar="C",
+                   help="clip the global gradient norm to C (default: no clipping)")
     g.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default="none",
                    help="plateau: halve the lr after 2 epochs without improvement; cosine: decay to 1e-6 over --epochs")
     g.add_argument("--early-stopping", action="store_true",
                    help="stop when validation accuracy (training accuracy without --val-split) stops "
                         "improving, and keep the best weights")
-    g.add_argument("--patience", type=int, default=None,
+    g.add_argument("--patience", type=int, default=None, metavar="N",
                    help="epochs without improvement before early stopping (default: 3)")
-    g.add_argument("--min-delta", type=float, default=None,
+    g.add_argument("--min-delta", type=float, default=None, metavar="D",
                    help="smallest accuracy gain that counts as an improvement (default: 0.0)")
-    g.add_argument("--seed", type=int, default=0, help="seed for initialisation, shuffling and dropout")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="seed for initialisation, shuffling and dropout")
     g.add_argument("--deterministic", action="store_true",
                    help="bitwise reproducible results whatever the worker count (a little slower)")
     g = p.add_argument_group("parallelism")
@@ -111,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'none' disables checkpoints")
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest checkpoint in --checkpoint-dir with its saved settings")
-    g.add_argument("--history", default=None, metavar="PATH", help="write the per-epoch history as JSON")
-    g.add_argument("--plot", default=None, metavar="PATH", help="write loss/accuracy curves as a PNG")
+    g.add_argument("--history", default=None, metavar="PATH", help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
+    g.add_argument("--plot", default=None, metavar="PATH", help="write loss/accuracy curves as a PNG; needs matplotlib (default: none)")
     g.add_argument("--quiet", action="store_true", help="print only the final summary")
     return p
 

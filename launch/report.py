@@ -18,6 +18,7 @@ class EpochLog(Callback):
 
     def __init__(self, history: dict) -> None:
         self.history, self.workers, self.threads, self.epoch = history, 1, None, None
+        self.stage = "training"        # then "evaluating", then "writing" (for the Ctrl-C notice)
 
     def on_train_begin(self, logs):
         self.workers = logs.get("workers", 1)
@@ -74,7 +75,15 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
 
 def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str) -> int:
     a = run.args
-    where = f"during epoch {log.epoch + 1}/{a.epochs}" if log.epoch is not None else "between epochs"
+    if log.stage == "writing":         # the outputs were finished before the interrupt was taken
+        print(f"{prog}: interrupted; the outputs were completed first", file=sys.stderr, flush=True)
+        return 143 if isinstance(exc, ckpt.Terminated) else 130
+    if log.stage == "evaluating":
+        where = "while evaluating on the test set"
+    elif log.epoch is not None:
+        where = f"during epoch {log.epoch + 1}/{a.epochs}"
+    else:
+        where = "between epochs"
     lines = [f"{prog}: interrupted {where}; --out was not written"]
     latest = ckpt.latest_checkpoint(a.checkpoint_dir) if a.checkpoint_dir and os.path.isdir(a.checkpoint_dir) else None
     if latest:

@@ -352,7 +352,9 @@ def execute(run, rank: int) -> int:
     log, _, callbacks = make_callbacks(run, rank)
     try:
         fit(run, callbacks)
+        log.stage = "evaluating"
         test_loss, test_acc = run.model.evaluate(run.test.X, run.test.y)
+        log.stage = "writing"
         if rank == 0:
             report.write_outputs(run, config_of(run.args), test_loss, test_acc)
     except KeyboardInterrupt as e:

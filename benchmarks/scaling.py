@@ -109,6 +109,8 @@ def run(a) -> dict:
     grad_bytes = probe.params.size * 4
     log(f"dpnn scaling benchmark: model {a.model} ({flops / 1e6:.1f} MFLOP per training sample, "
         f"{probe.param_count():,} params), {cores} usable cores, {platform.processor() or platform.machine()}")
+    res_load = [load_note(cores)]
+    log(f"before: {res_load[0]}")
     pk = peak.peak_per_core()
     log(f"measured float32 GEMM peak: {pk:.1f} GFLOP/s per core -> limit {pk * 1e9 / flops:,.0f} "
         "samples/s per core")
@@ -145,9 +147,11 @@ def run(a) -> dict:
                     and q["threads"] == r["threads"] and q["batch"] == per), None)
         report.derive(r, one, flops, pk, cores, local, torch)
     proj = _projection(a, rows, grad_bytes)
+    res_load.append(load_note(cores))
+    log(f"after: {res_load[1]}")
     return {"model": a.model, "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
             "machine": platform.platform(), "python": sys.version.split()[0],
-            "peak_gflops_per_core": pk, "torch": torch_note, "auto": auto, "rows": rows,
+            "peak_gflops_per_core": pk, "torch": torch_note, "load": res_load, "auto": auto, "rows": rows,
             "local": [dict(v, batch=k[0], threads=k[1]) for k, v in local.items()],
             "pytorch": [dict(v, batch=k[0], threads=k[1]) for k, v in torch.items()],
             "targets": report.targets(rows, local, torch), "projection": proj,
@@ -155,22 +159,36 @@ def run(a) -> dict:
 
 
 def _projection(a, rows: list[dict], grad_bytes: int) -> dict:
+    """One projection per strong-scaling batch, each from its own 1-worker and largest-N rows."""
     strong = [r for r in rows if r["kind"] == "strong"]
-    if not strong:
-        return {}
-    b = min(r["batch"] for r in strong)
-    ones = [r for r in strong if r["workers"] == 1 and r["batch"] == b]
-    if not ones:
-        return {}
-    one = min(ones, key=lambda r: r["threads"])
-    many = max((r for r in strong if r["batch"] == b and r["threads"] == one["threads"]),
-               key=lambda r: r["workers"])
-    model = from_measurements(one, many if many["workers"] > 1 else None, grad_bytes,
-                              net_alpha=a.net_latency_us * 1e-6, net_beta=a.net_gbps * 1e9 / 8,
-                              cores_per_node=a.cores_per_node)
-    if one["threads"] > 1:
-        model.compute_per_sample *= one["threads"]     # per core: the projection counts cores
-    return project(model, sorted({r["batch"] for r in strong}), a.cores_list, per_worker_batch=b)
+    out: dict = {}
+    for b in sorted({r["batch"] for r in strong}):
+        ones = [r for r in strong if r["workers"] == 1 and r["batch"] == b]
+        if not ones:
+            continue
+        one = min(ones, key=lambda r: r["threads"])
+        many = max((r for r in strong if r["batch"] == b and r["threads"] == one["threads"]),
+                   key=lambda r: r["workers"])
+        model = from_measurements(one, many if many["workers"] > 1 else None, grad_bytes,
+                                  net_alpha=a.net_latency_us * 1e-6, net_beta=a.net_gbps * 1e9 / 8,
+                                  cores_per_node=a.cores_per_node)
+        if one["threads"] > 1:
+            model.compute_per_sample *= one["threads"]     # per core: the projection counts cores
+        p = project(model, [b], a.cores_list, per_worker_batch=b)
+        out.setdefault("models", {})[f"batch {b}"] = p["model"]
+        out.setdefault("assumptions", []).extend(f"batch {b}: {s}" for s in p["assumptions"])
+        out.setdefault("curves", {}).update(p["curves"])
+    return out
+
+
+def load_note(cores: int) -> str:
+    """The 1-minute load average, and a warning when other work shares the cores."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "load average unknown"
+    busy = " - the machine is busy, absolute figures are lower than on an idle one" if load > 0.5 * cores else ""
+    return f"1-min load average {load:.1f} on {cores} cores{busy}"
 
 
 def main(argv=None) -> int:
@@ -178,6 +196,7 @@ def main(argv=None) -> int:
     res = run(a)
     local, torch = res.pop("_local"), res.pop("_torch")
     print()
+    print(f"load: before {res['load'][0]}; after {res['load'][1]}")
     print(report.table(res["rows"]))
     print()
     print(report.baseline_table(local, torch, res["flops_per_sample"], res["peak_gflops_per_core"]))

@@ -8,6 +8,7 @@ with buffer-based, in-place operations on NumPy arrays, so nothing is pickled pe
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -183,11 +184,20 @@ def abort_on_uncaught_exception(comm: Communicator) -> None:
 
 
 def get_communicator(name: str = "local", **options) -> Communicator:
-    """'local' (this process alone) or 'mpi' (every process started by mpiexec)."""
+    """'local' (this process alone) or 'mpi' (every process started by mpiexec).
+
+    MPI's world is one per process, so ``'mpi'`` without options returns the same
+    ``MPIComm`` every time (one watchdog, one excepthook, however many ``fit`` calls).
+    """
     if isinstance(name, Communicator):
         return name
     if name == "local":
         return LocalComm()
     if name == "mpi":
-        return MPIComm(**options)
+        return MPIComm(**options) if options else _world()
     raise ValueError(f"unknown communicator {name!r}; choose 'local' or 'mpi'")
+
+
+@functools.lru_cache(maxsize=1)
+def _world() -> MPIComm:
+    return MPIComm()

@@ -6,6 +6,7 @@ main module) and compare what rank 0 saved with an in-process run of the same tr
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -60,6 +61,19 @@ MODELS = textwrap.dedent('''
         X = rng.normal(size=(90, 8, 8, 1)).astype(np.float32)
         return X, rng.integers(0, 3, 90)
 
+    CASES = [("plain", "plain", {}),                                 # (key, model, fit options)
+             ("bn-det", "bn", {"deterministic": True}),
+             ("bn", "bn", {}),
+             ("bn-sync", "bn", {"sync_batchnorm": True}),
+             ("plain-2workers", "plain", {"workers": 2})]
+
+    def engine_available():
+        try:
+            from dpnn.workers import DataParallel  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
     def train(model, **kwargs):
         X, y = data()
         return model.fit(X, y, epochs=2, batch_size=32, seed=5, verbose=0,
@@ -71,7 +85,7 @@ RUN = textwrap.dedent('''
     import numpy as np
     from dpnn import Callback
     from dpnn.comm import get_communicator
-    from models import data, make, train
+    from models import CASES, data, engine_available, make, train
 
 
     class Fail(Callback):                # the failure tests: rank 1 raises / waits to be killed
@@ -94,12 +108,14 @@ RUN = textwrap.dedent('''
             make("plain").fit(*data(), epochs=1000, batch_size=16, seed=5, verbose=0, backend=comm,
                               workers=int(workers), callbacks=[Fail(mode, out, comm.rank)])
             return
-        for kind, det in [("plain", False), ("bn", True), ("bn", False)]:
+        for key, kind, options in CASES:
+            if options.get("workers", 1) > 1 and not engine_available():
+                continue
             model = make(kind)
-            history = train(model, backend=comm, deterministic=det)
-            np.save(f"{out}/{kind}-{det}-params-{comm.rank}.npy", model.params)
-            np.save(f"{out}/{kind}-{det}-state-{comm.rank}.npy", model.state)
-            with open(f"{out}/{kind}-{det}-history-{comm.rank}.json", "w") as f:
+            history = train(model, backend=comm, **options)
+            np.save(f"{out}/{key}-params-{comm.rank}.npy", model.params)
+            np.save(f"{out}/{key}-state-{comm.rank}.npy", model.state)
+            with open(f"{out}/{key}-history-{comm.rank}.json", "w") as f:
                 json.dump(history, f)
 
 
@@ -207,26 +223,29 @@ def test_divergent_ranks_are_an_error(column, what):
 # -- two ranks with mpiexec -------------------------------------------------------------------
 @needs_mpi
 def test_two_ranks_train_like_one_process(tmp_path):
+    """2 ranks == 1 process (bitwise in deterministic mode) == 1 rank with 2 shared-memory workers."""
     models = write_scripts(tmp_path)
     code, out, err = finish(mpiexec(tmp_path, "run.py", "train", str(tmp_path)), timeout=60)
     assert code == 0, err
-    for kind, det in [("plain", False), ("bn", True), ("bn", False)]:
-        key = f"{kind}-{det}"
+    for key, kind, options in models.CASES:
+        if not (tmp_path / f"{key}-params-0.npy").exists():
+            assert options.get("workers", 1) > 1 and not workers_available(), key
+            continue
         p0, p1 = (np.load(tmp_path / f"{key}-params-{r}.npy") for r in (0, 1))
         assert np.array_equal(p0, p1), f"{key}: the ranks ended with different parameters"
+        h0 = json.loads((tmp_path / f"{key}-history-0.json").read_text())
         local = models.make(kind)
-        history = models.train(local, deterministic=det)
-        h0 = __import__("json").loads((tmp_path / f"{key}-history-0.json").read_text())
-        if det:        # same micro-shards, same summation order: bitwise one process
+        history = models.train(local, **{k: v for k, v in options.items() if k != "workers"})
+        if options.get("deterministic"):       # same micro-shards, same summation order
             assert np.array_equal(p0, local.params), key
             assert np.array_equal(np.load(tmp_path / f"{key}-state-0.npy"), local.state), key
-            assert h0["loss"] == history["loss"] and h0["acc"] == history["acc"]
-        elif kind == "plain":
+            assert h0["loss"] == history["loss"] and h0["acc"] == history["acc"], key
+        elif kind == "plain":                  # no BatchNorm: the same function, float32 rounding apart
             np.testing.assert_allclose(p0, local.params, rtol=1e-4, atol=1e-5, err_msg=key)
-            np.testing.assert_allclose(h0["loss"], history["loss"], rtol=1e-5)
-        if not det and workers_available():     # 2 ranks x 1 worker == 1 rank x 2 workers
+            np.testing.assert_allclose(h0["loss"], history["loss"], rtol=1e-5, err_msg=key)
+        if not options.get("deterministic") and workers_available():    # 2 ranks x 1 == 1 rank x 2 workers
             shm = models.make(kind)
-            models.train(shm, workers=2)
+            models.train(shm, workers=2, **{k: v for k, v in options.items() if k != "workers"})
             np.testing.assert_allclose(p0, shm.params, rtol=1e-4, atol=1e-5, err_msg=key)
 
 
@@ -302,7 +321,6 @@ def launch_two_ranks(tmp_path, *args):
 
 @needs_mpi
 def test_launch_train_over_two_ranks_resumes_bitwise(tmp_path):
-    import json
     from dpnn.datasets import make_synthetic
     from dpnn.idx import write_idx
     from dpnn.io import read_arrays
@@ -330,3 +348,21 @@ def test_launch_train_over_two_ranks_resumes_bitwise(tmp_path):
     mine, _ = read_arrays(str(tmp_path / "r0" / "w.hdf5"))
     theirs, _ = read_arrays(str(tmp_path / "straight.hdf5"))
     assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+
+
+@needs_mpi
+def test_mpi_scaling_benchmark_prints_a_table(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-m", "benchmarks.mpi_scaling", "--ranks", "1,2", "--model", "mlp",
+                        "--batch-size", "16", "--steps", "2", "--warmup", "0", "--json", str(tmp_path / "s.json")],
+                       cwd=root, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert [row["ranks"] for row in rows] == [1, 2] and all(row["samples_per_s"] > 0 for row in rows)
+    assert "samples/s" in r.stdout and "allreduce ms" in r.stdout
+
+
+def test_launch_knows_when_mpiexec_started_it():
+    from launch.mpi import launched_ranks
+    assert launched_ranks({}) == 1
+    assert launched_ranks({"PMI_SIZE": "4"}) == 4 and launched_ranks({"OMPI_COMM_WORLD_SIZE": "2"}) == 2

@@ -80,19 +80,26 @@ def _view(shm: shared_memory.SharedMemory, region: Region) -> np.ndarray:
     return np.frombuffer(shm.buf, region.dtype, count).reshape(region.shape)
 
 
-def _release(segments: dict, owner: bool) -> None:
-    """Unlink (owner) and close every segment; closing fails while NumPy views exist, that's fine."""
+def _release(segments: dict, owner: bool, retired: list) -> None:
+    """Unlink (owner) and close every segment.
+
+    Closing fails while a NumPy view of the segment is alive (say, a layer still holds the
+    previous batch); such segments wait in ``retired`` and are closed on a later call.
+    """
     for shm in segments.values():
         if owner:
             try:
                 shm.unlink()
             except FileNotFoundError:
                 pass
+    pending = list(segments.values()) + retired
+    segments.clear()
+    retired.clear()
+    for shm in pending:
         try:
             shm.close()
-        except BufferError:     # a view is still alive somewhere; the mapping goes with it
-            pass
-    segments.clear()
+        except BufferError:
+            retired.append(shm)
 
 
 class SharedArena:
@@ -109,7 +116,8 @@ class SharedArena:
         self._segments: dict[str, shared_memory.SharedMemory] = {}
         self._arrays: dict[str, np.ndarray] = {}
         self._generation = 0
-        self._finalizer = weakref.finalize(self, _release, self._segments, owner)
+        self._retired: list[shared_memory.SharedMemory] = []
+        self._finalizer = weakref.finalize(self, _release, self._segments, owner, self._retired)
 
     @classmethod
     def create(cls, regions: dict[str, tuple[tuple, str]], what: str = "parameters, gradients "
@@ -143,7 +151,7 @@ class SharedArena:
         new = Region("", tuple(shape), np.dtype(dtype).str)
         check_room(new.nbytes - self._regions[name].nbytes, f"a batch buffer of {shape}")
         self._arrays.pop(name)
-        _release({name: self._segments.pop(name)}, owner=True)
+        _release({name: self._segments.pop(name)}, True, self._retired)
         self._allocate(name, tuple(shape), dtype)
 
     def refresh(self, layout: dict[str, Region]) -> None:
@@ -153,7 +161,7 @@ class SharedArena:
                 continue
             if name in self._segments:
                 self._arrays.pop(name)
-                _release({name: self._segments.pop(name)}, owner=False)
+                _release({name: self._segments.pop(name)}, False, self._retired)
             shm = _attach(region.segment)
             self._segments[name], self._regions[name] = shm, region
             self._arrays[name] = _view(shm, region)

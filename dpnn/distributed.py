@@ -54,6 +54,8 @@ class DistributedEngine:
     def __init__(self, model, comm: Communicator | str = "mpi", workers=1,
                  threads_per_worker: int | None = None, deterministic: bool = False,
                  check_every: int = 50, sync_batchnorm: bool | None = None, **local_options) -> None:
+        if not model.built:
+            raise ValueError("build the model before creating its engine: model.build(input_shape)")
         self.model, self.deterministic = model, deterministic
         self.comm = get_communicator(comm)
         self.rank, self.size = self.comm.rank, self.comm.size

@@ -95,6 +95,8 @@ RUN = textwrap.dedent('''
         def on_batch_end(self, step, logs):
             if self.mode == "raise" and self.rank == 1 and step == 1:
                 raise ValueError("rank 1 was told to fail")
+            if self.mode == "hang" and self.rank == 1 and step == 1:
+                time.sleep(600)
             ready = f"{self.out}/ready-{self.rank}"
             if self.mode == "kill" and not os.path.exists(ready):
                 with open(ready, "w") as f:
@@ -104,7 +106,7 @@ RUN = textwrap.dedent('''
 
     def main(mode, out, workers=1):
         comm = get_communicator("mpi")
-        if mode in ("raise", "kill"):
+        if mode in ("raise", "kill", "hang"):
             make("plain").fit(*data(), epochs=1000, batch_size=16, seed=5, verbose=0, backend=comm,
                               workers=int(workers), callbacks=[Fail(mode, out, comm.rank)])
             return
@@ -259,6 +261,17 @@ def test_a_rank_that_raises_ends_the_job(tmp_path):
     assert "rank 1/2 failed" in err and "rank 1 was told to fail" in err
     assert time.monotonic() - t0 < 30
     assert our_shm() <= before
+
+
+@needs_mpi
+def test_a_rank_that_hangs_is_caught_by_the_watchdog(tmp_path):
+    write_scripts(tmp_path)
+    proc = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "run.py", "hang", str(tmp_path), "1"],
+                            cwd=tmp_path, env={**mpi_env(tmp_path), "DPNN_MPI_TIMEOUT": "3"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    code, out, err = finish(proc, timeout=30)
+    assert code != 0
+    assert "rank 0/2 waited more than 3 s in allreduce" in err, err
 
 
 def alive(pids) -> list[int]:

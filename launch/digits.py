@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 
@@ -118,16 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     _, acc = model.evaluate(test)
     _, acc_aug = model.evaluate(augment_digits(test.X, np.random.default_rng([args.seed, 10**6])), test.y)
+    print(f"held-out accuracy {acc:.4f} on {len(test):,} {info['name']} test digits "
+          f"({acc_aug:.4f} augmented); trained in {seconds:.0f} s", flush=True)
     model.metadata.update({"class_names": list(info["class_names"]), "dataset": info["name"],
                            "preset": "seed-cnn", "augmentation": "dpnn.digits.augment_digits",
                            "epochs": epochs, "test_accuracy": acc, "test_accuracy_augmented": acc_aug})
     try:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         model.save(args.out)
     except (OSError, WeightsError) as e:
         print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
         return 2
-    print(f"held-out accuracy {acc:.4f} on {len(test):,} {info['name']} test digits "
-          f"({acc_aug:.4f} augmented); trained in {seconds:.0f} s", flush=True)
     print(f"wrote {args.out}; draw on it with: python -m launch.gui --weights {args.out}", flush=True)
     return 0
 

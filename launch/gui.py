@@ -100,18 +100,17 @@ def display_problem() -> str | None:
     return None
 
 
-def fail(message: str, root=None) -> int:
+def fail(message: str) -> int:
     """Report an error on stderr, and in a dialog when a window system is available."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    if root is None and display_problem() is None:
-        try:
-            import tkinter as tk
-            root = tk.Tk()
-            root.withdraw()
-        except Exception:  # no usable display after all; stderr already has the message
-            root = None
-    if root is not None:
+    if display_problem() is None:
+        import tkinter as tk
         from tkinter import messagebox
+        try:
+            root = tk.Tk()
+        except tk.TclError:   # no usable display after all; stderr has the message
+            return EXIT_ERROR
+        root.withdraw()
         messagebox.showerror(f"{TITLE}: error", message, parent=root)
         root.destroy()
     return EXIT_ERROR

@@ -33,7 +33,8 @@ LR_MIN = 1e-5                           # end of the cosine learning-rate schedu
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m launch.digits", description=__doc__.split("\n")[0],
-                                epilog=f"Full MNIST is looked for in ${MNIST_ENV}, ./data/mnist, ~/.dpnn/mnist.")
+                                epilog=f"Full MNIST is looked for in ${MNIST_ENV}, ./data/mnist, "
+                                       "~/.dpnn/mnist.")
     p.add_argument("--dataset", default="auto",
                    help="'auto' (mnist when its four IDX files are found, else mnist-5k), "
                         "'mnist', 'mnist-5k' or a directory of IDX files (default: auto)")

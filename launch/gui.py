@@ -74,7 +74,9 @@ def load_classifier(path: str) -> Classifier:
     """Load ``path`` and check it classifies 28x28x1 images; raises WeightsError otherwise."""
     from dpnn import Model
     if not os.path.exists(path) and not os.path.exists(path + ".npz"):
-        hint = " (train it with `make digits` or `python -m launch.digits`)" if path == DEFAULT_WEIGHTS else ""
+        hint = ""
+        if path == DEFAULT_WEIGHTS:
+            hint = " (train it with `make digits` or `python -m launch.digits`)"
         raise WeightsError(f"weights file {path!r} not found{hint}; pass --weights PATH")
     model = Model.load(path)
     try:
@@ -150,7 +152,8 @@ class DigitApp:
             bar.grid(row=1 + i, column=1, padx=4)
             pct.grid(row=1 + i, column=2, sticky="e")
             self.names.append(name), self.bars.append(bar), self.percents.append(pct)
-        ttk.Label(panel, text="model input (28x28)").grid(row=5, column=0, columnspan=3, sticky="w", pady=(12, 0))
+        ttk.Label(panel, text="model input (28x28)").grid(row=5, column=0, columnspan=3, sticky="w",
+                                                          pady=(12, 0))
         self.preview_image = preview_photo(None)
         self.preview = tk.Label(panel, image=self.preview_image, bd=0)
         self.preview.grid(row=6, column=0, columnspan=3, sticky="w")

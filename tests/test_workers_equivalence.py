@@ -169,3 +169,34 @@ def test_fit_with_two_workers_matches_fit_in_one_process():
     assert np.array_equal(models[0].state, models[1].state)
     assert histories[0]["loss"] == histories[1]["loss"]
     assert np.array_equal(models[0].predict(X[:5]), models[1].predict(X[:5]))   # usable after close
+
+
+@pytest.mark.parametrize("optimizer, options", [
+    ("adam", {}), ("adam", {"weight_decay": 1e-2}), ("sgd", {"momentum": 0.9}),
+    ("sgd", {}), ("adam", {"clip_norm": 1e-3}),
+])
+def test_the_threaded_update_is_bitwise_the_single_process_update(optimizer, options):
+    """StepReducer chunks the reduce and the optimizer over threads: elementwise, so exact."""
+    from dpnn.workers.reduce import StepReducer
+    models = []
+    for threads in (1, 3):
+        m = cnn()
+        m.compile(optimizer=optimizer, lr=0.01, **options)
+        rng = np.random.default_rng(0)
+        slots = np.zeros((3, m.params.size), np.float32)
+        state = np.zeros((4, m.state.size), np.float32)
+        reducer = StepReducer(m, slots, state, threads=threads, min_chunk=16)
+        assert len(reducer.chunks) == threads
+        norms = []
+        for _ in range(4):
+            slots[...] = rng.standard_normal(slots.shape).astype(np.float32)
+            reducer.reduce([3, 3, 2])
+            norms.append(reducer.apply() if threads > 1 else m.apply_gradients())
+        reducer.close()
+        models.append((m, norms))
+    (ref, ref_norms), (m, norms) = models
+    assert np.array_equal(m.params, ref.params)
+    assert m.optimizer.t == ref.optimizer.t == 4
+    for key, value in ref.optimizer.state_dict().items():
+        assert np.array_equal(m.optimizer.state_dict()[key], value), key
+    np.testing.assert_allclose(norms, ref_norms, rtol=1e-12)

@@ -102,7 +102,8 @@ class DataParallel:
         try:
             self.arena = SharedArena.create(self._regions(x, y))
             m.bind(self.arena["params"], m.grads, self.arena["state"][0], copy=True)
-            self._reducer = StepReducer(m, self.arena["grads"], self.arena["state"])
+            self._reducer = StepReducer(m, self.arena["grads"], self.arena["state"],
+                                        threads=self.placement.cores)
             self.pool = WorkerPool(self._spec(), self.start_method)
             self._install_sigterm()
             self.pool.start()
@@ -158,7 +159,9 @@ class DataParallel:
             if self.arena is not None:
                 m = self.model
                 m.bind(self.arena["params"].copy(), m.grads, self.arena["state"][0].copy(), copy=False)
-                self._reducer = None
+                if self._reducer is not None:
+                    self._reducer.close()
+                    self._reducer = None
                 self.arena.unlink()
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)

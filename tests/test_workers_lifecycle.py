@@ -153,10 +153,12 @@ def test_a_killed_worker_is_respawned_and_the_step_redone(no_leaks):
         first = dp.worker_pids
         os.kill(first[1], signal.SIGKILL)
         dp.train_step(*data[1])
-        threading.Timer(0.1, os.kill, (dp.worker_pids[0], signal.SIGKILL)).start()
+        killer = threading.Timer(0.1, os.kill, (dp.worker_pids[0], signal.SIGKILL))
+        killer.start()
         t0 = time.perf_counter()
         dp.train_step(*data[2])      # each worker naps 4 x 0.05 s: the kill lands mid-step
         disturbed = time.perf_counter() - t0
+        killer.join()                # (on a very busy machine it may land after: noticed next step)
         dp.train_step(*data[3])
         assert dp.restarts == [1, 1]
         assert set(dp.worker_pids).isdisjoint(first)
@@ -173,9 +175,12 @@ def test_synchronised_batchnorm_survives_a_death_in_the_middle_of_an_exchange(no
         m = cnn([Nap(0.3), BatchNorm2D()])
         with DataParallel(m, workers=2, sync_batchnorm=True) as dp:
             for step, b in enumerate(data):
+                killer = threading.Timer(0.15, os.kill, (dp.worker_pids[1], signal.SIGKILL))
                 if disturb and step == 1:
-                    threading.Timer(0.15, os.kill, (dp.worker_pids[1], signal.SIGKILL)).start()
+                    killer.start()
                 dp.train_step(*b)
+                if killer.is_alive():
+                    killer.join()
             restarts = dp.restarts
         results.append((m.params, m.state))
     assert restarts == [0, 1]

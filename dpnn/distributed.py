@@ -29,7 +29,9 @@ import time
 import warnings
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
+from ._threads import usable_cores
 from .comm import Communicator, get_communicator
 from .layers.normalization import BatchNorm2D
 from .engine import (DETERMINISTIC_SHARDS, StepStats, add_correct, average_state, count_correct,
@@ -65,7 +67,15 @@ class DistributedEngine:
             raise ValueError("sync_batchnorm=True across MPI ranks needs workers=1 per rank and "
                              "deterministic=False")
         self.local = self._local_engine(workers, threads_per_worker, local_options)
-        self.workers = getattr(self.local, "workers", 1)
+        self.workers = getattr(self.local, "workers", 1)                 # per rank
+        self.threads_per_worker = getattr(self.local, "threads_per_worker", None)
+        self._blas = None
+        if self.local is None:         # computing in this process: its BLAS threads are the workers'
+            threads = threads_per_worker or (usable_cores() // self.comm.local_size
+                                             if self.comm.local_size > 1 else None)
+            if threads:
+                self._blas = threadpool_limits(limits=max(1, threads), user_api="blas")
+                self.threads_per_worker = max(1, threads)
         self._janitor = None
         if self.size > 1 and os.path.isdir("/proc"):     # cleans up after a SIGKILL of this rank
             from . import janitor
@@ -231,6 +241,9 @@ class DistributedEngine:
     def close(self) -> None:
         for layer in self._bn:
             layer.sync = None
+        if self._blas is not None:
+            self._blas.restore_original_limits()
+            self._blas = None
         if self.local is not None:
             self.local.close()
             self.local = None

@@ -131,10 +131,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     model.callbacks = CallbackList(cbs, model)
     model.stop_training = False
     engine = make_engine(model, workers, threads_per_worker, deterministic, engine_options)
-    comm = getattr(engine, "comm", None)
-    if comm is not None:       # ranks: one shuffle for all (rank 0's seed); rank 0 alone prints
-        seed, verbose = comm.bcast_object(seed), verbose if comm.rank == 0 else 0
     try:
+        comm = getattr(engine, "comm", None)
+        if comm is not None:   # ranks: one shuffle for all (rank 0's seed); rank 0 alone prints
+            seed, verbose = comm.bcast_object(seed), verbose if comm.rank == 0 else 0
         _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
                initial_epoch, history)
     finally:
@@ -146,7 +146,8 @@ def _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, ver
            initial_epoch, history) -> None:
     cbs = model.callbacks
     cbs.on_train_begin({"workers": getattr(engine, "workers", 1),
-                        "threads_per_worker": getattr(engine, "threads_per_worker", None)})
+                        "threads_per_worker": getattr(engine, "threads_per_worker", None),
+                        "ranks": getattr(engine, "size", 1)})
     for epoch in range(initial_epoch, epochs):
         cbs.on_epoch_begin(epoch, {})
         bar = tqdm(total=len(X), desc=f"epoch {epoch + 1}/{epochs}", unit="sample",

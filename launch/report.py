@@ -18,11 +18,13 @@ class EpochLog(Callback):
 
     def __init__(self, history: dict) -> None:
         self.history, self.workers, self.threads, self.epoch = history, 1, None, None
+        self.ranks = 1                 # MPI ranks (--backend mpi), each with `workers` workers
         self.stage = "training"        # then "evaluating", then "writing" (for the Ctrl-C notice)
 
     def on_train_begin(self, logs):
         self.workers = logs.get("workers", 1)
         self.threads = logs.get("threads_per_worker")
+        self.ranks = logs.get("ranks", 1)
 
     def on_epoch_begin(self, epoch, logs):
         self.epoch = epoch
@@ -67,7 +69,8 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
              f"{len(run.train):,} training samples",
              f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)",
              f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
-             f"  workers         {log.workers} x {threads} threads"]
+             f"  workers         {f'{log.ranks} MPI ranks x ' if log.ranks > 1 else ''}"
+             f"{log.workers} x {threads} threads"]
     outputs = [(a.out, "weights"), (a.history, "history"), (a.plot, "plot")]
     lines += [f"  {name:<15} {path}" for path, name in outputs if path]
     return "\n".join(lines)

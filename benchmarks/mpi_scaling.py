@@ -8,8 +8,9 @@ benchmarks.mpi_scaling --child ...``: every rank trains the model on the same sy
 global batch with ``fit``'s MPI engine (``dpnn.distributed.DistributedEngine``), and rank
 0 reports the median step time and the mean time per step spent in the all-reduces
 (which includes waiting for the slowest rank). The table gives samples/s, speed-up over
-the first row, and the share of a step spent reducing across ranks. On one machine the ranks share its cores: keep ranks x workers x threads
-within the core count, or the figures measure oversubscription.
+the first row, and the share of a step spent reducing across ranks. On one machine the
+ranks share its cores: keep ranks x workers x threads within the core count, or the
+figures measure oversubscription.
 """
 from __future__ import annotations
 

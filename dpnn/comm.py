@@ -104,14 +104,20 @@ class MPIComm(Communicator):
         self.timeout_s = float(timeout_s if timeout_s is not None else env or DEFAULT_TIMEOUT_S)
         self.comm, self.rank, self.size = None, int(os.environ.get("PMI_RANK", 0)), 0
         self._busy: tuple[str, float] | None = ("MPI start-up", time.monotonic())
+        self._stop_watching = threading.Event()
         threading.Thread(target=self._watch, daemon=True, name="dpnn-mpi-watchdog").start()
-        self.MPI = import_mpi()         # MPI_Init: waits for every process mpiexec started
-        self.comm = mpi_comm if mpi_comm is not None else self.MPI.COMM_WORLD
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
-        self.local_size = node.Get_size()              # ranks on this node (share its cores)
-        node.Free()
-        self._busy = None
+        try:
+            self.MPI = import_mpi()     # MPI_Init: waits for every process mpiexec started
+            self.comm = mpi_comm if mpi_comm is not None else self.MPI.COMM_WORLD
+            self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+            node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+            self.local_size = node.Get_size()          # ranks on this node (share its cores)
+            node.Free()
+        except BaseException:
+            self._stop_watching.set()   # no MPI here: nothing to watch
+            raise
+        finally:
+            self._busy = None
         if install_excepthook:
             abort_on_uncaught_exception(self)
 
@@ -124,8 +130,7 @@ class MPIComm(Communicator):
             self._busy = None
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(min(1.0, self.timeout_s / 4))
+        while not self._stop_watching.wait(min(1.0, self.timeout_s / 4)):
             busy = self._busy
             if busy and time.monotonic() - busy[1] > self.timeout_s:
                 sys.stderr.write(f"dpnn: rank {self.rank}/{self.size} waited more than {self.timeout_s:.0f} s "

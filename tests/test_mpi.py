@@ -178,9 +178,12 @@ def test_local_comm_is_the_identity():
 
 
 def test_missing_mpi4py_says_how_to_install(monkeypatch):
+    import threading
     monkeypatch.setitem(sys.modules, "mpi4py", None)      # "import mpi4py" now raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'dpnn\[mpi\]'"):
         get_communicator("mpi")
+    time.sleep(0.3)
+    assert not any(t.name == "dpnn-mpi-watchdog" for t in threading.enumerate()), "the watchdog outlived it"
 
 
 def tiny_bn_model():

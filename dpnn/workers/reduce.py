@@ -21,7 +21,8 @@ import numpy as np
 from ..engine import average_state
 from ..optim import SGD, Adam
 
-MIN_CHUNK = 1 << 16       # floats per thread below which threads cost more than they save
+MIN_CHUNK = 1 << 18       # floats per thread: below, waking threads (and waiting for a busy
+                          # core) costs more than it saves -- the 421k seed-cnn stays serial
 MAX_THREADS = 4           # memory bandwidth, not cores, limits these loops beyond a few
 MIN_THREADED_ADDS = 1 << 21   # slot additions worth waking the threads for (8 slots x 421k: yes)
 

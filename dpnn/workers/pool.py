@@ -91,10 +91,17 @@ class WorkerPool:
 
     # -- per step -------------------------------------------------------------------------
     def send_all(self, msg: tuple) -> None:
-        for conn in self.conns:
-            if conn is not None:
+        """Send ``msg`` to every worker, the one pinned to the CPU we run on last.
+
+        Waking that worker first would let it preempt us on our own CPU before the other
+        workers have their message, while their CPUs sit idle.
+        """
+        cpu = current_cpu()
+        order = sorted(range(len(self.conns)), key=lambda k: cpu in (self.spec.cpus[k] or ()))
+        for k in order:
+            if self.conns[k] is not None:
                 with contextlib.suppress(OSError):     # a dead worker: its sentinel will tell
-                    conn.send(msg)
+                    self.conns[k].send(msg)
 
     def gather(self, attempt: int) -> tuple[dict, set, dict]:
         """Replies of ``attempt``: ({worker: 'done' msg}, {dead workers}, {worker: traceback}).
@@ -181,3 +188,18 @@ class WorkerPool:
                 proc.close()
         self.procs[k] = self.conns[k] = None
 
+
+def _libc_getcpu():
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).sched_getcpu
+    except (OSError, AttributeError):
+        return None
+
+
+_SCHED_GETCPU = _libc_getcpu()
+
+
+def current_cpu() -> int:
+    """The CPU this thread runs on (-1 where the C library cannot tell)."""
+    return _SCHED_GETCPU() if _SCHED_GETCPU is not None else -1

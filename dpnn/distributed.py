@@ -32,7 +32,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ._threads import usable_cores
-from .comm import Communicator, get_communicator
+from .comm import Communicator, MPIComm, get_communicator
 from .layers.normalization import BatchNorm2D
 from .engine import (DETERMINISTIC_SHARDS, StepStats, add_correct, average_state, count_correct,
                      shard_bounds, shard_gradients, sum_in_order)
@@ -77,7 +77,8 @@ class DistributedEngine:
                 self._blas = threadpool_limits(limits=max(1, threads), user_api="blas")
                 self.threads_per_worker = max(1, threads)
         self._janitor = None
-        if self.size > 1 and os.path.isdir("/proc"):     # cleans up after a SIGKILL of this rank
+        if isinstance(self.comm, MPIComm) and self.size > 1 and os.path.isdir("/proc"):
+            # cleans up after MPI's launcher SIGKILLs this rank (when another one died)
             from . import janitor
             self._janitor = janitor.start()
         self._bn = [layer for layer in model.layers if isinstance(layer, BatchNorm2D)]

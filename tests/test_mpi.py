@@ -222,8 +222,11 @@ def test_divergent_ranks_are_an_error(column, what):
     model.build((1, 6, 6, 1))
     engine = DistributedEngine(model, SkewedComm(column))
     x = np.zeros((4, 6, 6, 1), np.float32)
-    with pytest.raises(RanksDiverged, match=rf"ranks \[1\] hold different {what}"):
-        engine.check_in_sync(x, np.arange(4, dtype=np.uint64))
+    try:
+        with pytest.raises(RanksDiverged, match=rf"ranks \[1\] hold different {what}"):
+            engine.check_in_sync(x, np.arange(4, dtype=np.uint64))
+    finally:
+        engine.close()
 
 
 # -- two ranks with mpiexec -------------------------------------------------------------------

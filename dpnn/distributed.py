@@ -34,6 +34,7 @@ from threadpoolctl import threadpool_limits
 from ._threads import usable_cores
 from .comm import Communicator, MPIComm, get_communicator
 from .layers.normalization import BatchNorm2D
+from .random import sample_keys as make_sample_keys
 from .engine import (DETERMINISTIC_SHARDS, StepStats, add_correct, average_state, count_correct,
                      shard_bounds, shard_gradients, sum_in_order)
 
@@ -119,6 +120,8 @@ class DistributedEngine:
         """One optimizer step on the GLOBAL batch (N, ...); returns global sums on every rank."""
         m, n = self.model, len(x)
         t0 = time.perf_counter()
+        if keys is None:               # Dropout keys of the global batch, alike on every rank
+            keys = make_sample_keys(m.seed or 0, self.steps + 1, np.arange(n))
         if self.deterministic:
             owned = self._owned_micro_shards(n)
         else:

@@ -8,6 +8,7 @@ with buffer-based, in-place operations on NumPy arrays, so nothing is pickled pe
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import sys
@@ -95,7 +96,8 @@ class MPIComm(Communicator):
     Any collective blocked longer than ``timeout_s`` (a peer that is stuck rather than dead:
     MPI's launcher already ends the job when a process dies) aborts the whole job with a
     message naming this rank. ``install_excepthook`` makes an uncaught exception on one
-    rank abort every rank instead of leaving them waiting in the next collective.
+    rank abort every rank instead of leaving them waiting in the next collective. With
+    several ranks, a :mod:`dpnn.janitor` process cleans up after this one if it is killed.
     """
 
     def __init__(self, mpi_comm=None, timeout_s: float | None = None,
@@ -120,6 +122,11 @@ class MPIComm(Communicator):
             self._busy = None
         if install_excepthook:
             abort_on_uncaught_exception(self)
+        if self.size > 1 and os.path.isdir("/proc"):
+            # when a peer dies, the launcher SIGKILLs this rank: the janitor then removes its
+            # workers and shared memory (dpnn's and MPICH's own segments)
+            from . import janitor
+            atexit.register(janitor.finish, janitor.start())
 
     @contextmanager
     def _blocking(self, op: str):

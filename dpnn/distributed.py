@@ -24,7 +24,6 @@ compared across ranks every ``check_every`` steps and at every epoch end, and a 
 from __future__ import annotations
 
 import math
-import os
 import time
 import warnings
 
@@ -32,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ._threads import usable_cores
-from .comm import Communicator, MPIComm, get_communicator
+from .comm import Communicator, get_communicator
 from .layers.normalization import BatchNorm2D
 from .random import sample_keys as make_sample_keys
 from .engine import (DETERMINISTIC_SHARDS, StepStats, add_correct, average_state, count_correct,
@@ -77,11 +76,6 @@ class DistributedEngine:
             if threads:
                 self._blas = threadpool_limits(limits=max(1, threads), user_api="blas")
                 self.threads_per_worker = max(1, threads)
-        self._janitor = None
-        if isinstance(self.comm, MPIComm) and self.size > 1 and os.path.isdir("/proc"):
-            # cleans up after MPI's launcher SIGKILLs this rank (when another one died)
-            from . import janitor
-            self._janitor = janitor.start()
         self._bn = [layer for layer in model.layers if isinstance(layer, BatchNorm2D)]
         for layer in self._bn if self.sync_batchnorm else []:
             layer.sync = self._allreduce_sums
@@ -251,10 +245,6 @@ class DistributedEngine:
         if self.local is not None:
             self.local.close()
             self.local = None
-        if self._janitor is not None:
-            from . import janitor
-            janitor.finish(self._janitor)
-            self._janitor = None
 
 
 def on_root(comm: Communicator, fn, *args, root: int = 0):

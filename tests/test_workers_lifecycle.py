@@ -141,14 +141,15 @@ def test_a_worker_that_raises_stops_everything_and_names_itself(no_leaks):
 
 
 def test_a_killed_worker_is_respawned_and_the_step_redone(no_leaks):
-    """Kill worker 1 between steps and worker 0 in the middle of one: bitwise the undisturbed result."""
+    """Kill worker 1 between steps and worker 0 in the middle of one: bitwise the undisturbed
+    result (with the optimizer step on the workers, so the respawned ones take part in it)."""
     data = [batch(s) for s in range(4)]
     ref = cnn([Nap()])
     engine = LocalEngine(ref, deterministic=True)
     for x, y, k in data:
         engine.train_step(x, y, k)
     m = cnn([Nap()])
-    with DataParallel(m, workers=2, deterministic=True) as dp:
+    with DataParallel(m, workers=2, deterministic=True, shard_optimizer=True) as dp:
         dp.train_step(*data[0])
         first = dp.worker_pids
         os.kill(first[1], signal.SIGKILL)
@@ -227,6 +228,7 @@ def test_too_little_shared_memory_is_a_clear_error(no_leaks, monkeypatch):
     ({"workers": 2, "deterministic": True, "sync_batchnorm": True}, "cannot be combined"),
     ({"workers": 0}, "positive int"),
     ({"workers": 2, "max_restarts": -1}, "max_restarts"),
+    ({"workers": 2, "shard_optimizer": "yes"}, "shard_optimizer"),
 ])
 def test_bad_options_are_refused_before_anything_starts(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -4,11 +4,14 @@ Once, at start-up, each worker receives a :class:`WorkerSpec` (pickled with the 
 Per step only small tuples cross its Pipe; the parameters, gradients and the batch are in
 shared memory (:mod:`dpnn.workers.arena`)::
 
-    coordinator -> worker   ("step", attempt, n, denominator, layout | None)
-                            n = global batch size; gradients are d(sum loss)/dθ / denominator
+    coordinator -> worker   ("step", attempt, n, denominator, layout | None, cur)
+                            n = global batch size; gradients are d(sum loss)/dθ / denominator,
+                            computed with parameter set ``cur`` (see dpnn/workers/update.py)
+                            ("update", attempt, cur, slot keys, weight decay, optimizer scalars)
                             ("stop",)
     worker -> coordinator   ("ready", pid)
-                            ("done", attempt, shards, compute_seconds)
+                            ("done", attempt, shards, compute_seconds)      after "step"
+                            ("done", attempt, [sum of squares], seconds)   after "update"
                             ("error", attempt, traceback_text)
                             ("aborted", attempt)                     a peer died mid-step
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 from .arena import Region
 
-STEP, STOP = "step", "stop"
+STEP, UPDATE, STOP = "step", "update", "stop"
 READY, DONE, ERROR, ABORTED = "ready", "done", "error", "aborted"
 
 
@@ -32,6 +35,7 @@ class WorkerSpec:
     workers: int                        # how many workers share each batch
     layers_blob: bytes                  # cloudpickle of fresh (unbuilt) layers
     loss_blob: bytes                    # cloudpickle of the loss object
+    optimizer_blob: bytes | None        # cloudpickle of an array-free optimizer copy, or None
     seed: int | None                    # the model's seed (initial values are overwritten)
     input_shape: tuple                  # (None, H, W, C)
     layout: dict[str, Region]           # arena regions: params, grads, state, x, y, keys, ...

@@ -121,12 +121,13 @@ def resolve_workers(workers: int | str) -> int:
 
 
 def plan_placement(workers: int, threads_per_worker: int | None = None,
-                   deterministic: bool = False) -> Placement:
+                   deterministic: bool = False, pin: bool = True) -> Placement:
     """Give worker k cores [k*T, (k+1)*T) of the usable physical cores (with their siblings).
 
     ``threads_per_worker`` defaults to cores // workers, or 1 in deterministic mode (BLAS
     results can depend on the thread count). When workers * threads exceeds the cores,
-    warn once and do not pin, so the OS can at least balance the load.
+    warn once and do not pin, so the OS can at least balance the load; ``pin=False``
+    never pins.
     """
     count = usable_cores()
     cores = physical_cores(usable_cpus())[:count]
@@ -141,6 +142,7 @@ def plan_placement(workers: int, threads_per_worker: int | None = None,
                       f"{count} usable physical cores: the cores are oversubscribed, expect lower "
                       "throughput; use fewer workers or threads_per_worker=1", RuntimeWarning,
                       stacklevel=3)
+    if over or not pin:
         cpus: tuple = (None,) * workers
     else:
         cpus = tuple(tuple(c for core in cores[k * threads:(k + 1) * threads] for c in core)

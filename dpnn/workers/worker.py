@@ -28,6 +28,7 @@ from . import protocol as P
 from .arena import SharedArena, unlink_prefix
 from .protocol import WorkerSpec, shard_slots
 from .syncbn import ShardExchange, batchnorm_layers
+from .update import update_chunk
 
 PARENT_POLL_S = 0.5      # how often an idle worker checks that its coordinator is alive
 
@@ -41,7 +42,7 @@ class ShardRunner:
         model = Model(cloudpickle.loads(spec.layers_blob), seed=spec.seed)
         model.loss = cloudpickle.loads(spec.loss_blob)
         model.build((1,) + tuple(spec.input_shape[1:]))
-        assert model.params.size == self.arena["params"].size, "architecture does not match the arena"
+        assert model.params.size == self.arena["params"].shape[1], "architecture does not match the arena"
         self.model, self.slots = model, shard_slots(spec, worker_id)
         self.exchange = None
         self.bn_layers = batchnorm_layers(model.layers)
@@ -49,12 +50,14 @@ class ShardRunner:
             self.exchange = ShardExchange(self.arena["exchange"], worker_id, barrier, spec.barrier_timeout)
             for layer in self.bn_layers:
                 layer.sync = self.exchange
+        self.optimizer = cloudpickle.loads(spec.optimizer_blob) if spec.optimizer_blob else None
+        self.cur = 0
         self._bind(self.slots[0])
 
     def _bind(self, slot: int) -> None:
-        """Point the layers at the shared parameters and at gradient/state slot ``slot``."""
+        """Point the layers at parameter set ``cur`` and at gradient/state slot ``slot``."""
         a = self.arena
-        self.model.bind(a["params"], a["grads"][slot], a["state"][1 + slot], copy=False)
+        self.model.bind(a["params"][self.cur], a["grads"][slot], a["state"][1 + slot], copy=False)
 
     def _shard(self, slot: int, a: int, b: int, denominator: int) -> tuple[float, int]:
         if self.spec.deterministic:
@@ -64,11 +67,14 @@ class ShardRunner:
             np.copyto(m.state, arena["state"][0])        # every shard starts from the step's state
         return shard_gradients(m, arena["x"][a:b], arena["y"][a:b], denominator, arena["keys"][a:b])
 
-    def step(self, attempt: int, n: int, denominator: int, layout) -> tuple:
+    def step(self, attempt: int, n: int, denominator: int, layout, cur: int) -> tuple:
         """Fill this worker's gradient slots for a global batch of ``n`` samples."""
         if layout is not None:
             self.arena.refresh(layout)
         t0 = time.perf_counter()
+        if cur != self.cur:
+            self.cur = cur
+            self._bind(self.slots[0])
         bounds = shard_bounds(n, self.spec.slots)
         if self.exchange is not None:
             self.exchange.start_step()
@@ -84,6 +90,15 @@ class ShardRunner:
                 loss_sum, correct = 0.0, 0
             shards.append((slot, loss_sum, correct, b - a))
         return (P.DONE, attempt, shards, time.perf_counter() - t0)
+
+
+    def update(self, attempt: int, cur: int, keys: tuple, weight_decay: float, scalars: dict) -> tuple:
+        """Reduce and update this worker's chunk of the flat vector (dpnn/workers/update.py)."""
+        t0 = time.perf_counter()
+        vars(self.optimizer).update(scalars)
+        a, b = shard_bounds(self.arena["grads_sum"].size, self.spec.workers)[self.worker_id]
+        square = update_chunk(self.arena, a, b, cur, keys, weight_decay, self.optimizer) if b > a else 0.0
+        return (P.DONE, attempt, [square], time.perf_counter() - t0)
 
 
 def limit_threads(threads: int) -> None:
@@ -126,7 +141,7 @@ def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
             return False
         attempt = msg[1]
         try:
-            reply = runner.step(*msg[1:])
+            reply = (runner.step if msg[0] == P.STEP else runner.update)(*msg[1:])
         except threading.BrokenBarrierError:
             reply = (P.ABORTED, attempt)
         except Exception:

@@ -21,6 +21,7 @@ import numpy as np
 
 INSTALL_HINT = "pip install 'dpnn[mpi]'   (brings mpi4py and mpich, a working MPI without a compiler)"
 DEFAULT_TIMEOUT_S = 600.0    # a collective blocked this long means a peer is stuck: abort the job
+ABORT_GRACE_S = 0.5          # time for the launcher to forward our last words before MPI_Abort
 
 
 class Communicator:
@@ -144,6 +145,7 @@ class MPIComm(Communicator):
                                  f"in {busy[0]}: another rank is stuck; aborting the job "
                                  f"(set DPNN_MPI_TIMEOUT to wait longer)\n")
                 sys.stderr.flush()
+                time.sleep(ABORT_GRACE_S)
                 self.abort(1)
 
     def allreduce(self, buf):
@@ -190,6 +192,7 @@ def abort_on_uncaught_exception(comm: Communicator) -> None:
                 else "".join(traceback.format_exception(kind, value, tb)))
         sys.stderr.write(f"dpnn: rank {comm.rank}/{comm.size} failed; aborting all ranks\n{text}")
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)      # MPI_Abort can end the job before its output is forwarded
         comm.abort(1)
 
     sys.excepthook = hook

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 import tempfile
+import time
 
-from dpnn.comm import INSTALL_HINT, Communicator
+from dpnn.comm import ABORT_GRACE_S, INSTALL_HINT, Communicator
 from dpnn.distributed import on_root
 from dpnn.io import architecture_path
 from launch import checkpoint as ckpt
@@ -75,6 +77,8 @@ def check_backend(comm: Communicator | None, backend: str, usage_error) -> None:
 def finish(comm: Communicator | None, status: int) -> int:
     """Exit status for main(); a failed rank aborts every rank instead of leaving them waiting."""
     if comm is not None and comm.size > 1 and status != 0:
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)      # let mpiexec forward the error message first
         comm.abort(status)
     return status
 

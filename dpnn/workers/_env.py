@@ -34,7 +34,7 @@ def blas_environment(threads: int, active: bool = True):
                 os.environ[k] = v
 
 
-def start_context(method: str, threads: int):
+def start_context(method: str):
     """A multiprocessing context for ``method`` ('forkserver' or 'spawn'; never 'fork').
 
     The fork server imports NumPy with one BLAS thread, so forking it never copies a running

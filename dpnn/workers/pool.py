@@ -27,7 +27,7 @@ class WorkerPool:
 
     def __init__(self, spec: WorkerSpec, start_method: str) -> None:
         self.spec, self.start_method = spec, start_method
-        self.ctx = start_context(start_method, spec.threads)
+        self.ctx = start_context(start_method)
         self.barrier = self.ctx.Barrier(spec.workers) if spec.sync_batchnorm else None
         self.procs: list = [None] * spec.workers
         self.conns: list = [None] * spec.workers

@@ -51,7 +51,9 @@ data: install
 	$(PY) -m launch.data --prepare $(DATASET)
 
 train: data
-	$(PY) -m launch.train --workers $(WORKERS) --dataset $(DATASET) --epochs $(EPOCHS)
+	$(PY) -m launch.train --workers $(WORKERS) --dataset $(DATASET) --epochs $(EPOCHS) \
+	    --out weights.hdf5 --history training.json --plot training.png \
+	    --checkpoint-dir checkpoints/$$(date +%Y%m%d-%H%M%S)
 
 test: dev system-deps
 	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi

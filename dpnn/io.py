@@ -145,9 +145,10 @@ def save_model(model, path: str, extra_arrays: dict[str, np.ndarray] | None = No
     arrays = {**model_arrays(model), **(extra_arrays or {})}
     arch = json.dumps(model.get_config(), indent=2) + "\n"
     arch_path = architecture_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(arch_path)), exist_ok=True)
     # The JSON goes to a temporary file first, so a failure on either file leaves the old
     # pair untouched; the two renames at the end are the only window of mismatch.
-    fd, arch_tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(arch_path)) or ".",
+    fd, arch_tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(arch_path)),
                                     prefix=".tmp-", suffix=os.path.basename(arch_path))
     try:
         with os.fdopen(fd, "w") as f:

@@ -52,6 +52,9 @@ def make_engine(model, workers, threads_per_worker, deterministic, engine_option
         options = {k: v for k, v in engine_options.items() if k != "backend"}
         return DistributedEngine(model, backend, workers=workers, threads_per_worker=threads_per_worker,
                                  deterministic=deterministic, **options)
+    if workers == "auto":
+        from .workers import resolve_workers
+        workers = resolve_workers("auto")
     if workers in (1, None) and not backend:
         return LocalEngine(model, deterministic=deterministic)
     from .workers import DataParallel

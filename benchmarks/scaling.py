@@ -46,7 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=50, help="timed steps per configuration (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     p.add_argument("--model", default="seed-cnn", choices=sorted(MODELS), help="model (default seed-cnn)")
-    p.add_argument("--backend", default="shm", choices=("shm", "mpi"), help="engine backend (default shm)")
+    p.add_argument("--backend", default="shm", choices=("shm", "mpi"),
+                   help="shm: this machine's workers; mpi: ranks x workers under mpiexec (default shm)")
+    p.add_argument("--ranks", default="1,2", help="with --backend mpi: MPI rank counts (default 1,2)")
     p.add_argument("--no-weak", action="store_true", help="skip the weak-scaling rows")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--calibration-steps", type=int, default=6, help="steps per split for --workers auto")
@@ -73,14 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_backend(backend: str) -> None:
     """Exit with a readable message when the engine (or the requested backend) is missing."""
     try:
-        from dpnn.workers import DataParallel
+        from dpnn.workers import DataParallel  # noqa: F401  (is the engine importable?)
     except ImportError as e:
         raise SystemExit(f"error: the data-parallel engine is not available ({e})")
-    if backend == "mpi":
-        import inspect
-        if "backend" not in inspect.signature(DataParallel).parameters:
-            raise SystemExit("error: --backend mpi is not available yet: dpnn.workers.DataParallel has no "
-                             "MPI backend; use --backend shm (the default)")
 
 
 def calibrate(a, cores: int, log) -> tuple[int, int, list[dict]]:
@@ -191,8 +188,18 @@ def load_note(cores: int) -> str:
     return f"1-min load average {load:.1f} on {cores} cores{busy}"
 
 
+def run_mpi(a) -> int:
+    """--backend mpi: ranks x workers under mpiexec, measured by benchmarks.mpi_scaling."""
+    from . import mpi_scaling
+    argv = ["--ranks", a.ranks, "--workers", a.workers, "--threads-per-worker", str(a.thread_list[0]),
+            "--batch-size", str(a.batches[0]), "--steps", str(a.steps)]
+    return mpi_scaling.main(argv + (["--json", a.json] if a.json else []))
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    if a.backend == "mpi":
+        return run_mpi(a)
     res = run(a)
     local, torch = res.pop("_local"), res.pop("_torch")
     print()

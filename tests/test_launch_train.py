@@ -137,15 +137,6 @@ def test_missing_matplotlib_is_reported_before_training(tmp_path, monkeypatch, c
     assert "pip install 'dpnn[plot]'" in capsys.readouterr().err
 
 
-def test_mpi_backend_fails_clearly_when_unavailable(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    if HAVE_ENGINE:
-        pytest.skip("the data-parallel engine exists; MPI runs are tested with mpiexec")
-    assert exit_code(["--dataset", "synthetic", "--backend", "mpi", "--workers", "1"]) == 2
-    err = capsys.readouterr().err
-    assert "--backend mpi" in err and ("dpnn.workers" in err or "mpi4py" in err)
-
-
 # -- training runs ----------------------------------------------------------------------------
 def test_trains_on_an_idx_directory_and_writes_every_output(tmp_path, idx_dir):
     r = run_cli("--dataset", idx_dir, "--model", "mlp", "--epochs", 2, "--workers", 1, "--val-split", 0.25,

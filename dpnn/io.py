@@ -161,11 +161,8 @@ def save_model(model, path: str, extra_arrays: dict[str, np.ndarray] | None = No
     return written
 
 
-def read_architecture(path: str) -> list[dict]:
-    arch_path = architecture_path(path)
-    if not os.path.isfile(arch_path):
-        raise WeightsError(f"architecture file {arch_path} not found beside {path}; "
-                           "model.save() writes both, keep them together")
+def read_architecture_file(arch_path: str) -> list[dict]:
+    """The layer list of an architecture JSON (seed format: a list of {"class", "config"})."""
     try:
         with open(arch_path) as f:
             arch = json.load(f)
@@ -176,6 +173,15 @@ def read_architecture(path: str) -> list[dict]:
     if not isinstance(arch, list) or not arch:
         raise WeightsError(f"{arch_path} must hold a non-empty list of {{'class', 'config'}} objects")
     return arch
+
+
+def read_architecture(path: str) -> list[dict]:
+    """The architecture saved beside the weights file ``path``."""
+    arch_path = architecture_path(path)
+    if not os.path.isfile(arch_path):
+        raise WeightsError(f"architecture file {arch_path} not found beside {path}; "
+                           "model.save() writes both, keep them together")
+    return read_architecture_file(arch_path)
 
 
 def load_model(path: str):

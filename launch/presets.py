@@ -9,12 +9,12 @@ Every preset takes NHWC images (N, H, W, 1) and ends in a ``Dense(num_classes)``
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable
 
 from dpnn import Activation, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
 from dpnn.errors import WeightsError
+from dpnn.io import read_architecture_file
 from dpnn.layers import Layer, layer_from_config
 
 
@@ -47,15 +47,7 @@ def _layers_from_json(path: str) -> list[Layer]:
     if not os.path.isfile(path):
         raise WeightsError(f"{path}: architecture file not found; pass a preset "
                            f"({', '.join(PRESETS)}) or a JSON file written by model.save()")
-    try:
-        with open(path) as f:
-            arch = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: not valid JSON ({e})") from None
-    if isinstance(arch, dict):
-        arch = arch.get("layers")
-    if not isinstance(arch, list) or not arch:
-        raise WeightsError(f"{path}: must hold a non-empty list of {{'class', 'config'}} objects")
+    arch = read_architecture_file(path)
     try:
         return [layer_from_config(entry) for entry in arch]
     except ValueError as e:

@@ -80,11 +80,11 @@ def _view(shm: shared_memory.SharedMemory, region: Region) -> np.ndarray:
     return np.frombuffer(shm.buf, region.dtype, count).reshape(region.shape)
 
 
-def _release(segments: dict, owner: bool, retired: list) -> None:
+def _release(segments: dict, owner: bool) -> None:
     """Unlink (owner) and close every segment.
 
     Closing fails while a NumPy view of the segment is alive (say, a layer still holds the
-    previous batch); such segments wait in ``retired`` and are closed on a later call.
+    previous batch); such a mapping is freed with its last view (see ``_forget_mapping``).
     """
     for shm in segments.values():
         if owner:
@@ -92,14 +92,23 @@ def _release(segments: dict, owner: bool, retired: list) -> None:
                 shm.unlink()
             except FileNotFoundError:
                 pass
-    pending = list(segments.values()) + retired
+    pending = list(segments.values())
     segments.clear()
-    retired.clear()
     for shm in pending:
         try:
             shm.close()
         except BufferError:
-            retired.append(shm)
+            _forget_mapping(shm)
+
+
+def _forget_mapping(shm: shared_memory.SharedMemory) -> None:
+    """NumPy views still export the mapping (a traceback can hold them): close the file
+    descriptor now and let the mapping go with the last view. Without this,
+    ``SharedMemory.__del__`` retries ``close`` later and prints a BufferError."""
+    if getattr(shm, "_fd", -1) >= 0:
+        os.close(shm._fd)
+        shm._fd = -1
+    shm._buf = shm._mmap = None
 
 
 class SharedArena:
@@ -116,8 +125,7 @@ class SharedArena:
         self._segments: dict[str, shared_memory.SharedMemory] = {}
         self._arrays: dict[str, np.ndarray] = {}
         self._generation = 0
-        self._retired: list[shared_memory.SharedMemory] = []
-        self._finalizer = weakref.finalize(self, _release, self._segments, owner, self._retired)
+        self._finalizer = weakref.finalize(self, _release, self._segments, owner)
 
     @classmethod
     def create(cls, regions: dict[str, tuple[tuple, str]], what: str = "parameters, gradients "
@@ -151,7 +159,7 @@ class SharedArena:
         new = Region("", tuple(shape), np.dtype(dtype).str)
         check_room(new.nbytes - self._regions[name].nbytes, f"a batch buffer of {shape}")
         self._arrays.pop(name)
-        _release({name: self._segments.pop(name)}, True, self._retired)
+        _release({name: self._segments.pop(name)}, True)
         self._allocate(name, tuple(shape), dtype)
 
     def refresh(self, layout: dict[str, Region]) -> None:
@@ -161,7 +169,7 @@ class SharedArena:
                 continue
             if name in self._segments:
                 self._arrays.pop(name)
-                _release({name: self._segments.pop(name)}, False, self._retired)
+                _release({name: self._segments.pop(name)}, False)
             shm = _attach(region.segment)
             self._segments[name], self._regions[name] = shm, region
             self._arrays[name] = _view(shm, region)

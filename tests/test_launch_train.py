@@ -21,6 +21,7 @@ from dpnn.datasets import FASHION_DIR, _has_mnist_files, make_synthetic, mnist_5
 from dpnn.idx import write_idx
 from dpnn.io import read_arrays
 from launch.checkpoint import list_checkpoints
+from architectures import TINY_CNN
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,15 +31,6 @@ FLAGS = ["--workers", "--threads-per-worker", "--dataset", "--model", "--epochs"
          "--early-stopping", "--patience", "--min-delta", "--lr-schedule", "--seed",
          "--deterministic", "--limit", "--out", "--checkpoint-dir", "--resume", "--history",
          "--plot", "--backend", "--quiet"]
-# A small CNN with dropout, so resume also covers the per-sample dropout masks.
-TINY_CNN = [{"class": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3], "padding": "same"}},
-            {"class": "Activation", "config": {"func": "relu"}},
-            {"class": "MaxPool2D", "config": {"pool_size": [4, 4]}},
-            {"class": "Flatten", "config": {}},
-            {"class": "Dense", "config": {"units": 16}},
-            {"class": "Activation", "config": {"func": "relu"}},
-            {"class": "Dropout", "config": {"rate": 0.25}},
-            {"class": "Dense", "config": {"units": 10}}]
 
 
 def run_cli(*args, cwd, timeout=90):

@@ -21,6 +21,7 @@ import pytest
 from dpnn import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model, Activation
 from dpnn.comm import LocalComm, get_communicator
 from dpnn.distributed import DistributedEngine, RanksDiverged, on_root
+from architectures import TINY_CNN
 
 
 def workers_available() -> bool:
@@ -329,16 +330,6 @@ def test_a_killed_rank_ends_the_job_and_leaves_nothing(tmp_path, workers):
 
 
 # -- launch.train over two ranks --------------------------------------------------------------
-TINY_CNN = [{"class": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3], "padding": "same"}},
-            {"class": "Activation", "config": {"func": "relu"}},
-            {"class": "MaxPool2D", "config": {"pool_size": [4, 4]}},
-            {"class": "Flatten", "config": {}},
-            {"class": "Dense", "config": {"units": 16}},
-            {"class": "Activation", "config": {"func": "relu"}},
-            {"class": "Dropout", "config": {"rate": 0.25}},
-            {"class": "Dense", "config": {"units": 10}}]
-
-
 def launch_two_ranks(tmp_path, *args):
     """mpiexec with rank 0 in tmp/r0 and rank 1 in tmp/r1: relative paths name different dirs."""
     cmd = [MPIEXEC]

@@ -50,7 +50,31 @@ def count_correct(logits: np.ndarray, y: np.ndarray) -> int:
 
 def shard_gradients(model, x: np.ndarray, y: np.ndarray, denominator: int,
                     keys: np.ndarray | None) -> tuple[float, int]:
-    """Forward + backward on one shard; the model's grads get d(sum loss)/d(params) / denominator."""
+    """Forward + backward on one shard; the model's grads get d(sum loss)/d(params) / denominator.
+
+    The shard runs in the pieces :meth:`Model.micro_batches` gives (cache blocking); every
+    piece divides by the same ``denominator``, so their gradients simply add up.
+    """
+    parts = model.micro_batches(len(x))
+    if len(parts) == 1:
+        return _piece_gradients(model, x, y, denominator, keys)
+    if keys is None:
+        keys = model.next_sample_keys(len(x))
+    dest, loss_sum, correct = model.grads, 0.0, 0
+    try:
+        for k, (a, b) in enumerate(parts):
+            if k == 1:                                 # later pieces: into scratch, then added
+                model.bind_grads(model.grad_scratch())
+            ls, c = _piece_gradients(model, x[a:b], y[a:b], denominator, keys[a:b])
+            if k:
+                dest += model.grads
+            loss_sum, correct = loss_sum + ls, add_correct(correct, c)
+    finally:
+        model.bind_grads(dest)
+    return loss_sum, correct
+
+
+def _piece_gradients(model, x, y, denominator, keys) -> tuple[float, int]:
     out = model.forward(x, training=True, sample_keys=keys)
     model.loss.forward(out, y)
     model.backward(model.loss.backward(denominator))

@@ -28,8 +28,30 @@ def conv_output_size(size: int, k: int, stride: int, padding: str) -> tuple[int,
 
 
 def _reuse(buf: np.ndarray | None, shape: tuple, dtype) -> np.ndarray | None:
-    """``buf`` if it has this shape and dtype, else None."""
-    return buf if buf is not None and buf.shape == shape and buf.dtype == dtype else None
+    """``buf`` itself if it has this shape and dtype; else a view of the memory it came from,
+    when that was allocated by :func:`scratch` and is large enough; else None."""
+    if buf is None or np.dtype(dtype) != buf.dtype:
+        return None
+    if buf.shape == shape:
+        return buf
+    owner, size = buf.base, int(np.prod(shape))
+    if isinstance(owner, np.ndarray) and owner.ndim == 1 and owner.dtype == buf.dtype \
+            and owner.size >= size and owner.flags.c_contiguous:
+        return owner[:size].reshape(shape)
+    return None
+
+
+def scratch(buf: np.ndarray | None, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised (shape) array that reuses ``buf``'s memory when it has room.
+
+    Buffers a layer keeps across steps are requested through this, so they are allocated
+    once, for the largest batch seen: a smaller micro-batch or last batch of an epoch then
+    costs no allocation and no fresh page faults.
+    """
+    out = _reuse(buf, tuple(shape), dtype)
+    if out is None:
+        out = np.empty(int(np.prod(shape)), dtype).reshape(shape)
+    return out
 
 
 def pad_nhwc(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0,
@@ -43,9 +65,7 @@ def pad_nhwc(x: np.ndarray, pads: tuple[int, int, int, int], value: float = 0.0,
         return x
     N, H, W, C = x.shape
     shape = (N, H + top + bottom, W + left + right, C)
-    buf = _reuse(out, shape, x.dtype)
-    if buf is None:
-        buf = np.empty(shape, dtype=x.dtype)                              # (N, Hp, Wp, C)
+    buf = scratch(out, shape, x.dtype)                                    # (N, Hp, Wp, C)
     buf[:, :top], buf[:, top + H:] = value, value                         # border strips only
     buf[:, top:top + H, :left], buf[:, top:top + H, left + W:] = value, value
     buf[:, top:top + H, left:left + W, :] = x
@@ -85,9 +105,7 @@ def im2col_padded(xp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: in
     """
     N, C = xp.shape[0], xp.shape[3]
     shape = (N * oh * ow, kh * kw * C)
-    cols = _reuse(out, shape, xp.dtype)
-    if cols is None:
-        cols = np.empty(shape, dtype=xp.dtype)
+    cols = scratch(out, shape, xp.dtype)
     s0, s1 = cols.strides                     # ``out`` may be a column slice of a wider buffer
     dst = np.lib.stride_tricks.as_strided(cols, (N, oh, ow, kh, kw, C),
                                           (oh * ow * s0, ow * s0, s0, kw * C * s1, C * s1, s1))

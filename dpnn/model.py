@@ -9,6 +9,26 @@ from .losses import get_loss
 from .optim import get_optimizer, regularize
 from .random import sample_keys as make_sample_keys
 
+AUTO_MICRO_BATCH = 64     # samples per forward/backward piece (measured: +11% at shard 256, neutral at <= 64)
+
+
+def execution_order(layers: list[Layer]) -> list[int]:
+    """The order forward runs the layers in (backward runs it reversed): the model's order,
+    except that a ReLU directly followed by a max pool runs after the pool.
+
+    ReLU is monotone, so max(relu(z)) = relu(max(z)) and the gradients agree too (a window
+    whose maximum is <= 0 gets zero gradient either way); after the pool the ReLU touches 4x
+    fewer elements in both passes. Saved architectures keep the order the user wrote.
+    """
+    from .layers.pooling import MaxPool2D
+    from .layers.simple import Activation
+    order = list(range(len(layers)))
+    for k in range(len(layers) - 1):
+        a, b = layers[order[k]], layers[order[k + 1]]
+        if isinstance(a, Activation) and a.func == "relu" and isinstance(b, MaxPool2D):
+            order[k], order[k + 1] = order[k + 1], order[k]
+    return order
+
 
 class Model:
     """A sequential network with a Keras-like API.
@@ -31,6 +51,8 @@ class Model:
         self.stop_training = False
         self._pending_weights: dict[str, np.ndarray] | None = None
         self._forward_calls = 0
+        self.micro_batch: int | None = None    # see micro_batches(); set by compile()
+        self._grad_scratch: np.ndarray | None = None
 
     # -- structure ------------------------------------------------------------------------
     def add(self, layer: Layer) -> "Model":
@@ -60,6 +82,7 @@ class Model:
             shape = (None,) + tuple(layer.output_shape[1:])
         for i, layer in enumerate(self.layers):
             layer.needs_input_grad = i > 0
+        self._order = execution_order(self.layers)
         self.input_shape, self.output_shape = (None,) + tuple(input_shape[1:]), shape
         self.param_layout = FlatLayout(self.layers, "params")
         self.state_layout = FlatLayout(self.layers, "state")
@@ -80,6 +103,34 @@ class Model:
         self.param_layout.bind(self.layers, grads, "grads", copy)
         self.state_layout.bind(self.layers, state, "state", copy)
         self.params, self.grads, self.state = params, grads, state
+
+    def bind_grads(self, grads: np.ndarray) -> None:
+        """Make the layers write their gradients into ``grads`` (a flat vector) from now on."""
+        self.param_layout.bind(self.layers, grads, "grads", copy=False)
+        self.grads = grads
+
+    def grad_scratch(self) -> np.ndarray:
+        """A private flat gradient vector, for summing micro-batch gradients (allocated once)."""
+        if self._grad_scratch is None or self._grad_scratch.shape != (self.param_layout.size,):
+            self._grad_scratch = np.zeros(self.param_layout.size, np.float32)
+        return self._grad_scratch
+
+    def micro_batches(self, n: int) -> list[tuple[int, int]]:
+        """How a shard of ``n`` samples is cut for forward + backward: [(start, stop), ...].
+
+        Pieces of ``micro_batch`` samples (the last may be smaller), so that each piece's
+        activations stay in the core's cache; one piece when ``micro_batch`` is None or a
+        layer couples the samples of a batch (BatchNorm's statistics).
+        """
+        mb = self.micro_batch
+        if not mb or n <= mb or any(layer.batch_coupled for layer in self.layers):
+            return [(0, n)]
+        return [(a, min(n, a + mb)) for a in range(0, n, mb)]
+
+    def next_sample_keys(self, n: int) -> np.ndarray:
+        """Fresh per-sample Dropout keys (N,) for a training forward given none."""
+        self._forward_calls += 1
+        return make_sample_keys(self.seed or 0, self._forward_calls, np.arange(n))
 
     def _ensure_built(self, x: np.ndarray) -> None:
         if not self.built:
@@ -105,9 +156,9 @@ class Model:
                 sample_keys: np.ndarray | None = None) -> np.ndarray:
         """Run every layer; ``sample_keys`` (N,) uint64 key Dropout masks to samples."""
         if training and sample_keys is None:
-            self._forward_calls += 1
-            sample_keys = make_sample_keys(self.seed or 0, self._forward_calls, np.arange(len(x)))
-        for layer in self.layers:
+            sample_keys = self.next_sample_keys(len(x))
+        for i in self._order:
+            layer = self.layers[i]
             if hasattr(layer, "sample_keys"):
                 layer.sample_keys = sample_keys
             x = layer.forward(x, training)
@@ -115,14 +166,21 @@ class Model:
 
     def backward(self, grad: np.ndarray) -> None:
         """Back-propagate d(loss)/d(output); fills ``grads`` (layers write into their views)."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+        for i in reversed(self._order):
+            grad = self.layers[i].backward(grad)
         self.param_layout.sync_back(self.layers, self.grads, "grads")
 
     # -- training -------------------------------------------------------------------------
     def compile(self, loss="categorical_crossentropy", optimizer="adam", lr: float | None = None,
-                weight_decay: float = 0.0, clip_norm: float | None = None, **optimizer_kwargs) -> "Model":
-        """Choose the loss, the optimizer (name or instance) and gradient regularisation."""
+                weight_decay: float = 0.0, clip_norm: float | None = None,
+                micro_batch: int | None | str = "auto", **optimizer_kwargs) -> "Model":
+        """Choose the loss, the optimizer (name or instance) and gradient regularisation.
+
+        ``micro_batch``: forward + backward run on pieces of at most this many samples and
+        their gradients are summed (same result up to float rounding, faster because each
+        piece's activations stay in cache); None runs each shard whole; 'auto' picks
+        ``AUTO_MICRO_BATCH``.
+        """
         self.loss = get_loss(loss)
         if lr is not None:
             optimizer_kwargs["lr"] = lr
@@ -133,6 +191,12 @@ class Model:
         if weight_decay < 0 or (clip_norm is not None and clip_norm <= 0):
             raise ValueError("weight_decay must be >= 0 and clip_norm > 0 (or None)")
         self.weight_decay, self.clip_norm = float(weight_decay), clip_norm
+        if micro_batch == "auto":
+            micro_batch = AUTO_MICRO_BATCH
+        if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(
+                micro_batch, (int, np.integer)) or micro_batch < 1):
+            raise ValueError(f"micro_batch must be a positive int, None or 'auto', got {micro_batch!r}")
+        self.micro_batch = None if micro_batch is None else int(micro_batch)
         return self
 
     def _require_compiled(self) -> None:

@@ -46,6 +46,10 @@ class Layer:
     copies it back.
     """
 
+    # True when one sample's output depends on the other samples of the batch (BatchNorm's
+    # batch statistics): such a model's shards are never cut into micro-batches.
+    batch_coupled = False
+
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..im2col import (col2im, conv_input_grad_cols, conv_output_size, flip_kernel, im2col_padded,
-                      pad_nhwc)
+                      pad_nhwc, scratch)
 from .base import Layer, check_rank, register_layer
 
 FUSED_ACTIVATIONS = (None, "linear", "relu")
@@ -58,6 +58,7 @@ class Conv2D(Layer):
         self.activation = _check_activation(activation)
         # buffers reused across steps (same batch size -> no allocation, no page faults)
         self._cols = self._cols_aug = self._xpad = self._gcols = self._gpad = None
+        self._ones_set = None     # the memory whose ones column (bias in the GEMM) is written
 
     def build(self, input_shape: tuple) -> None:
         check_rank(self, input_shape, (4,), "Conv2D takes NHWC images (N, H, W, C)")
@@ -82,10 +83,10 @@ class Conv2D(Layer):
         K = kh * kw * C
         self._pads, self._x_shape, self._out_hw = (pt, pb, pl, pr), x.shape, (oh, ow)
         if self._fold_bias(K):   # few columns: a ones column puts the bias inside the GEMM
-            aug = self._cols_aug
-            if aug is None or aug.shape != (N * oh * ow, K + 1) or aug.dtype != x.dtype:
-                aug = self._cols_aug = np.empty((N * oh * ow, K + 1), x.dtype)
-                aug[:, K] = 1
+            aug = self._cols_aug = scratch(self._cols_aug, (N * oh * ow, K + 1), x.dtype)
+            if aug.base is not self._ones_set:          # fresh memory: (re)write the ones column
+                aug.base.reshape(-1, K + 1)[:, K] = 1
+                self._ones_set = aug.base
             self._cols = im2col_padded(xp, kh, kw, s, oh, ow, out=aug[:, :K])
             Wb = np.concatenate([self.params["W"].reshape(K, F), self.params["b"][None]])  # (K+1, F)
             out = aug @ Wb                                                 # (N*OH*OW, F), bias included

@@ -18,6 +18,8 @@ class BatchNorm2D(Layer):
     it takes a 1-D array of per-shard sums and returns the sums over every shard.
     """
 
+    batch_coupled = True
+
     def __init__(self, momentum: float = 0.9, eps: float = 1e-5) -> None:
         super().__init__()
         if not 0.0 <= float(momentum) < 1.0:

@@ -166,7 +166,7 @@ class DataParallel:
             layout=self.arena.layout(), prefix=self.arena.prefix, slots=self.slots,
             deterministic=self.deterministic, sync_batchnorm=self.sync_batchnorm,
             threads=self.threads_per_worker, cpus=self.placement.cpus,
-            coordinator_pid=os.getpid())
+            coordinator_pid=os.getpid(), micro_batch=m.micro_batch)
 
     def _install_sigterm(self) -> None:
         """While the pool runs, SIGTERM behaves like Ctrl-C, so every ``finally`` gets to clean up.

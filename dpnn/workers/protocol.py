@@ -47,6 +47,7 @@ class WorkerSpec:
     cpus: tuple                         # cpus[k]: logical CPUs of worker k, or None
     coordinator_pid: int                # the process to watch
     barrier_timeout: float = 600.0      # seconds a worker waits for its peers (sync BN)
+    micro_batch: int | None = None      # the model's micro-batch size (Model.micro_batches)
 
 
 def shard_slots(spec: WorkerSpec, worker_id: int) -> range:

@@ -41,6 +41,7 @@ class ShardRunner:
         self.arena = SharedArena.attach(spec.layout, spec.prefix)
         model = Model(cloudpickle.loads(spec.layers_blob), seed=spec.seed)
         model.loss = cloudpickle.loads(spec.loss_blob)
+        model.micro_batch = spec.micro_batch
         model.build((1,) + tuple(spec.input_shape[1:]))
         assert model.params.size == self.arena["params"].shape[1], "architecture does not match the arena"
         self.model, self.slots = model, shard_slots(spec, worker_id)

@@ -1,0 +1,96 @@
+"""How a model executes a shard: ReLU moved after max pooling, micro-batches, reused buffers.
+
+Each of these changes how the work is done, never what is computed: the tests compare
+against the plain layer-by-layer, whole-shard computation.
+"""
+import numpy as np
+import pytest
+
+from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model)
+from dpnn.engine import shard_gradients
+from dpnn.im2col import scratch
+from dpnn.model import execution_order
+from dpnn.random import sample_keys
+
+
+def cnn(seed=0, bn=False):
+    layers = [Conv2D(6, 3, padding="same"), Activation("relu"), MaxPool2D(2),
+              Conv2D(8, 3, padding="same"), *([BatchNorm2D()] if bn else []), Activation("relu"),
+              MaxPool2D(2, padding="same"), Flatten(), Dense(16), Activation("relu"), Dropout(0.3),
+              Dense(5)]
+    m = Model(layers, seed=seed)
+    m.compile("categorical_crossentropy", "adam", lr=1e-3, micro_batch=None)
+    return m.build((1, 14, 14, 1))
+
+
+def data(n=24, seed=1):
+    rng = np.random.default_rng(seed)
+    # small integers: many exact ties inside pooling windows, the case the reordering must get right
+    x = rng.integers(-3, 4, (n, 14, 14, 1)).astype(np.float32)
+    return x, rng.integers(0, 5, n), sample_keys(7, 1, np.arange(n))
+
+
+def test_relu_runs_after_the_max_pool_that_follows_it():
+    m = cnn()
+    assert [type(m.layers[i]).__name__ for i in m._order] == [
+        "Conv2D", "MaxPool2D", "Activation", "Conv2D", "MaxPool2D", "Activation", "Flatten",
+        "Dense", "Activation", "Dropout", "Dense"]
+    assert m.get_config()[1]["class"] == "Activation"          # saved as written
+    other = [Dense(4), Activation("tanh"), MaxPool2D(2)]
+    assert execution_order(other) == [0, 1, 2]                 # only ReLU commutes with max
+
+
+def test_reordered_relu_gives_bitwise_the_same_outputs_and_gradients():
+    x, y, keys = data()
+    fast, plain = cnn(), cnn()
+    plain._order = list(range(len(plain.layers)))
+    for m in (fast, plain):
+        shard_gradients(m, x, y, len(x), keys)
+    np.testing.assert_array_equal(fast.forward(x), plain.forward(x))
+    np.testing.assert_array_equal(fast.grads, plain.grads)
+    assert np.abs(fast.grads).max() > 0
+
+
+def test_micro_batches_cut_a_shard_and_add_up_to_the_whole_shard_gradient():
+    x, y, keys = data(23)
+    whole, pieces = cnn(), cnn()
+    pieces.micro_batch = 5
+    assert pieces.micro_batches(23) == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    lw = shard_gradients(whole, x, y, 40, keys)
+    grads_buffer = pieces.grads
+    lp = shard_gradients(pieces, x, y, 40, keys)
+    assert pieces.grads is grads_buffer                        # bound back to the caller's buffer
+    assert lp[1] == lw[1] and lp[0] == pytest.approx(lw[0], rel=1e-6)
+    np.testing.assert_allclose(pieces.grads, whole.grads, rtol=1e-4, atol=1e-7)
+    assert np.abs(whole.grads).max() > 0
+
+
+def test_batchnorm_models_are_never_cut():
+    m = cnn(bn=True)
+    m.micro_batch = 4
+    assert m.micro_batches(16) == [(0, 16)]
+
+
+def test_micro_batch_is_validated_and_auto_resolves():
+    m = cnn()
+    m.compile("categorical_crossentropy", "adam", micro_batch="auto")
+    assert isinstance(m.micro_batch, int) and m.micro_batch > 0
+    for bad in (0, -2, 1.5, "big", True):
+        with pytest.raises(ValueError, match="micro_batch"):
+            m.compile("categorical_crossentropy", "adam", micro_batch=bad)
+
+
+def test_scratch_buffers_reuse_memory_for_smaller_shapes():
+    a = scratch(None, (8, 10), np.float32)
+    b = scratch(a, (3, 10), np.float32)
+    assert b.shape == (3, 10) and np.shares_memory(a, b)
+    c = scratch(b, (9, 10), np.float32)                        # larger: new memory
+    assert c.shape == (9, 10) and not np.shares_memory(a, c)
+    assert scratch(c, (2, 5), np.float64).dtype == np.float64
+
+
+def test_conv_layer_with_bias_in_the_gemm_survives_changing_batch_sizes():
+    x, y, keys = data(12)
+    reused = cnn()
+    for n in (12, 5, 12, 7):                    # a new model per size allocates fresh buffers
+        np.testing.assert_array_equal(reused.forward(x[:n]), cnn().forward(x[:n]))

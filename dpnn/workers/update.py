@@ -21,7 +21,7 @@ import copy
 
 import numpy as np
 
-from ..optim import SGD, Adam
+from ..optim import SGD, Adam, sum_of_squares
 from .reduce import add_slots
 
 
@@ -52,7 +52,7 @@ def update_chunk(arena, a: int, b: int, cur: int, keys: tuple[str, ...], weight_
                  optimizer) -> float:
     """Worker side: grads[a:b] = sum of slots, + weight decay; set 1-cur = update of set cur.
 
-    Returns the float64 sum of squares of the chunk's gradient (for the global norm).
+    Returns the sum of squares of the chunk's gradient (for the global norm).
     """
     new = 1 - cur
     g = arena["grads_sum"][a:b]
@@ -60,7 +60,7 @@ def update_chunk(arena, a: int, b: int, cur: int, keys: tuple[str, ...], weight_
     p_old, p = arena["params"][cur, a:b], arena["params"][new, a:b]
     if weight_decay:
         g += np.float32(weight_decay) * p_old
-    square = float(np.einsum("i,i->", g, g, dtype=np.float64))
+    square = sum_of_squares(g)
     np.copyto(p, p_old)
     slot = {}
     for k in keys:

@@ -1,12 +1,14 @@
 """Timed training runs: the data-parallel engine, single-process BLAS, and PyTorch.
 
-Each function trains the same model on the same synthetic batch for ``warmup`` untimed
-and ``steps`` timed steps and returns one JSON-ready dict. Throughput is the global batch
-divided by the *median* step time (robust to the odd disturbed step on a shared machine);
-the step breakdown is the mean of what the engine reports.
+Each runner trains the same model on the same synthetic batch; :func:`interleaved` runs
+``warmup`` untimed and ``steps`` timed steps of every runner *in turns* and returns one
+JSON-ready dict per runner. Throughput is the global batch divided by the *median* step
+time (robust to the odd disturbed step on a shared machine); the step breakdown is the
+mean of what the engine reports.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import time
@@ -40,18 +42,114 @@ def peak_rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def _timed_steps(step, batch: int, steps: int, warmup: int) -> tuple[list[float], dict]:
-    """Run ``step(i)`` warmup + steps times; per-step wall times and summed StepStats.times."""
-    for i in range(warmup):
-        step(i)
-    walls, sums = [], defaultdict(float)
-    for i in range(warmup, warmup + steps):
+class LocalRunner:
+    """Single-process baseline: LocalEngine with ``threads`` BLAS threads (the seed's approach)."""
+
+    def __init__(self, model_name: str, threads: int, batch: int, seed: int = 0) -> None:
+        self.x, self.y = synthetic_batch(batch, seed)
+        self.engine = LocalEngine(build(model_name, seed=seed))
+        self.threads, self.batch, self.seed = threads, batch, seed
+
+    def turn(self):
+        return threadpool_limits(limits=self.threads, user_api="blas")
+
+    def step(self, i: int) -> dict:
+        return self.engine.train_step(self.x, self.y, sample_keys(self.seed, i, np.arange(self.batch))).times
+
+    def result(self) -> dict:
+        return {"threads": self.threads}
+
+    def close(self) -> None:
+        pass
+
+
+class DataParallelRunner:
+    """``DataParallel(workers, threads_per_worker)`` with its pool started; reports start-up and memory."""
+
+    def __init__(self, model_name: str, workers: int, threads: int, batch: int, backend: str = "shm",
+                 seed: int = 0) -> None:
+        from dpnn.workers import DataParallel
+        self.x, self.y = synthetic_batch(batch, seed)
+        self.workers, self.threads, self.batch, self.seed = workers, threads, batch, seed
+        kwargs = {} if backend == "shm" else {"backend": backend}
         t0 = time.perf_counter()
-        stats = step(i)
-        walls.append(time.perf_counter() - t0)
-        for k, v in stats.times.items():
-            sums[k] += v
-    return walls, {k: v / steps for k, v in sums.items()}
+        self.dp = DataParallel(build(model_name, seed=seed), workers=workers, threads_per_worker=threads,
+                               deterministic=False, **kwargs)
+        try:
+            self.dp.start(self.x, self.y)
+        except BaseException:
+            self.dp.close()
+            raise
+        self.startup = self.dp.startup_time if self.dp.startup_time is not None else time.perf_counter() - t0
+
+    def turn(self):
+        return contextlib.nullcontext()
+
+    def step(self, i: int) -> dict:
+        return self.dp.train_step(self.x, self.y, sample_keys(self.seed, i, np.arange(self.batch))).times
+
+    def result(self) -> dict:
+        pids = self.dp.worker_pids() if callable(self.dp.worker_pids) else self.dp.worker_pids
+        return {"workers": self.workers, "threads": self.threads, "startup_s": self.startup,
+                "worker_peak_mb": [peak_rss_mb(p) for p in pids], "coordinator_rss_mb": _rss_mb(os.getpid())}
+
+    def close(self) -> None:
+        self.dp.close()
+
+
+class TorchRunner:
+    """PyTorch CPU with ``torch.set_num_threads(threads)`` on the same batch."""
+
+    def __init__(self, threads: int, batch: int, seed: int = 0) -> None:
+        from .torch_ref import TorchStep
+        x, y = synthetic_batch(batch, seed)
+        self.impl, self.threads, self.batch = TorchStep(x, y, threads, seed), threads, batch
+
+    def turn(self):
+        return self.impl.threads_set()
+
+    def step(self, i: int) -> dict:
+        return self.impl.step(i)
+
+    def result(self) -> dict:
+        return {"threads": self.threads}
+
+    def close(self) -> None:
+        pass
+
+
+def interleaved(runners: dict, steps: int, warmup: int, rounds: int = 5) -> dict:
+    """Time every runner in turns: ``rounds`` rounds, each running every runner for its share
+    of ``steps``; {name: row}.
+
+    On a shared machine the speed drifts by tens of percent over minutes. Measured one after
+    another, two configurations see different machines; taking turns, every configuration
+    sees the same mix of quiet and busy moments, so their ratios are fair.
+    """
+    for name, r in runners.items():
+        with r.turn():          # thread settings change once per turn, never inside the timing
+            for i in range(warmup):
+                r.step(i)
+    walls = {name: [] for name in runners}
+    sums = {name: defaultdict(float) for name in runners}
+    rounds = max(1, min(rounds, steps))
+    share = [steps // rounds + (1 if k < steps % rounds else 0) for k in range(rounds)]
+    i = warmup
+    for n in share:
+        for name, r in runners.items():
+            with r.turn():
+                for j in range(i, i + n):
+                    t0 = time.perf_counter()
+                    times = r.step(j)
+                    walls[name].append(time.perf_counter() - t0)
+                    for k, v in times.items():
+                        sums[name][k] += v
+        i += n
+    out = {}
+    for name, r in runners.items():
+        out[name] = _summary(walls[name], {k: v / steps for k, v in sums[name].items()}, r.batch)
+        out[name].update(r.result())
+    return out
 
 
 def _summary(walls: list[float], times: dict, batch: int) -> dict:
@@ -62,47 +160,12 @@ def _summary(walls: list[float], times: dict, batch: int) -> dict:
 
 def data_parallel(model_name: str, workers: int, threads: int, batch: int, steps: int, warmup: int,
                   backend: str = "shm", seed: int = 0) -> dict:
-    """Train with ``DataParallel(workers, threads_per_worker)``; throughput, breakdown, memory, start-up."""
-    from dpnn.workers import DataParallel
-    x, y = synthetic_batch(batch, seed)
-    model = build(model_name, seed=seed)
-    kwargs = {} if backend == "shm" else {"backend": backend}
-    t0 = time.perf_counter()
-    with DataParallel(model, workers=workers, threads_per_worker=threads, deterministic=False,
-                      **kwargs) as dp:
-        if getattr(dp, "pool", None) is None and hasattr(dp, "start"):
-            dp.start(x, y)
-        startup = dp.startup_time if dp.startup_time is not None else time.perf_counter() - t0
-        walls, times = _timed_steps(
-            lambda i: dp.train_step(x, y, sample_keys(seed, i, np.arange(batch))), batch, steps, warmup)
-        pids = dp.worker_pids() if callable(dp.worker_pids) else dp.worker_pids
-        mem = [peak_rss_mb(p) for p in pids]
-    row = _summary(walls, times, batch)
-    row.update(workers=workers, threads=threads, startup_s=startup, worker_peak_mb=mem,
-               coordinator_rss_mb=_rss_mb(os.getpid()))
-    return row
-
-
-def local(model_name: str, threads: int, batch: int, steps: int, warmup: int, seed: int = 0) -> dict:
-    """Single-process baseline: LocalEngine with ``threads`` BLAS threads (the seed's approach)."""
-    x, y = synthetic_batch(batch, seed)
-    model = build(model_name, seed=seed)
-    engine = LocalEngine(model)
-    with threadpool_limits(limits=threads, user_api="blas"):
-        walls, times = _timed_steps(
-            lambda i: engine.train_step(x, y, sample_keys(seed, i, np.arange(batch))), batch, steps, warmup)
-    row = _summary(walls, times, batch)
-    row.update(threads=threads)
-    return row
-
-
-def torch_cpu(threads: int, batch: int, steps: int, warmup: int, seed: int = 0) -> dict:
-    """PyTorch CPU with ``torch.set_num_threads(threads)`` on the same batch."""
-    from .torch_ref import throughput
-    x, y = synthetic_batch(batch, seed)
-    out = throughput(x, y, threads, steps, warmup, seed)
-    out.update(batch=batch)
-    return out
+    """One DataParallel configuration measured on its own (calibration, MPI ranks)."""
+    runner = DataParallelRunner(model_name, workers, threads, batch, backend, seed)
+    try:
+        return interleaved({"dp": runner}, steps, warmup, rounds=1)["dp"]
+    finally:
+        runner.close()
 
 
 def _rss_mb(pid: int) -> float:

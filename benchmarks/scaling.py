@@ -45,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "per-worker batches for weak scaling (default 64,256)")
     p.add_argument("--steps", type=int, default=50, help="timed steps per configuration (default 50)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--rounds", type=int, default=5, help="the configurations of one batch size take "
+                   "turns: each runs steps/rounds steps per round (default 5)")
     p.add_argument("--model", default="seed-cnn", choices=sorted(MODELS), help="model (default seed-cnn)")
     p.add_argument("--backend", default="shm", choices=("shm", "mpi"),
                    help="shm: this machine's workers; mpi: ranks x workers under mpiexec (default shm)")
@@ -65,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.thread_list = _int_list(a.threads_per_worker, "--threads-per-worker")
     a.batches = _int_list(a.batch_size, "--batch-size")
     a.cores_list = _int_list(a.project_cores, "--project-cores")
-    if a.steps < 1 or a.warmup < 0 or a.calibration_steps < 1 or a.cores_per_node < 1:
-        p.error("--steps, --calibration-steps and --cores-per-node must be >= 1, --warmup >= 0")
+    if a.steps < 1 or a.warmup < 0 or a.calibration_steps < 1 or a.cores_per_node < 1 or a.rounds < 1:
+        p.error("--steps, --rounds, --calibration-steps and --cores-per-node must be >= 1, --warmup >= 0")
     if a.net_latency_us < 0 or a.net_gbps <= 0:
         p.error("--net-latency-us must be >= 0 and --net-gbps > 0")
     return a
@@ -122,22 +124,40 @@ def run(a) -> dict:
     if not has_torch:
         log(f"PyTorch comparison: {torch_note}")
     for b in a.batches:
-        for t_total in sorted({min(n * t, cores) for n, t in configs}):
-            local[(b, t_total)] = measure.local(a.model, t_total, b, a.steps, a.warmup, a.seed)
-            if has_torch:
-                torch[(b, t_total)] = measure.torch_cpu(t_total, b, a.steps, a.warmup, a.seed)
+        runners = {}
+        try:
+            for t_total in sorted({min(n * t, cores) for n, t in configs}):
+                runners[("local", t_total)] = measure.LocalRunner(a.model, t_total, b, a.seed)
+                if has_torch:
+                    runners[("torch", t_total)] = measure.TorchRunner(t_total, b, a.seed)
+            for kind in ("strong", "weak"):
+                for n, t in configs:
+                    if kind == "weak" and (a.no_weak or n == 1):
+                        continue
+                    gb = b if kind == "strong" else b * n
+                    runners[(kind, n, t)] = measure.DataParallelRunner(a.model, n, t, gb, a.backend, a.seed)
+            log(f"  batch {b}: {len(runners)} configurations, {a.steps} steps each, taking turns in "
+                f"{a.rounds} rounds")
+            res = measure.interleaved(runners, a.steps, a.warmup, a.rounds)
+        finally:
+            for r in runners.values():      # every pool stops, even after an error or Ctrl-C
+                r.close()
+        for key, r in res.items():
+            if key[0] == "local":
+                local[(b, key[1])] = r
+            elif key[0] == "torch":
+                torch[(b, key[1])] = r
+            else:
+                r["kind"] = key[0]
+                rows.append(r)
+        for t_total in sorted({k[1] for k in local if k[0] == b}):
             log(f"  baselines batch {b}, {t_total} thread(s): dpnn 1 process "
                 f"{local[(b, t_total)]['samples_per_s']:,.0f} samples/s"
                 + (f", PyTorch {torch[(b, t_total)]['samples_per_s']:,.0f}" if has_torch else ""))
-        for kind in ("strong", "weak"):
-            for n, t in configs:
-                if kind == "weak" and (a.no_weak or n == 1):
-                    continue
-                gb = b if kind == "strong" else b * n
-                r = measure.data_parallel(a.model, n, t, gb, a.steps, a.warmup, a.backend, a.seed)
-                r["kind"] = kind
-                rows.append(r)
-                log(f"  {kind:<6} {n} workers x {t} threads, batch {gb}: {r['samples_per_s']:,.0f} samples/s")
+        for r in rows:
+            if r["batch"] // (r["workers"] if r["kind"] == "weak" else 1) == b:
+                log(f"  {r['kind']:<6} {r['workers']} workers x {r['threads']} threads, batch {r['batch']}: "
+                    f"{r['samples_per_s']:,.0f} samples/s")
     for r in rows:
         per = r["batch"] if r["kind"] == "strong" else r["batch"] // r["workers"]
         one = next((q for q in rows if q["kind"] == "strong" and q["workers"] == 1

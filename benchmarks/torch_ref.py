@@ -5,6 +5,7 @@ imported lazily so that worker processes started by ``spawn`` never load it.
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -29,40 +30,55 @@ def seed_cnn(num_classes: int = 10):
         nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, num_classes))
 
 
+class TorchStep:
+    """seed-cnn training steps in PyTorch on one NHWC batch, ``threads`` intra-op threads.
+
+    Each :meth:`step` is one Adam step (softmax cross-entropy, lr 1e-3), as for the dpnn
+    rows, with the thread count :meth:`threads_set` establishes (so several instances, and
+    dpnn's own runners, can take turns in one process).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, threads: int, seed: int = 0) -> None:
+        import torch
+        self.torch, self.threads, self.batch = torch, threads, len(x)
+        torch.manual_seed(seed)
+        self.net = seed_cnn(int(y.max()) + 1 if y.size else 10)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))       # NHWC -> NCHW
+        self.yt = torch.from_numpy(y.astype(np.int64))
+        self.net.train()
+
+    @contextlib.contextmanager
+    def threads_set(self):
+        """torch.set_num_threads(threads) for a run of steps, the old count restored after."""
+        old = self.torch.get_num_threads()
+        self.torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            self.torch.set_num_threads(old)
+
+    def step(self, i: int = 0) -> dict:
+        self.opt.zero_grad(set_to_none=True)
+        self.loss_fn(self.net(self.xt), self.yt).backward()
+        self.opt.step()
+        return {}
+
+
 def throughput(x: np.ndarray, y: np.ndarray, threads: int, steps: int, warmup: int = 3,
                seed: int = 0) -> dict:
-    """Train seed-cnn on the NHWC batch (x, y) with ``threads`` intra-op threads.
-
-    Returns {'samples_per_s', 'step_s', 'step_mean_s', 'threads'}: the batch over the median
-    wall time of ``steps`` Adam steps (softmax cross-entropy, lr 1e-3) after ``warmup``
-    untimed ones, as for the dpnn rows.
-    """
-    import torch
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        net = seed_cnn(int(y.max()) + 1 if y.size else 10)
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        loss_fn = torch.nn.CrossEntropyLoss()
-        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))       # NHWC -> NCHW
-        yt = torch.from_numpy(y.astype(np.int64))
-        net.train()
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            loss_fn(net(xt), yt).backward()
-            opt.step()
-
-        for _ in range(warmup):
-            step()
+    """Train seed-cnn on the NHWC batch (x, y) alone: {'samples_per_s', 'step_s', 'step_mean_s',
+    'threads'} from the median wall time of ``steps`` steps after ``warmup`` untimed ones."""
+    runner = TorchStep(x, y, threads, seed)
+    with runner.threads_set():
+        for i in range(warmup):
+            runner.step(i)
         walls = []
-        for _ in range(steps):
+        for i in range(steps):
             t0 = time.perf_counter()
-            step()
+            runner.step(i)
             walls.append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
     med = statistics.median(walls)
     return {"samples_per_s": len(x) / med, "step_s": med, "step_mean_s": sum(walls) / steps,
             "threads": threads}

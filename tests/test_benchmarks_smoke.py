@@ -1,4 +1,5 @@
 """The scaling benchmark runs end to end with tiny settings (it measures nothing here)."""
+import contextlib
 import json
 import subprocess
 import sys
@@ -38,3 +39,42 @@ def test_scaling_benchmark_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--workers", "0,x"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "--workers" in proc.stderr
+
+
+def test_configurations_take_turns_in_rounds():
+    from benchmarks.measure import interleaved
+    calls = []
+
+    class Fake:
+        batch = 8
+
+        def __init__(self, name):
+            self.name = name
+
+        def turn(self):
+            calls.append((self.name, "turn"))
+            return contextlib.nullcontext()
+
+        def step(self, i):
+            calls.append((self.name, i))
+            return {"compute": 0.001}
+
+        def result(self):
+            return {"name": self.name}
+
+    res = interleaved({"a": Fake("a"), "b": Fake("b")}, steps=5, warmup=1, rounds=2)
+    # warm-up first, then rounds of 3 and 2 steps, each runner in turn
+    turns = [i for i, c in enumerate(calls) if c[1] == "turn"]
+    assert [c for c in calls if c[1] != "turn"] == [
+        ("a", 0), ("b", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("b", 3),
+        ("a", 4), ("a", 5), ("b", 4), ("b", 5)]
+    assert [calls[i + 1][0] for i in turns] == ["a", "b"] * 3      # a turn before every run of steps
+    assert res["a"]["steps"] == res["b"]["steps"] == 5 and res["b"]["name"] == "b"
+    assert res["a"]["times"]["compute"] == pytest.approx(0.001)
+
+
+def test_pytorch_baseline_runs_when_installed():
+    pytest.importorskip("torch", reason="PyTorch is the optional reference: pip install torch==2.13.0")
+    from benchmarks.measure import TorchRunner, interleaved
+    res = interleaved({"t": TorchRunner(1, 8)}, steps=2, warmup=1)
+    assert res["t"]["samples_per_s"] > 0 and res["t"]["threads"] == 1

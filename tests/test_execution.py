@@ -94,3 +94,4 @@ def test_conv_layer_with_bias_in_the_gemm_survives_changing_batch_sizes():
     reused = cnn()
     for n in (12, 5, 12, 7):                    # a new model per size allocates fresh buffers
         np.testing.assert_array_equal(reused.forward(x[:n]), cnn().forward(x[:n]))
+

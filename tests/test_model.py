@@ -370,9 +370,11 @@ def test_import_sets_blas_threads_unless_disabled_or_already_set():
 def test_deterministic_mode_in_process():
     psutil = pytest.importorskip("psutil")
 
+    before = {p.pid for p in psutil.Process().children(recursive=True)}   # e.g. an earlier forkserver
+
     class NoChildren(Callback):
         def on_batch_end(self, step, logs):
-            assert psutil.Process().children(recursive=True) == []
+            assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
     def run(**kwargs):
         model = small_cnn(seed=1, dropout=True).compile("cce", "adam", lr=1e-2)

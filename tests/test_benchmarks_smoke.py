@@ -78,3 +78,21 @@ def test_pytorch_baseline_runs_when_installed():
     from benchmarks.measure import TorchRunner, interleaved
     res = interleaved({"t": TorchRunner(1, 8)}, steps=2, warmup=1)
     assert res["t"]["samples_per_s"] > 0 and res["t"]["threads"] == 1
+
+
+def test_profile_reports_layers_gemms_and_concurrency(tmp_path):
+    out = tmp_path / "profile.json"
+    cmd = [sys.executable, "-m", "benchmarks.profile", "--batch-size", "4", "--steps", "2", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    names = [r["layer"].split("(")[0] for r in res["layers"]]
+    assert names[:3] == ["Conv2D", "MaxPool2D", "Activation"]           # execution order
+    assert sum(r["share"] for r in res["layers"]) == pytest.approx(1.0)
+    gemms = {g["gemm"]: (g["M"], g["K"], g["N"]) for g in res["gemms"]}
+    assert gemms["3 Conv2D forward"] == (4 * 14 * 14, 3 * 3 * 32, 64)
+    assert gemms["0 Conv2D forward"] == (4 * 28 * 28, 3 * 3 * 1 + 1, 32)  # bias folded in
+    assert "0 Conv2D input grad" not in gemms                             # first layer: no dx
+    assert all(g["gflops"] > 0 for g in res["gemms"])
+    for kind in ("stream", "gemm"):
+        assert res["concurrency"][kind]["one"] > 0 and res["concurrency"][kind]["all"] > 0

@@ -91,6 +91,7 @@ class DataParallelRunner:
     def result(self) -> dict:
         pids = self.dp.worker_pids() if callable(self.dp.worker_pids) else self.dp.worker_pids
         return {"workers": self.workers, "threads": self.threads, "startup_s": self.startup,
+                "sharded_optimizer": bool(getattr(self.dp, "shard_optimizer", False)),
                 "worker_peak_mb": [peak_rss_mb(p) for p in pids], "coordinator_rss_mb": _rss_mb(os.getpid())}
 
     def close(self) -> None:
@@ -124,7 +125,9 @@ def interleaved(runners: dict, steps: int, warmup: int, rounds: int = 5) -> dict
 
     On a shared machine the speed drifts by tens of percent over minutes. Measured one after
     another, two configurations see different machines; taking turns, every configuration
-    sees the same mix of quiet and busy moments, so their ratios are fair.
+    sees the same mix of quiet and busy moments, so their ratios are fair. The order rotates
+    from round to round, so whatever one runner leaves behind (cold caches, a thread pool
+    still spinning) does not always land on the same next runner.
     """
     for name, r in runners.items():
         with r.turn():          # thread settings change once per turn, never inside the timing
@@ -134,9 +137,11 @@ def interleaved(runners: dict, steps: int, warmup: int, rounds: int = 5) -> dict
     sums = {name: defaultdict(float) for name in runners}
     rounds = max(1, min(rounds, steps))
     share = [steps // rounds + (1 if k < steps % rounds else 0) for k in range(rounds)]
+    names = list(runners)
     i = warmup
-    for n in share:
-        for name, r in runners.items():
+    for rnd, n in enumerate(share):     # the order rotates, so no runner always follows the same one
+        for name in names[rnd % len(names):] + names[:rnd % len(names)]:
+            r = runners[name]
             with r.turn():
                 for j in range(i, i + n):
                     t0 = time.perf_counter()

@@ -87,6 +87,8 @@ def from_measurements(one_worker: dict, many_workers: dict | None, grad_bytes: i
     ref = many_workers or one_worker
     tn, n = ref["times"], ref["workers"]
     wait_fraction = tn.get("straggler", 0.0) / tn["compute"] if tn["compute"] > 0 else 0.0
+    if ref.get("sharded_optimizer"):      # the workers summed the slots: no coordinator figure there
+        tn, n = t1, 1
     reduce_bw = n * grad_bytes / tn["reduce"] if tn.get("reduce", 0.0) > 0 else 5e9
     fixed = max(one_worker["step_mean_s"] - t1["compute"] - t1.get("reduce", 0.0) - t1["optimizer"], 0.0)
     return StepModel(c, wait_fraction, reduce_bw, t1["optimizer"], fixed, grad_bytes, **network)

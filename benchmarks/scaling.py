@@ -163,7 +163,7 @@ def run(a) -> dict:
         one = next((q for q in rows if q["kind"] == "strong" and q["workers"] == 1
                     and q["threads"] == r["threads"] and q["batch"] == per), None)
         report.derive(r, one, flops, pk, cores, local, torch)
-    proj = _projection(a, rows, grad_bytes)
+    proj = _projection(a, rows, grad_bytes, cores)
     res_load.append(load_note(cores))
     log(f"after: {res_load[1]}")
     return {"model": a.model, "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
@@ -175,8 +175,9 @@ def run(a) -> dict:
             "_local": local, "_torch": torch}
 
 
-def _projection(a, rows: list[dict], grad_bytes: int) -> dict:
-    """One projection per strong-scaling batch, each from its own 1-worker and largest-N rows."""
+def _projection(a, rows: list[dict], grad_bytes: int, cores: int) -> dict:
+    """One projection per strong-scaling batch, each from its own 1-worker row and the row with
+    the most workers that still fit the cores."""
     strong = [r for r in rows if r["kind"] == "strong"]
     out: dict = {}
     for b in sorted({r["batch"] for r in strong}):
@@ -184,8 +185,9 @@ def _projection(a, rows: list[dict], grad_bytes: int) -> dict:
         if not ones:
             continue
         one = min(ones, key=lambda r: r["threads"])
-        many = max((r for r in strong if r["batch"] == b and r["threads"] == one["threads"]),
-                   key=lambda r: r["workers"])
+        fits = [r for r in strong if r["batch"] == b and r["threads"] == one["threads"]
+                and r["workers"] * r["threads"] <= cores]          # oversubscribed rows model nothing
+        many = max(fits or [one], key=lambda r: r["workers"])
         model = from_measurements(one, many if many["workers"] > 1 else None, grad_bytes,
                                   net_alpha=a.net_latency_us * 1e-6, net_beta=a.net_gbps * 1e9 / 8,
                                   cores_per_node=a.cores_per_node)

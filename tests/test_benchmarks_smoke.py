@@ -63,12 +63,12 @@ def test_configurations_take_turns_in_rounds():
             return {"name": self.name}
 
     res = interleaved({"a": Fake("a"), "b": Fake("b")}, steps=5, warmup=1, rounds=2)
-    # warm-up first, then rounds of 3 and 2 steps, each runner in turn
+    # warm-up first, then rounds of 3 and 2 steps, each runner in turn, the order rotating
     turns = [i for i, c in enumerate(calls) if c[1] == "turn"]
     assert [c for c in calls if c[1] != "turn"] == [
         ("a", 0), ("b", 0), ("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("b", 3),
-        ("a", 4), ("a", 5), ("b", 4), ("b", 5)]
-    assert [calls[i + 1][0] for i in turns] == ["a", "b"] * 3      # a turn before every run of steps
+        ("b", 4), ("b", 5), ("a", 4), ("a", 5)]
+    assert [calls[i + 1][0] for i in turns] == ["a", "b", "a", "b", "b", "a"]   # a turn before each run
     assert res["a"]["steps"] == res["b"]["steps"] == 5 and res["b"]["name"] == "b"
     assert res["a"]["times"]["compute"] == pytest.approx(0.001)
 
@@ -96,3 +96,17 @@ def test_profile_reports_layers_gemms_and_concurrency(tmp_path):
     assert all(g["gflops"] > 0 for g in res["gemms"])
     for kind in ("stream", "gemm"):
         assert res["concurrency"][kind]["one"] > 0 and res["concurrency"][kind]["all"] > 0
+
+
+def test_projection_takes_the_reduce_rate_from_the_coordinator():
+    from benchmarks.projection import from_measurements
+    one = {"batch": 64, "workers": 1, "step_mean_s": 0.060,
+           "times": {"compute": 0.050, "reduce": 0.001, "optimizer": 0.002, "straggler": 0.0}}
+    many = {"batch": 64, "workers": 4, "step_mean_s": 0.020,
+            "times": {"compute": 0.014, "reduce": 0.002, "optimizer": 0.003, "straggler": 0.0014}}
+    m = from_measurements(one, many, grad_bytes=10**6)
+    assert m.reduce_bandwidth == pytest.approx(4 * 10**6 / 0.002)     # 4 slots summed in 2 ms
+    assert m.compute_per_sample == pytest.approx(0.050 / 64)
+    # when the workers summed the slots (sharded optimizer) the coordinator's figure is the 1-worker copy
+    sharded = dict(many, sharded_optimizer=True, times=dict(many["times"], reduce=0.00002))
+    assert from_measurements(one, sharded, grad_bytes=10**6).reduce_bandwidth == pytest.approx(10**6 / 0.001)

@@ -10,7 +10,7 @@ Three measurements, each a median over repeated runs in this process:
 2. for each GEMM of a Conv2D/Dense layer at this batch, its rate alone (float32, one
    thread) against the machine's square-GEMM peak: how far the layer's shapes allow BLAS
    to get;
-3. a memory-bound stream (copy 64 MB) and a cache-resident GEMM, run on 1 core and then on
+3. a memory-bound stream (copy 32 MB) and a cache-resident GEMM, run on 1 core and then on
    every core at once (one process per core, started together): how much of the machine
    scales when all workers compute. Memory-bound layers (im2col, pooling, elementwise) are
    what keeps N workers below N times one.
@@ -113,12 +113,12 @@ def gemm_rate(M: int, K: int, N: int, min_time: float = 0.1) -> float:
 
 
 def _kernel(kind: str, cpu: int | None, barrier, results) -> None:
-    """One process of the concurrency test: 30 synchronised rounds of a stream or a GEMM."""
+    """One process of the concurrency test: 20 synchronised rounds of a stream or a GEMM."""
     if cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cpu})
     rng = np.random.default_rng(cpu or 0)
     if kind == "stream":
-        src = rng.random(16_000_000, dtype=np.float32)                    # 64 MB: far past any cache
+        src = rng.random(8_000_000, dtype=np.float32)                     # 32 MB: past the caches
         dst = np.empty_like(src)
         work, amount = (lambda: np.copyto(dst, src)), 2 * src.nbytes / 1e9          # GB moved
     else:
@@ -126,7 +126,7 @@ def _kernel(kind: str, cpu: int | None, barrier, results) -> None:
         work, amount = (lambda: [a @ b for _ in range(20)]), 20 * 2 * 384 ** 3 / 1e9  # GFLOP, in cache
     times = []
     with threadpool_limits(limits=1, user_api="blas"):
-        for _ in range(30):
+        for _ in range(20):
             barrier.wait()
             t0 = time.perf_counter()
             work()
@@ -151,6 +151,14 @@ def concurrency(kind: str, procs: int) -> float:
             if p.is_alive():
                 p.kill()
     return statistics.median(rates)
+
+
+def all_core_scaling(cores: int) -> dict:
+    """{'gemm', 'stream'}: throughput of every core at once over one core's (1.0 to ``cores``)."""
+    out = {}
+    for kind in ("gemm", "stream"):
+        out[kind] = cores * concurrency(kind, cores) / concurrency(kind, 1)
+    return out
 
 
 def main(argv=None) -> int:

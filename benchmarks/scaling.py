@@ -20,7 +20,7 @@ import sys
 
 from dpnn._threads import usable_cores
 
-from . import measure, peak, report, torch_ref
+from . import measure, peak, profile, report, torch_ref
 from .models import MODELS, build, flops_per_sample
 from .projection import from_measurements, project
 
@@ -113,6 +113,11 @@ def run(a) -> dict:
     pk = peak.peak_per_core()
     log(f"measured float32 GEMM peak: {pk:.1f} GFLOP/s per core -> limit {pk * 1e9 / flops:,.0f} "
         "samples/s per core")
+    machine = profile.all_core_scaling(cores) if cores > 1 else {}
+    if machine:
+        log(f"this machine, all {cores} cores at once vs one: {machine['gemm']:.2f}x for a cache-resident "
+            f"GEMM, {machine['stream']:.2f}x for a memory stream (what {cores} workers can reach lies "
+            "in between)")
     auto = None
     configs = [(n, t) for t in a.thread_list for n in a.worker_list]
     if a.auto:
@@ -168,7 +173,8 @@ def run(a) -> dict:
     log(f"after: {res_load[1]}")
     return {"model": a.model, "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
             "machine": platform.platform(), "python": sys.version.split()[0],
-            "peak_gflops_per_core": pk, "torch": torch_note, "load": res_load, "auto": auto, "rows": rows,
+            "peak_gflops_per_core": pk, "all_core_scaling": machine, "torch": torch_note,
+            "load": res_load, "auto": auto, "rows": rows,
             "local": [dict(v, batch=k[0], threads=k[1]) for k, v in local.items()],
             "pytorch": [dict(v, batch=k[0], threads=k[1]) for k, v in torch.items()],
             "targets": report.targets(rows, local, torch), "projection": proj,
@@ -233,6 +239,10 @@ def main(argv=None) -> int:
           "PyTorch CPU with the same threads; ovh = step time not spent in the slowest worker's compute")
     print("\ntargets (global batch 64 unless noted; each a ratio measured in this run):")
     print(report.targets_text(res["targets"]))
+    if res["all_core_scaling"]:
+        m = res["all_core_scaling"]
+        print(f"  (the machine itself, all {res['cores']} cores vs one: GEMM {m['gemm']:.2f}x, memory "
+              f"stream {m['stream']:.2f}x)")
     if res["projection"]:
         print("\nprojection (model, not measured):")
         for name, pts in res["projection"]["curves"].items():

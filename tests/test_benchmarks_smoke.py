@@ -22,6 +22,8 @@ def test_scaling_benchmark_writes_table_json_and_png(tmp_path):
     res = json.loads(out.read_text())
     assert res["flops_per_sample"] == 24_995_328          # seed-cnn, counted from its layer shapes
     assert res["peak_gflops_per_core"] > 0
+    if res["cores"] > 1:                                   # all cores at once vs one, measured in the run
+        assert set(res["all_core_scaling"]) == {"gemm", "stream"} and min(res["all_core_scaling"].values()) > 0
     rows = {(r["kind"], r["workers"], r["threads"], r["batch"]) for r in res["rows"]}
     assert rows == {("strong", 1, 1, 16), ("strong", 2, 1, 16), ("weak", 2, 1, 32)}
     for r in res["rows"]:

@@ -95,3 +95,28 @@ def test_conv_layer_with_bias_in_the_gemm_survives_changing_batch_sizes():
     for n in (12, 5, 12, 7):                    # a new model per size allocates fresh buffers
         np.testing.assert_array_equal(reused.forward(x[:n]), cnn().forward(x[:n]))
 
+
+
+@pytest.mark.parametrize("shape, kernel, padding", [
+    ((2, 14, 14, 3), (3, 3), "same"), ((3, 9, 7, 2), (5, 5), "same"), ((2, 8, 11, 4), (2, 3), "same"),
+    ((2, 10, 9, 3), (3, 3), "valid"), ((1, 6, 6, 2), (1, 1), "same"), ((2, 7, 8, 1), (4, 2), "valid")])
+def test_the_shifted_input_gradient_equals_the_im2col_one(shape, kernel, padding):
+    from dpnn.im2col import conv_input_grad_cols, conv_input_grad_shifted, conv_output_size, flip_kernel
+    N, H, W, C = shape
+    (kh, kw), F = kernel, 5
+    oh, pt, pb = conv_output_size(H, kh, 1, padding)
+    ow, pl, pr = conv_output_size(W, kw, 1, padding)
+    rng = np.random.default_rng(0)
+    grad, Wk = rng.standard_normal((N, oh, ow, F)), rng.standard_normal((kh, kw, C, F))  # float64
+    cols, _ = conv_input_grad_cols(grad, kh, kw, (pt, pb, pl, pr), (H, W))
+    expected = (cols @ flip_kernel(Wk)).reshape(N, H, W, C)
+    dx, gq, tmp = conv_input_grad_shifted(grad, Wk, (pt, pb, pl, pr), (H, W))
+    np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)
+    again, _, _ = conv_input_grad_shifted(grad, Wk, (pt, pb, pl, pr), (H, W), pad_buf=gq, tmp_buf=tmp)
+    np.testing.assert_array_equal(again, dx)                    # reused buffers, same result
+
+
+def test_a_wide_conv_layer_passes_gradcheck_on_the_shifted_path():
+    from dpnn.gradcheck import check_layer
+    from dpnn.layers.conv import SHIFTED_DX_FROM
+    check_layer(Conv2D(SHIFTED_DX_FROM, 3, padding="same"), (2, 5, 6, 3))

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..im2col import (col2im, conv_input_grad_cols, conv_output_size, flip_kernel, im2col_padded,
-                      pad_nhwc, scratch)
+from ..im2col import (col2im, conv_input_grad_cols, conv_input_grad_shifted, conv_output_size,
+                      flip_kernel, im2col_padded, pad_nhwc, scratch)
 from .base import Layer, check_rank, register_layer
 
 FUSED_ACTIVATIONS = (None, "linear", "relu")
 FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
+SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses shifted GEMMs (measured:
+                         # 18-27% faster than im2col + one GEMM for seed-cnn's second conv)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -120,6 +122,10 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         if self.stride == 1:     # dx is a correlation of the padded grad with the flipped kernel
             g4 = g2.reshape(N, *self._out_hw, F)                           # (N, OH, OW, F)
+            if F >= SHIFTED_DX_FROM:
+                dx, self._gpad, self._gcols = conv_input_grad_shifted(
+                    g4, self.params["W"], self._pads, (H, W), pad_buf=self._gpad, tmp_buf=self._gcols)
+                return dx                                                  # (N, H, W, C)
             self._gcols, self._gpad = conv_input_grad_cols(
                 g4, kh, kw, self._pads, (H, W), out=self._gcols, pad_buf=self._gpad)
             dx = self._gcols @ flip_kernel(self.params["W"])                # (N*H*W, C)

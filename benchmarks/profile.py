@@ -30,6 +30,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D, Dense
+from dpnn.layers.conv import SHIFTED_DX_FROM
 from dpnn._threads import usable_cores
 from dpnn.random import sample_keys
 
@@ -85,8 +86,13 @@ def gemm_shapes(model_name: str, batch: int) -> list[tuple[str, int, int, int]]:
             k += layer._fold_bias(k)                     # the bias rides in the GEMM as a ones column
             out += [(f"{i} Conv2D forward", rows, k, f), (f"{i} Conv2D weight grad", k, rows, f)]
             if i != first:
-                out.append((f"{i} Conv2D input grad", batch * layer.input_shape[1] * layer.input_shape[2],
-                            kh * kw * f, c))
+                _, h, w, _ = layer.input_shape
+                if layer.stride == 1 and f >= SHIFTED_DX_FROM:      # one GEMM per window offset
+                    hq, wq = h + kh - 1, w + kw - 1
+                    rows_q = batch * hq * wq - (kh - 1) * wq - (kw - 1)
+                    out.append((f"{i} Conv2D input grad, {kh * kw}x", rows_q, f, c))
+                else:
+                    out.append((f"{i} Conv2D input grad", batch * h * w, kh * kw * f, c))
         elif isinstance(layer, Dense):
             d, u = layer.params["W"].shape
             out += [(f"{i} Dense forward", batch, d, u), (f"{i} Dense weight grad", d, batch, u)]

@@ -120,3 +120,24 @@ def test_a_wide_conv_layer_passes_gradcheck_on_the_shifted_path():
     from dpnn.gradcheck import check_layer
     from dpnn.layers.conv import SHIFTED_DX_FROM
     check_layer(Conv2D(SHIFTED_DX_FROM, 3, padding="same"), (2, 5, 6, 3))
+
+
+def test_every_array_of_a_training_step_is_float32():
+    """No silent float64 upcast anywhere in forward, loss or backward (it would double the
+    memory traffic of the step)."""
+    m = cnn()
+    x, y, keys = data(8)
+    h = x
+    for i in m._order:
+        layer = m.layers[i]
+        if hasattr(layer, "sample_keys"):
+            layer.sample_keys = keys
+        h = layer.forward(h, training=True)
+        assert h.dtype == np.float32, layer
+    m.loss.forward(h, y)
+    g = m.loss.backward(8)
+    assert g.dtype == np.float32
+    for i in reversed(m._order):
+        g = m.layers[i].backward(g)
+        assert g is None or g.dtype == np.float32, m.layers[i]
+        assert all(v.dtype == np.float32 for v in m.layers[i].grads.values())

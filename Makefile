@@ -66,10 +66,12 @@ digits: install
 gui: install
 	$(PY) -m launch.gui
 
-bench: install
-	$(PY) -m benchmarks.scaling --workers 1,2 --threads-per-worker 1 --batch-size 64,256 --steps 50 \
-	    --json docs/benchmarks/scaling.json --plot docs/benchmarks/scaling.png | tee docs/benchmarks/scaling.txt
-	$(PY) -m benchmarks.profile --batch-size 32 --json docs/benchmarks/profile.json | tee docs/benchmarks/profile.txt
+bench: install     # pipefail: a failing benchmark must fail make, not hide behind tee
+	bash -o pipefail -c '$(PY) -m benchmarks.scaling --workers 1,2 --threads-per-worker 1 \
+	    --batch-size 64,256 --steps 50 --json docs/benchmarks/scaling.json \
+	    --plot docs/benchmarks/scaling.png | tee docs/benchmarks/scaling.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.profile --batch-size 32 \
+	    --json docs/benchmarks/profile.json | tee docs/benchmarks/profile.txt'
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

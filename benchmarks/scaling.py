@@ -99,6 +99,34 @@ def calibrate(a, cores: int, log) -> tuple[int, int, list[dict]]:
     return best["workers"], best["threads"], trials
 
 
+def measure_batch(a, b: int, configs: list[tuple[int, int]], cores: int, has_torch: bool, log) -> dict:
+    """Every configuration for global batch ``b``, taking turns: {('local'|'torch', threads) or
+    ('strong'|'weak', workers, threads): row}. Every worker pool is stopped before returning."""
+    runners = {}
+    try:
+        for t_total in sorted({min(n * t, cores) for n, t in configs}):
+            runners[("local", t_total)] = measure.LocalRunner(a.model, t_total, b, a.seed)
+            if has_torch:
+                runners[("torch", t_total)] = measure.TorchRunner(t_total, b, a.seed)
+        for kind in ("strong", "weak"):
+            for n, t in configs:
+                if kind == "weak" and (a.no_weak or n == 1):
+                    continue
+                gb = b if kind == "strong" else b * n
+                runners[(kind, n, t)] = measure.DataParallelRunner(a.model, n, t, gb, a.backend, a.seed)
+        log(f"  batch {b}: {len(runners)} configurations, {a.steps} steps each, taking turns in "
+            f"{a.rounds} rounds")
+        res = measure.interleaved(runners, a.steps, a.warmup, a.rounds)
+    finally:
+        for r in runners.values():      # every pool stops, even after an error or Ctrl-C
+            r.close()
+    for t_total in sorted(k[1] for k in res if k[0] == "local"):
+        log(f"  baselines batch {b}, {t_total} thread(s): dpnn 1 process "
+            f"{res[('local', t_total)]['samples_per_s']:,.0f} samples/s"
+            + (f", PyTorch {res[('torch', t_total)]['samples_per_s']:,.0f}" if has_torch else ""))
+    return res
+
+
 def run(a) -> dict:
     log = lambda s="": print(s, flush=True)                                # noqa: E731
     cores = usable_cores()
@@ -129,39 +157,15 @@ def run(a) -> dict:
     if not has_torch:
         log(f"PyTorch comparison: {torch_note}")
     for b in a.batches:
-        runners = {}
-        try:
-            for t_total in sorted({min(n * t, cores) for n, t in configs}):
-                runners[("local", t_total)] = measure.LocalRunner(a.model, t_total, b, a.seed)
-                if has_torch:
-                    runners[("torch", t_total)] = measure.TorchRunner(t_total, b, a.seed)
-            for kind in ("strong", "weak"):
-                for n, t in configs:
-                    if kind == "weak" and (a.no_weak or n == 1):
-                        continue
-                    gb = b if kind == "strong" else b * n
-                    runners[(kind, n, t)] = measure.DataParallelRunner(a.model, n, t, gb, a.backend, a.seed)
-            log(f"  batch {b}: {len(runners)} configurations, {a.steps} steps each, taking turns in "
-                f"{a.rounds} rounds")
-            res = measure.interleaved(runners, a.steps, a.warmup, a.rounds)
-        finally:
-            for r in runners.values():      # every pool stops, even after an error or Ctrl-C
-                r.close()
+        res = measure_batch(a, b, configs, cores, has_torch, log)
         for key, r in res.items():
             if key[0] == "local":
                 local[(b, key[1])] = r
             elif key[0] == "torch":
                 torch[(b, key[1])] = r
             else:
-                r["kind"] = key[0]
-                rows.append(r)
-        for t_total in sorted({k[1] for k in local if k[0] == b}):
-            log(f"  baselines batch {b}, {t_total} thread(s): dpnn 1 process "
-                f"{local[(b, t_total)]['samples_per_s']:,.0f} samples/s"
-                + (f", PyTorch {torch[(b, t_total)]['samples_per_s']:,.0f}" if has_torch else ""))
-        for r in rows:
-            if r["batch"] // (r["workers"] if r["kind"] == "weak" else 1) == b:
-                log(f"  {r['kind']:<6} {r['workers']} workers x {r['threads']} threads, batch {r['batch']}: "
+                rows.append(dict(r, kind=key[0]))
+                log(f"  {key[0]:<6} {r['workers']} workers x {r['threads']} threads, batch {r['batch']}: "
                     f"{r['samples_per_s']:,.0f} samples/s")
     for r in rows:
         per = r["batch"] if r["kind"] == "strong" else r["batch"] // r["workers"]

@@ -72,6 +72,7 @@ bench: install     # pipefail: a failing benchmark must fail make, not hide behi
 	    --plot docs/benchmarks/scaling.png | tee docs/benchmarks/scaling.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.profile --batch-size 32 \
 	    --json docs/benchmarks/profile.json | tee docs/benchmarks/profile.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.ablation | tee docs/benchmarks/ablation.txt'
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -67,11 +67,11 @@ class DataParallelRunner:
     """``DataParallel(workers, threads_per_worker)`` with its pool started; reports start-up and memory."""
 
     def __init__(self, model_name: str, workers: int, threads: int, batch: int, backend: str = "shm",
-                 seed: int = 0) -> None:
+                 seed: int = 0, shard_optimizer: bool | str = "auto") -> None:
         from dpnn.workers import DataParallel
         self.x, self.y = synthetic_batch(batch, seed)
         self.workers, self.threads, self.batch, self.seed = workers, threads, batch, seed
-        kwargs = {} if backend == "shm" else {"backend": backend}
+        kwargs = {"shard_optimizer": shard_optimizer} if backend == "shm" else {"backend": backend}
         t0 = time.perf_counter()
         self.dp = DataParallel(build(model_name, seed=seed), workers=workers, threads_per_worker=threads,
                                deterministic=False, **kwargs)

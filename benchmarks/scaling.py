@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="shm: this machine's workers; mpi: ranks x workers under mpiexec (default shm)")
     p.add_argument("--ranks", default="1,2", help="with --backend mpi: MPI rank counts (default 1,2)")
     p.add_argument("--no-weak", action="store_true", help="skip the weak-scaling rows")
+    p.add_argument("--shard-optimizer", default="auto", choices=("auto", "on", "off"),
+                   help="optimizer step on the workers (on), the coordinator (off) or from 4 workers "
+                        "(auto, DataParallel's default)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--calibration-steps", type=int, default=6, help="steps per split for --workers auto")
     p.add_argument("--project-cores", default="1,2,4,8,16,32,64", help="core counts of the projection")
@@ -63,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--plot", help="draw throughput/efficiency vs cores into this PNG")
     a = p.parse_args(argv)
     a.auto = a.workers.strip() == "auto"
+    a.shard_optimizer = {"auto": "auto", "on": True, "off": False}[a.shard_optimizer]
     a.worker_list = [] if a.auto else _int_list(a.workers, "--workers")
     a.thread_list = _int_list(a.threads_per_worker, "--threads-per-worker")
     a.batches = _int_list(a.batch_size, "--batch-size")
@@ -113,7 +117,8 @@ def measure_batch(a, b: int, configs: list[tuple[int, int]], cores: int, has_tor
                 if kind == "weak" and (a.no_weak or n == 1):
                     continue
                 gb = b if kind == "strong" else b * n
-                runners[(kind, n, t)] = measure.DataParallelRunner(a.model, n, t, gb, a.backend, a.seed)
+                runners[(kind, n, t)] = measure.DataParallelRunner(a.model, n, t, gb, a.backend, a.seed,
+                                                                   a.shard_optimizer)
         log(f"  batch {b}: {len(runners)} configurations, {a.steps} steps each, taking turns in "
             f"{a.rounds} rounds")
         res = measure.interleaved(runners, a.steps, a.warmup, a.rounds)

@@ -6,8 +6,6 @@ imported lazily so that worker processes started by ``spawn`` never load it.
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 
 import numpy as np
 
@@ -65,20 +63,3 @@ class TorchStep:
         self.opt.step()
         return {}
 
-
-def throughput(x: np.ndarray, y: np.ndarray, threads: int, steps: int, warmup: int = 3,
-               seed: int = 0) -> dict:
-    """Train seed-cnn on the NHWC batch (x, y) alone: {'samples_per_s', 'step_s', 'step_mean_s',
-    'threads'} from the median wall time of ``steps`` steps after ``warmup`` untimed ones."""
-    runner = TorchStep(x, y, threads, seed)
-    with runner.threads_set():
-        for i in range(warmup):
-            runner.step(i)
-        walls = []
-        for i in range(steps):
-            t0 = time.perf_counter()
-            runner.step(i)
-            walls.append(time.perf_counter() - t0)
-    med = statistics.median(walls)
-    return {"samples_per_s": len(x) / med, "step_s": med, "step_mean_s": sum(walls) / steps,
-            "threads": threads}

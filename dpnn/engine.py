@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .optim import regularize
 
 DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
 

@@ -96,7 +96,6 @@ class Checkpointer(Callback):
                  resume_state: dict | None = None, write: bool = True) -> None:
         self.directory, self.config, self.seed, self.history = directory, config, seed, history
         self.resume_state, self.write = resume_state, write
-        self.last_path: str | None = None
 
     def _stateful(self) -> list:
         return [cb for cb in self.model.callbacks.callbacks if type(cb) in (LRScheduler, EarlyStopping)]
@@ -118,7 +117,7 @@ class Checkpointer(Callback):
         if self.directory is None or not self.write:
             return
         with deferred_interrupts():
-            self.last_path = self.save(epoch + 1)
+            self.save(epoch + 1)
             self._prune()
 
     def save(self, epochs_done: int) -> str:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +114,29 @@ def test_projection_takes_the_reduce_rate_from_the_coordinator():
     # when the workers summed the slots (sharded optimizer) the coordinator's figure is the 1-worker copy
     sharded = dict(many, sharded_optimizer=True, times=dict(many["times"], reduce=0.00002))
     assert from_measurements(one, sharded, grad_bytes=10**6).reduce_bandwidth == pytest.approx(10**6 / 0.001)
+
+
+def test_ablation_runs_every_variant():
+    cmd = [sys.executable, "-m", "benchmarks.ablation", "--batch-size", "4,70", "--steps", "1", "--rounds", "1"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("relu before pool", "im2col input grad", "whole shard", "gradient norm", "sharded:"):
+        assert name in proc.stdout
+    assert "its x is the noise" in proc.stdout.splitlines()[1]         # shard 4 is never cut
+    assert "its x is the noise" not in proc.stdout.splitlines()[2]     # shard 70 is
+
+
+def test_ablation_variants_compute_the_same_gradients():
+    from benchmarks.ablation import variant
+    from benchmarks.measure import synthetic_batch
+    from dpnn.engine import shard_gradients
+    from dpnn.random import sample_keys
+    x, y = synthetic_batch(70)
+    keys = sample_keys(0, 1, np.arange(70))                  # the same dropout masks for every variant
+    grads = {}
+    for name in ("default", "relu before pool", "im2col input grad", "whole shard"):
+        m = variant("seed-cnn", name)
+        shard_gradients(m, x, y, 70, keys)
+        grads[name] = m.grads.copy()
+    for name, g in grads.items():
+        np.testing.assert_allclose(g, grads["default"], rtol=1e-3, atol=1e-6, err_msg=name)

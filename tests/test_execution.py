@@ -141,3 +141,21 @@ def test_every_array_of_a_training_step_is_float32():
         g = m.layers[i].backward(g)
         assert g is None or g.dtype == np.float32, m.layers[i]
         assert all(v.dtype == np.float32 for v in m.layers[i].grads.values())
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [((3, 3), 1, "same"), ((3, 2), 2, "same"),
+                                                     ((2, 2), 2, "valid"), ((3, 3), 2, "valid")])
+def test_im2col_rows_are_the_windows_and_col2im_is_its_adjoint(kernel, stride, padding):
+    from dpnn.im2col import col2im, im2col
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 7, 6, 3))
+    kh, kw = kernel
+    cols, (pt, pb, pl, pr) = im2col(x, kh, kw, stride, padding)
+    xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    oh, ow = (xp.shape[1] - kh) // stride + 1, (xp.shape[2] - kw) // stride + 1
+    expected = [xp[n, i * stride:i * stride + kh, j * stride:j * stride + kw].reshape(-1)
+                for n in range(2) for i in range(oh) for j in range(ow)]       # row-major windows
+    np.testing.assert_array_equal(cols, np.array(expected))
+    c = rng.standard_normal(cols.shape)                                     # <im2col x, c> = <x, col2im c>
+    back = col2im(c, x.shape, kh, kw, stride, (pt, pb, pl, pr))
+    assert np.sum(cols * c) == pytest.approx(np.sum(x * back), rel=1e-12)

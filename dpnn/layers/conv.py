@@ -9,8 +9,8 @@ from .base import Layer, check_rank, register_layer
 
 FUSED_ACTIVATIONS = (None, "linear", "relu")
 FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
-SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses shifted GEMMs (measured:
-                         # 18-27% faster than im2col + one GEMM for seed-cnn's second conv)
+SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses shifted GEMMs
+                         # (python -m benchmarks.ablation measures both paths on seed-cnn)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -28,7 +28,7 @@ def _check_activation(activation) -> str | None:
 
 
 def sum_rows(g: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out[...] = g.sum(axis=0) for g (M, F), as a GEMV (several times faster than the reduction)."""
+    """out[...] = g.sum(axis=0) for g (M, F), as one BLAS GEMV with a ones vector."""
     np.matmul(np.ones(g.shape[0], g.dtype), g, out=out)
     return out
 
@@ -45,6 +45,7 @@ class Conv2D(Layer):
     ``activation='relu'`` applies the ReLU in place on the GEMM output (one pass fewer
     than a separate Activation layer, and no extra (N, OH, OW, F) array).
     """
+    shifted_dx_from: int | None = SHIFTED_DX_FROM   # None: always im2col for the input gradient
 
     def __init__(self, filters: int, kernel_size=(3, 3), stride: int = 1,
                  padding: str = "same", use_bias: bool = True, activation: str | None = None) -> None:
@@ -122,7 +123,7 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         if self.stride == 1:     # dx is a correlation of the padded grad with the flipped kernel
             g4 = g2.reshape(N, *self._out_hw, F)                           # (N, OH, OW, F)
-            if F >= SHIFTED_DX_FROM:
+            if self.shifted_dx_from is not None and F >= self.shifted_dx_from:
                 dx, self._gpad, self._gcols = conv_input_grad_shifted(
                     g4, self.params["W"], self._pads, (H, W), pad_buf=self._gpad, tmp_buf=self._gcols)
                 return dx                                                  # (N, H, W, C)

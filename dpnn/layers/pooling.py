@@ -68,7 +68,7 @@ class MaxPool2D(_Pool2D):
         for k, sh, sw in offsets:       # k increases, so "idx = k where better" is a maximum
             v = xp[:, sh, sw, :]                                       # (N, OH, OW, C)
             np.greater(v, out, out=better)                             # strictly: first max wins
-            np.maximum(out, v, out=out)                                # (copyto(where=) is 10x slower)
+            np.maximum(out, v, out=out)                                # one pass, no masked copy
             np.multiply(better, idx.dtype.type(k), out=winner)
             np.maximum(idx, winner, out=idx)
         self._idx, self._x_shape, self._pads = idx, x.shape, pads

@@ -38,7 +38,7 @@ class Activation(Layer):
     def backward(self, grad: np.ndarray) -> np.ndarray:
         f, y = self.func, self._out
         if f == "relu":
-            return np.multiply(grad, y > 0)       # bool mask keeps grad's dtype; faster than where
+            return np.multiply(grad, y > 0)       # bool mask: grad's dtype, no float64 upcast
         if f == "sigmoid":
             return grad * y * (1 - y)
         if f == "tanh":

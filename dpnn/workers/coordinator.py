@@ -36,9 +36,9 @@ from .topology import plan_placement, resolve_workers
 
 
 # Sharding the optimizer step costs one more message round trip per step and each worker's
-# chunk shares memory bandwidth with the others. Measured on a 2-vCPU VM with seed-cnn
-# (421k parameters, Adam): 2 workers took 2.7 ms for the sharded phase vs 2.2 ms for the
-# coordinator alone, so 'auto' shards only from 4 workers, where the serial step (the
+# chunk shares memory bandwidth with the others. `python -m benchmarks.ablation` compares
+# both placements: with 2 workers on the 2-vCPU development VM (seed-cnn, Adam) they came
+# out even in samples/s, so 'auto' shards only from 4 workers, where the serial step (the
 # same ~2 ms whatever N) starts to dominate a step that shrinks as 1/N.
 SHARD_FROM = 4
 

@@ -1,0 +1,134 @@
+"""What each of dpnn's execution choices is worth: every variant of a training step, measured
+in turns in one process (one BLAS thread), against the default.
+
+    python -m benchmarks.ablation                     # seed-cnn, shards of 32, 64 and 256
+    python -m benchmarks.ablation --batch-size 64 --steps 40
+
+Variants (each changes one thing; results are the same up to float rounding):
+- ``relu before pool``: layers run in the written order (the default runs a ReLU that
+  precedes a max pool after the pool, ``dpnn.model.execution_order``);
+- ``im2col input grad``: stride-1 input gradients through im2col + one GEMM instead of one
+  GEMM per window offset on shifted rows (``Conv2D.shifted_dx_from = None``);
+- ``whole shard``: no micro-batches (``micro_batch=None``; the default cuts shards above 64).
+Also the coordinator's step: the gradient norm by pairwise float32 sums vs float64
+accumulation, and (``--workers N``) the optimizer step sharded over N workers vs run by
+the coordinator, both pools taking turns.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from dpnn import Conv2D
+from dpnn.engine import shard_gradients
+from dpnn.optim import sum_of_squares
+from dpnn.random import sample_keys
+
+from .measure import DataParallelRunner, interleaved, synthetic_batch
+from .models import MODELS, build
+
+
+def variant(model_name: str, name: str):
+    """A built seed-cnn-like model with one execution choice switched off (or none: 'default')."""
+    m = build(model_name)
+    if name == "relu before pool":
+        m._order = list(range(len(m.layers)))
+    elif name == "im2col input grad":
+        for layer in m.layers:
+            if isinstance(layer, Conv2D):
+                layer.shifted_dx_from = None
+    elif name == "whole shard":
+        m.micro_batch = None
+    return m
+
+
+def step_rates(model_name: str, batch: int, names: list[str], steps: int, rounds: int) -> dict:
+    """{variant: samples/s}: the median over rounds of each round's median step, variants in turns."""
+    x, y = synthetic_batch(batch)
+    keys = sample_keys(0, 0, np.arange(batch))
+    models = {n: variant(model_name, n) for n in names}
+    per_round = {n: [] for n in names}
+    with threadpool_limits(limits=1, user_api="blas"):
+        for m in models.values():
+            for _ in range(2):
+                shard_gradients(m, x, y, batch, keys)
+        for r in range(rounds):
+            for n in names[r % len(names):] + names[:r % len(names)]:
+                walls = []
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    shard_gradients(models[n], x, y, batch, keys)
+                    walls.append(time.perf_counter() - t0)
+                per_round[n].append(batch / statistics.median(walls))
+    return {n: statistics.median(v) for n, v in per_round.items()}
+
+
+def norm_times(size: int, repeats: int = 200) -> dict:
+    """Median seconds of the gradient norm's sum of squares over ``size`` float32 values."""
+    g = np.random.default_rng(0).standard_normal(size, dtype=np.float32)
+    ways = {"pairwise float32 (dpnn)": lambda: sum_of_squares(g),
+            "float64 accumulation": lambda: float(np.einsum("i,i->", g, g, dtype=np.float64))}
+    out = {k: [] for k in ways}
+    for _ in range(repeats):
+        for k, f in ways.items():
+            t0 = time.perf_counter()
+            f()
+            out[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def optimizer_placement(model_name: str, workers: int, batch: int, steps: int, rounds: int) -> dict:
+    """{'coordinator'|'sharded': row} for ``workers`` workers, the two pools in turns."""
+    runners = {}
+    try:
+        for name, shard in (("coordinator", False), ("sharded", True)):
+            runners[name] = DataParallelRunner(model_name, workers, 1, batch, shard_optimizer=shard)
+        return interleaved(runners, steps * rounds, 3, rounds)
+    finally:
+        for r in runners.values():
+            r.close()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="seed-cnn", choices=sorted(MODELS), help="model (default seed-cnn)")
+    p.add_argument("--batch-size", default="32,64,256", help="shard sizes, comma-separated (default 32,64,256)")
+    p.add_argument("--steps", type=int, default=2, help="steps per variant per round (default 2)")
+    p.add_argument("--rounds", type=int, default=40,
+                   help="rounds of turns (default 40): short turns, so drift hits every variant alike")
+    p.add_argument("--workers", type=int, default=2, help="workers for the optimizer-placement "
+                   "comparison at global batch 64; 0 skips it (default 2)")
+    a = p.parse_args(argv)
+    try:
+        batches = [int(b) for b in a.batch_size.split(",")]
+    except ValueError:
+        p.error(f"--batch-size must be comma-separated ints, got {a.batch_size!r}")
+    if min(batches) < 1 or a.steps < 1 or a.rounds < 1 or a.workers < 0:
+        p.error("--batch-size, --steps and --rounds must be >= 1, --workers >= 0")
+    names = ["default", "relu before pool", "im2col input grad", "whole shard"]
+    print(f"{a.model}, one thread, samples/s (median of {a.rounds} rounds of {a.steps} steps, in turns)")
+    for b in batches:
+        rates = step_rates(a.model, b, names, a.steps, a.rounds)
+        cells = ", ".join(f"{n} {rates[n]:,.0f} ({rates['default'] / rates[n]:.2f}x)" for n in names[1:])
+        same = "; 'whole shard' runs the default's code at this size: its x is the noise" \
+            if b <= (build(a.model).micro_batch or 0) else ""
+        print(f"  shard {b:>4}: default {rates['default']:,.0f}; {cells}{same}")
+    print("  (x = the default's speed over the variant's)")
+    size = build(a.model).params.size
+    t = norm_times(size)
+    print(f"gradient norm over {size:,} floats: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
+    if a.workers:
+        rows = optimizer_placement(a.model, a.workers, 64, a.steps, a.rounds)
+        print(f"optimizer step with {a.workers} workers, batch 64: " + "; ".join(
+            f"{k}: {r['samples_per_s']:,.0f} samples/s, optimizer phase {r['times']['optimizer'] * 1e3:.2f} ms, "
+            f"reduce {r['times']['reduce'] * 1e3:.2f} ms" for k, r in rows.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,8 @@
 """The Layer base class and the registry that lets saved architectures name layer classes."""
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Any, Callable
 
 import numpy as np
@@ -21,19 +23,37 @@ def register_layer(cls: type | None = None, *, name: str | None = None) -> Any:
 
 
 def layer_from_config(entry: dict) -> "Layer":
-    """Rebuild a layer from ``{"class": name, "config": {...}}``."""
+    """Rebuild a layer from ``{"class": name, "config": {...}}``; ValueError on any bad value."""
     if not isinstance(entry, dict) or "class" not in entry:
         raise ValueError(f"architecture entry {entry!r} is not an object with a 'class' key")
     name = entry["class"]
-    cls = LAYER_REGISTRY.get(name)
+    cls = LAYER_REGISTRY.get(name) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"unknown layer class {name!r} in the architecture; known classes: "
                          f"{', '.join(sorted(LAYER_REGISTRY))}. Define it and decorate it with "
                          "@dpnn.register_layer before loading")
+    config = entry.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"the config of layer {name} must be an object of keyword arguments, "
+                         f"got {type(config).__name__}")
+    _check_int_arguments(cls, name, config)
     try:
-        return cls(**entry.get("config", {}))
-    except TypeError as e:
+        return cls(**config)
+    except (TypeError, ValueError) as e:
         raise ValueError(f"bad config for layer {name}: {e}") from None
+
+
+def _check_int_arguments(cls: type, name: str, config: dict) -> None:
+    """JSON writes 1e9 for a float: refuse it (and true/false) where the class wants an int."""
+    params = inspect.signature(cls.__init__).parameters
+    for key, value in config.items():
+        p = params.get(key)
+        if p is None or p.annotation not in (int, "int"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"bad config for layer {name}: {key} must be a whole number "
+                             f"such as 32, got {value!r} ({type(value).__name__}); write it "
+                             "without a decimal point or exponent")
 
 
 class Layer:
@@ -102,6 +122,18 @@ class Layer:
 
     def to_config(self) -> dict:
         return {"class": type(self).__name__, "config": self.get_config()}
+
+    def portable(self) -> "Layer":
+        """A copy for another process: every attribute the user set, but no parameter, gradient
+        or state arrays (the receiver binds them to shared memory) and, for dpnn's own layers,
+        no per-batch buffers (their ``_``-prefixed arrays)."""
+        clone = copy.copy(self)
+        clone.params, clone.grads, clone.state = {}, {}, {}
+        if type(self).__module__.startswith("dpnn."):
+            for name, value in vars(self).items():
+                if name.startswith("_") and isinstance(value, np.ndarray):
+                    setattr(clone, name, None)
+        return clone
 
     def param_count(self) -> int:
         return int(sum(p.size for p in self.params.values()))

@@ -73,8 +73,9 @@ def test_bad_file_names_file_and_problem(tmp_path, case, compress):
 
 
 def test_truncated_gzip(tmp_path):
-    blob = gzip.compress(np.arange(5000, dtype=np.int32).tobytes())
     path = tmp_path / "t.gz"
+    write_idx(path, np.arange(5000, dtype=np.int32))
+    blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError, match="gzip stream is truncated") as err:
         read_idx(path)

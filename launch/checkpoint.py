@@ -1,13 +1,17 @@
-"""Per-epoch checkpoints for ``launch.train``: write atomically, find the newest, resume exactly.
+"""Checkpoints for ``launch.train``: write atomically, find the newest whole one, resume exactly;
+and the locks that keep two runs from writing the same files.
 
-A checkpoint is ``DIR/epoch-0003.hdf5`` (``.npz`` without h5py) plus the architecture JSON
+A checkpoint is ``DIR/epoch-0003.hdf5`` (``.npz`` without h5py; 3 epochs done) or
+``DIR/epoch-0003-step-000017.hdf5`` (3 epochs and 17 steps of the 4th done: written when
+training is interrupted, or every ``--checkpoint-every`` steps), plus the architecture JSON
 beside it, written by :func:`dpnn.io.save_model`, so ``Model.load`` (and the GUI) can read
 it like any saved model. Besides the weights it holds:
 
 - ``optimizer/<key>``: the optimizer's ``state_dict()`` (step count, lr, Adam moments...),
   with ``/`` in slot keys written as ``.``;
 - ``callbacks/best_params``, ``callbacks/best_state``: the best-weights tracker's copy;
-- metadata ``checkpoint``: completed epochs, seed, history, the full command
+- metadata ``checkpoint``: completed epochs, steps done in the next one with that epoch's
+  running sums (:class:`dpnn.training.Progress`), seed, history, the full command
   configuration and the scalar state of the LR schedule and early stopping.
 
 Shuffling and dropout are functions of (seed, epoch, sample index), so the seed *is* the
@@ -17,11 +21,14 @@ identically, after it), and SIGINT/SIGTERM are held back while a checkpoint is w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import math
 import os
 import re
 import signal
+import sys
+import time
 
 import numpy as np
 
@@ -32,16 +39,25 @@ from dpnn.io import architecture_path, atomic_write, save_model
 
 FORMAT = 1
 KEEP = 3                                     # newest checkpoints kept; older ones are deleted
-_NAME = re.compile(r"^epoch-(\d{4,})\.(hdf5|npz)$")
+_NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.(hdf5|npz|hdf5\.npz)$")
 
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (stop, keep the last checkpoint) but exiting with 143."""
 
 
+class OutputError(Exception):
+    """An output or checkpoint could not be written (full disk...); what is already there is intact."""
+
+    def __init__(self, what: str, path: str, error: OSError) -> None:
+        self.what, self.path = what, path
+        super().__init__(f"cannot write {what} {path}: {error.strerror or error}")
+
+
 @contextlib.contextmanager
 def deferred_interrupts():
-    """Hold SIGINT/SIGTERM back inside the block; raise the held one when it ends."""
+    """Hold SIGINT/SIGTERM back inside the block, then hand a held one to the handler that was
+    there before (Model.fit's own, which stops after the step, or one that raises)."""
     held: list[int] = []
     previous = {s: signal.signal(s, lambda sig, frame: held.append(sig))
                 for s in (signal.SIGINT, signal.SIGTERM)}
@@ -51,22 +67,134 @@ def deferred_interrupts():
         for s, handler in previous.items():
             signal.signal(s, handler)
         if held:
-            raise Terminated() if held[0] == signal.SIGTERM else KeyboardInterrupt()
+            signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
+def writing(what: str, path: str):
+    """Turn an OSError (ENOSPC, EIO...) while writing ``path`` into one :class:`OutputError`."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(what, path, e) from None
+
+
+# -- naming and finding -------------------------------------------------------------------------
+def checkpoint_name(epochs_done: int, step: int = 0) -> str:
+    """epoch-0003.hdf5 after 3 epochs; epoch-0003-step-000017.hdf5 17 steps into the 4th."""
+    return f"epoch-{epochs_done:04d}" + (f"-step-{step:06d}" if step else "") + ".hdf5"
+
+
+def _position(path: str) -> tuple[int, int] | None:
+    m = _NAME.match(os.path.basename(path))
+    return (int(m.group(1)), int(m.group(2) or 0)) if m else None
 
 
 def list_checkpoints(directory: str) -> list[tuple[int, str]]:
-    """(completed epochs, weights path) of every complete checkpoint in ``directory``, oldest first."""
+    """(completed epochs, weights path) of every checkpoint in ``directory`` whose two files
+    are there, in training order (epoch, then step within the next epoch)."""
     found = []
     for path in glob.glob(os.path.join(glob.escape(directory), "epoch-*")):
-        m = _NAME.match(os.path.basename(path))
-        if m and os.path.isfile(architecture_path(path)):
-            found.append((int(m.group(1)), path))
-    return sorted(found)
+        pos = _position(path)
+        if pos and os.path.isfile(architecture_path(path)):
+            found.append((pos, path))
+    return [(pos[0], path) for pos, path in sorted(found)]
 
 
-def latest_checkpoint(directory: str) -> str | None:
-    found = list_checkpoints(directory)
-    return found[-1][1] if found else None
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def latest_checkpoint(directory: str, report=warn) -> str | None:
+    """The newest checkpoint in ``directory`` that loads; damaged newer ones are skipped,
+    each with one ``report``-ed line."""
+    for _, path in reversed(list_checkpoints(directory)):
+        try:
+            load_checkpoint(path)
+        except (ValueError, OSError) as e:       # WeightsError is a ValueError
+            report(f"skipping damaged checkpoint {path} ({e})")
+            continue
+        return path
+    return None
+
+
+# -- one run per file ---------------------------------------------------------------------------
+class RunLocks:
+    """Exclusive ``flock`` locks on lock files holding this run's PID (``weights.hdf5.lock``,
+    ``checkpoints/.lock``), so two runs never write the same files.
+
+    The kernel drops a lock when its process dies, so a file left by a killed run is no
+    obstacle. ``release`` (every exit path of ``launch.train``) deletes the lock files and the
+    directories that were created for them and stayed empty.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, int] = {}        # lock file -> open descriptor
+        self._created: list[str] = []          # directories made for the lock files, outer first
+
+    def acquire(self, lock_path: str, what: str, error=RuntimeError) -> None:
+        """Lock ``lock_path``; ``error(message)`` is raised when another run holds it."""
+        lock_path = os.path.abspath(lock_path)
+        while lock_path not in self._held:
+            self._make_parents(os.path.dirname(lock_path))
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:          # a finishing run removed the directory: again
+                continue
+            except OSError as e:
+                raise error(f"{what}: cannot create the lock file {lock_path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = _holder(fd)
+                os.close(fd)
+                raise error(f"{what} is in use by another run (pid {pid}); wait for it to "
+                            "finish or choose another path") from None
+            if _still_linked(fd, lock_path):   # else its holder deleted it as we opened it
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self._held[lock_path] = fd
+            else:
+                os.close(fd)
+
+    def _make_parents(self, directory: str) -> None:
+        missing = []
+        while not os.path.exists(directory):
+            missing.append(directory)
+            directory = os.path.dirname(directory)
+        for d in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(d)
+                self._created.append(d)
+
+    def release(self) -> None:
+        """Unlock (deleting each lock file first, while still holding it) and tidy up."""
+        for path, fd in self._held.items():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            os.close(fd)
+        self._held.clear()
+        for d in reversed(self._created):       # innermost first; only if left empty
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+        self._created.clear()
+
+
+def _holder(fd: int) -> str:
+    """The PID written in a lock file by the run holding it (it writes it just after locking)."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown"
+
+
+def _still_linked(fd: int, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def json_safe(value):
@@ -86,16 +214,19 @@ def _scalar_state(cb) -> dict:
 
 
 class Checkpointer(Callback):
-    """Writes a checkpoint after every epoch; on resume, restores what ``fit`` cannot.
+    """Writes a checkpoint after every epoch (and every ``every`` steps, and at the step where
+    training was interrupted); on resume, restores what ``fit`` cannot.
 
     Put it *last* in ``callbacks`` so that its ``on_train_begin`` runs after the schedule
     and early stopping reset themselves, and its ``on_epoch_end`` after they update.
     """
 
     def __init__(self, directory: str | None, config: dict, seed: int, history: dict,
-                 resume_state: dict | None = None, write: bool = True) -> None:
+                 resume_state: dict | None = None, write: bool = True, every: int | None = None,
+                 steps_per_epoch: int | None = None) -> None:
         self.directory, self.config, self.seed, self.history = directory, config, seed, history
-        self.resume_state, self.write = resume_state, write
+        self.resume_state, self.write = resume_state, write and directory is not None
+        self.every, self.steps_per_epoch = every, steps_per_epoch
 
     def _stateful(self) -> list:
         return [cb for cb in self.model.callbacks.callbacks if type(cb) in (LRScheduler, EarlyStopping)]
@@ -113,34 +244,66 @@ class Checkpointer(Callback):
             np.copyto(best.params, state["best_params"])
             np.copyto(best.state, state["best_state"])
 
-    def on_epoch_end(self, epoch, logs):
-        if self.directory is None or not self.write:
+    def on_batch_end(self, step, logs):
+        if not (self.write and self.every):
             return
-        with deferred_interrupts():
-            self.save(epoch + 1)
-            self._prune()
+        progress = self.model.progress
+        if progress.step % self.every == 0 and (self.steps_per_epoch is None
+                                                or progress.step < self.steps_per_epoch):
+            with deferred_interrupts():          # not the last step: its epoch checkpoint follows
+                self.save(progress.epoch, progress)
 
-    def save(self, epochs_done: int) -> str:
-        """Write ``epoch-NNNN`` for ``epochs_done`` completed epochs; returns the weights path."""
+    def on_epoch_end(self, epoch, logs):
+        if self.write:
+            with deferred_interrupts():
+                self.save(epoch + 1)
+
+    def save_interrupted(self, progress) -> str | None:
+        """The checkpoint at the step where ``fit`` stopped (``TrainingInterrupted.progress``);
+        None when there is nothing to add (no step taken in the epoch: the epoch checkpoint
+        before it is that state) or nothing is written."""
+        if not self.write or progress is None or progress.step == 0:
+            return None
+        with deferred_interrupts():
+            return self.save(progress.epoch, progress)
+
+    def save(self, epochs_done: int, progress=None) -> str:
+        """Write the checkpoint of ``epochs_done`` completed epochs (and ``progress.step`` steps
+        of the next one); returns the weights path. Newer ones (an abandoned, damaged future)
+        and all but the newest ``KEEP`` are deleted after it."""
         model, best = self.model, self.model.callbacks.best_weights
-        info = {"format": FORMAT, "epoch": epochs_done, "seed": self.seed, "config": self.config,
-                "history": json_safe(self.history),
+        step = progress.step if progress is not None else 0
+        info = {"format": FORMAT, "epoch": epochs_done, "step": step, "seed": self.seed,
+                "config": self.config, "history": json_safe(self.history),
                 "best": None if not math.isfinite(best.best) else best.best,
                 "callbacks": [_scalar_state(cb) for cb in self._stateful()]}
+        if step:
+            info["progress"] = {"loss_sum": float(progress.loss_sum), "correct": int(progress.correct),
+                                "seen": int(progress.seen), "elapsed": float(progress.elapsed)}
         arrays = {"optimizer/" + k.replace("/", "."): np.asarray(v)
                   for k, v in model.optimizer.state_dict().items()}
         arrays.update({"callbacks/best_params": best.params, "callbacks/best_state": best.state})
-        path = os.path.join(self.directory, f"epoch-{epochs_done:04d}.hdf5")
-        _write_json(architecture_path(path), model)
+        path = os.path.join(self.directory, checkpoint_name(epochs_done, step))
         metadata = model.metadata
         model.metadata = {**metadata, "checkpoint": info}
         try:
-            return save_model(model, path, extra_arrays=arrays)
+            with writing("checkpoint", path):
+                _write_json(architecture_path(path), model)
+                written = save_model(model, path, extra_arrays=arrays)
+        except OutputError:
+            if not os.path.exists(path):         # no half pair left behind
+                with contextlib.suppress(OSError):
+                    os.unlink(architecture_path(path))
+            raise
         finally:
             model.metadata = metadata
+        self._prune(written)
+        return written
 
-    def _prune(self) -> None:
-        for _, path in list_checkpoints(self.directory)[:-KEEP]:
+    def _prune(self, newest: str) -> None:
+        paths = [p for _, p in list_checkpoints(self.directory)]
+        keep = paths.index(newest) if newest in paths else len(paths) - 1
+        for path in paths[:max(keep + 1 - KEEP, 0)] + paths[keep + 1:]:
             for p in (path, architecture_path(path)):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(p)
@@ -170,6 +333,7 @@ def load_checkpoint(path: str) -> tuple[Model, dict, dict]:
     extra = model.extra_arrays
     info["optimizer"] = {k[len("optimizer/"):].replace(".", "/"): v
                          for k, v in extra.items() if k.startswith("optimizer/")}
+    info.setdefault("step", 0)
     state = {"best": info.get("best"), "callbacks": info.get("callbacks", [])}
     if "callbacks/best_params" in extra:
         state["best_params"] = extra["callbacks/best_params"]

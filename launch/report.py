@@ -50,13 +50,28 @@ def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
               "test_accuracy": test_acc, "history": run.history}
     with ckpt.deferred_interrupts():
         if a.out:
-            os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-            model.save(a.out)
+            with ckpt.writing("--out", a.out):
+                os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+                model.save(a.out)
         if a.history:
             text = json.dumps(ckpt.json_safe(report), indent=1) + "\n"
-            atomic_write(a.history, lambda tmp: _write_text(tmp, text))
+            with ckpt.writing("--history", a.history):
+                atomic_write(a.history, lambda tmp: _write_text(tmp, text))
         if a.plot:
-            plot_history(run.history, a.plot, f"{a.model} on {run.info['name']}")
+            with ckpt.writing("--plot", a.plot):
+                plot_history(run.history, a.plot, f"{a.model} on {run.info['name']}")
+
+
+def after_write_error(run, error: ckpt.OutputError, prog: str) -> str:
+    """What is left and what to do after ``error`` (the rest of its one-line message)."""
+    d = run.args.checkpoint_dir
+    resume = f"{prog} --resume --checkpoint-dir {shlex.quote(d)}" if d else None
+    if error.what == "checkpoint":
+        return f"the checkpoints before it are intact; free some space, then resume with: {resume}"
+    if resume:
+        return (f"the previous file is unchanged and training is saved in {d}; free some space, "
+                f"then {resume} writes the outputs again")
+    return "the previous file is unchanged; free some space and run again"
 
 
 def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:

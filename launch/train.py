@@ -6,8 +6,10 @@
     python -m launch.train --resume --checkpoint-dir checkpoints  # continue an interrupted run
     mpiexec -n 2 python -m launch.train --backend mpi --workers auto
 
-Exit status: 0 done, 1 training failed, 2 bad arguments or data, 130 interrupted (Ctrl-C),
-143 terminated (SIGTERM). Ctrl-C keeps the last complete checkpoint and prints how to resume.
+Exit status: 0 done, 1 training failed or an output could not be written (full disk), 2 bad
+arguments or data (or the outputs are in use by another run), 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM). Ctrl-C or SIGTERM stops after the current step, writes a checkpoint at
+that step and prints how to resume; --resume then continues bitwise (with --deterministic).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import importlib.util
 import math
 import os
 import signal
+import stat
 import sys
 from types import SimpleNamespace
 
@@ -59,6 +62,13 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text + " (default: %(default)s)"
 
 
+def finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def workers_arg(text: str):
     if text == "auto":
         return "auto"
@@ -78,18 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, metavar="N",
                    help="train on the first N training samples only (quick runs); the test set is kept whole "
                         "(default: all samples)")
-    g.add_argument("--val-split", type=float, default=0.0, metavar="F",
+    g.add_argument("--val-split", type=finite_float, default=0.0, metavar="F",
                    help="hold out the last fraction F of the training samples for validation (0: none)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=5, metavar="N", help="total number of epochs (also when resuming)")
     g.add_argument("--batch-size", type=int, default=64, metavar="N", help="global batch size, split across the workers")
     g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
-    g.add_argument("--lr", type=float, default=None,
+    g.add_argument("--lr", type=finite_float, default=None,
                    help="learning rate (default: 0.001 for adam, 0.01 for sgd)")
-    g.add_argument("--momentum", type=float, default=None, metavar="M",
+    g.add_argument("--momentum", type=finite_float, default=None, metavar="M",
                    help=f"SGD momentum, only with --optimizer sgd (default: {DEFAULT_MOMENTUM})")
-    g.add_argument("--weight-decay", type=float, default=0.0, metavar="WD", help="L2 weight decay added to the gradients")
-    g.add_argument("--clip-norm", type=float, default=None, metavar="C",
+    g.add_argument("--weight-decay", type=finite_float, default=0.0, metavar="WD", help="L2 weight decay added to the gradients")
+    g.add_argument("--clip-norm", type=finite_float, default=None, metavar="C",
                    help="clip the global gradient norm to C (default: no clipping)")
     g.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default="none",
                    help="plateau: halve the lr after 2 epochs without improvement; cosine: decay to 1e-6 over --epochs")
@@ -98,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "improving, and keep the best weights")
     g.add_argument("--patience", type=int, default=None, metavar="N",
                    help="epochs without improvement before early stopping (default: 3)")
-    g.add_argument("--min-delta", type=float, default=None, metavar="D",
+    g.add_argument("--min-delta", type=finite_float, default=None, metavar="D",
                    help="smallest accuracy gain that counts as an improvement (default: 0.0)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="seed for initialisation, shuffling and dropout")
     g.add_argument("--deterministic", action="store_true",
@@ -111,14 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", choices=("shm", "mpi"), default="shm",
                    help="shm: shared memory on this machine; mpi: across the ranks of mpiexec, "
                         "shared memory within each")
+    g.add_argument("--oversubscribe", action="store_true",
+                   help="allow more workers (x threads) than a sane multiple of the usable cores")
+    g.add_argument("--worker-timeout", type=finite_float, default=None, metavar="SECONDS",
+                   help="a worker silent for this long during a step counts as hung and is replaced "
+                        "(default: the engine's)")
     g = p.add_argument_group("output")
     g.add_argument("--out", default="weights.hdf5", metavar="PATH",
                    help="trained weights (HDF5; the architecture JSON goes beside it), written once at the end")
     g.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR",
                    help=f"write a checkpoint after every epoch here (the newest {ckpt.KEEP} are kept); "
                         "'none' disables checkpoints")
+    g.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also write a checkpoint every N steps within an epoch (default: only after "
+                        "each epoch, and at the step where Ctrl-C or SIGTERM stopped training)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the newest checkpoint in --checkpoint-dir with its saved settings")
+                   help="continue from the newest complete checkpoint in --checkpoint-dir (an epoch's "
+                        "end or a step within one) with its saved settings; damaged ones are skipped")
     g.add_argument("--history", default=None, metavar="PATH", help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
     g.add_argument("--plot", default=None, metavar="PATH", help="write loss/accuracy curves as a PNG; needs matplotlib (default: none)")
     g.add_argument("--quiet", action="store_true", help="print only the final summary")
@@ -152,6 +171,11 @@ def check_args(args) -> None:
         (args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}"),
         (args.threads_per_worker is None or args.threads_per_worker >= 1,
          f"--threads-per-worker must be >= 1, got {args.threads_per_worker}"),
+        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
+        (args.worker_timeout is None or args.worker_timeout > 0,
+         f"--worker-timeout must be > 0 seconds, got {args.worker_timeout}"),
+        (args.checkpoint_every is None or args.checkpoint_every >= 1,
+         f"--checkpoint-every must be >= 1, got {args.checkpoint_every}"),
         (args.plot is None or matplotlib_available(), f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}"),
     ]
     for ok, message in checks:
@@ -172,8 +196,12 @@ def resolve_defaults(args) -> None:
 
 
 def check_writable(path: str, flag: str) -> None:
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path} is a directory; give a file path")
+    """``path`` is a regular file or nothing yet, in a directory this process may write."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        mode = os.stat(path).st_mode
+        kind = ("directory" if stat.S_ISDIR(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
+        raise UsageError(f"{flag} {path} is a {kind}, not a regular file; give a file path")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -181,7 +209,8 @@ def check_writable(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {path}: cannot create files in {parent}")
 
 
-def check_outputs(args) -> None:
+def check_outputs(args, locks: ckpt.RunLocks) -> None:
+    """Output paths are writable files, this run alone holds them, no earlier run is overwritten."""
     for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
         if path:
             check_writable(path, flag)
@@ -189,14 +218,22 @@ def check_outputs(args) -> None:
     if d is None:
         if args.resume:
             raise UsageError("--resume needs --checkpoint-dir DIR")
-        return
-    if os.path.exists(d) and not os.path.isdir(d):
-        raise UsageError(f"--checkpoint-dir {d} exists and is not a directory")
-    check_writable(os.path.join(d, "epoch-0000.hdf5"), "--checkpoint-dir")
-    found = ckpt.list_checkpoints(d) if os.path.isdir(d) else []
+    else:
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise UsageError(f"--checkpoint-dir {d} exists and is not a directory")
+        check_writable(os.path.join(d, "epoch-0000.hdf5"), "--checkpoint-dir")
+        lock_checkpoints(args, locks)
+    if args.out:
+        locks.acquire(args.out + ".lock", f"--out {args.out}", UsageError)
+    found = ckpt.list_checkpoints(d) if d and os.path.isdir(d) else []
     if found and not args.resume:
         raise UsageError(f"{d} already holds checkpoints of an earlier run (up to epoch {found[-1][0]}); "
                          "pass --resume to continue it, or choose another --checkpoint-dir, or delete them")
+
+
+def lock_checkpoints(args, locks: ckpt.RunLocks) -> None:
+    d = args.checkpoint_dir
+    locks.acquire(os.path.join(d, ".lock"), f"--checkpoint-dir {d}", UsageError)
 
 
 def engine_available() -> bool:
@@ -214,6 +251,10 @@ def resolve_workers(args, note, comm=None) -> None:
         if importlib.util.find_spec("mpi4py") is None:
             raise UsageError("--backend mpi needs mpi4py and an MPI library: pip install 'dpnn[mpi]'")
         args.engine_options = {"backend": comm or "mpi"}
+    if args.oversubscribe:                  # given only when set: otherwise the engine's defaults
+        args.engine_options["oversubscribe"] = True
+    if args.worker_timeout is not None:
+        args.engine_options["worker_timeout"] = args.worker_timeout
     if engine_available():
         return
     if args.workers not in (1, "auto"):
@@ -238,7 +279,8 @@ def mpi_rank(args) -> int:
 # -- preparing a run --------------------------------------------------------------------------
 def merge_checkpoint_config(args, explicit: dict, comm=None):
     """--resume: the newest checkpoint's configuration, with the flags allowed to change applied."""
-    missing = UsageError(f"--resume: no checkpoint in {args.checkpoint_dir}; "
+    damaged = os.path.isdir(args.checkpoint_dir) and ckpt.list_checkpoints(args.checkpoint_dir)
+    missing = UsageError(f"--resume: no {'complete ' if damaged else ''}checkpoint in {args.checkpoint_dir}; "
                          "start a new run without --resume (or point --checkpoint-dir at the old one)")
     path, model, info, state = mpi.newest_checkpoint(args.checkpoint_dir, comm, missing)   # rank 0 reads
     saved = info["config"]
@@ -288,20 +330,22 @@ def make_model(args, train, info, resumed):
     return model
 
 
-def prepare(args, argv, note, comm=None):
-    """Everything between parsing and training: validate, resume, load data, build the model."""
+def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
+    """Everything between parsing and training: validate, lock the outputs, resume, load data,
+    build the model."""
     check_args(args)
     resumed = None
     if args.resume:
         resolve_defaults(args)
         if args.checkpoint_dir is None:
             raise UsageError("--resume needs --checkpoint-dir DIR")
+        mpi.rank0_only(comm, lock_checkpoints, args, locks)     # before reading the newest
         args, resumed = merge_checkpoint_config(args, explicit_args(argv), comm)
         note(f"resuming from {resumed.path} ({resumed.info['epoch']} epochs done)")
         check_args(args)
     resolve_defaults(args)
     mpi.check_backend(comm, args.backend, UsageError)
-    mpi.rank0_only(comm, check_outputs, args)      # only rank 0 writes files
+    mpi.rank0_only(comm, check_outputs, args, locks)      # only rank 0 writes files
     resolve_workers(args, note, comm)
     train, test, info = load_data(args)
     model = make_model(args, train, info, resumed)
@@ -362,6 +406,9 @@ def execute(run, rank: int) -> int:
     except (TrainingDiverged, WorkerError) as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
+    except ckpt.OutputError as e:
+        print(f"{PROG}: error: {e}; {report.after_write_error(run, e, PROG)}", file=sys.stderr)
+        return 1
     if rank == 0:
         print(report.summary(run, log, test_loss, test_acc), flush=True)
     return 0
@@ -377,9 +424,11 @@ def main(argv: list[str] | None = None) -> int:
     quiet = args.quiet or rank != 0
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     comm = None            # --backend mpi: a rank that fails aborts them all (mpi.finish)
+    locks = ckpt.RunLocks()
     try:
         comm = mpi.communicator(args.backend, UsageError)
-        run = prepare(args, argv, note=lambda m: None if quiet else print(m, file=sys.stderr), comm=comm)
+        run = prepare(args, argv, note=lambda m: None if quiet else print(m, file=sys.stderr),
+                      locks=locks, comm=comm)
         run.args.quiet = run.args.quiet or quiet
         return mpi.finish(comm, execute(run, rank))
     except (UsageError, DataError, WeightsError) as e:
@@ -389,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
         return mpi.finish(comm, 143 if isinstance(e, ckpt.Terminated) else 130)
     finally:
+        locks.release()
         signal.signal(signal.SIGTERM, previous)
 
 

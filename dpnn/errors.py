@@ -11,3 +11,11 @@ class WeightsError(ValueError):
 
 class WorkerError(RuntimeError):
     """A data-parallel worker raised or died; the message names it and carries its traceback."""
+
+
+class OutputError(WeightsError, OSError):
+    """An output file could not be written (full disk, a device or directory in its place...).
+
+    An OSError by nature; also a WeightsError so that every CLI which reports unusable
+    weights files with one line reports a failed write the same way.
+    """

@@ -1,56 +1,128 @@
-"""Saving and loading models: architecture JSON + weights in HDF5 (NPZ when h5py is missing).
+"""Model files: architecture JSON + weights in HDF5 (NPZ when h5py is missing), as plain data.
 
 Format (the seed's): ``weights.json`` is a list of ``{"class": ..., "config": {...}}``;
 the weights file holds one dataset per array named ``<layer index>_<Class>_<name>``
 (``7_Dense_W``, ``2_BatchNorm2D_running_mean``). dpnn adds attributes ``dpnn_input_shape``
-and ``dpnn_metadata`` (JSON text). Nothing here unpickles: HDF5 holds plain arrays and
-NPZ files are read with ``allow_pickle=False``. Writes go to a temporary file that is
-renamed over the target, so an existing file is never left half-written.
+and ``dpnn_metadata`` (JSON text), and checkpoints add arrays in groups (``optimizer/t``).
+
+This module reads and writes layer configs, named arrays and attributes; it never imports
+the model, which builds itself from them (:meth:`dpnn.Model.load`, :meth:`dpnn.Model.save`).
+Reading is hostile-file safe: every array's name, shape and dtype is checked from the
+file's headers before any data is read, JSON is bounded in size and depth, and nothing is
+unpickled. Writing goes to a temporary file renamed over the target, so a failed write
+(full disk...) leaves the old file intact and raises one :class:`dpnn.errors.OutputError`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import WeightsError
-from .layers.base import layer_from_config
+from .errors import OutputError, WeightsError
+from .limits import MAX_JSON_BYTES, check_allocation, check_json_text, format_bytes
 
 try:
     import h5py
 except ImportError:          # the NPZ fallback keeps the library usable without h5py
     h5py = None
 
+FORMAT_VERSION = "1"
+MAX_ATTRIBUTE_BYTES = 16 << 20     # metadata (a checkpoint's history included) is far smaller
+MAX_INPUT_RANK = 4                 # (H, W, C) images or (D,) vectors; batch axis not stored
 
-def architecture_path(path: str) -> str:
-    """weights.hdf5 -> weights.json (weights.hdf5.npz -> weights.json too)."""
-    base = path[:-4] if path.endswith(".npz") else path
-    return os.path.splitext(base)[0] + ".json"
+Listing = dict[str, tuple[tuple[int, ...], np.dtype]]    # array name -> (shape, dtype)
 
 
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
+# -- writing ---------------------------------------------------------------------------------
+def check_output_path(path: str) -> None:
+    """Refuse a path naming a directory, device, socket or FIFO: a rename would replace it."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}; nothing was written") from None
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+    for test, kind in kinds.items():
+        if test(mode):
+            raise OutputError(f"cannot write {path}: it is {kind}, not a regular file; "
+                              "pass the path of a file to create or replace")
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (other threads may create files)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path: str) -> int:
+    """A replaced file keeps its mode; a new one gets 0666 & ~umask, as open() would give."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
+@contextlib.contextmanager
+def _temp_beside(path: str) -> Iterator[str]:
+    """A temporary path in ``path``'s directory, removed at the end unless renamed onto ``path``.
+
+    Any OSError inside the block becomes one OutputError naming ``path`` and the reason.
+    """
+    tmp = None
+    try:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+        os.close(fd)
+        yield tmp
+    except OutputError:
         raise
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; nothing was overwritten") from None
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
-def write_arrays(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str]) -> str:
-    """Atomically write named arrays and string attributes; returns the path actually written."""
-    if h5py is None or path.endswith(".npz"):
-        path = path if path.endswith(".npz") else path + ".npz"
+def _commit(tmp: str, path: str) -> None:
+    os.chmod(tmp, _final_mode(path))
+    os.replace(tmp, path)
 
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``.
+
+    Refuses (OutputError) a ``path`` that is not a regular file before writing anything; on
+    any OSError the temporary file is removed, ``path`` is left as it was and one OutputError
+    says why. The new file gets the mode open() would give it.
+    """
+    check_output_path(path)
+    with _temp_beside(path) as tmp:
+        write(tmp)
+        _commit(tmp, path)
+
+
+def weights_path(path: str) -> str:
+    """The file :func:`write_arrays` really writes: ``path``, or ``path.npz`` without h5py."""
+    if path.endswith(".npz") or h5py is not None:
+        return path
+    return path + ".npz"
+
+
+def _array_writer(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str]):
+    if path.endswith(".npz"):
         def write(tmp):
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays, **{f"__attr__{k}": np.array(v) for k, v in attrs.items()})
@@ -61,112 +133,73 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str]
                     f.create_dataset(k, data=v)
                 for k, v in attrs.items():
                     f.attrs[k] = v
-    atomic_write(path, write)
+    return write
+
+
+def write_arrays(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str]) -> str:
+    """Atomically write named arrays and string attributes; returns the path actually written."""
+    path = weights_path(path)
+    atomic_write(path, _array_writer(path, arrays, attrs))
     return path
 
 
-def read_arrays(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a file written by :func:`write_arrays` (HDF5 or NPZ, detected by content)."""
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
-        path = path + ".npz"
-    if not os.path.isfile(path):
-        raise WeightsError(f"weights file {path!r} not found; train a model first "
-                           "(python -m launch.train --out PATH) or check the path")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    try:
-        if head.startswith(b"\x89HDF"):
-            if h5py is None:
-                raise WeightsError(f"{path} is HDF5 but h5py is not installed: pip install h5py")
-            with h5py.File(path, "r") as f:
-                arrays = {k: np.array(f[k]) for k in f.keys() if isinstance(f[k], h5py.Dataset)}
-                for g in (k for k in f.keys() if isinstance(f[k], h5py.Group)):
-                    arrays.update({f"{g}/{k}": np.array(f[g][k]) for k in f[g].keys()})
-                attrs = {k: str(v) for k, v in f.attrs.items()}
-            return arrays, attrs
-        if head.startswith(b"PK"):
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-            attrs = {k[8:]: str(v) for k, v in data.items() if k.startswith("__attr__")}
-            return {k: v for k, v in data.items() if not k.startswith("__attr__")}, attrs
-    except WeightsError:
-        raise
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise WeightsError(f"{path} contains pickled Python objects; dpnn never unpickles "
-                               "(allow_pickle=False: loading must not run code); save weights with model.save()") from None
-        raise WeightsError(f"weights file {path} is corrupt or truncated ({e}); "
-                           "re-create it with model.save()") from None
-    except (OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise WeightsError(f"weights file {path} is corrupt or truncated ({e}); "
-                           "re-create it with model.save()") from None
-    raise WeightsError(f"{path} is neither an HDF5 nor an NPZ weights file; "
-                       "pass the file written by model.save()")
+def model_attributes(input_shape: tuple, metadata: dict) -> dict[str, str]:
+    """The attributes dpnn stores beside the arrays; ``input_shape`` has no batch axis."""
+    return {"dpnn_format": FORMAT_VERSION, "dpnn_input_shape": json.dumps(list(input_shape)),
+            "dpnn_metadata": json.dumps(metadata)}
 
 
-def weight_key(index: int, layer, name: str) -> str:
-    return f"{index}_{type(layer).__name__}_{name}"
+def write_model(path: str, architecture: list[dict], arrays: dict[str, np.ndarray],
+                attrs: dict[str, str]) -> str:
+    """Write the weights file and the architecture JSON beside it; returns the weights path.
 
-
-def model_arrays(model) -> dict[str, np.ndarray]:
-    """Every parameter and state array of a built model under its seed-format key."""
-    out = {}
-    for i, layer in enumerate(model.layers):
-        for name, arr in (*layer.params.items(), *layer.state.items()):
-            out[weight_key(i, layer, name)] = np.asarray(arr)
-    return out
-
-
-def assign_weights(model, weights: dict[str, np.ndarray]) -> None:
-    """Copy saved arrays into a built model, after checking every name and shape first."""
-    expected = model_arrays(model)
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
-    if missing or extra:
-        raise WeightsError("the weights do not match the architecture: "
-                           + (f"missing {', '.join(missing[:5])}" if missing else "")
-                           + ("; " if missing and extra else "")
-                           + (f"unexpected {', '.join(extra[:5])}" if extra else "")
-                           + "; load weights saved from the same architecture")
-    for k, target in expected.items():
-        if weights[k].shape != target.shape:
-            raise WeightsError(f"weights {k} have shape {weights[k].shape} but the model needs "
-                               f"{target.shape}; load weights saved from the same architecture")
-    for k, target in expected.items():
-        target[...] = weights[k]
+    Both go to temporary files first, so a failure on either leaves the old pair untouched;
+    the two renames at the end are the only window of mismatch.
+    """
+    path, arch_path = weights_path(path), architecture_path(path)
+    check_output_path(arch_path)
+    check_output_path(path)
+    text = json.dumps(architecture, indent=2) + "\n"
+    with _temp_beside(arch_path) as arch_tmp, _temp_beside(path) as tmp:
+        with open(arch_tmp, "w") as f:
+            f.write(text)
+        _array_writer(path, arrays, attrs)(tmp)
+        _commit(tmp, path)
+        _commit(arch_tmp, arch_path)
+    return path
 
 
 def save_model(model, path: str, extra_arrays: dict[str, np.ndarray] | None = None) -> str:
-    """Write the weights file and the architecture JSON beside it; returns the weights path."""
-    if not model.built:
-        raise ValueError("the model is not built yet: call build(input_shape) or fit() before save()")
-    attrs = {"dpnn_format": "1", "dpnn_input_shape": json.dumps(list(model.input_shape[1:])),
-             "dpnn_metadata": json.dumps(model.metadata)}
-    arrays = {**model_arrays(model), **(extra_arrays or {})}
-    arch = json.dumps(model.get_config(), indent=2) + "\n"
-    arch_path = architecture_path(path)
-    os.makedirs(os.path.dirname(os.path.abspath(arch_path)), exist_ok=True)
-    # The JSON goes to a temporary file first, so a failure on either file leaves the old
-    # pair untouched; the two renames at the end are the only window of mismatch.
-    fd, arch_tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(arch_path)),
-                                    prefix=".tmp-", suffix=os.path.basename(arch_path))
+    """``model.save(path, extra_arrays)``: kept for callers of the old io-level function."""
+    return model.save(path, extra_arrays)
+
+
+# -- reading: architecture and attributes ---------------------------------------------------
+def architecture_path(path: str) -> str:
+    """weights.hdf5 -> weights.json (weights.hdf5.npz -> weights.json too)."""
+    base = path[:-4] if path.endswith(".npz") else path
+    return os.path.splitext(base)[0] + ".json"
+
+
+def _load_json(text: str, name: str, max_bytes: int):
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(arch)
-        written = write_arrays(path, arrays, attrs)
-        os.replace(arch_tmp, arch_path)
-    finally:
-        if os.path.exists(arch_tmp):
-            os.unlink(arch_tmp)
-    return written
+        check_json_text(text, name, max_bytes)
+        return json.loads(text)
+    except ValueError as e:        # JSONDecodeError is a ValueError
+        raise WeightsError(f"{name} is not valid JSON ({e})" if isinstance(e, json.JSONDecodeError)
+                           else str(e)) from None
 
 
 def read_architecture_file(arch_path: str) -> list[dict]:
     """The layer list of an architecture JSON (seed format: a list of {"class", "config"})."""
+    if os.path.getsize(arch_path) > MAX_JSON_BYTES:
+        raise WeightsError(f"architecture file {arch_path} is {format_bytes(os.path.getsize(arch_path))}, "
+                           f"more than the {format_bytes(MAX_JSON_BYTES)} an architecture can need; "
+                           "pass the JSON file model.save() wrote")
     try:
-        with open(arch_path) as f:
-            arch = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        with open(arch_path, encoding="utf-8") as f:
+            arch = _load_json(f.read(), f"architecture file {arch_path}", MAX_JSON_BYTES)
+    except UnicodeDecodeError as e:
         raise WeightsError(f"architecture file {arch_path} is not valid JSON ({e})") from None
     if isinstance(arch, dict):
         arch = arch.get("layers")
@@ -184,26 +217,223 @@ def read_architecture(path: str) -> list[dict]:
     return read_architecture_file(arch_path)
 
 
-def load_model(path: str):
-    """Rebuild a Model from ``path`` and its architecture JSON; built when the input shape is known."""
-    from .model import Model
-    arch = read_architecture(path)
-    arrays, attrs = read_arrays(path)
-    try:
-        layers = [layer_from_config(entry) for entry in arch]
-    except ValueError as e:
-        raise WeightsError(f"{architecture_path(path)}: {e}") from None
-    model = Model(layers)
-    try:
-        model.metadata = json.loads(attrs.get("dpnn_metadata", "{}"))
-        shape = json.loads(attrs["dpnn_input_shape"]) if "dpnn_input_shape" in attrs else None
-    except json.JSONDecodeError as e:
-        raise WeightsError(f"{path}: corrupt dpnn metadata attribute ({e}); re-save the model") from None
-    model.extra_arrays = {k: v for k, v in arrays.items() if "/" in k}
-    model._pending_weights = {k: v for k, v in arrays.items() if "/" not in k}
-    if shape is not None:
+def _input_shape(path: str, attrs: dict[str, str]) -> tuple[int, ...] | None:
+    if "dpnn_input_shape" not in attrs:
+        return None                      # a seed-format file: the shape comes with build()
+    shape = _load_json(attrs["dpnn_input_shape"], f"{path}: dpnn_input_shape", MAX_JSON_BYTES)
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_INPUT_RANK
+            or not all(type(d) is int and d > 0 for d in shape)):
+        raise WeightsError(f"{path}: dpnn_input_shape {attrs['dpnn_input_shape'][:80]} is not a "
+                           f"list of 1 to {MAX_INPUT_RANK} positive integers; re-save the model")
+    return tuple(shape)
+
+
+def _metadata(path: str, attrs: dict[str, str]) -> dict:
+    metadata = _load_json(attrs.get("dpnn_metadata", "{}"), f"{path}: dpnn_metadata",
+                          MAX_ATTRIBUTE_BYTES)
+    if not isinstance(metadata, dict):
+        raise WeightsError(f"{path}: the dpnn_metadata attribute is a JSON "
+                           f"{type(metadata).__name__}, not an object; re-save the model")
+    return metadata
+
+
+def read_model_info(path: str) -> tuple[list[dict], tuple[int, ...] | None, dict]:
+    """(architecture, input shape without batch axis or None, metadata) of a saved model.
+
+    Reads the JSON and the weights file's attributes only, no arrays.
+    """
+    architecture = read_architecture(path)
+    _, _, attrs = _read(path, None, with_arrays=False)
+    return architecture, _input_shape(path, attrs), _metadata(path, attrs)
+
+
+# -- reading: arrays, checked before they are read -------------------------------------------
+def _resolve(path: str) -> str:
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path = path + ".npz"
+    if not os.path.isfile(path):
+        raise WeightsError(f"weights file {path!r} not found; train a model first "
+                           "(python -m launch.train --out PATH) or check the path")
+    return path
+
+
+def _check_dtypes(path: str, listing: Listing) -> None:
+    for name, (shape, dtype) in listing.items():
+        if dtype.hasobject:
+            raise WeightsError(f"{path} contains pickled Python objects ({name}); dpnn never "
+                               "unpickles (allow_pickle=False: loading must not run code); "
+                               "save weights with model.save()")
+        if dtype.kind not in "fiub":
+            raise WeightsError(f"{path}: array {name} has dtype {dtype}, not numbers; "
+                               "load a file written by model.save()")
+
+
+def check_arrays(path: str, listing: Listing, expected: dict[str, tuple] | None,
+                 extra_limit: int = 0) -> None:
+    """Refuse arrays that do not match ``expected`` ({name: shape}) before any is read.
+
+    Names with a '/' (a checkpoint's optimizer state) are extras: numeric, at most
+    ``extra_limit`` values of 8 bytes each. Without ``expected``, only the total size is bounded.
+    """
+    _check_dtypes(path, listing)
+    sizes = {k: int(np.prod(shape, dtype=object)) * dtype.itemsize for k, (shape, dtype) in listing.items()}
+    if expected is None:
         try:
-            model.build((1, *shape))
+            check_allocation(sum(sizes.values()), "its arrays", "load a smaller file")
         except ValueError as e:
             raise WeightsError(f"{path}: {e}") from None
-    return model
+        return
+    found = {k for k in listing if "/" not in k}
+    missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
+    if missing or extra:
+        raise WeightsError(f"{path}: the weights do not match the architecture: "
+                           + (f"missing {', '.join(missing[:5])}" if missing else "")
+                           + ("; " if missing and extra else "")
+                           + (f"unexpected {', '.join(extra[:5])}" if extra else "")
+                           + "; load weights saved from the same architecture")
+    for k, want in expected.items():
+        shape, dtype = listing[k]
+        if tuple(shape) != tuple(want):
+            raise WeightsError(f"{path}: weights {k} have shape {tuple(shape)} but the model needs "
+                               f"{tuple(want)}; load weights saved from the same architecture")
+        if dtype.kind != "f":
+            raise WeightsError(f"{path}: weights {k} have dtype {dtype}, not floating point; "
+                               "load weights saved by model.save()")
+    for k in listing.keys() - found:
+        if sizes[k] > max(extra_limit, 1) * 8:
+            raise WeightsError(f"{path}: array {k} declares shape {listing[k][0]} "
+                               f"({format_bytes(sizes[k])}), more than this model's state can "
+                               "hold; the file is corrupt or not from this model")
+
+
+def _hdf5_attrs(path: str, f) -> dict[str, str]:
+    for k in f.attrs:
+        if f.attrs.get_id(k).get_storage_size() > MAX_ATTRIBUTE_BYTES:
+            raise WeightsError(f"{path}: attribute {k} is larger than "
+                               f"{format_bytes(MAX_ATTRIBUTE_BYTES)}; re-save the model")
+    return {k: str(v) for k, v in f.attrs.items()}
+
+
+def _hdf5_datasets(path: str, f) -> dict:
+    """Top-level datasets and those one group deep ('optimizer/t'), by name; nothing is read."""
+    out = {}
+    for k, item in f.items():
+        members = item.items() if isinstance(item, h5py.Group) else [(None, item)]
+        for sub, d in members:
+            if not isinstance(d, h5py.Dataset):
+                raise WeightsError(f"{path}: {k}/{sub} is a nested group; dpnn files hold "
+                                   "datasets at most one group deep")
+            out[k if sub is None else f"{k}/{sub}"] = d
+    return out
+
+
+def _read_hdf5(path: str, check: Callable[[Listing], None], with_arrays: bool):
+    if h5py is None:
+        raise WeightsError(f"{path} is HDF5 but h5py is not installed: pip install h5py")
+    with h5py.File(path, "r") as f:
+        datasets = _hdf5_datasets(path, f)
+        listing = {k: (tuple(d.shape), d.dtype) for k, d in datasets.items()}
+        attrs = _hdf5_attrs(path, f)
+        check(listing)
+        arrays = {k: np.array(d) for k, d in datasets.items()} if with_arrays else {}
+    return listing, arrays, attrs
+
+
+def _npy_header(path: str, z: zipfile.ZipFile, member: str) -> tuple[tuple, np.dtype]:
+    if not member.endswith(".npy"):
+        raise WeightsError(f"{path}: member {member} is not a .npy array; "
+                           "pass the file written by model.save()")
+    with z.open(member) as m:
+        version = np.lib.format.read_magic(m)
+        if version not in ((1, 0), (2, 0)):
+            raise WeightsError(f"{path}: member {member} has .npy format {version}, "
+                               "which dpnn does not read; re-save the model")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(m)
+    return shape, dtype
+
+
+def _npz_attrs(path: str, headers: dict, read: Callable[[str], np.ndarray]) -> dict[str, str]:
+    """The ``__attr__<name>`` string members, each bounded before it is read."""
+    attrs = {}
+    for k in (k for k in headers if k.startswith("__attr__")):
+        shape, dtype = headers[k]
+        if dtype.kind not in "US" or int(np.prod(shape, dtype=object)) * dtype.itemsize > MAX_ATTRIBUTE_BYTES:
+            raise WeightsError(f"{path}: attribute {k[8:]} is not a string of at most "
+                               f"{format_bytes(MAX_ATTRIBUTE_BYTES)}; re-save the model")
+        attrs[k[8:]] = str(read(k))
+    return attrs
+
+
+def _read_npz(path: str, check: Callable[[Listing], None], with_arrays: bool):
+    with zipfile.ZipFile(path) as z:
+        headers = {name[:-4]: _npy_header(path, z, name) for name in z.namelist()}
+
+        def read(name):
+            with z.open(name + ".npy") as m:
+                return np.lib.format.read_array(m, allow_pickle=False)
+        attrs = _npz_attrs(path, headers, read)
+        listing = {k: v for k, v in headers.items() if not k.startswith("__attr__")}
+        check(listing)
+        arrays = {k: read(k) for k in listing} if with_arrays else {}
+    return listing, arrays, attrs
+
+
+def _read(path: str, check: Callable[[Listing], None] | None, with_arrays: bool):
+    """(listing, arrays, attrs) of an HDF5 or NPZ file (told apart by content)."""
+    path = _resolve(path)
+    check = check or (lambda listing: _check_dtypes(path, listing))
+    with open(path, "rb") as f:
+        head = f.read(8)
+    reader = _read_hdf5 if head.startswith(b"\x89HDF") else _read_npz if head.startswith(b"PK") else None
+    if reader is None:
+        raise WeightsError(f"{path} is neither an HDF5 nor an NPZ weights file; "
+                           "pass the file written by model.save()")
+    try:
+        return reader(path, check, with_arrays)
+    except WeightsError:
+        raise
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise WeightsError(f"weights file {path} is corrupt or truncated ({e}); "
+                           "re-create it with model.save()") from None
+
+
+def list_arrays(path: str) -> Listing:
+    """{name: (shape, dtype)} of every array in ``path``, from headers only; refuses pickles."""
+    return _read(path, None, with_arrays=False)[0]
+
+
+def read_arrays(path: str, expected: dict[str, tuple] | None = None,
+                extra_limit: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(arrays, attributes) of a file written by :func:`write_arrays` (HDF5 or NPZ).
+
+    Every array is checked by :func:`check_arrays` against ``expected`` ({name: shape})
+    from the file's headers before any is read.
+    """
+    _, arrays, attrs = _read(path, lambda listing: check_arrays(path, listing, expected, extra_limit),
+                             with_arrays=True)
+    return arrays, attrs
+
+
+# -- the seed's array names ------------------------------------------------------------------
+def weight_key(index: int, layer, name: str) -> str:
+    return f"{index}_{type(layer).__name__}_{name}"
+
+
+def model_arrays(model) -> dict[str, np.ndarray]:
+    """Every parameter and state array of a built model (anything with ``layers``) by key."""
+    out = {}
+    for i, layer in enumerate(model.layers):
+        for name, arr in (*layer.params.items(), *layer.state.items()):
+            out[weight_key(i, layer, name)] = np.asarray(arr)
+    return out
+
+
+def assign_weights(model, weights: dict[str, np.ndarray], path: str = "the weights") -> None:
+    """Copy saved arrays into a built model, after checking every name and shape first."""
+    expected = model_arrays(model)
+    listing = {k: (np.shape(v), np.asarray(v).dtype) for k, v in weights.items()}
+    check_arrays(path, listing, {k: v.shape for k, v in expected.items()})
+    for k, target in expected.items():
+        target[...] = weights[k]

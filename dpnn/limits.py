@@ -53,22 +53,21 @@ def check_allocation(nbytes: int, what: str, todo: str, free: int | None = None,
                          f"{format_bytes(free)} available; {todo}")
 
 
-def check_json_text(text: str, name: str) -> None:
-    """Refuse JSON text longer than MAX_JSON_BYTES or nested deeper than MAX_JSON_DEPTH.
+def check_json_text(text: str, name: str, max_bytes: int = MAX_JSON_BYTES) -> None:
+    """Refuse JSON text longer than ``max_bytes`` or nested deeper than MAX_JSON_DEPTH.
 
     Checked before ``json.loads``, whose recursion would otherwise end in RecursionError.
     """
-    if len(text) > MAX_JSON_BYTES:
+    if len(text) > max_bytes:
         raise ValueError(f"{name} is {format_bytes(len(text))}, more than the "
-                         f"{format_bytes(MAX_JSON_BYTES)} an architecture can need; pass the JSON "
-                         "file model.save() wrote")
+                         f"{format_bytes(max_bytes)} it can need; pass what model.save() wrote")
     skeleton = np.frombuffer(_JSON_STRING.sub("", text).encode("utf-8", "replace"), np.uint8)
     steps = np.isin(skeleton, (ord("["), ord("{"))).astype(np.int64) \
         - np.isin(skeleton, (ord("]"), ord("}")))                 # (len,) +1 open, -1 close
     depth = int(np.cumsum(steps).max(initial=0))
     if depth > MAX_JSON_DEPTH:
         raise ValueError(f"{name} nests {depth} levels deep (at most {MAX_JSON_DEPTH}); "
-                         "an architecture is a list of {'class', 'config'} objects")
+                         "pass what model.save() wrote")
 
 
 def dry_build(layer, input_shape: tuple) -> tuple[dict[str, tuple], tuple]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .flat import FlatLayout
+from .limits import check_model_memory
 from .layers.base import Layer
 from .losses import get_loss
 from .optim import get_optimizer, regularize
@@ -49,7 +50,7 @@ class Model:
         self.weight_decay, self.clip_norm = 0.0, None
         self.metadata: dict = {}            # saved with the model (class names, data set...)
         self.stop_training = False
-        self._pending_weights: dict[str, np.ndarray] | None = None
+        self._pending_weights: str | None = None     # a weights file to load on build (seed format)
         self._forward_calls = 0
         self.micro_batch: int | None = None    # see micro_batches(); set by compile()
         self._grad_scratch: np.ndarray | None = None
@@ -72,6 +73,7 @@ class Model:
                 raise ValueError(f"the model is built for inputs {self.input_shape[1:]}, "
                                  f"not {tuple(input_shape[1:])}; create a new Model for another shape")
             return self
+        check_model_memory(self.layers, input_shape)    # refuse what cannot fit, before allocating
         shape = (None,) + tuple(int(d) for d in input_shape[1:])
         rng = np.random.default_rng(self.seed)
         for i, layer in enumerate(self.layers):
@@ -93,9 +95,8 @@ class Model:
         self.bind(self.params, self.grads, self.state)
         self.built = True
         if self._pending_weights is not None:
-            weights, self._pending_weights = self._pending_weights, None
-            from .io import assign_weights
-            assign_weights(self, weights)
+            path, self._pending_weights = self._pending_weights, None
+            self.load_weights(path)
         return self
 
     def bind(self, params: np.ndarray, grads: np.ndarray, state: np.ndarray, copy: bool = True) -> None:
@@ -283,13 +284,69 @@ class Model:
     def get_config(self) -> list[dict]:
         return [layer.to_config() for layer in self.layers]
 
-    def save(self, path: str) -> None:
-        """Write ``path`` (HDF5, or NPZ without h5py) and the architecture JSON beside it."""
-        from .io import save_model
-        save_model(self, path)
+    def save(self, path: str, extra_arrays: dict[str, np.ndarray] | None = None) -> str:
+        """Write ``path`` (HDF5, or NPZ without h5py) and the architecture JSON beside it.
+
+        ``extra_arrays`` are stored too, under names with a '/' (a checkpoint's optimizer
+        state); returns the weights path actually written.
+        """
+        from . import io
+        if not self.built:
+            raise ValueError("the model is not built yet: call build(input_shape) or fit() before save()")
+        arrays = {**io.model_arrays(self), **(extra_arrays or {})}
+        attrs = io.model_attributes(self.input_shape[1:], self.metadata)
+        return io.write_model(path, self.get_config(), arrays, attrs)
 
     @classmethod
     def load(cls, path: str) -> "Model":
-        """Read a model written by :meth:`save`; weights are assigned on ``build``."""
-        from .io import load_model
-        return load_model(path)
+        """Read a model written by :meth:`save`: its architecture, metadata and weights.
+
+        Weights are checked by name, shape and dtype before any is read (see
+        :meth:`load_weights`); a seed-format file, which stores no input shape, gets them on
+        ``build``. Every problem raises one :class:`dpnn.WeightsError`.
+        """
+        from . import io
+        from .errors import WeightsError
+        from .layers.base import layer_from_config
+        architecture, input_shape, metadata = io.read_model_info(path)
+        try:
+            model = cls([layer_from_config(entry) for entry in architecture])
+        except ValueError as e:
+            raise WeightsError(f"{io.architecture_path(path)}: {e}") from None
+        model.metadata = metadata
+        if input_shape is None:
+            io.list_arrays(path)            # a corrupt or pickled file is refused now, not on build
+            model._pending_weights = path
+            return model
+        try:
+            model.build((1, *input_shape))
+        except ValueError as e:
+            raise WeightsError(f"{path}: {e}") from None
+        model.load_weights(path)
+        return model
+
+    def save_weights(self, path: str) -> str:
+        """Write only the weights (HDF5, NPZ for a .npz path or without h5py); returns the path."""
+        from . import io
+        if not self.built:
+            raise ValueError("the model is not built yet: call build(input_shape) or fit() first")
+        attrs = io.model_attributes(self.input_shape[1:], self.metadata)
+        return io.write_arrays(path, io.model_arrays(self), attrs)
+
+    def load_weights(self, path: str) -> "Model":
+        """Copy the weights in ``path`` into this built model.
+
+        Every array is checked by name, shape and dtype against this model's architecture
+        before any is read; arrays under a group (a checkpoint's optimizer state) go to
+        ``self.extra_arrays``.
+        """
+        from . import io
+        if not self.built:
+            raise ValueError("build the model before load_weights (model.build((1, 28, 28, 1))), "
+                             "or load model and weights together with Model.load(path)")
+        expected = {k: v.shape for k, v in io.model_arrays(self).items()}
+        limit = max(self.params.size, self.state.size)
+        arrays, _ = io.read_arrays(path, expected, extra_limit=limit)
+        self.extra_arrays = {k: v for k, v in arrays.items() if "/" in k}
+        io.assign_weights(self, {k: v for k, v in arrays.items() if "/" not in k}, path)
+        return self

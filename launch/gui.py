@@ -10,6 +10,11 @@ one line, ``prediction: 7 0.93 | 1 0.04 | 9 0.01`` (class, probability; best fir
 a session can be scripted and logged. Once the window is up, one line
 ``ready: canvas WxH+X+Y`` gives the drawing area's position inside the window.
 
+An unusable weights file is reported as one ``error:`` line on stderr (exit status 2);
+an error dialog is shown too only when someone can close it: by default when stdin is a
+terminal and the display is not a virtual one made by ``xvfb-run`` (``--error-dialog
+always`` for a desktop launcher, ``never`` for scripts).
+
 Exit status: 0 normal quit, 2 unusable weights file or no display.
 """
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 from dpnn.datasets import DIGIT_CLASSES, FASHION_CLASSES
 from dpnn.digits import preprocess_drawing
 from dpnn.errors import WeightsError
+from dpnn.io import read_model_info
 from launch.drawing import BUFFER_SIZE, DrawingBuffer, Viewport
 
 DEFAULT_WEIGHTS = os.path.join("weights", "digits.hdf5")   # written by `python -m launch.digits`
@@ -59,6 +65,8 @@ def format_prediction(top: list[tuple[str, float]]) -> str:
 
 def class_names_for(metadata: dict, num_classes: int) -> list[str]:
     """Names from the model's metadata, else digits / Fashion-MNIST names / indices."""
+    if not isinstance(metadata, dict):      # not a JSON object: as good as no metadata
+        metadata = {}
     names = metadata.get("class_names")
     if isinstance(names, list) and len(names) == num_classes:
         return [str(n) for n in names]
@@ -78,6 +86,11 @@ def load_classifier(path: str) -> Classifier:
         if path == DEFAULT_WEIGHTS:
             hint = " (train it with `make digits` or `python -m launch.digits`)"
         raise WeightsError(f"weights file {path!r} not found{hint}; pass --weights PATH")
+    _, input_shape, _ = read_model_info(path)       # refuse another input before building it
+    if input_shape is not None and tuple(input_shape) != INPUT_SHAPE:
+        raise WeightsError(f"{path} cannot be used to classify drawings: it takes inputs of shape "
+                           f"{tuple(input_shape)}; the GUI needs a classifier of 28x28x1 images "
+                           "(N, 28, 28, 1) -> (N, classes)")
     model = Model.load(path)
     try:
         if not model.built:
@@ -102,10 +115,22 @@ def display_problem() -> str | None:
     return None
 
 
-def fail(message: str) -> int:
-    """Report an error on stderr, and in a dialog when a window system is available."""
+def wants_dialog(mode: str) -> bool:
+    """Whether to show an error dialog: 'always', 'never', or 'auto' = someone can close it.
+
+    'auto' needs a terminal on stdin and a display that is not xvfb-run's: under xvfb-run
+    or from a script, a dialog would wait forever for a click nobody can give.
+    """
+    if mode != "auto":
+        return mode == "always"
+    under_xvfb_run = "xvfb-run" in os.environ.get("XAUTHORITY", "")
+    return sys.stdin is not None and sys.stdin.isatty() and not under_xvfb_run
+
+
+def fail(message: str, dialog: str = "auto") -> int:
+    """Report an error on stderr, and in a dialog when :func:`wants_dialog` says so."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    if display_problem() is None:
+    if wants_dialog(dialog) and display_problem() is None:
         import tkinter as tk
         from tkinter import messagebox
         try:
@@ -292,6 +317,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
                         help=f"model weights written by Model.save / launch.train, with the "
                              f"architecture JSON beside it (default: {DEFAULT_WEIGHTS})")
+    parser.add_argument("--error-dialog", choices=("auto", "always", "never"), default="auto",
+                        help="also show errors in a dialog: auto (default) when stdin is a "
+                             "terminal and the display is not xvfb-run's, always, or never")
     parser.add_argument("--brush", type=float, default=None,
                         help="brush radius in pixels of the 280x280 drawing (default: 11)")
     args = parser.parse_args(argv)
@@ -305,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         classifier = load_classifier(args.weights)
     except (ValueError, OSError) as e:   # WeightsError is a ValueError
-        return fail(str(e))
+        return fail(str(e), args.error_dialog)
     problem = display_problem()
     if problem:
         print(f"error: {problem}", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ They skip, with the reason, where Xvfb/xdotool or mnist-5k are missing
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import queue
@@ -252,14 +253,14 @@ def xdisplay(tmp_path):
 class GuiProcess:
     """``python -m launch.gui`` in a subprocess, its stdout lines collected by a thread."""
 
-    def __init__(self, weights: str, display: str | None) -> None:
+    def __init__(self, weights: str, display: str | None, *args: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
         if display:
             env["DISPLAY"] = display
         self.display = display
-        self.proc = subprocess.Popen([sys.executable, "-m", "launch.gui", "--weights", weights],
-                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        self.proc = subprocess.Popen([sys.executable, "-m", "launch.gui", "--weights", weights, *args],
+                                     cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -303,8 +304,8 @@ class GuiProcess:
 def launch_gui():
     procs: list[GuiProcess] = []
 
-    def start(weights: str, display: str | None) -> GuiProcess:
-        procs.append(GuiProcess(weights, display))
+    def start(weights: str, display: str | None, *args: str) -> GuiProcess:
+        procs.append(GuiProcess(weights, display, *args))
         return procs[-1]
     yield start
     for p in procs:
@@ -391,7 +392,7 @@ def write_bad_weights(kind: str, tmp_path: Path, good: str) -> str:
                                            ("wrong-input", "28x28x1")])
 def test_unusable_weights_exit_2_with_a_message_and_dialog(kind, message, xdisplay, launch_gui,
                                                            digit_weights, tmp_path):
-    gui = launch_gui(write_bad_weights(kind, tmp_path, digit_weights), xdisplay)
+    gui = launch_gui(write_bad_weights(kind, tmp_path, digit_weights), xdisplay, "--error-dialog", "always")
     dialog = gui.xdotool("search", "--sync", "--name", f"{TITLE}: error").split()[0]
     # Pointer over the dialog and a real (XTEST) key press: `key --window` would send the key
     # release to a window the press has already closed, which xdotool reports as an error.
@@ -409,3 +410,67 @@ def test_unusable_weights_without_display_exit_2(kind, launch_gui, digit_weights
     assert gui.wait(timeout=60) == 2
     stderr = gui.proc.stderr.read()
     assert stderr.startswith("error: ") and "Traceback" not in stderr
+
+
+@needs_x
+@pytest.mark.parametrize("kind", ["missing", "corrupt"])
+def test_unusable_weights_under_xvfb_without_a_terminal_exit_2_without_a_dialog(
+        kind, xdisplay, launch_gui, tmp_path):
+    """`xvfb-run python -m launch.gui --weights nope.hdf5` used to wait forever on a dialog."""
+    path = tmp_path / "model.hdf5"
+    if kind == "corrupt":
+        path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00garbage" * 50)
+        path.with_suffix(".json").write_text('[{"class": "Flatten", "config": {}}]')
+    gui = launch_gui(str(path), xdisplay)             # stdin is /dev/null: nobody to click
+    assert gui.wait(timeout=60) == 2
+    stderr = gui.proc.stderr.read()
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("mode, tty, xauthority, expected", [
+    ("always", False, "", True), ("never", True, "", False), ("auto", True, "/home/u/.Xauthority", True),
+    ("auto", False, "/home/u/.Xauthority", False), ("auto", True, "/tmp/xvfb-run.Ab12/Xauthority", False),
+])
+def test_error_dialog_only_when_someone_can_close_it(monkeypatch, mode, tty, xauthority, expected):
+    from launch import gui
+    monkeypatch.setenv("XAUTHORITY", xauthority)
+    monkeypatch.setattr(gui.sys, "stdin", type("Stdin", (), {"isatty": lambda self: tty})())
+    assert gui.wants_dialog(mode) is expected
+
+
+def small_model_file(tmp_path: Path, input_shape=(28, 28, 1), metadata=None) -> str:
+    from dpnn import Dense, Flatten, Model
+    model = Model([Flatten(), Dense(10)], seed=0).build((1, *input_shape))
+    model.metadata = metadata or {}
+    path = str(tmp_path / "model.hdf5")
+    model.save(path)
+    return path
+
+
+def test_metadata_that_is_not_an_object_is_a_clear_error(tmp_path):
+    import h5py
+    from dpnn.errors import WeightsError
+    path = small_model_file(tmp_path)
+    with h5py.File(path, "a") as f:
+        f.attrs["dpnn_metadata"] = "[1, 2, 3]"
+    with pytest.raises(WeightsError, match=r"dpnn_metadata attribute is a JSON list, not an object"):
+        load_classifier(path)
+    assert class_names_for(["not", "a", "dict"], 3) == ["0", "1", "2"]
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 1), (28, 28, 3), (100000, 100000, 1)])
+def test_a_model_for_other_inputs_is_refused_before_it_is_built(tmp_path, shape, monkeypatch):
+    import h5py
+    from dpnn.errors import WeightsError
+    path = small_model_file(tmp_path, (28, 28, 1) if shape[0] > 1000 else shape)
+    with h5py.File(path, "a") as f:                  # a huge shape is only ever declared, never built
+        f.attrs["dpnn_input_shape"] = json.dumps(list(shape))
+    with pytest.raises(WeightsError, match=r"takes inputs of shape .*28x28x1 images"):
+        load_classifier(path)
+
+
+def test_main_reports_a_bad_file_in_one_line_and_exits_2(tmp_path, capsys):
+    from launch.gui import main
+    assert main(["--weights", str(tmp_path / "nope.hdf5"), "--error-dialog", "never"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: weights file") and err.count("\n") == 1

@@ -31,7 +31,7 @@ from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D, Dense
 from dpnn.layers.conv import SHIFTED_DX_FROM
-from dpnn._threads import usable_cores
+from dpnn.threads import usable_cores
 from dpnn.random import sample_keys
 
 from . import peak

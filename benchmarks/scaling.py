@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 
-from dpnn._threads import usable_cores
+from dpnn.threads import usable_cores
 
 from . import measure, peak, profile, report, torch_ref
 from .models import MODELS, build, flops_per_sample

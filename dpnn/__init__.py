@@ -3,7 +3,7 @@
 ``import dpnn`` gives the single-process library (Model, layers, losses, optimizers,
 data, I/O); ``dpnn.workers`` holds the shared-memory data-parallel engine.
 """
-from ._threads import configure_threads
+from .threads import configure_threads
 
 configure_threads()   # must run before NumPy is imported to take effect
 

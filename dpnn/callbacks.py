@@ -17,8 +17,16 @@ class Callback:
     def on_train_end(self, logs: dict) -> None: ...
 
 
-def monitored(logs: dict) -> tuple[str, float]:
-    """The figure schedules watch, higher is better: val_acc, else acc, else -loss."""
+MONITOR_ALIASES = {"val_accuracy": "val_acc", "accuracy": "acc"}     # Keras's names
+
+
+def monitored(logs: dict, monitor: str | None = None) -> tuple[str, float]:
+    """The figure schedules watch, higher is better: ``monitor`` (a loss is negated), else
+    val_acc, else acc, else -loss."""
+    if monitor is not None:
+        key = MONITOR_ALIASES.get(monitor, monitor)
+        value = float(logs.get(key, math.nan))
+        return key, -value if key.endswith("loss") else value
     for key in ("val_acc", "acc"):
         v = logs.get(key)
         if v is not None and not math.isnan(v):
@@ -56,16 +64,28 @@ class BestWeights(Callback):
 
 class EarlyStopping(Callback):
     """Stop when the monitored figure has not improved by ``min_delta`` for ``patience`` epochs;
-    the best weights are restored."""
+    the best weights are restored.
 
-    def __init__(self, patience: int = 3, min_delta: float = 0.0, restore_best: bool = True) -> None:
+    ``monitor``: 'val_loss', 'val_acc' ('val_accuracy'), 'loss' or 'acc' ('accuracy'); by
+    default val_acc if there is validation data, else acc. ``restore_best_weights`` is
+    Keras's name for ``restore_best``.
+    """
+    MONITORS = ("val_loss", "val_acc", "val_accuracy", "loss", "acc", "accuracy")
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0, restore_best: bool = True,
+                 monitor: str | None = None, restore_best_weights: bool | None = None) -> None:
+        if monitor is not None and monitor not in self.MONITORS:
+            raise ValueError(f"EarlyStopping(monitor={monitor!r}): choose one of {', '.join(self.MONITORS)}")
+        if restore_best_weights is not None:
+            restore_best = bool(restore_best_weights)
         self.patience, self.min_delta, self.restore_best = patience, min_delta, restore_best
+        self.monitor = monitor
 
     def on_train_begin(self, logs):
         self.best, self.wait, self.stopped_epoch = -math.inf, 0, None
 
     def on_epoch_end(self, epoch, logs):
-        _, value = monitored(logs)
+        _, value = monitored(logs, self.monitor)
         if value > self.best + self.min_delta:
             self.best, self.wait = value, 0
         else:

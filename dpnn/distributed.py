@@ -23,19 +23,18 @@ compared across ranks every ``check_every`` steps and at every epoch end, and a 
 """
 from __future__ import annotations
 
-import math
 import time
 import warnings
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
-from ._threads import usable_cores
+from . import threads
 from .comm import Communicator, get_communicator
+from .engine import EngineInfo, evaluation_sums, mean_loss_and_accuracy
 from .layers.normalization import BatchNorm2D
 from .random import sample_keys as make_sample_keys
-from .engine import (DETERMINISTIC_SHARDS, StepStats, add_correct, average_state, count_correct,
-                     shard_bounds, shard_gradients, sum_in_order)
+from .recipe import (DETERMINISTIC_SHARDS, ShardResult, StepStats, combine_shards, owned_slots,
+                     run_shard, shard_bounds)
 
 
 class RanksDiverged(RuntimeError):
@@ -55,7 +54,8 @@ class DistributedEngine:
 
     def __init__(self, model, comm: Communicator | str = "mpi", workers=1,
                  threads_per_worker: int | None = None, deterministic: bool = False,
-                 check_every: int = 50, sync_batchnorm: bool | None = None, **local_options) -> None:
+                 check_every: int = 50, sync_batchnorm: bool | None = None, seed: int | None = None,
+                 **local_options) -> None:
         if not model.built:
             raise ValueError("build the model before creating its engine: model.build(input_shape)")
         self.model, self.deterministic = model, deterministic
@@ -67,29 +67,33 @@ class DistributedEngine:
             raise ValueError("sync_batchnorm=True across MPI ranks needs workers=1 per rank and "
                              "deterministic=False")
         self.local = self._local_engine(workers, threads_per_worker, local_options)
-        self.workers = getattr(self.local, "workers", 1)                 # per rank
-        self.threads_per_worker = getattr(self.local, "threads_per_worker", None)
-        self._blas = None
-        if self.local is None:         # computing in this process: its BLAS threads are the workers'
-            threads = threads_per_worker or (usable_cores() // self.comm.local_size
-                                             if self.comm.local_size > 1 else None)
-            if threads:
-                self._blas = threadpool_limits(limits=max(1, threads), user_api="blas")
-                self.threads_per_worker = max(1, threads)
+        self._blas = threads.blas_limit(None)
+        if self.local is not None:
+            self.workers, self.threads_per_worker = self.local.workers, self.local.threads_per_worker
+        else:                  # computing in this process: ranks x threads never exceed the cores
+            self.workers = 1
+            self.threads_per_worker, _ = threads.worker_threads(1, threads_per_worker, deterministic,
+                                                                self.comm.local_size)
+            self._blas = threads.blas_limit(self.threads_per_worker)
         self._bn = [layer for layer in model.layers if isinstance(layer, BatchNorm2D)]
         for layer in self._bn if self.sync_batchnorm else []:
             layer.sync = self._allreduce_sums
         self.broadcast_model(root=0)
+        self.seed = self.comm.bcast_object(seed)          # shuffling and dropout agree on every rank
         P, S = model.params.size, model.state.size
         slots = -(-DETERMINISTIC_SHARDS // self.size) if deterministic else 1
         self._pack = np.zeros((slots, P + S), np.float32)      # (slots, P+S): grads | state
         self._stats = np.zeros((slots, 3), np.float64)         # (slots, 3): loss sum, correct, count
+        self._grads = model.grads
+
+    def describe(self) -> EngineInfo:
+        return EngineInfo("mpi", self.workers, self.threads_per_worker, self.size, self.deterministic,
+                          self.rank, self.seed)
 
     def _local_engine(self, workers, threads_per_worker, options):
-        if workers == "auto" and self.comm.local_size > 1:    # ranks sharing a machine share its cores
-            from .workers import resolve_workers
-            workers = max(1, resolve_workers("auto") // self.comm.local_size)
-        if workers in (1, None) and not options:
+        workers = threads.resolve_workers(1 if workers is None else workers, self.comm.local_size,
+                                          options.pop("oversubscribe", False))
+        if workers == 1:
             return None
         if self.deterministic:
             if self.rank == 0 and workers != "auto":
@@ -98,7 +102,8 @@ class DistributedEngine:
             return None
         from .workers import DataParallel
         return DataParallel(self.model, workers=workers, threads_per_worker=threads_per_worker,
-                            deterministic=self.deterministic, **options)
+                            deterministic=self.deterministic, ranks=self.comm.local_size,
+                            oversubscribe=True, **options)
 
     # -- start-up / resume --------------------------------------------------------------
     def broadcast_model(self, root: int = 0) -> None:
@@ -136,27 +141,30 @@ class DistributedEngine:
         return stats
 
     def _owned_micro_shards(self, n: int) -> list[tuple[int, int]]:
-        lo, hi = shard_bounds(DETERMINISTIC_SHARDS, self.size)[self.rank]
-        return shard_bounds(n, DETERMINISTIC_SHARDS)[lo:hi]
+        return [shard_bounds(n, DETERMINISTIC_SHARDS)[k]
+                for k in owned_slots(DETERMINISTIC_SHARDS, self.size, self.rank)]
 
     def _compute(self, j: int, x, y, keys, a: int, b: int, n: int) -> None:
         """Slot j <- [grads of sum(loss on x[a:b]) / n | BN state after x[a:b]] and its stats."""
         m, P = self.model, self.model.params.size
         slot, stats = self._pack[j], self._stats[j]
         state0 = m.state.copy()
-        if b <= a:
-            slot[:P], slot[P:], stats[:] = 0, state0, (0, 0, 0)
-            for layer in self._bn + self._bn[::-1] if self.sync_batchnorm else []:
-                self._allreduce_sums(np.zeros(2 * layer.params["gamma"].size + 1))   # join every exchange
-            return
         k = None if keys is None else keys[a:b]
-        if self.local is None:
-            loss_sum, correct = shard_gradients(m, x[a:b], y[a:b], n, k)
+        if b <= a and self.sync_batchnorm:
+            for layer in self._bn + self._bn[::-1]:
+                self._allreduce_sums(np.zeros(2 * layer.params["gamma"].size + 1))   # join every exchange
+        if self.local is None or b <= a:          # the recipe's shard, in this process
+            m.bind_grads(slot[:P])
+            try:
+                result = run_shard(m, j, x[a:b], y[a:b], n, k, state0)
+            finally:
+                m.bind_grads(self._grads)
         else:                  # the node's workers: merged grads and state, no optimizer step
             local = self.local.compute_gradients(x[a:b], y[a:b], k, denominator=n)
-            loss_sum, correct = local.loss_sum, local.correct
-        slot[:P], slot[P:] = m.grads, m.state
-        stats[:] = (loss_sum, correct, b - a)
+            result = ShardResult(j, local.loss_sum, local.correct, b - a)
+            slot[:P] = m.grads
+        slot[P:] = m.state
+        stats[:] = result[1:]
         m.state[...] = state0          # the next micro-shard starts from the same statistics
 
     def _reduce(self, n: int) -> StepStats:
@@ -175,16 +183,12 @@ class DistributedEngine:
             return StepStats(float(stats[0]), -1 if stats[1] < 0 else int(stats[1]), int(stats[2]))
         packs = self.comm.allgather(self._pack)        # (size, slots, P+S)
         stats = self.comm.allgather(self._stats)       # (size, slots, 3)
-        order = [(r, j) for r, (lo, hi) in enumerate(shard_bounds(DETERMINISTIC_SHARDS, self.size))
-                 for j in range(hi - lo)]
-        sum_in_order([packs[r, j, :P] for r, j in order], m.grads)
-        counts = [int(stats[r, j, 2]) for r, j in order]
-        if m.state.size:
-            average_state([packs[r, j, P:] for r, j in order], counts, m.state)
-        loss_sum, correct = 0.0, 0
-        for (r, j), c in zip(order, counts):
-            if c:
-                loss_sum, correct = loss_sum + stats[r, j, 0], add_correct(correct, int(stats[r, j, 1]))
+        order = [(r, j) for r in range(self.size)
+                 for j in range(len(owned_slots(DETERMINISTIC_SHARDS, self.size, r)))]
+        results = [ShardResult(k, float(stats[r, j, 0]), int(stats[r, j, 1]), int(stats[r, j, 2]))
+                   for k, (r, j) in enumerate(order)]
+        loss_sum, correct = combine_shards(results, [packs[r, j, :P] for r, j in order],
+                                           [packs[r, j, P:] for r, j in order], m.grads, m.state)
         return StepStats(float(loss_sum), correct, n)
 
     def _allreduce_sums(self, sums: np.ndarray) -> np.ndarray:
@@ -225,23 +229,15 @@ class DistributedEngine:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy) of the model on (x, y): each rank scores a slice, sums are all-reduced."""
-        m, n = self.model, len(x)
-        a, b = shard_bounds(n, self.size)[self.rank]
-        sums = np.zeros(3, np.float64)                   # loss sum, correct, count
-        if b > a:
-            out = m.predict(x[a:b], batch_size)
-            m.loss.forward(out, y[a:b])
-            sums[:] = m.loss.per_sample.astype(np.float64).sum(), count_correct(out, y[a:b]), b - a
-        self.comm.allreduce(sums)
-        acc = sums[1] / sums[2] if sums[1] >= 0 and sums[2] else math.nan
-        return float(sums[0] / max(sums[2], 1)), float(acc)
+        a, b = shard_bounds(len(x), self.size)[self.rank]
+        sums = evaluation_sums(self.model, x[a:b], y[a:b], batch_size)    # loss sum, hits, count
+        self.comm.allreduce(sums)                        # hits < 0: not a classifier
+        return mean_loss_and_accuracy(sums)
 
     def close(self) -> None:
         for layer in self._bn:
             layer.sync = None
-        if self._blas is not None:
-            self._blas.restore_original_limits()
-            self._blas = None
+        self._blas.close()
         if self.local is not None:
             self.local.close()
             self.local = None

@@ -1,159 +1,162 @@
-"""How a global batch becomes one optimizer step, in one process.
+"""The engine contract the training loop talks to, and the in-process engine.
 
-The same arithmetic runs in the data-parallel engine (``dpnn.workers``): a batch is cut
-into shards, each shard's gradient of (sum of its losses) / (global batch size) is
-computed, the shard gradients are summed in a fixed order, then weight decay, clipping
-and the optimizer step follow. ``LocalEngine`` is the in-process version that
-``Model.fit(workers=1)`` uses; ``dpnn.workers.DataParallel`` has the same ``train_step``.
+Three engines implement :class:`Engine`: :class:`LocalEngine` (this process),
+``dpnn.workers.DataParallel`` (worker processes sharing memory) and
+``dpnn.distributed.DistributedEngine`` (MPI ranks, each with its node's workers). All of
+them run the one recipe of :mod:`dpnn.recipe`, so they give the same result: to float32
+rounding in general, bitwise with ``deterministic=True`` for any worker or rank count.
 """
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-
-DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
-
-
-@dataclass
-class StepStats:
-    """What one training step reports (sums, so shards and steps add up exactly)."""
-    loss_sum: float                  # sum of per-sample losses over the global batch
-    correct: int                     # samples whose argmax matched the label (-1: no accuracy)
-    count: int                       # samples in the global batch
-    grad_norm: float = 0.0           # global gradient norm before clipping
-    times: dict = field(default_factory=dict)   # seconds: compute, wait, reduce, optimizer
+from . import threads
+from .recipe import (DETERMINISTIC_SHARDS, StepStats, combine_shards, count_correct,  # noqa: F401
+                     loss_sum, run_shard, shard_bounds, shard_gradients)
 
 
-def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
-    """Split range(n) into ``parts`` contiguous (start, stop) pieces, sizes differing by <= 1."""
-    base, extra = divmod(n, parts)
-    bounds, start = [], 0
-    for k in range(parts):
-        stop = start + base + (1 if k < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+@dataclass(frozen=True)
+class EngineInfo:
+    """What actually runs: printed by ``fit`` before training, passed to ``on_train_begin``."""
+    kind: str                        # 'in-process', 'shared-memory' or 'mpi'
+    workers: int                     # worker processes per rank (1: the rank's own process)
+    threads_per_worker: int | None   # BLAS threads per worker (None: BLAS's own default)
+    ranks: int = 1                   # MPI ranks
+    deterministic: bool = False
+    rank: int = 0                    # this process's MPI rank (0 prints and writes files)
+    seed: int | None = None          # MPI: the seed every rank uses (rank 0's); else None
+
+    def __str__(self) -> str:
+        t = self.threads_per_worker
+        blas = f"{t} BLAS thread{'s' * (t != 1)}" if t else "BLAS default threads"
+        where = "in this process" if self.kind == "in-process" else (
+            f"{self.workers} worker process{'es' * (self.workers != 1)}")
+        text = f"{where} x {blas}"
+        if self.ranks > 1:
+            text = f"{self.ranks} MPI ranks, each {text}"
+        return text + (", deterministic" if self.deterministic else "")
+
+    def as_logs(self) -> dict:
+        return {"engine": self.kind, "workers": self.workers,
+                "threads_per_worker": self.threads_per_worker, "ranks": self.ranks}
 
 
-def count_correct(logits: np.ndarray, y: np.ndarray) -> int:
-    """Number of argmax hits, for integer labels (N,) or one-hot (N, K); -1 if not a classifier."""
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        return -1
-    y = np.asarray(y)
-    labels = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] == logits.shape[1] else y.reshape(-1)
-    return int((logits.argmax(axis=1) == labels).sum())
+class Engine(Protocol):
+    """How ``fit`` trains, whoever computes: every engine has exactly these five methods.
 
-
-def shard_gradients(model, x: np.ndarray, y: np.ndarray, denominator: int,
-                    keys: np.ndarray | None) -> tuple[float, int]:
-    """Forward + backward on one shard; the model's grads get d(sum loss)/d(params) / denominator.
-
-    The shard runs in the pieces :meth:`Model.micro_batches` gives (cache blocking); every
-    piece divides by the same ``denominator``, so their gradients simply add up.
+    ``train_step(x, y, keys)`` one optimizer step on a global batch (keys: (N,) uint64 Dropout
+    keys) -> StepStats of sums; ``evaluate(x, y, batch_size)`` -> (mean loss, accuracy);
+    ``sync_state()`` at an epoch's end, bring every copy of the model into agreement;
+    ``close()`` stop processes, free shared memory, leave the model usable in this process;
+    ``describe()`` -> EngineInfo.
     """
-    parts = model.micro_batches(len(x))
-    if len(parts) == 1:
-        return _piece_gradients(model, x, y, denominator, keys)
-    if keys is None:
-        keys = model.next_sample_keys(len(x))
-    dest, loss_sum, correct = model.grads, 0.0, 0
-    try:
-        for k, (a, b) in enumerate(parts):
-            if k == 1:                                 # later pieces: into scratch, then added
-                model.bind_grads(model.grad_scratch())
-            ls, c = _piece_gradients(model, x[a:b], y[a:b], denominator, keys[a:b])
-            if k:
-                dest += model.grads
-            loss_sum, correct = loss_sum + ls, add_correct(correct, c)
-    finally:
-        model.bind_grads(dest)
-    return loss_sum, correct
+
+    def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats: ...
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]: ...
+    def sync_state(self) -> None: ...
+    def close(self) -> None: ...
+    def describe(self) -> EngineInfo: ...
 
 
-def _piece_gradients(model, x, y, denominator, keys) -> tuple[float, int]:
-    out = model.forward(x, training=True, sample_keys=keys)
-    model.loss.forward(out, y)
-    model.backward(model.loss.backward(denominator))
-    return float(model.loss.per_sample.astype(np.float64).sum()), count_correct(out, y)
+def evaluation_sums(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(3,) float64 [loss sum, hits (-1: not a classifier), samples] of the model on (x, y)."""
+    sums = np.zeros(3, np.float64)
+    for a in range(0, len(x), batch_size):
+        out = model.predict(x[a:a + batch_size], batch_size)
+        value = model.loss.forward(out, y[a:a + batch_size])
+        hits = count_correct(out, y[a:a + batch_size])
+        sums[0] += loss_sum(model.loss, value, len(out))
+        sums[1] = -1 if hits < 0 or sums[1] < 0 else sums[1] + hits
+        sums[2] += len(out)
+    return sums
 
 
-def sum_in_order(slots: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = slots[0] + slots[1] + ... in this fixed order (the order makes results bitwise stable)."""
-    np.copyto(out, slots[0])
-    for s in slots[1:]:
-        out += s
-    return out
-
-
-def average_state(slots: np.ndarray, counts, out: np.ndarray) -> np.ndarray:
-    """out = sum_k counts[k]/sum(counts) * slots[k], in order: per-shard BatchNorm running stats.
-
-    Each shard started from the same running statistics and the update is linear in the
-    batch statistics, so this equals one update with the sample-weighted shard statistics.
-    """
-    total = float(sum(counts))
-    out[...] = 0
-    for s, c in zip(slots, counts):
-        if c:
-            out += np.float32(c / total) * s
-    return out
-
-
-def add_correct(a: int, b: int) -> int:
-    """Accumulate argmax hits; -1 (not a classifier) is sticky."""
-    return -1 if a < 0 or b < 0 else a + b
+def mean_loss_and_accuracy(sums: np.ndarray) -> tuple[float, float]:
+    """(mean loss, accuracy or nan) from :func:`evaluation_sums` (possibly added over ranks)."""
+    n = sums[2]
+    acc = sums[1] / n if sums[1] >= 0 and n else math.nan
+    return float(sums[0] / n) if n else math.nan, float(acc)
 
 
 class LocalEngine:
-    """In-process training steps; deterministic mode uses the same shard decomposition as workers."""
+    """In-process training steps; deterministic mode runs the same fixed shards as the workers.
 
-    def __init__(self, model, deterministic: bool = False) -> None:
+    ``threads_per_worker`` limits this process's BLAS threads while the engine is open
+    (deterministic mode: 1, because GEMM results can depend on the thread count).
+    """
+
+    def __init__(self, model, deterministic: bool = False, threads_per_worker: int | None = None) -> None:
         self.model, self.deterministic = model, deterministic
+        self.threads_per_worker = threads.local_threads(threads_per_worker, deterministic)
         self._slots: np.ndarray | None = None
-        self._blas = None      # threadpoolctl controller, created on the first deterministic step
+        self._limit = threads.blas_limit(self.threads_per_worker)
+
+    def describe(self) -> EngineInfo:
+        return EngineInfo("in-process", 1, self.threads_per_worker or threads.current_blas_threads(),
+                          1, self.deterministic)
 
     def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
         m, n = self.model, len(x)
         t0 = time.perf_counter()
         if not self.deterministic:
-            loss_sum, correct = shard_gradients(m, x, y, n, keys)
+            total, correct = shard_gradients(m, x, y, n, keys)
         else:
-            parts = shard_bounds(n, DETERMINISTIC_SHARDS)
-            if self._slots is None:
-                self._slots = np.zeros((DETERMINISTIC_SHARDS, m.grads.size), np.float32)
-                self._state_slots = np.zeros((DETERMINISTIC_SHARDS, m.state.size), np.float32)
-            state0 = m.state.copy()
-            loss_sum, correct = 0.0, 0
-            with self._one_blas_thread():
-                for k, (a, b) in enumerate(parts):
-                    self._slots[k] = 0
-                    if b > a:
-                        m.state[...] = state0
-                        ls, c = shard_gradients(m, x[a:b], y[a:b], n, None if keys is None else keys[a:b])
-                        self._slots[k], self._state_slots[k] = m.grads, m.state
-                        loss_sum, correct = loss_sum + ls, add_correct(correct, c)
-            sum_in_order(self._slots, m.grads)
-            if m.state.size:
-                average_state(self._state_slots, [b - a for a, b in parts], m.state)
+            total, correct = self._deterministic_gradients(x, y, keys)
         t1 = time.perf_counter()
         norm = m.apply_gradients()
         t2 = time.perf_counter()
-        return StepStats(loss_sum, correct, n, norm,
+        return StepStats(total, correct, n, norm,
                          {"compute": t1 - t0, "wait": 0.0, "reduce": 0.0, "optimizer": t2 - t1})
 
-    def _one_blas_thread(self):
-        """Limit BLAS to one thread, like every deterministic worker: GEMM results (not only their
-        speed) can depend on the thread count, and deterministic results must not."""
-        if self._blas is None:
-            from threadpoolctl import ThreadpoolController
-            self._blas = ThreadpoolController()
-        return self._blas.limit(limits=1, user_api="blas")
+    def _deterministic_gradients(self, x, y, keys) -> tuple[float, int]:
+        m, n = self.model, len(x)
+        if self._slots is None or self._slots.shape[1] != m.grads.size:
+            self._slots = np.zeros((DETERMINISTIC_SHARDS, m.grads.size), np.float32)
+            self._state_slots = np.zeros((DETERMINISTIC_SHARDS, m.state.size), np.float32)
+        state0, grads = m.state.copy(), m.grads
+        results = []
+        try:
+            for k, (a, b) in enumerate(shard_bounds(n, DETERMINISTIC_SHARDS)):
+                m.bind_grads(self._slots[k])
+                results.append(run_shard(m, k, x[a:b], y[a:b], n, None if keys is None else keys[a:b],
+                                         state0))
+                self._state_slots[k] = m.state
+        finally:
+            m.bind_grads(grads)
+        return combine_shards(results, self._slots, self._state_slots, m.grads, m.state)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
+        return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
 
     def sync_state(self) -> None:
         """Nothing to gather in one process (the model's state is already current)."""
 
     def close(self) -> None:
-        pass
+        self._limit.close()
+
+
+def make_engine(model, workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
+                backend=None, seed: int | None = None, **options) -> Engine:
+    """The engine ``fit`` asked for: MPI ranks when ``backend='mpi'`` (or a Communicator; they
+    agree on rank 0's ``seed``), else shared-memory workers for ``workers`` > 1, else this
+    process (where the worker-process options have nothing to do)."""
+    from .comm import Communicator
+    if backend == "mpi" or isinstance(backend, Communicator):
+        from .distributed import DistributedEngine
+        return DistributedEngine(model, backend, workers=workers, threads_per_worker=threads_per_worker,
+                                 deterministic=deterministic, seed=seed, **options)
+    if backend not in (None, "local"):
+        raise ValueError(f"backend must be None, 'local' or 'mpi', got {backend!r}")
+    n = threads.resolve_workers(1 if workers is None else workers,
+                                oversubscribe=options.get("oversubscribe", False))
+    if n == 1:
+        return LocalEngine(model, deterministic=deterministic, threads_per_worker=threads_per_worker)
+    from .workers import DataParallel
+    options.pop("check_every", None)
+    return DataParallel(model, workers=n, threads_per_worker=threads_per_worker,
+                        deterministic=deterministic, **options)

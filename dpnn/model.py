@@ -1,6 +1,8 @@
 """Model: a stack of layers whose parameters live in one flat float32 buffer."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from .flat import FlatLayout
@@ -54,6 +56,8 @@ class Model:
         self._forward_calls = 0
         self.micro_batch: int | None = None    # see micro_batches(); set by compile()
         self._grad_scratch: np.ndarray | None = None
+        self.owner = None          # the DataParallel whose workers share this model's memory, if any
+        self.progress = None       # dpnn.training.Progress after each completed step of fit
 
     # -- structure ------------------------------------------------------------------------
     def add(self, layer: Layer) -> "Model":
@@ -111,6 +115,25 @@ class Model:
         self.param_layout.bind(self.layers, grads, "grads", copy=False)
         self.grads = grads
 
+    def portable(self) -> "Model":
+        """This model for a worker process: copies of the user's own layer and loss objects
+        (every attribute kept), without parameter arrays, optimizer or callbacks. The worker
+        binds it to shared memory with :meth:`bind`; nothing is re-created from a config."""
+        assert self.built, "build the model first"
+        clone = copy.copy(self)
+        clone.layers = [layer.portable() for layer in self.layers]
+        clone.params = clone.grads = clone.state = None
+        clone.optimizer = clone.owner = clone.progress = clone._grad_scratch = None
+        clone.callbacks = None
+        return clone
+
+    def check_not_owned(self, action: str) -> None:
+        """Refuse ``action`` while an open DataParallel's workers share this model's memory."""
+        if self.owner is not None and not getattr(self.owner, "_closed", True):
+            raise RuntimeError(f"cannot {action}: this model belongs to an open DataParallel (its "
+                               "workers share its parameters); train through it (dp.train_step) "
+                               "or close it first (dp.close(), or leave its `with` block)")
+
     def grad_scratch(self) -> np.ndarray:
         """A private flat gradient vector, for summing micro-batch gradients (allocated once)."""
         if self._grad_scratch is None or self._grad_scratch.shape != (self.param_layout.size,):
@@ -135,8 +158,14 @@ class Model:
         return make_sample_keys(self.seed or 0, self._forward_calls, np.arange(n))
 
     def _ensure_built(self, x: np.ndarray) -> None:
-        if not self.built:
+        if self.built:
+            return
+        try:
             self.build(x.shape)
+        except ValueError as e:
+            hint = (f" (building it for samples of shape {tuple(x.shape[1:])}, from a batch of shape "
+                    f"{tuple(x.shape)}: if that is one sample, add the batch axis with x[None])")
+            raise ValueError(f"{e}{hint}") from None
 
     def check_input(self, x) -> np.ndarray:
         """Validate and convert an input batch to float32 (N, ...) matching the built model."""
@@ -149,6 +178,10 @@ class Model:
             hint = ""
             if x.shape[1:] == want[:-1] and want[-1] == 1:
                 hint = "; add the channel axis with x[..., None]"
+            elif tuple(x.shape) == want:
+                hint = "; that is one sample: add the batch axis with x[None]"
+            elif tuple(x.shape) == want[:-1] and want[-1] == 1:
+                hint = "; that is one single-channel sample: use x[None, ..., None]"
             raise ValueError(f"input of shape {x.shape} does not match the model, which expects "
                              f"(N, {', '.join(map(str, want))}){hint}")
         return x
@@ -175,21 +208,26 @@ class Model:
     # -- training -------------------------------------------------------------------------
     def compile(self, loss="categorical_crossentropy", optimizer="adam", lr: float | None = None,
                 weight_decay: float = 0.0, clip_norm: float | None = None,
-                micro_batch: int | None | str = "auto", **optimizer_kwargs) -> "Model":
+                micro_batch: int | None | str = "auto", metrics=None, **optimizer_kwargs) -> "Model":
         """Choose the loss, the optimizer (name or instance) and gradient regularisation.
 
         ``micro_batch``: forward + backward run on pieces of at most this many samples and
         their gradients are summed (same result up to float rounding, faster because each
         piece's activations stay in cache); None runs each shard whole; 'auto' picks
-        ``AUTO_MICRO_BATCH``.
+        ``AUTO_MICRO_BATCH``. ``metrics``: Keras's ``['accuracy']`` is accepted (accuracy is
+        always reported for classifiers); no other metric exists.
         """
+        check_metrics(metrics)
         self.loss = get_loss(loss)
         if lr is not None:
             optimizer_kwargs["lr"] = lr
         try:
             self.optimizer = get_optimizer(optimizer, **optimizer_kwargs)
         except TypeError as e:
-            raise ValueError(f"bad optimizer arguments for {optimizer!r}: {e}") from None
+            known = ", ".join(("loss", "optimizer", "lr", "weight_decay", "clip_norm", "micro_batch",
+                               "metrics"))
+            raise TypeError(f"compile(): bad optimizer arguments for {optimizer!r}: {e} (compile's own "
+                            f"arguments are {known}; the rest go to the optimizer)") from None
         if weight_decay < 0 or (clip_norm is not None and clip_norm <= 0):
             raise ValueError("weight_decay must be >= 0 and clip_norm > 0 (or None)")
         self.weight_decay, self.clip_norm = float(weight_decay), clip_norm
@@ -214,6 +252,7 @@ class Model:
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
         """One optimizer step on (x, y); returns (mean loss, accuracy or nan)."""
         from .engine import LocalEngine
+        self.check_not_owned("call train_on_batch")
         self._require_compiled()
         x = self.check_input(x)
         self._ensure_built(x)
@@ -255,6 +294,8 @@ class Model:
         return out
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
+        """Assign arrays in :meth:`get_weights` order (shapes must match)."""
+        self.check_not_owned("set_weights")
         targets = [a for layer in self.layers for a in (*layer.params.values(), *layer.state.values())]
         if len(weights) != len(targets):
             raise ValueError(f"expected {len(targets)} arrays, got {len(weights)}")
@@ -350,3 +391,14 @@ class Model:
         self.extra_arrays = {k: v for k, v in arrays.items() if "/" in k}
         io.assign_weights(self, {k: v for k, v in arrays.items() if "/" not in k}, path)
         return self
+
+
+def check_metrics(metrics) -> None:
+    """Keras's ``metrics=['accuracy']`` is fine (dpnn always reports accuracy); nothing else exists."""
+    if metrics is None:
+        return
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in names if str(m).lower() not in ("accuracy", "acc", "categorical_accuracy")]
+    if unknown:
+        raise ValueError(f"compile(metrics=...): unknown metric(s) {unknown}; dpnn reports loss and "
+                         "accuracy (for classifiers) by itself, so pass metrics=['accuracy'] or nothing")

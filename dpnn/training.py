@@ -1,14 +1,17 @@
 """The training loop behind ``Model.fit``: epochs, validation, schedules, early stopping, callbacks."""
 from __future__ import annotations
 
+import difflib
 import math
 import time
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .callbacks import CallbackList, EarlyStopping, LRScheduler
-from .engine import LocalEngine
+from .engine import Engine, make_engine
+from .preemption import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
 from .random import sample_keys
 
 
@@ -37,61 +40,102 @@ def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32, copy=False), y
 
 
-def _check_labels(model, y: np.ndarray, num_classes: int | None) -> None:
+def check_labels(model, y: np.ndarray, num_classes: int | None) -> None:
+    """Labels against the model's output, before any worker starts: class indices in range,
+    one-hot rows or targets as wide as the output."""
     k = num_classes or (model.output_shape[-1] if model.built else None)
     if k and y.ndim == 1 and y.dtype.kind in "iu" and y.size and (y.min() < 0 or y.max() >= k):
         raise ValueError(f"labels must be in [0, {k - 1}]; found values in [{y.min()}, {y.max()}]")
+    out = tuple(model.output_shape[1:])
+    if y.ndim >= 2 and tuple(y.shape[1:]) not in (out, (1,)):
+        raise ValueError(f"labels of shape {y.shape} do not match the model's output (N, "
+                         f"{', '.join(map(str, out))}); pass one-hot rows of width {out[-1]} or "
+                         "integer class labels (N,)")
 
 
-def make_engine(model, workers, threads_per_worker, deterministic, engine_options):
-    """The in-process engine for one worker, else the shared-memory data-parallel one;
-    ``backend='mpi'`` (or a ``dpnn.comm.Communicator``) spreads batches over MPI ranks."""
-    backend = engine_options.get("backend")
-    if backend == "mpi" or hasattr(backend, "allreduce"):
-        from .distributed import DistributedEngine
-        options = {k: v for k, v in engine_options.items() if k != "backend"}
-        return DistributedEngine(model, backend, workers=workers, threads_per_worker=threads_per_worker,
-                                 deterministic=deterministic, **options)
-    if workers == "auto":
-        from .workers import resolve_workers
-        workers = resolve_workers("auto")
-    if workers in (1, None) and not backend:
-        return LocalEngine(model, deterministic=deterministic)
-    from .workers import DataParallel
-    return DataParallel(model, workers=workers, threads_per_worker=threads_per_worker,
-                        deterministic=deterministic, **engine_options)
+def raw_inputs(x, y) -> np.ndarray:
+    """The inputs as the user passed them (before float conversion), for :func:`warn_unscaled`."""
+    if y is None and hasattr(x, "X"):
+        return np.asarray(x.X)
+    if y is None and isinstance(x, (tuple, list)) and len(x) == 2:
+        return np.asarray(x[0])
+    return np.asarray(x)
 
 
-def run_epoch(model, engine, X, y, batch_size, seed, epoch, shuffle, bar) -> dict:
-    """One pass over (X, y); returns {'loss', 'acc', 'samples_per_s', 'times'} for the epoch."""
+def warn_unscaled(x: np.ndarray) -> None:
+    """Integer images in 0-255 train, but slowly and unstably: say so once."""
+    if x.dtype.kind in "iu" and x.size and x.max() > 1:
+        warnings.warn(f"the inputs are {x.dtype} with values up to {x.max()}: dpnn trains on them as "
+                      "given; scale them first (e.g. X / 255.0) for faster, stabler training",
+                      UserWarning, stacklevel=4)
+
+
+# Options of the engines that fit passes on (DataParallel's, then DistributedEngine's).
+ENGINE_OPTIONS = frozenset({"backend", "sync_batchnorm", "start_method", "max_restarts", "pin",
+                            "shard_optimizer", "oversubscribe", "worker_timeout", "check_every"})
+FIT_ALIASES = {"validation_data": "val_data"}          # Keras's names
+
+
+def check_options(options: dict) -> dict:
+    """Keras aliases mapped; an unknown keyword is a TypeError naming fit and close matches."""
+    import inspect
+    known = set(inspect.signature(fit).parameters) - {"model", "x", "y", "engine_options"}
+    out = {}
+    for key, value in options.items():
+        name = FIT_ALIASES.get(key, key)
+        if name in ENGINE_OPTIONS or name in FIT_ALIASES.values():
+            out[name] = value
+            continue
+        close = difflib.get_close_matches(key, sorted(known | ENGINE_OPTIONS | set(FIT_ALIASES)), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise TypeError(f"fit() got an unexpected keyword argument {key!r}{hint}")
+    return out
+
+
+def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar,
+              signals: DeferredSignals, start: Progress | None = None) -> dict:
+    """One pass over (X, y), from ``start`` (a step inside this epoch) if given; returns
+    {'loss', 'acc', 'samples_per_s', 'time', 'times'}. ``model.progress`` follows every step."""
     n = len(X)
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+    p = start or Progress(epoch)
+    t0 = time.perf_counter() - p.elapsed
     times = {"compute": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
-    for step, start in enumerate(range(0, n, batch_size)):
-        idx = order[start:start + batch_size]
+    if bar is not None and p.seen:
+        bar.update(p.seen)
+    for step, first in enumerate(range(0, n, batch_size)):
+        if step < p.step:
+            continue
+        signals.check(p)
+        idx = order[first:first + batch_size]
         stats = engine.train_step(X[idx], y[idx], sample_keys(seed, epoch, idx))
         if not math.isfinite(stats.loss_sum):
             raise TrainingDiverged(f"the loss became {stats.loss_sum} at epoch {epoch + 1}, step "
                                    f"{step + 1}; lower the learning rate or set clip_norm")
-        loss_sum, seen = loss_sum + stats.loss_sum, seen + stats.count
-        correct = -1 if stats.correct < 0 or correct < 0 else correct + stats.correct
+        correct = -1 if stats.correct < 0 or p.correct < 0 else p.correct + stats.correct
+        p = Progress(epoch, step + 1, p.loss_sum + stats.loss_sum, correct, p.seen + stats.count,
+                     time.perf_counter() - t0)
+        model.progress = p
         for k in times:
             times[k] += stats.times.get(k, 0.0)
         if bar is not None:
-            bar.update(stats.count)
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            post = {"loss": f"{loss_sum / seen:.4f}", "samples/s": f"{rate:,.0f}"}
-            if correct >= 0:
-                post["acc"] = f"{correct / seen:.4f}"
-            if getattr(engine, "workers", 1) > 1:
-                total = sum(times.values()) or 1.0
-                post["step"] = " ".join(f"{k[:4]} {100 * v / total:.0f}%" for k, v in times.items())
-            bar.set_postfix(post, refresh=False)
+            show_progress(bar, p, stats.count, times, engine_parallel=engine.describe().workers > 1)
         model.callbacks.on_batch_end(step, {"loss": stats.loss_sum / stats.count})
     elapsed = time.perf_counter() - t0
-    return {"loss": loss_sum / max(seen, 1), "acc": correct / seen if correct >= 0 and seen else float("nan"),
-            "samples_per_s": seen / max(elapsed, 1e-9), "time": elapsed, "times": times}
+    seen = max(p.seen, 1)
+    return {"loss": p.loss_sum / seen, "acc": p.correct / seen if p.correct >= 0 and p.seen else math.nan,
+            "samples_per_s": p.seen / max(elapsed, 1e-9), "time": elapsed, "times": times}
+
+
+def show_progress(bar, p: Progress, count: int, times: dict, engine_parallel: bool) -> None:
+    bar.update(count)
+    post = {"loss": f"{p.loss_sum / p.seen:.4f}", "samples/s": f"{p.seen / max(p.elapsed, 1e-9):,.0f}"}
+    if p.correct >= 0:
+        post["acc"] = f"{p.correct / p.seen:.4f}"
+    if engine_parallel:
+        total = sum(times.values()) or 1.0
+        post["step"] = " ".join(f"{k[:4]} {100 * v / total:.0f}%" for k, v in times.items())
+    bar.set_postfix(post, refresh=False)
 
 
 def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes: int | None = None,
@@ -100,20 +144,35 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         lr_schedule: str | None = None, lr_factor: float = 0.5, lr_patience: int = 2,
         lr_min: float = 1e-6, callbacks=None, seed: int | None = None, verbose: int = 1,
         workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
-        initial_epoch: int = 0, history: dict | None = None, **engine_options) -> dict:
+        initial_epoch: int = 0, history: dict | None = None, progress: Progress | None = None,
+        **engine_options) -> dict:
     """Train ``model``; returns ``{'loss', 'acc', 'val_loss', 'val_acc', 'lr'}`` lists per epoch.
 
     ``workers=N`` (or ``'auto'``) trains with the shared-memory data-parallel engine;
     ``workers=1`` stays in this process. With the same ``seed`` and ``batch_size`` the
     result does not depend on the worker count (bitwise with ``deterministic=True``).
-    ``initial_epoch``/``history`` continue an earlier run (used by ``--resume``).
+    ``validation_data`` is Keras's name for ``val_data``. SIGINT/SIGTERM stop training after
+    the step in flight with :class:`TrainingInterrupted`; ``initial_epoch``/``history``/
+    ``progress`` continue an earlier run from an epoch or from a step inside it.
+    Engine options (``backend='mpi'``, ``sync_batchnorm``, ``start_method``, ``max_restarts``,
+    ``pin``, ``shard_optimizer``, ``oversubscribe``, ``worker_timeout``, ``check_every``) go to
+    the engine; any other keyword is a TypeError.
     """
+    options = check_options(engine_options)
+    if "val_data" in options:
+        if val_data is not None:
+            raise TypeError("fit() got both val_data and validation_data; pass one of them")
+        val_data = options.pop("val_data")
+    model.check_not_owned("fit")
     model._require_compiled()
     X, Y = as_arrays(x, y)
     if not isinstance(epochs, int) or epochs < 0 or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("epochs must be an int >= 0 and batch_size an int >= 1")
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+    if progress is not None and progress.epoch != initial_epoch:
+        raise ValueError(f"progress is inside epoch {progress.epoch}, but initial_epoch={initial_epoch}")
+    warn_unscaled(raw_inputs(x, y))
     if val_data is None and validation_split:
         cut = len(X) - int(round(len(X) * validation_split))
         X, Y, val_data = X[:cut], Y[:cut], (X[cut:], Y[cut:])
@@ -123,7 +182,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         val_data = as_arrays(val_data)
     X = model.check_input(X)
     model._ensure_built(X[:1])
-    _check_labels(model, Y, num_classes)
+    check_labels(model, Y, num_classes)
+    if val_data is not None:
+        val_data = (model.check_input(val_data[0]), val_data[1])
+        check_labels(model, val_data[1], num_classes)
     seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
     history = history if history is not None else {k: [] for k in ("loss", "acc", "val_loss", "val_acc", "lr")}
     cbs = list(callbacks or [])
@@ -133,30 +195,34 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         cbs.append(EarlyStopping(patience=patience, min_delta=min_delta))
     model.callbacks = CallbackList(cbs, model)
     model.stop_training = False
-    engine = make_engine(model, workers, threads_per_worker, deterministic, engine_options)
-    try:
-        comm = getattr(engine, "comm", None)
-        if comm is not None:   # ranks: one shuffle for all (rank 0's seed); rank 0 alone prints
-            seed, verbose = comm.bcast_object(seed), verbose if comm.rank == 0 else 0
-        _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
-               initial_epoch, history)
-    finally:
-        engine.close()
+    with DeferredSignals(verbose=bool(verbose)) as signals:
+        engine = make_engine(model, workers, threads_per_worker, deterministic, seed=seed, **options)
+        try:
+            info = engine.describe()
+            if info.seed is not None:                  # MPI: every rank uses rank 0's seed
+                seed = info.seed
+            verbose = verbose if info.rank == 0 else 0    # rank 0 alone prints
+            if verbose:
+                tqdm.write(f"training {len(X):,} samples, {epochs - initial_epoch} "
+                           f"epoch{'s' * (epochs - initial_epoch != 1)}, on {info}")
+            _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
+                   initial_epoch, history, signals, progress)
+        finally:
+            engine.close()
     return history
 
 
-def _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
-           initial_epoch, history) -> None:
+def _train(model, engine: Engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
+           initial_epoch, history, signals: DeferredSignals, progress: Progress | None) -> None:
     cbs = model.callbacks
-    cbs.on_train_begin({"workers": getattr(engine, "workers", 1),
-                        "threads_per_worker": getattr(engine, "threads_per_worker", None),
-                        "ranks": getattr(engine, "size", 1)})
+    cbs.on_train_begin(engine.describe().as_logs())
     for epoch in range(initial_epoch, epochs):
         cbs.on_epoch_begin(epoch, {})
         bar = tqdm(total=len(X), desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
                    leave=True, disable=not verbose, dynamic_ncols=True)
         try:
-            logs = run_epoch(model, engine, X, Y, batch_size, seed, epoch, shuffle, bar)
+            logs = run_epoch(model, engine, X, Y, batch_size, seed, epoch, shuffle, bar, signals,
+                             progress if epoch == initial_epoch else None)
         except TrainingDiverged:
             cbs.on_diverged()
             raise
@@ -164,7 +230,7 @@ def _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, ver
             bar.close()
         engine.sync_state()
         if val_data is not None:
-            logs["val_loss"], logs["val_acc"] = getattr(engine, "evaluate", model.evaluate)(*val_data)
+            logs["val_loss"], logs["val_acc"] = engine.evaluate(*val_data)
         logs["lr"] = model.optimizer.lr
         for k in ("loss", "acc", "val_loss", "val_acc", "lr"):
             history.setdefault(k, []).append(float(logs.get(k, float("nan"))))
@@ -173,6 +239,9 @@ def _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, ver
             tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, acc {logs['acc']:.4f}"
                        f"{extra}, {logs['samples_per_s']:,.0f} samples/s")
         cbs.on_epoch_end(epoch, logs)
+        model.progress = Progress(epoch + 1)
         if model.stop_training:
             break
+        if epoch + 1 < epochs:
+            signals.check(model.progress)
     cbs.on_train_end({})

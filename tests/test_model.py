@@ -344,29 +344,7 @@ def test_batchnorm_running_statistics_are_trained_saved_and_loaded(tmp_path):
     np.testing.assert_array_equal(loaded.predict(X), model.predict(X))
 
 
-# -- threads and determinism ---------------------------------------------------------------------
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
-
-
-def env_after_import(**env):
-    """The BLAS thread variables a fresh interpreter sees after ``import dpnn``."""
-    clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARS
-             and k not in ("DPNN_DISABLE_AUTO_THREADS", "VECLIB_MAXIMUM_THREADS")}
-    code = ("import os, json, dpnn; print(json.dumps({k: os.environ.get(k) for k in %r}))"
-            % (THREAD_VARS,))
-    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
-                         text=True, check=True, timeout=60)
-    return json.loads(out.stdout)
-
-
-def test_import_sets_blas_threads_unless_disabled_or_already_set():
-    cores = str(len(os.sched_getaffinity(0)))
-    assert env_after_import() == {k: cores for k in THREAD_VARS}
-    assert env_after_import(DPNN_DISABLE_AUTO_THREADS="1") == {k: None for k in THREAD_VARS}
-    user = env_after_import(OMP_NUM_THREADS="1")
-    assert user["OMP_NUM_THREADS"] == "1" and user["MKL_NUM_THREADS"] == cores
-
-
+# -- determinism ---------------------------------------------------------------------------------
 def test_deterministic_mode_in_process():
     psutil = pytest.importorskip("psutil")
 

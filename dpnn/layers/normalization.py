@@ -27,6 +27,11 @@ class BatchNorm2D(Layer):
         self.momentum, self.eps = float(momentum), float(eps)
         self.sync: Callable[[np.ndarray], np.ndarray] | None = None
 
+    def portable(self) -> "BatchNorm2D":
+        clone = super().portable()
+        clone.sync = None          # the engine's hook belongs to this process
+        return clone
+
     def build(self, input_shape: tuple) -> None:
         check_rank(self, input_shape, (2, 4), "BatchNorm2D takes (N, H, W, C) or (N, C)")
         C = input_shape[-1]

@@ -31,13 +31,10 @@ READY, DONE, ERROR, ABORTED = "ready", "done", "error", "aborted"
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Everything a worker needs to rebuild the model and find the shared buffers."""
+    """Everything a worker needs to run the user's model and find the shared buffers."""
     workers: int                        # how many workers share each batch
-    layers_blob: bytes                  # cloudpickle of fresh (unbuilt) layers
-    loss_blob: bytes                    # cloudpickle of the loss object
+    model_blob: bytes                   # cloudpickle of Model.portable(): the user's own objects
     optimizer_blob: bytes | None        # cloudpickle of an array-free optimizer copy, or None
-    seed: int | None                    # the model's seed (initial values are overwritten)
-    input_shape: tuple                  # (None, H, W, C)
     layout: dict[str, Region]           # arena regions: params, grads, state, x, y, keys, ...
     prefix: str                         # every segment name starts with this
     slots: int                          # gradient slots: 8 (deterministic) or workers
@@ -47,13 +44,11 @@ class WorkerSpec:
     cpus: tuple                         # cpus[k]: logical CPUs of worker k, or None
     coordinator_pid: int                # the process to watch
     barrier_timeout: float = 600.0      # seconds a worker waits for its peers (sync BN)
-    micro_batch: int | None = None      # the model's micro-batch size (Model.micro_batches)
 
 
 def shard_slots(spec: WorkerSpec, worker_id: int) -> range:
     """The gradient slots worker ``worker_id`` fills: one, or a contiguous run of micro-shards."""
     if not spec.deterministic:
         return range(worker_id, worker_id + 1)
-    from ..engine import shard_bounds
-    a, b = shard_bounds(spec.slots, spec.workers)[worker_id]
-    return range(a, b)
+    from ..recipe import owned_slots
+    return owned_slots(spec.slots, spec.workers, worker_id)

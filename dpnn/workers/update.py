@@ -22,7 +22,7 @@ import copy
 import numpy as np
 
 from ..optim import SGD, Adam, sum_of_squares
-from .reduce import add_slots
+from ..recipe import add_slots
 
 
 def slot_keys(optimizer) -> tuple[str, ...] | None:

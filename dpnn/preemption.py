@@ -1,0 +1,86 @@
+"""Stopping between steps: SIGINT/SIGTERM during ``fit`` end the current step, then training.
+
+A preemptible machine sends SIGTERM with ~30 s notice; Ctrl-C sends SIGINT. Either one,
+during ``fit``, is held until the step in flight has finished, so the parameters and the
+optimizer state are exactly those after a completed step, and ``fit`` raises
+:class:`TrainingInterrupted` carrying a :class:`Progress` that says which step that was.
+A checkpoint of that moment resumes bitwise (``fit(..., initial_epoch=p.epoch,
+progress=p)``). A second signal stops at once.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from dataclasses import asdict, dataclass
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass
+class Progress:
+    """Where training stands after a completed step: enough to resume inside an epoch."""
+    epoch: int                 # the epoch in progress (0-based)
+    step: int = 0              # steps of that epoch completed
+    loss_sum: float = 0.0      # that epoch's running sums so far
+    correct: int = 0           # argmax hits (-1: not a classifier)
+    seen: int = 0              # samples
+    elapsed: float = 0.0       # seconds spent in the epoch's steps so far
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped ``fit`` between two steps; ``progress`` says after which."""
+
+    def __init__(self, signum: int, progress: Progress) -> None:
+        name = signal.Signals(signum).name
+        where = (f"after step {progress.step} of epoch {progress.epoch + 1}" if progress.step
+                 else f"before epoch {progress.epoch + 1}")
+        super().__init__(f"{name} received; training stopped {where}")
+        self.signum, self.progress = signum, progress
+
+
+class DeferredSignals:
+    """While open (main thread only), SIGINT/SIGTERM are held until :meth:`check`.
+
+    Signals whose handler is SIG_IGN (or not set from Python) are left alone; a second
+    signal runs the handler that was there before (Ctrl-C: KeyboardInterrupt at once).
+    """
+
+    def __init__(self, verbose: bool = True) -> None:
+        self.verbose, self.pending, self._previous = verbose, None, {}
+
+    def __enter__(self) -> "DeferredSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in SIGNALS:
+                old = signal.getsignal(s)
+                if old not in (signal.SIG_IGN, None):
+                    self._previous[s] = old
+                    signal.signal(s, self._hold)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+        if exc_type is None and self.pending is not None:   # training finished first: deliver it now
+            signal.raise_signal(self.pending)
+
+    def _hold(self, signum, frame) -> None:
+        if self.pending is not None:                  # asked twice: stop now
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
+        self.pending = signum
+        if self.verbose:
+            print(f"\ndpnn: {signal.Signals(signum).name} received; stopping after this step "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def check(self, progress: Progress) -> None:
+        """Raise TrainingInterrupted(progress) if a signal arrived since the last check."""
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise TrainingInterrupted(signum, progress)

@@ -1,4 +1,10 @@
-"""Cleans up after an MPI rank that was killed: its shared-memory workers and segments.
+"""Cleans up after dead processes: the shared-memory segments they left, and killed MPI ranks.
+
+Segment names are written and read here alone: ``dpnn_<pid>_s<start>n<ns>_<random>_<array>_<n>``,
+where ``<pid>`` is the coordinator, ``<start>`` its start time (clock ticks since boot, from
+/proc) and ``<ns>`` its PID namespace, so a later run can tell a dead owner's leftovers
+(:func:`sweep_stale`) even when the pid was reused. Segments of a live owner, of another PID
+namespace (containers sharing /dev/shm) or without these fields are never touched.
 
 When one rank dies, MPI's launcher (hydra) SIGKILLs the process group of every other rank:
 the coordinator *and* its workers, so neither can unlink the node's shared memory. A
@@ -11,11 +17,81 @@ Run as a script (``python dpnn/janitor.py PID PGID [SEGMENT...]``), so it starts
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 
 SHM_DIR = "/dev/shm"
+SEGMENT_PREFIX = "dpnn"
+
+
+def process_start(pid: int) -> int | None:
+    """Start time of process ``pid`` in clock ticks since boot; None if gone or unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19]) if fields[0] not in "ZX" else None     # field 22 of proc(5)
+
+
+def pid_namespace() -> int:
+    """This process's PID namespace (an inode number); 0 if unknown."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def run_prefix(pid: int | None = None) -> str:
+    """The start of every segment name of one run coordinated by ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{SEGMENT_PREFIX}_{pid}_s{process_start(pid) or 0}n{pid_namespace()}_{secrets.token_hex(4)}"
+
+
+def segment_owner(name: str) -> tuple[int, int, int] | None:
+    """(pid, start time, PID namespace) of the process that made segment ``name`` (0: unknown);
+    None if the name is not dpnn's."""
+    parts = name.split("_")
+    if len(parts) < 3 or parts[0] != SEGMENT_PREFIX or not parts[1].isdigit():
+        return None
+    start, _, ns = parts[2][1:].partition("n") if parts[2].startswith("s") else ("", "", "")
+    return int(parts[1]), int(start) if start.isdigit() else 0, int(ns) if ns.isdigit() else 0
+
+
+def owner_alive(pid: int, start: int) -> bool:
+    """Whether process ``pid`` (started at ``start``; 0: unknown) still runs; zombies are dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:         # another user's process: alive, and not ours to judge
+        return True
+    now = process_start(pid)
+    if now is None:
+        return not os.path.exists(f"/proc/{pid}")       # a zombie, or no /proc to ask
+    return not start or now == start
+
+
+def sweep_stale(shm_dir: str = SHM_DIR) -> dict[int, int]:
+    """Unlink dpnn segments whose owner is dead; returns {owner pid: segments removed}."""
+    removed: dict[int, int] = {}
+    try:
+        names = os.listdir(shm_dir)
+    except OSError:
+        return removed
+    here = pid_namespace()
+    for name in sorted(names):
+        owner = segment_owner(name)
+        if owner is None or not here or owner[2] != here or owner_alive(*owner[:2]):
+            continue
+        try:
+            os.unlink(os.path.join(shm_dir, name))
+        except OSError:             # someone else swept it first, or not ours to remove
+            continue
+        removed[owner[0]] = removed.get(owner[0], 0) + 1
+    return removed
 
 
 def mapped_segments(pid: int, prefix: str) -> list[str]:
@@ -60,7 +136,7 @@ def clean(pid: int, pgid: int, extra: list[str] = ()) -> int:
             pass
     removed = 0
     try:
-        names = [n for n in os.listdir(SHM_DIR) if n.startswith(f"dpnn_{pid}_")]
+        names = [n for n in os.listdir(SHM_DIR) if (segment_owner(n) or (0,))[0] == pid]
     except OSError:
         names = []
     names += [n for n in extra if "/" not in n]

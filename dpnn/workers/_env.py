@@ -1,11 +1,15 @@
-"""Process start-up details: the start method and the BLAS environment children inherit."""
+"""Process start-up details: the start method, the fork server, the BLAS environment children
+inherit, and signals held while a process is being launched."""
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 
-from .._threads import BLAS_THREAD_VARS
+import psutil
+
+from ..threads import BLAS_THREAD_VARS
 
 START_METHODS = ("forkserver", "spawn")
 PRELOAD = ["dpnn.workers.worker"]      # imported once by the fork server, inherited by workers
@@ -45,8 +49,41 @@ def start_context(method: str):
                          "(fork is unsafe once BLAS has started threads)")
     ctx = mp.get_context(method)
     if method == "forkserver":
-        from multiprocessing import forkserver
         ctx.set_forkserver_preload(PRELOAD)
-        with blas_environment(1):
-            forkserver.ensure_running()
+        ensure_forkserver()
     return ctx
+
+
+def forkserver_pid() -> int | None:
+    """The pid of this process's fork server (None before the first start)."""
+    from multiprocessing import forkserver
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+def forkserver_alive() -> bool:
+    pid = forkserver_pid()
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def ensure_forkserver() -> int | None:
+    """Start the fork server, or a new one if it died (multiprocessing reaps the old one); its pid.
+
+    Started with one BLAS thread, so forking it never copies a running thread pool."""
+    from multiprocessing import forkserver
+    with blas_environment(1):
+        forkserver.ensure_running()
+    return forkserver_pid()
+
+
+@contextlib.contextmanager
+def deferred_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Hold ``signals`` until the block ends: an interrupt then never lands half-way through
+    launching a process (a child reading a truncated start-up message prints a traceback)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

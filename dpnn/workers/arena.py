@@ -4,8 +4,9 @@ The coordinator *owns* the arena: it creates every segment (after checking that 
 has room), and unlinks them all on every way out (``unlink``, also run by a finalizer at
 interpreter exit). Workers *attach* to the same names. If the coordinator is killed with
 SIGKILL it cannot unlink, so a worker that notices calls :func:`unlink_prefix`: every
-segment name starts with ``dpnn_<coordinator pid>_<random>_``, which also makes leftovers
-easy to recognise in ``/dev/shm``.
+segment name starts with ``dpnn_<coordinator pid>_...`` (:func:`dpnn.janitor.run_prefix`).
+If the workers were killed too, the next arena created on this machine removes the
+leftovers (:func:`dpnn.janitor.sweep_stale`: only segments whose owner is dead).
 
 Resource tracker, Python < 3.13: a process that attaches to a segment registers it with the
 resource tracker, which would unlink it when that process exits. Workers started by
@@ -15,8 +16,8 @@ makes the tracker print a KeyError). On 3.13+ workers attach with ``track=False`
 """
 from __future__ import annotations
 
+import logging
 import os
-import secrets
 import sys
 import weakref
 from dataclasses import dataclass
@@ -29,8 +30,10 @@ except ImportError:        # Windows: no POSIX shared memory names to unlink
 
 import numpy as np
 
+from ..janitor import run_prefix, sweep_stale
+
 SHM_DIR = "/dev/shm"
-NAME_PREFIX = "dpnn"
+log = logging.getLogger("dpnn.workers")
 
 
 class SharedMemoryError(OSError):
@@ -130,8 +133,14 @@ class SharedArena:
     @classmethod
     def create(cls, regions: dict[str, tuple[tuple, str]], what: str = "parameters, gradients "
                "and the batch") -> "SharedArena":
-        """Allocate every region (zero-filled) after one free-space check for their total."""
-        arena = cls(f"{NAME_PREFIX}_{os.getpid()}_{secrets.token_hex(4)}", owner=True)
+        """Allocate every region (zero-filled) after one free-space check for their total.
+
+        First remove what dead runs left in /dev/shm (their owners can no longer do it)."""
+        swept = sweep_stale()
+        if swept:
+            log.warning("dpnn: removed %d shared-memory segment(s) left in %s by dead process(es) %s",
+                        sum(swept.values()), SHM_DIR, ", ".join(map(str, sorted(swept))))
+        arena = cls(run_prefix(), owner=True)
         check_room(sum(Region("", tuple(s), d).nbytes for s, d in regions.values()), what)
         try:
             for name, (shape, dtype) in regions.items():

@@ -13,6 +13,7 @@ float32 rounding in general, bitwise with ``deterministic=True`` for any worker 
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -43,6 +44,10 @@ from .topology import plan_placement, resolve_workers
 SHARD_FROM = 4
 
 
+log = logging.getLogger("dpnn.workers")
+WORKER_TIMEOUT_S = 300.0    # default: a worker silent this long in a step is stopped or stuck
+
+
 class DataParallel:
     """Train ``model`` with ``workers`` processes sharing its parameters; a context manager.
 
@@ -66,7 +71,8 @@ class DataParallel:
     def __init__(self, model, workers: int | str = "auto", threads_per_worker: int | None = None,
                  deterministic: bool = False, sync_batchnorm: bool = False,
                  start_method: str | None = None, max_restarts: int = 3, pin: bool = True,
-                 shard_optimizer: bool | str = "auto") -> None:
+                 shard_optimizer: bool | str = "auto",
+                 worker_timeout: float | None = WORKER_TIMEOUT_S) -> None:
         n = resolve_workers(workers)
         if deterministic and n > DETERMINISTIC_SHARDS:
             if workers != "auto":
@@ -87,6 +93,9 @@ class DataParallel:
         if shard_optimizer not in (True, False, "auto"):
             raise ValueError(f"shard_optimizer must be True, False or 'auto', got {shard_optimizer!r}")
         self.max_restarts = max_restarts
+        if worker_timeout is not None and not worker_timeout > 0:
+            raise ValueError(f"worker_timeout must be a number of seconds > 0 or None, got {worker_timeout!r}")
+        self.worker_timeout = worker_timeout        # a worker silent this long is killed and replaced
         self.shard_optimizer = n >= SHARD_FROM if shard_optimizer == "auto" else shard_optimizer
         self.slots = DETERMINISTIC_SHARDS if deterministic else n
         self.startup_time: float | None = None      # seconds from start() to every worker ready
@@ -293,7 +302,7 @@ class DataParallel:
             self._in_flight = True
             self.pool.send_all((kind, self._attempt, *args))
             t_sent = time.perf_counter()
-            done, dead, errors = self.pool.gather(self._attempt)
+            done, dead, errors = self.pool.gather(self._attempt, self.worker_timeout)
             # with synchronised BatchNorm, peers of a failed worker may still be mid-step
             self._in_flight = self.pool.barrier is not None and bool(dead or errors)
             if errors:
@@ -304,20 +313,24 @@ class DataParallel:
                                   f"stopped. Its traceback:\n{errors[k]}")
             if not dead:
                 return done, t_sent
-            self._respawn_dead(dead)
+            self._respawn_dead(dead, redo=True)
 
-    def _respawn_dead(self, dead: set[int]) -> None:
+    def _respawn_dead(self, dead: set[int], redo: bool = False) -> None:
+        """Replace dead workers (one log line each), or give up after ``max_restarts`` deaths."""
         dead = sorted(dead | set(self.pool.dead_workers()))
-        for k in dead:
+        lost = {k: (self.pool.pids[k], self.pool.exit_reason(k)) for k in dead}
+        for k, (pid, reason) in lost.items():
             self.restarts[k] += 1
             if self.restarts[k] > self.max_restarts:
-                pid, reason = self.pool.pids[k], self.pool.exit_reason(k)
                 self.close()
                 raise WorkerError(f"worker {k} (pid {pid}) died {self.restarts[k]} times, last "
                                   f"{reason}; gave up after max_restarts={self.max_restarts}")
         if dead:
             self.pool.respawn(dead, self.arena.layout())
             self._in_flight = False
+        for k, (pid, reason) in lost.items():
+            log.warning("dpnn: worker %d (pid %d) died (%s); respawned as pid %d%s", k, pid, reason,
+                        self.pool.pids[k], ", step redone" if redo else "")
 
 
 def _sigterm_to_interrupt(signum, frame) -> None:

@@ -3,23 +3,38 @@
 Waiting never blocks on one pipe: :meth:`WorkerPool.gather` waits on every worker's
 connection *and* its process sentinel with ``multiprocessing.connection.wait``, so a worker
 that dies (SIGKILL, out of memory) is noticed at once, not after a timeout.
+
+Whether a worker lives is decided by a psutil handle on its pid (which notices pid reuse),
+not by multiprocessing alone: with ``forkserver`` a worker's sentinel and exit code come from
+the fork server, so when the fork server dies every sentinel fires although the workers run
+on. Such a sentinel is then ignored, and a new fork server is started at once (one log line).
+A worker silent for more than ``timeout`` seconds (stopped with SIGSTOP, stuck) is killed and
+reported dead like any other, so the coordinator respawns it and redoes the step.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import time
 from dataclasses import replace
 from multiprocessing import connection
 
+import psutil
+
 from ..errors import WorkerError
 from . import protocol as P
-from ._env import blas_environment, start_context
+from ._env import blas_environment, deferred_signals, ensure_forkserver, forkserver_alive, forkserver_pid, \
+    start_context
 from .protocol import WorkerSpec
 from .worker import worker_main
 
 START_TIMEOUT_S = 120.0     # a worker must import, rebuild the model and attach within this
 STOP_GRACE_S = 2.0          # an idle worker gets this long to leave on its own
+WAIT_SLICE_S = 1.0          # longest single wait, so timeouts are checked
+GONE = "gone"               # what _receive returns for a worker that died
+
+log = logging.getLogger("dpnn.workers")
 
 
 class WorkerPool:
@@ -32,19 +47,28 @@ class WorkerPool:
         self.procs: list = [None] * spec.workers
         self.conns: list = [None] * spec.workers
         self.pids: list[int] = [0] * spec.workers
+        self.handles: list = [None] * spec.workers    # psutil.Process: the truth about who lives
+        self.stale: set[int] = set()                  # sentinel spoke for a dead fork server
+        self.silent: dict[int, float] = {}            # killed for silence: seconds waited
+        self.servers: list = [None] * spec.workers    # pid of the fork server that forked each
 
     # -- start-up -------------------------------------------------------------------------
     def start(self, ids=None) -> None:
         """Start workers ``ids`` (default: all) and wait until each reports ready."""
         ids = list(range(self.spec.workers) if ids is None else ids)
+        self.check_forkserver()
         for k in ids:
             parent, child = self.ctx.Pipe(duplex=True)
             proc = self.ctx.Process(target=worker_main, args=(k, self.spec, child, self.barrier),
                                     name=f"dpnn-worker-{k}", daemon=True)
-            with blas_environment(self.spec.threads, self.start_method == "spawn"):
-                proc.start()
-            child.close()          # so the worker's death reads as EOF here
-            self.procs[k], self.conns[k] = proc, parent
+            with deferred_signals(), blas_environment(self.spec.threads, self.start_method == "spawn"):
+                proc.start()       # an interrupt waits until the worker is on our books
+                child.close()      # so the worker's death reads as EOF here
+                self.procs[k], self.conns[k], self.pids[k] = proc, parent, proc.pid
+                self.handles[k] = _handle(proc.pid)
+                self.servers[k] = forkserver_pid() if self.start_method == "forkserver" else None
+                self.stale.discard(k)
+                self.silent.pop(k, None)
         self._await_ready(ids)
 
     def _await_ready(self, ids: list[int]) -> None:
@@ -53,19 +77,36 @@ class WorkerPool:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise WorkerError(f"worker(s) {sorted(pending)} did not start within {START_TIMEOUT_S:.0f} s")
-            ready = set(connection.wait([self.conns[k] for k in pending] +
-                                        [self.procs[k].sentinel for k in pending], min(left, 1.0)))
+            ready = set(connection.wait(self._waitables(pending), min(left, WAIT_SLICE_S)))
             for k in sorted(pending):
-                msg = self._poll(k) if (self.conns[k] in ready or self.procs[k].sentinel in ready) else None
-                if msg is None and self.procs[k].sentinel in ready:
-                    raise WorkerError(f"worker {k} exited during start-up ({self.exit_reason(k)}). "
-                                      "Workers import your main module: if your script trains at "
-                                      "import time, put that code under `if __name__ == '__main__':`")
+                msg = self._receive(k, ready)
+                if msg == GONE:
+                    raise WorkerError(f"worker {k} (pid {self.pids[k]}) exited during start-up "
+                                      f"({self.exit_reason(k)}). Workers import your main module: if "
+                                      "your script trains at import time, put that code under "
+                                      "`if __name__ == '__main__':`")
                 if msg is not None and msg[0] == P.ERROR:
-                    raise WorkerError(f"worker {k} failed to start:\n{msg[2]}")
+                    raise WorkerError(f"worker {k} (pid {self.pids[k]}) failed to start:\n{msg[2]}")
                 if msg is not None and msg[0] == P.READY:
-                    self.pids[k] = msg[1]
                     pending.discard(k)
+
+    def _waitables(self, ids) -> list:
+        return [self.conns[k] for k in ids] + [self.procs[k].sentinel for k in ids if k not in self.stale]
+
+    def _receive(self, k: int, ready: set):
+        """Worker k's next message; GONE if it died; None if nothing (yet)."""
+        sentinel = self.procs[k].sentinel
+        if self.conns[k] not in ready and sentinel not in ready:
+            return None
+        msg = self._poll(k)
+        if msg is not None:
+            return msg
+        if not self.running(k):
+            return GONE
+        if sentinel in ready:          # the worker lives: its fork server died
+            self.stale.add(k)
+            self.check_forkserver()
+        return None
 
     def _poll(self, k: int):
         """The next message from worker k, or None (nothing there, or its pipe is closed)."""
@@ -73,6 +114,16 @@ class WorkerPool:
             return self.conns[k].recv() if self.conns[k].poll(0) else None
         except (EOFError, OSError):
             return None
+
+    def check_forkserver(self) -> None:
+        """Start a new fork server if ours died (it forks every new worker); one log line."""
+        if self.start_method != "forkserver" or forkserver_alive():
+            return
+        old = forkserver_pid()
+        new = ensure_forkserver()
+        if old is not None:
+            log.warning("dpnn: the fork server (pid %d) died; started a new one (pid %s), "
+                        "the workers train on", old, new)
 
     def respawn(self, ids: list[int], layout) -> None:
         """Replace dead workers by fresh ones that see the current shared buffers.
@@ -103,45 +154,67 @@ class WorkerPool:
                 with contextlib.suppress(OSError):     # a dead worker: its sentinel will tell
                     self.conns[k].send(msg)
 
-    def gather(self, attempt: int) -> tuple[dict, set, dict]:
+    def gather(self, attempt: int, timeout: float | None = None) -> tuple[dict, set, dict]:
         """Replies of ``attempt``: ({worker: 'done' msg}, {dead workers}, {worker: traceback}).
 
-        With synchronised BatchNorm the workers wait for each other inside a step, so after a
-        death or an error the others may never answer: stop waiting at once (the caller then
-        restarts or stops the whole pool; a barrier whose lock died with its holder cannot
-        be trusted anyway).
+        A worker silent for more than ``timeout`` seconds (None: no limit) is killed and
+        counted dead. With synchronised BatchNorm the workers wait for each other inside a
+        step, so after a death or an error the others may never answer: stop waiting at once
+        (the caller then restarts or stops the whole pool; a barrier whose lock died with its
+        holder cannot be trusted anyway).
         """
         pending = set(range(self.spec.workers))
         done, dead, errors, aborted = {}, set(), {}, set()
+        deadline = None if timeout is None else time.monotonic() + timeout
         while pending and not (self.barrier is not None and (dead or errors)):
-            waitables = [self.conns[k] for k in pending] + [self.procs[k].sentinel for k in pending]
-            ready = set(connection.wait(waitables, 1.0))
+            left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
+            ready = set(connection.wait(self._waitables(pending), max(0.0, left)))
             for k in sorted(pending):
-                if self.conns[k] not in ready and self.procs[k].sentinel not in ready:
-                    continue
-                msg = self._poll(k)
-                if msg is None:           # EOF or exit: the worker is gone
-                    dead.add(k)
-                    pending.discard(k)
-                    continue
-                if msg[1] != attempt:
-                    continue              # a late reply to an abandoned attempt
+                msg = self._receive(k, ready)
+                if msg is None or (msg != GONE and msg[1] != attempt):
+                    continue              # nothing yet, or a late reply to an abandoned attempt
                 pending.discard(k)
-                if msg[0] == P.DONE:
+                if msg == GONE:
+                    dead.add(k)
+                elif msg[0] == P.DONE:
                     done[k] = msg
                 elif msg[0] == P.ERROR:
                     errors[k] = msg[2]
                 else:
                     aborted.add(k)
+            if pending and deadline is not None and time.monotonic() >= deadline:
+                self._silence(pending, timeout)
+                dead |= pending
+                pending.clear()
         if aborted and not dead and not errors:
             errors[min(aborted)] = ("timed out waiting for the other workers at the synchronised "
                                     f"BatchNorm barrier (barrier_timeout={self.spec.barrier_timeout} s)")
         return done, dead, errors
 
+    def _silence(self, ids, timeout: float) -> None:
+        """Kill workers that stayed silent for ``timeout`` seconds (stopped or stuck)."""
+        for k in ids:
+            self.silent[k] = timeout
+            self._signal(k, signal.SIGKILL)
+
+    def running(self, k: int) -> bool:
+        """Whether worker k's process is alive (a zombie is not)."""
+        h = self.handles[k]
+        try:
+            return h is not None and h.is_running() and h.status() not in (psutil.STATUS_ZOMBIE,
+                                                                          psutil.STATUS_DEAD)
+        except psutil.Error:
+            return False
+
     def dead_workers(self) -> list[int]:
-        return [k for k, p in enumerate(self.procs) if p is not None and not p.is_alive()]
+        return [k for k, p in enumerate(self.procs) if p is not None and not self.running(k)]
 
     def exit_reason(self, k: int) -> str:
+        """How worker k ended, e.g. 'killed by SIGKILL'."""
+        if k in self.silent:
+            return f"silent for more than {self.silent[k]:g} s (stopped or stuck), so killed"
+        if self.servers[k] is not None and (self.servers[k] != forkserver_pid() or not forkserver_alive()):
+            return "exit status unknown: the fork server that started it died"
         proc = self.procs[k]
         proc.join(0.5)
         code = proc.exitcode
@@ -157,23 +230,27 @@ class WorkerPool:
     # -- shutdown -------------------------------------------------------------------------
     def stop(self, graceful: bool) -> None:
         """Ask idle workers to leave (``graceful``), then terminate and kill whatever remains."""
-        live = [p for p in self.procs if p is not None]
+        ids = [k for k, p in enumerate(self.procs) if p is not None]
         if graceful:
             self.send_all((P.STOP,))
-            deadline = time.monotonic() + STOP_GRACE_S
-            for p in live:
-                p.join(max(0.0, deadline - time.monotonic()))
-        for p in live:
-            if p.is_alive():
-                p.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for p in live:
-            p.join(max(0.0, deadline - time.monotonic()))
-            if p.is_alive():
-                p.kill()
-                p.join(1.0)
+            self._wait_gone(ids, STOP_GRACE_S)
+        for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 1.0)):
+            live = [k for k in ids if self.running(k)]
+            for k in live:
+                self._signal(k, sig)
+                self._signal(k, signal.SIGCONT)     # a stopped worker gets to act on SIGTERM
+            self._wait_gone(live, grace)
         for k in range(len(self.procs)):
             self._reap(k)
+
+    def _signal(self, k: int, sig: int) -> None:
+        with contextlib.suppress(psutil.Error, AttributeError):
+            self.handles[k].send_signal(sig)
+
+    def _wait_gone(self, ids, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while any(self.running(k) for k in ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _reap(self, k: int) -> None:
         if self.conns[k] is not None:
@@ -181,12 +258,20 @@ class WorkerPool:
         proc = self.procs[k]
         if proc is not None:
             proc.join(0.1)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(1.0)
+            if self.running(k):
+                self._signal(k, signal.SIGKILL)
+                self._wait_gone([k], 1.0)
+            proc.join(0.1)
             with contextlib.suppress(ValueError):
                 proc.close()
-        self.procs[k] = self.conns[k] = None
+        self.procs[k] = self.conns[k] = self.handles[k] = None
+
+
+def _handle(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
 
 
 def _libc_getcpu():

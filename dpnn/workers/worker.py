@@ -30,7 +30,8 @@ from .protocol import WorkerSpec, shard_slots
 from .syncbn import ShardExchange, batchnorm_layers
 from .update import update_chunk
 
-PARENT_POLL_S = 0.5      # how often an idle worker checks that its coordinator is alive
+COORDINATOR_POLL_S = 0.5    # how often an idle worker checks that its coordinator is alive
+EXIT_WAIT_S = 2.0           # after EOF on its pipe, how long a worker waits to see the coordinator gone
 
 
 class ShardRunner:
@@ -116,28 +117,58 @@ def pin(cpus) -> None:
             pass
 
 
-def coordinator_gone(parent_pid: int, coordinator_pid: int) -> bool:
-    """True once the coordinator died (re-parenting, or a zombie nobody has reaped yet)."""
-    if os.getppid() != parent_pid:
-        return True
+def watch(pid: int) -> psutil.Process | None:
+    """A handle on process ``pid`` that notices if the pid is reused; None if it is gone."""
     try:
-        return psutil.Process(coordinator_pid).status() == psutil.STATUS_ZOMBIE
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def coordinator_gone(coordinator: psutil.Process | None) -> bool:
+    """True once the coordinator died (gone, pid reused, or a zombie nobody has reaped yet).
+
+    The coordinator itself is watched, not this process's parent: with ``forkserver`` the
+    parent is the fork server, which may die (and be replaced) while the coordinator trains on.
+    """
+    try:
+        return coordinator is None or not coordinator.is_running() or \
+            coordinator.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.Error:
         return True
 
 
+def coordinator_lost(coordinator: psutil.Process | None) -> bool:
+    """After EOF on the pipe: True if the coordinator died (it may take a moment to finish
+    exiting), False if it is alive and simply let this worker go."""
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while not coordinator_gone(coordinator):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _send(conn, msg: tuple) -> bool:
+    try:
+        conn.send(msg)
+        return True
+    except OSError:         # the coordinator closed its end (or died)
+        return False
+
+
 def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
     """Answer step messages until told to stop (False) or the coordinator vanishes (True)."""
-    parent = os.getppid()
+    coordinator = watch(spec.coordinator_pid)
     while True:
         try:
-            if not conn.poll(PARENT_POLL_S):
-                if coordinator_gone(parent, spec.coordinator_pid):
+            if not conn.poll(COORDINATOR_POLL_S):
+                if coordinator_gone(coordinator):
                     return True
                 continue
             msg = conn.recv()
         except (EOFError, OSError):
-            return True
+            return coordinator_lost(coordinator)
         if msg[0] == P.STOP:
             return False
         attempt = msg[1]
@@ -147,24 +178,29 @@ def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
             reply = (P.ABORTED, attempt)
         except Exception:
             reply = (P.ERROR, attempt, traceback.format_exc())
-        try:
-            conn.send(reply)
-        except OSError:
-            return True
+        if not _send(conn, reply):
+            return coordinator_lost(coordinator)
 
 
 def worker_main(worker_id: int, spec: WorkerSpec, conn, barrier) -> None:
-    """Process entry point of worker ``worker_id``."""
+    """Process entry point of worker ``worker_id``.
+
+    Leaves silently whatever happens to the coordinator meanwhile: an error here goes to the
+    coordinator over the pipe, never to stderr (an interrupted start-up prints nothing).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the coordinator's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # the pool blocks it while starting us
     try:
         limit_threads(spec.threads)
         pin(spec.cpus[worker_id])
         runner = ShardRunner(worker_id, spec, barrier)
     except Exception:
-        conn.send((P.ERROR, 0, traceback.format_exc()))
+        _send(conn, (P.ERROR, 0, traceback.format_exc()))
         return
-    conn.send((P.READY, os.getpid()))
-    orphaned = serve(conn, runner, spec)
+    if _send(conn, (P.READY, os.getpid())):
+        orphaned = serve(conn, runner, spec)
+    else:
+        orphaned = coordinator_lost(watch(spec.coordinator_pid))
     arena = runner.arena
     if orphaned:      # the coordinator was killed and cannot unlink: do it for it
         unlink_prefix(spec.prefix, arena.layout())

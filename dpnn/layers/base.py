@@ -40,7 +40,8 @@ def layer_from_config(entry: dict) -> "Layer":
     try:
         return cls(**config)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"bad config for layer {name}: {e}") from None
+        raise ValueError(f"bad config for layer {name}: {e}; correct that entry of the "
+                         "architecture") from None
 
 
 def _check_int_arguments(cls: type, name: str, config: dict) -> None:

@@ -22,3 +22,15 @@ __all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dens
            "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
            "Optimizer", "SGD", "Adam", "sgd", "adam", "Callback", "EarlyStopping", "Dataset",
            "one_hot", "DataError", "WeightsError", "WorkerError", "data", "losses", "optim"]
+
+# Submodules a user reaches as attributes (dpnn.datasets, dpnn.gradcheck, ...), imported on
+# first use so that ``import dpnn`` stays light (the MPI and worker modules pull in more).
+_LAZY = ("datasets", "gradcheck", "digits", "comm", "distributed", "workers", "io", "idx",
+         "engine", "recipe", "training", "threads", "callbacks", "preemption", "limits")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'dpnn' has no attribute {name!r}")

@@ -1,0 +1,105 @@
+"""The one thread policy (dpnn/threads.py): explicit > the user's environment > dpnn's default,
+and ranks x workers x threads never above the cores."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_info
+
+from dpnn import Callback, Dense, Flatten, Model, threads
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def after_import(**env) -> dict:
+    """The BLAS variables and OpenBLAS's actual thread count in a fresh ``import dpnn``."""
+    clean = {k: v for k, v in os.environ.items() if k not in threads.BLAS_THREAD_VARS
+             and k not in ("DPNN_DISABLE_AUTO_THREADS",) + threads.LOCAL_RANK_VARS}
+    code = ("import os, json, dpnn, numpy; from threadpoolctl import threadpool_info; "
+            "blas = [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']; "
+            f"print(json.dumps({{'env': {{k: os.environ.get(k) for k in {THREAD_VARS!r}}}, 'blas': blas}}))")
+    out = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True,
+                         text=True, check=True, timeout=60)
+    return json.loads(out.stdout)
+
+
+def test_import_fills_in_the_usable_cores():
+    cores = str(threads.usable_cores())
+    got = after_import()
+    assert got["env"] == {k: cores for k in THREAD_VARS}
+    assert got["blas"] and set(got["blas"]) == {int(cores)}
+
+
+def test_the_users_own_variable_wins():
+    got = after_import(OMP_NUM_THREADS="1")      # OpenBLAS would read OPENBLAS_NUM_THREADS first
+    assert got["env"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": None, "MKL_NUM_THREADS": None}
+    assert set(got["blas"]) == {1}
+
+
+def test_disabled_sets_nothing():
+    assert after_import(DPNN_DISABLE_AUTO_THREADS="1")["env"] == {k: None for k in THREAD_VARS}
+
+
+def test_mpi_ranks_on_one_node_share_its_cores():
+    per_rank = str(max(1, threads.usable_cores() // 4))
+    assert after_import(MPI_LOCALNRANKS="4")["env"] == {k: per_rank for k in THREAD_VARS}
+
+
+def cores(monkeypatch, n):
+    monkeypatch.setattr(threads, "usable_cores", lambda: n)
+
+
+def test_explicit_then_environment_then_default(monkeypatch):
+    cores(monkeypatch, 8)
+    monkeypatch.setattr(threads, "_user_threads", None)
+    assert threads.worker_threads(2, None, False) == (4, False)
+    assert threads.worker_threads(2, None, True) == (1, False)          # deterministic
+    monkeypatch.setattr(threads, "_user_threads", 3)
+    assert threads.worker_threads(2, None, False) == (3, False)
+    assert threads.worker_threads(2, 2, False) == (2, False)
+
+
+def test_ranks_times_workers_times_threads_never_exceed_the_cores(monkeypatch):
+    cores(monkeypatch, 2)
+    monkeypatch.setattr(threads, "_user_threads", 2)        # e.g. OMP_NUM_THREADS=2 on every rank
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert threads.worker_threads(1, None, False, ranks=2) == (1, False)
+        assert not caught
+        assert threads.worker_threads(1, None, False, ranks=4) == (1, True)
+    assert len(caught) == 1 and "4 ranks x 1 workers x 1 BLAS threads" in str(caught[0].message)
+
+
+def test_auto_workers_split_the_cores_between_ranks(monkeypatch):
+    cores(monkeypatch, 8)
+    assert threads.resolve_workers("auto") == 8
+    assert threads.resolve_workers("auto", ranks=4) == 2
+    assert threads.resolve_workers("auto", ranks=16) == 1
+
+
+def test_a_thousand_workers_are_refused_unless_insisted_on(monkeypatch):
+    cores(monkeypatch, 2)
+    with pytest.raises(ValueError, match="would start 1000 processes.*oversubscribe"):
+        threads.resolve_workers(1000)
+    assert threads.resolve_workers(1000, oversubscribe=True) == 1000
+    assert threads.resolve_workers(8) == 8                   # 4 per core is allowed
+
+
+def test_fit_in_process_honours_threads_per_worker():
+    seen = []
+
+    class BlasThreads(Callback):
+        def on_batch_end(self, step, logs):
+            seen.append(max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"))
+
+    before = max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((20, 4, 4, 1)).astype(np.float32), rng.integers(0, 2, 20)
+    model = Model([Flatten(), Dense(2)], seed=0).compile("cce", "sgd", lr=0.1)
+    model.fit(X, y, epochs=1, batch_size=10, verbose=0, threads_per_worker=1, callbacks=[BlasThreads()])
+    assert seen == [1, 1]
+    assert max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas") == before

@@ -8,8 +8,10 @@ One step (see docs/engine.md for the picture)::
     weight decay, global-norm clip, optimizer step IN PLACE on the shared parameters
 
 The workers see the new parameters at the next step without any copy. ``train_step``
-has the same contract as :class:`dpnn.engine.LocalEngine` and gives the same result: to
-float32 rounding in general, bitwise with ``deterministic=True`` for any worker count.
+has the :class:`dpnn.engine.Engine` contract and runs the recipe of :mod:`dpnn.recipe`, so
+it gives the result of one process: to float32 rounding in general, bitwise with
+``deterministic=True`` for any worker count. The workers run the user's own layer and
+loss objects (``Model.portable``), never copies re-created from a config.
 """
 from __future__ import annotations
 
@@ -22,15 +24,15 @@ import time
 import cloudpickle
 import numpy as np
 
-from ..engine import DETERMINISTIC_SHARDS, StepStats, add_correct
+from ..engine import EngineInfo, evaluation_sums, mean_loss_and_accuracy
 from ..errors import WorkerError
+from ..recipe import DETERMINISTIC_SHARDS, ShardResult, StepStats, combine_shards
 from ..random import sample_keys as make_sample_keys
 from . import protocol as P
 from ._env import default_start_method
 from .arena import SharedArena
 from .pool import WorkerPool
 from .protocol import WorkerSpec
-from .reduce import StepReducer
 from .syncbn import exchange_width
 from .update import ShardedUpdate, optimizer_twin, slot_keys
 from .topology import plan_placement, resolve_workers
@@ -60,7 +62,9 @@ class DataParallel:
     'spawn'), ``max_restarts`` (respawns per worker before giving up), ``pin`` (each worker
     on its own cores; turn off on a machine shared with other pinned jobs),
     ``shard_optimizer`` (True: each worker updates its chunk of the parameters, see
-    update.py; False: the coordinator updates them all; 'auto': from SHARD_FROM workers).
+    update.py; False: the coordinator updates them all; 'auto': from SHARD_FROM workers),
+    ``oversubscribe`` (allow more than MAX_WORKERS_PER_CORE workers per core), ``ranks``
+    (MPI ranks sharing this node, set by the MPI engine: the cores are split between them).
 
     ``model`` must be compiled; it is built on the first batch if needed. While the pool
     runs, the model's parameters and BatchNorm statistics live in shared memory (so the
@@ -71,9 +75,9 @@ class DataParallel:
     def __init__(self, model, workers: int | str = "auto", threads_per_worker: int | None = None,
                  deterministic: bool = False, sync_batchnorm: bool = False,
                  start_method: str | None = None, max_restarts: int = 3, pin: bool = True,
-                 shard_optimizer: bool | str = "auto",
-                 worker_timeout: float | None = WORKER_TIMEOUT_S) -> None:
-        n = resolve_workers(workers)
+                 shard_optimizer: bool | str = "auto", oversubscribe: bool = False,
+                 ranks: int = 1, worker_timeout: float | None = WORKER_TIMEOUT_S) -> None:
+        n = resolve_workers(workers, ranks, oversubscribe)
         if deterministic and n > DETERMINISTIC_SHARDS:
             if workers != "auto":
                 raise ValueError(f"deterministic=True splits every batch into {DETERMINISTIC_SHARDS} "
@@ -87,7 +91,7 @@ class DataParallel:
             raise ValueError(f"max_restarts must be an int >= 0, got {max_restarts!r}")
         self.model, self.workers = model, n
         self.deterministic, self.sync_batchnorm = bool(deterministic), bool(sync_batchnorm)
-        self.placement = plan_placement(n, threads_per_worker, deterministic, pin)
+        self.placement = plan_placement(n, threads_per_worker, deterministic, pin, ranks)
         self.threads_per_worker = self.placement.threads_per_worker
         self.start_method = start_method or default_start_method()
         if shard_optimizer not in (True, False, "auto"):
@@ -102,11 +106,13 @@ class DataParallel:
         self.restarts = [0] * n                     # deaths seen per worker
         self.arena: SharedArena | None = None
         self.pool: WorkerPool | None = None
-        self._reducer: StepReducer | None = None
         self._sets: ShardedUpdate | None = None    # None: the optimizer always runs here
         self._attempt = self._auto_keys = 0
         self._in_flight = self._closed = False
         self._old_sigterm = None
+
+    def describe(self) -> EngineInfo:
+        return EngineInfo("shared-memory", self.workers, self.threads_per_worker, 1, self.deterministic)
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> "DataParallel":
@@ -125,6 +131,9 @@ class DataParallel:
             raise RuntimeError("this DataParallel is closed; create a new one")
         m = self.model
         m._require_compiled()
+        if m.owner is not None and m.owner is not self and not m.owner._closed:
+            raise RuntimeError("this model already belongs to another open DataParallel; close that "
+                               "one first (two pools on one model would train two diverging copies)")
         if not m.built:
             if x is None:
                 raise ValueError("the model is not built: call model.build(input_shape) or train a batch")
@@ -136,8 +145,9 @@ class DataParallel:
             self._sets = ShardedUpdate(m, a, keys) if keys is not None else None
             params = self._sets.current_params() if self._sets else a["params"][0]
             m.bind(params, a["grads_sum"], a["state"][0], copy=True)
-            self._reducer = StepReducer(m, a["grads"], a["state"])
-            self.pool = WorkerPool(self._spec(), self.start_method)
+            spec = self._spec()
+            m.owner = self
+            self.pool = WorkerPool(spec, self.start_method)
             self._install_sigterm()
             self.pool.start()
         except BaseException:
@@ -166,16 +176,13 @@ class DataParallel:
 
     def _spec(self) -> WorkerSpec:
         m = self.model
-        fresh = [type(layer)(**layer.get_config()) for layer in m.layers]   # unbuilt copies
         return WorkerSpec(
-            workers=self.workers, layers_blob=cloudpickle.dumps(fresh),
-            loss_blob=cloudpickle.dumps(m.loss),
+            workers=self.workers, model_blob=portable_blob(m),
             optimizer_blob=cloudpickle.dumps(optimizer_twin(m.optimizer)) if self._sets else None,
-            seed=m.seed, input_shape=tuple(m.input_shape),
             layout=self.arena.layout(), prefix=self.arena.prefix, slots=self.slots,
             deterministic=self.deterministic, sync_batchnorm=self.sync_batchnorm,
             threads=self.threads_per_worker, cpus=self.placement.cpus,
-            coordinator_pid=os.getpid(), micro_batch=m.micro_batch)
+            coordinator_pid=os.getpid())
 
     def _install_sigterm(self) -> None:
         """While the pool runs, SIGTERM behaves like Ctrl-C, so every ``finally`` gets to clean up.
@@ -201,7 +208,9 @@ class DataParallel:
                 slots = m.optimizer.slots if m.optimizer is not None else []
                 for slot in slots:                     # Adam's m, v may live in the arena
                     slot.update({k: np.array(v) for k, v in slot.items()})
-                self._reducer = self._sets = None
+                self._sets = None
+                if m.owner is self:
+                    m.owner = None
                 self.arena.unlink()
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
@@ -209,6 +218,10 @@ class DataParallel:
 
     def sync_state(self) -> None:
         """Nothing to gather: parameters and BatchNorm statistics already live in the model."""
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
+        """(mean loss, accuracy) of the current parameters on (x, y)."""
+        return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
 
     @property
     def worker_pids(self) -> list[int]:
@@ -226,7 +239,7 @@ class DataParallel:
             self._sets.flip()
             stats.grad_norm = float(np.sqrt(sum(done[k][2][0] for k in sorted(done))))
         else:
-            stats.grad_norm = self._reducer.apply()
+            stats.grad_norm = self.model.apply_gradients()
         stats.times["optimizer"] = time.perf_counter() - t0
         return stats
 
@@ -256,13 +269,11 @@ class DataParallel:
         cur = self._sets.cur if self._sets is not None else 0
         done, t_sent = self._compute((P.STEP, n, denominator or n, layout, cur))
         t2 = time.perf_counter()
-        shards = sorted(s for msg in done.values() for s in msg[2])     # slot order
-        self._reducer.reduce([s[3] for s in shards], self.sync_batchnorm, grads=reduce_grads)
+        shards = sorted(ShardResult(*s) for msg in done.values() for s in msg[2])     # slot order
+        a, m = self.arena, self.model
+        loss_sum, correct = combine_shards(shards, a["grads"], a["state"][1:],
+                                           m.grads if reduce_grads else None, m.state, self.sync_batchnorm)
         t3 = time.perf_counter()
-        loss_sum, correct = 0.0, 0
-        for _, loss, hits, count in shards:
-            if count:
-                loss_sum, correct = loss_sum + loss, add_correct(correct, hits)
         compute = [msg[3] for msg in done.values()]
         slowest = max(compute)
         times = {"compute": slowest, "wait": max(0.0, t2 - t_sent - slowest), "reduce": t3 - t2,
@@ -331,6 +342,26 @@ class DataParallel:
         for k, (pid, reason) in lost.items():
             log.warning("dpnn: worker %d (pid %d) died (%s); respawned as pid %d%s", k, pid, reason,
                         self.pool.pids[k], ", step redone" if redo else "")
+
+
+def portable_blob(model) -> bytes:
+    """cloudpickle of ``model.portable()``; a layer or loss that cannot travel is named."""
+    try:
+        return cloudpickle.dumps(model.portable())
+    except Exception as e:       # noqa: BLE001 -- find the culprit for the message
+        parts = [(f"layer {i} ({type(layer).__name__})", layer.portable())
+                 for i, layer in enumerate(model.layers)] + [(f"loss ({type(model.loss).__name__})", model.loss)]
+        for name, obj in parts:
+            try:
+                cloudpickle.dumps(obj)
+            except Exception as inner:     # noqa: BLE001
+                e = inner
+                break
+        else:
+            name = "the model"
+        raise TypeError(f"{name} cannot be sent to the worker processes ({type(e).__name__}: {e}); "
+                        "keep only picklable attributes on it (arrays, numbers, strings), or train "
+                        "with workers=1") from None
 
 
 def _sigterm_to_interrupt(signum, frame) -> None:

@@ -1,4 +1,4 @@
-"""The worker process: rebuild the model on shared buffers, then compute shard gradients on demand.
+"""The worker process: bind the user's model to shared buffers, then compute shard gradients.
 
 ``worker_main`` is the process entry point (module level, so ``spawn``/``forkserver`` can
 import it; the forkserver preloads this module, so a fresh worker starts in milliseconds).
@@ -17,13 +17,10 @@ import time
 import traceback
 
 import cloudpickle
-import numpy as np
 import psutil
-from threadpoolctl import threadpool_limits
 
-from .._threads import BLAS_THREAD_VARS
-from ..engine import shard_bounds, shard_gradients
-from ..model import Model
+from ..recipe import run_shard, shard_bounds
+from ..threads import limit_process_threads
 from . import protocol as P
 from .arena import SharedArena, unlink_prefix
 from .protocol import WorkerSpec, shard_slots
@@ -40,11 +37,8 @@ class ShardRunner:
     def __init__(self, worker_id: int, spec: WorkerSpec, barrier) -> None:
         self.worker_id, self.spec = worker_id, spec
         self.arena = SharedArena.attach(spec.layout, spec.prefix)
-        model = Model(cloudpickle.loads(spec.layers_blob), seed=spec.seed)
-        model.loss = cloudpickle.loads(spec.loss_blob)
-        model.micro_batch = spec.micro_batch
-        model.build((1,) + tuple(spec.input_shape[1:]))
-        assert model.params.size == self.arena["params"].shape[1], "architecture does not match the arena"
+        model = cloudpickle.loads(spec.model_blob)        # the user's layers and loss, no arrays
+        assert model.param_layout.size == self.arena["params"].shape[1], "model does not match the arena"
         self.model, self.slots = model, shard_slots(spec, worker_id)
         self.exchange = None
         self.bn_layers = batchnorm_layers(model.layers)
@@ -61,13 +55,12 @@ class ShardRunner:
         a = self.arena
         self.model.bind(a["params"][self.cur], a["grads"][slot], a["state"][1 + slot], copy=False)
 
-    def _shard(self, slot: int, a: int, b: int, denominator: int) -> tuple[float, int]:
+    def _shard(self, slot: int, a: int, b: int, denominator: int):
         if self.spec.deterministic:
             self._bind(slot)
-        m, arena = self.model, self.arena
-        if m.state.size:
-            np.copyto(m.state, arena["state"][0])        # every shard starts from the step's state
-        return shard_gradients(m, arena["x"][a:b], arena["y"][a:b], denominator, arena["keys"][a:b])
+        arena = self.arena
+        return run_shard(self.model, slot, arena["x"][a:b], arena["y"][a:b], denominator,
+                         arena["keys"][a:b], arena["state"][0])
 
     def step(self, attempt: int, n: int, denominator: int, layout, cur: int) -> tuple:
         """Fill this worker's gradient slots for a global batch of ``n`` samples."""
@@ -83,14 +76,9 @@ class ShardRunner:
         shards = []
         for slot in self.slots:
             a, b = bounds[slot]
-            if b > a:
-                loss_sum, correct = self._shard(slot, a, b, denominator)
-            else:
-                self.arena["grads"][slot] = 0      # an empty shard adds exactly zero
-                if self.exchange is not None:
-                    self.exchange.take_part_empty(self.bn_layers)
-                loss_sum, correct = 0.0, 0
-            shards.append((slot, loss_sum, correct, b - a))
+            if b == a and self.exchange is not None:
+                self.exchange.take_part_empty(self.bn_layers)
+            shards.append(tuple(self._shard(slot, a, b, denominator)))
         return (P.DONE, attempt, shards, time.perf_counter() - t0)
 
 
@@ -101,12 +89,6 @@ class ShardRunner:
         a, b = shard_bounds(self.arena["grads_sum"].size, self.spec.workers)[self.worker_id]
         square = update_chunk(self.arena, a, b, cur, keys, weight_decay, self.optimizer) if b > a else 0.0
         return (P.DONE, attempt, [square], time.perf_counter() - t0)
-
-
-def limit_threads(threads: int) -> None:
-    """BLAS threads for this process: the environment (for libraries loaded later) and the pools."""
-    os.environ.update({k: str(threads) for k in BLAS_THREAD_VARS})
-    threadpool_limits(limits=threads)
 
 
 def pin(cpus) -> None:
@@ -191,7 +173,7 @@ def worker_main(worker_id: int, spec: WorkerSpec, conn, barrier) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the coordinator's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # the pool blocks it while starting us
     try:
-        limit_threads(spec.threads)
+        limit_process_threads(spec.threads)
         pin(spec.cpus[worker_id])
         runner = ShardRunner(worker_id, spec, barrier)
     except Exception:

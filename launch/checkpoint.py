@@ -55,9 +55,10 @@ class OutputError(Exception):
 
 
 @contextlib.contextmanager
-def deferred_interrupts():
+def deferred_interrupts(deliver: bool = True):
     """Hold SIGINT/SIGTERM back inside the block, then hand a held one to the handler that was
-    there before (Model.fit's own, which stops after the step, or one that raises)."""
+    there before (Model.fit's own, which stops after the step, or one that raises); with
+    ``deliver=False`` (already stopping) a held one is dropped."""
     held: list[int] = []
     previous = {s: signal.signal(s, lambda sig, frame: held.append(sig))
                 for s in (signal.SIGINT, signal.SIGTERM)}
@@ -66,7 +67,7 @@ def deferred_interrupts():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        if held:
+        if held and deliver:
             signal.raise_signal(held[0])
 
 
@@ -264,7 +265,7 @@ class Checkpointer(Callback):
         before it is that state) or nothing is written."""
         if not self.write or progress is None or progress.step == 0:
             return None
-        with deferred_interrupts():
+        with deferred_interrupts(deliver=False):
             return self.save(progress.epoch, progress)
 
     def save(self, epochs_done: int, progress=None) -> str:

@@ -5,10 +5,12 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 
 from dpnn import Callback
 from dpnn.io import atomic_write
+from dpnn.training import TrainingInterrupted
 from launch import checkpoint as ckpt
 from launch.plot import plot_history
 
@@ -91,26 +93,41 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
     return "\n".join(lines)
 
 
-def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str) -> int:
+def exit_status(exc: KeyboardInterrupt) -> int:
+    """128 + the signal: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
+    if isinstance(exc, TrainingInterrupted):
+        return 128 + exc.signum
+    return 128 + (signal.SIGTERM if isinstance(exc, ckpt.Terminated) else signal.SIGINT)
+
+
+def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str, saved: str | None = None) -> int:
+    """The notice after Ctrl-C/SIGTERM: where training stopped, the checkpoint, how to resume.
+
+    ``saved``: the checkpoint just written at the step where ``fit`` stopped, if any."""
     a = run.args
     if log.stage == "writing":         # the outputs were finished before the interrupt was taken
         print(f"{prog}: interrupted; the outputs were completed first", file=sys.stderr, flush=True)
-        return 143 if isinstance(exc, ckpt.Terminated) else 130
+        return exit_status(exc)
+    progress = exc.progress if isinstance(exc, TrainingInterrupted) else None
     if log.stage == "evaluating":
         where = "while evaluating on the test set"
-    elif log.epoch is not None:
+    elif progress is not None and progress.step:
+        where = f"during epoch {progress.epoch + 1}/{a.epochs}, after step {progress.step}"
+    elif log.epoch is not None and progress is None:
         where = f"during epoch {log.epoch + 1}/{a.epochs}"
     else:
         where = "between epochs"
     lines = [f"{prog}: interrupted {where}; --out was not written"]
-    latest = ckpt.latest_checkpoint(a.checkpoint_dir) if a.checkpoint_dir and os.path.isdir(a.checkpoint_dir) else None
+    latest = saved
+    if latest is None and a.checkpoint_dir and os.path.isdir(a.checkpoint_dir):
+        latest = ckpt.latest_checkpoint(a.checkpoint_dir)
     if latest:
         lines += [f"last complete checkpoint: {latest}",
                   f"resume with: {prog} --resume --checkpoint-dir {shlex.quote(a.checkpoint_dir)}"]
     else:
         lines.append("no checkpoint was written yet; run the command again to start over")
     print("\n".join(lines), file=sys.stderr, flush=True)
-    return 143 if isinstance(exc, ckpt.Terminated) else 130
+    return exit_status(exc)
 
 
 def _write_text(path: str, text: str) -> None:

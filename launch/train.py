@@ -26,7 +26,7 @@ from dpnn import EarlyStopping
 from dpnn.callbacks import LRScheduler
 from dpnn.datasets import LOADERS, load_dataset
 from dpnn.errors import DataError, WeightsError, WorkerError
-from dpnn.training import TrainingDiverged
+from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import checkpoint as ckpt
 from launch import report
 from launch import mpi
@@ -292,10 +292,15 @@ def merge_checkpoint_config(args, explicit: dict, comm=None):
     merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}}
     merged.update({k: v for k, v in explicit.items() if k not in RUN_KEYS})
     merged.update(resume=True, checkpoint_dir=args.checkpoint_dir, quiet=args.quiet)
-    if info["epoch"] > merged["epochs"]:
-        raise UsageError(f"{path} has already trained {info['epoch']} epochs, more than --epochs "
+    if info["epoch"] + (info["step"] > 0) > merged["epochs"]:
+        raise UsageError(f"{path} has already trained {done(info)}, more than --epochs "
                          f"{merged['epochs']}; pass a larger --epochs")
     return argparse.Namespace(**merged), SimpleNamespace(path=path, model=model, info=info, state=state)
+
+
+def done(info: dict) -> str:
+    """'3 epochs' or '3 epochs and 17 steps' of a checkpoint."""
+    return f"{info['epoch']} epochs" + (f" and {info['step']} steps" if info["step"] else "")
 
 
 def load_data(args):
@@ -341,7 +346,7 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
             raise UsageError("--resume needs --checkpoint-dir DIR")
         mpi.rank0_only(comm, lock_checkpoints, args, locks)     # before reading the newest
         args, resumed = merge_checkpoint_config(args, explicit_args(argv), comm)
-        note(f"resuming from {resumed.path} ({resumed.info['epoch']} epochs done)")
+        note(f"resuming from {resumed.path} ({done(resumed.info)} done)")
         check_args(args)
     resolve_defaults(args)
     mpi.check_backend(comm, args.backend, UsageError)
@@ -351,8 +356,11 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
     model = make_model(args, train, info, resumed)
     saved = resumed.info["history"] if resumed else {k: [] for k in ("loss", "acc", "val_loss", "val_acc", "lr")}
     history = {k: [math.nan if v is None else v for v in vs] for k, vs in saved.items()}
+    step = resumed.info["step"] if resumed else 0            # a step checkpoint: inside an epoch
+    progress = Progress(resumed.info["epoch"], step, **resumed.info["progress"]) if step else None
     return SimpleNamespace(args=args, model=model, train=train, test=test, info=info,
                            history=history, initial_epoch=resumed.info["epoch"] if resumed else 0,
+                           progress=progress,
                            resume_state=resumed.state if resumed else None,
                            resumed_from=resumed.path if resumed else None)
 
@@ -371,8 +379,10 @@ def make_callbacks(run, rank: int) -> tuple[report.EpochLog, ckpt.Checkpointer, 
         cbs.append(LRScheduler(a.lr_schedule, a.epochs))
     if a.early_stopping:
         cbs.append(EarlyStopping(patience=a.patience, min_delta=a.min_delta))
+    n_train = len(run.train) - int(round(len(run.train) * a.val_split))     # as fit splits it
     saver = ckpt.Checkpointer(a.checkpoint_dir, config_of(a), a.seed, run.history,
-                              resume_state=run.resume_state, write=rank == 0)
+                              resume_state=run.resume_state, write=rank == 0, every=a.checkpoint_every,
+                              steps_per_epoch=-(-n_train // a.batch_size))
     return log, saver, cbs + [saver]        # the checkpointer last: it sees the others' state
 
 
@@ -381,7 +391,7 @@ def fit(run, callbacks) -> None:
     kwargs = dict(epochs=a.epochs, batch_size=a.batch_size, validation_split=a.val_split,
                   callbacks=callbacks, seed=a.seed, verbose=0 if a.quiet else 1,
                   workers=a.fit_workers, threads_per_worker=a.threads_per_worker,
-                  deterministic=a.deterministic, initial_epoch=run.initial_epoch,
+                  deterministic=a.deterministic, initial_epoch=run.initial_epoch, progress=run.progress,
                   history=run.history, **a.engine_options)
     if a.fit_workers == 1 and a.threads_per_worker and not a.engine_options:
         from threadpoolctl import threadpool_limits
@@ -393,7 +403,7 @@ def fit(run, callbacks) -> None:
 
 def execute(run, rank: int) -> int:
     """Train, evaluate on the test set, write the outputs; returns the exit status."""
-    log, _, callbacks = make_callbacks(run, rank)
+    log, saver, callbacks = make_callbacks(run, rank)
     try:
         fit(run, callbacks)
         log.stage = "evaluating"
@@ -401,7 +411,14 @@ def execute(run, rank: int) -> int:
         log.stage = "writing"
         if rank == 0:
             report.write_outputs(run, config_of(run.args), test_loss, test_acc)
-    except KeyboardInterrupt as e:
+    except TrainingInterrupted as e:       # stopped between two steps: keep that step
+        try:
+            saved = saver.save_interrupted(e.progress)
+        except ckpt.OutputError as error:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            saved = None
+        return report.interrupted(run, log, e, PROG, saved)
+    except KeyboardInterrupt as e:         # a second signal, or one outside fit's steps
         return report.interrupted(run, log, e, PROG)
     except (TrainingDiverged, WorkerError) as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
@@ -436,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         return mpi.finish(comm, 2)
     except KeyboardInterrupt as e:
         print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
-        return mpi.finish(comm, 143 if isinstance(e, ckpt.Terminated) else 130)
+        return mpi.finish(comm, report.exit_status(e))
     finally:
         locks.release()
         signal.signal(signal.SIGTERM, previous)

@@ -28,7 +28,7 @@ import pytest
 import dpnn.io
 from dpnn import Dense, Flatten, Model
 from dpnn.errors import DataError, OutputError, WeightsError
-from dpnn.idx import read_idx
+from dpnn.idx import read_idx, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 ADDRESS_SPACE = 2 << 30        # the capped subprocess's whole virtual memory
@@ -216,7 +216,7 @@ resource.setrlimit(resource.RLIMIT_AS, ({cap}, {cap}))
 import dpnn.limits
 dpnn.limits.available_memory = lambda: 8 << 30     # the same on every machine
 from dpnn import Model
-from dpnn.idx import read_idx
+from dpnn.idx import read_idx, write_idx
 reader, path = sys.argv[1:]
 try:
     read_idx(path) if reader == "idx" else Model.load(path)
@@ -251,6 +251,18 @@ def test_hostile_file_is_refused_in_one_line(case, tmp_path, monkeypatch):
         text = str(info.value)
     assert re.search(message, text), text
     assert "\n" not in text and ";" in text                # one line, with what to do
+
+
+def test_images_that_would_not_fit_as_float32_are_refused(tmp_path, monkeypatch):
+    """The uint8 images fit, their float32 copy (4x) would not: one DataError, nothing allocated."""
+    from dpnn.data import load_mnist_gz
+    for stem, n in (("train", 6), ("t10k", 2)):
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte.gz", np.zeros((n, 28, 28), np.uint8))
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte.gz", np.zeros(n, np.uint8))
+    monkeypatch.setattr("dpnn.limits.available_memory", lambda: 6 * 28 * 28 * 2)
+    with pytest.raises(DataError, match=r"train-images.*its images as float32 needs 18 KB; the machine "
+                                        r"has 9\.2 KB available; free memory"):
+        load_mnist_gz(tmp_path)
 
 
 # -- the same files through the GUI's command line ------------------------------------------------

@@ -100,3 +100,19 @@ def test_missing_file(tmp_path):
 def test_directory_is_not_a_file(tmp_path):
     with pytest.raises(DataError, match="not a regular file"):
         read_idx(tmp_path)
+
+
+def test_multi_member_gzip_is_one_stream(tmp_path):
+    """`cat a.gz b.gz` is a valid gzip file: the payload may span members."""
+    raw = bytes([0, 0, 0x08, 1, 0, 0, 0, 6]) + bytes(range(6))
+    path = tmp_path / "m.gz"
+    path.write_bytes(gzip.compress(raw[:10]) + gzip.compress(raw[10:]))
+    np.testing.assert_array_equal(read_idx(path), np.arange(6, dtype=np.uint8))
+
+
+def test_declared_size_beyond_what_the_gzip_can_hold(tmp_path):
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 0x08, 2, 0, 1, 0, 0, 0, 1, 0, 0]) + bytes(100)))
+    with pytest.raises(DataError, match=r"declares dims \(65536, 65536\) \(4\.0 GB\) but a gzip file "
+                                        r"of \d+ bytes holds at most .*; the header is corrupt"):
+        read_idx(path)

@@ -285,3 +285,52 @@ def test_failed_npz_save_keeps_the_existing_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         make_model(seed=1).save(path)
     assert snapshot(tmp_path) == before
+
+
+# -- weights only, extras, and the io/model boundary -------------------------------------------
+@pytest.mark.parametrize("name", ["w.hdf5", "w.npz"])
+def test_save_weights_and_load_weights_round_trip(tmp_path, name):
+    model = make_model()
+    written = model.save_weights(str(tmp_path / name))
+    assert os.listdir(tmp_path) == [name] and written.endswith(name)     # no architecture JSON
+    other = make_model(seed=5)
+    assert other.load_weights(written) is other
+    np.testing.assert_array_equal(other.predict(inputs()), model.predict(inputs()))
+
+
+def test_load_weights_checks_the_architecture_and_needs_a_built_model(tmp_path):
+    path = make_model().save_weights(str(tmp_path / "w.hdf5"))
+    other = make_model(units=5)
+    before = other.params.copy()
+    with pytest.raises(WeightsError, match=r"5_Dense_W have shape \(36, 3\) but the model needs \(36, 5\)"):
+        other.load_weights(path)
+    np.testing.assert_array_equal(other.params, before)
+    with pytest.raises(ValueError, match=r"build the model before load_weights"):
+        Model([Flatten(), Dense(3)]).load_weights(path)
+
+
+def test_extra_arrays_round_trip_beside_the_weights(tmp_path):
+    model = make_model()
+    extra = {"optimizer/t": np.array(7), "callbacks/best_params": model.params + 1}
+    path = model.save(str(tmp_path / "ckpt.hdf5"), extra_arrays=extra)
+    loaded = Model.load(path)
+    assert sorted(loaded.extra_arrays) == sorted(extra)
+    np.testing.assert_array_equal(loaded.extra_arrays["callbacks/best_params"], model.params + 1)
+
+
+def test_list_arrays_reads_shapes_from_headers(saved):
+    model, path = saved
+    listing = dpnn.io.list_arrays(path)
+    assert {k: shape for k, (shape, _) in listing.items()} == \
+        {k: v.shape for k, v in dpnn.io.model_arrays(model).items()}
+
+
+def test_io_never_imports_the_model():
+    """Lower layers never import upper ones: io hands plain data to Model.load/save."""
+    import ast
+    tree = ast.parse(open(dpnn.io.__file__).read())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    assert not {m for m in modules if m and m.split(".")[-1] in ("model", "training", "engine")}
+    assert "_pending_weights" not in open(dpnn.io.__file__).read()

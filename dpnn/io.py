@@ -283,14 +283,7 @@ def check_arrays(path: str, listing: Listing, expected: dict[str, tuple] | None,
         except ValueError as e:
             raise WeightsError(f"{path}: {e}") from None
         return
-    found = {k for k in listing if "/" not in k}
-    missing, extra = sorted(set(expected) - found), sorted(found - set(expected))
-    if missing or extra:
-        raise WeightsError(f"{path}: the weights do not match the architecture: "
-                           + (f"missing {', '.join(missing[:5])}" if missing else "")
-                           + ("; " if missing and extra else "")
-                           + (f"unexpected {', '.join(extra[:5])}" if extra else "")
-                           + "; load weights saved from the same architecture")
+    _check_names(path, {k for k in listing if "/" not in k}, set(expected))
     for k, want in expected.items():
         shape, dtype = listing[k]
         if tuple(shape) != tuple(want):
@@ -299,11 +292,21 @@ def check_arrays(path: str, listing: Listing, expected: dict[str, tuple] | None,
         if dtype.kind != "f":
             raise WeightsError(f"{path}: weights {k} have dtype {dtype}, not floating point; "
                                "load weights saved by model.save()")
-    for k in listing.keys() - found:
+    for k in (k for k in listing if "/" in k):
         if sizes[k] > max(extra_limit, 1) * 8:
             raise WeightsError(f"{path}: array {k} declares shape {listing[k][0]} "
                                f"({format_bytes(sizes[k])}), more than this model's state can "
                                "hold; the file is corrupt or not from this model")
+
+
+def _check_names(path: str, found: set[str], expected: set[str]) -> None:
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing or extra:
+        raise WeightsError(f"{path}: the weights do not match the architecture: "
+                           + (f"missing {', '.join(missing[:5])}" if missing else "")
+                           + ("; " if missing and extra else "")
+                           + (f"unexpected {', '.join(extra[:5])}" if extra else "")
+                           + "; load weights saved from the same architecture")
 
 
 def _hdf5_attrs(path: str, f) -> dict[str, str]:

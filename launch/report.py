@@ -1,4 +1,5 @@
-"""What ``launch.train`` prints and writes when a run ends: summary, interrupt notice, outputs."""
+"""What ``launch.train`` writes and prints: the output paths it checks and locks before training,
+the outputs, the summary, the interrupt notice."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import math
 import os
 import shlex
 import signal
+import stat
 import sys
 
 from dpnn import Callback
@@ -35,6 +37,49 @@ class EpochLog(Callback):
         self.history.setdefault("time", []).append(float(logs["time"]))
         self.history.setdefault("samples_per_s", []).append(float(logs["samples_per_s"]))
         self.epoch = None
+
+
+def check_writable(path: str, flag: str, usage_error) -> None:
+    """``path`` is a regular file or nothing yet, in a directory this process may write."""
+    if os.path.exists(path) and not os.path.isfile(path):
+        mode = os.stat(path).st_mode
+        kind = ("directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode)
+                else "socket" if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "special file")
+        raise usage_error(f"{flag} {path} is a {kind}, not a regular file; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise usage_error(f"{flag} {path}: cannot create files in {parent}")
+
+
+def check_outputs(args, locks: ckpt.RunLocks, usage_error) -> None:
+    """Output paths are writable files, this run alone holds them, no earlier run is overwritten;
+    ``usage_error(message)`` is raised otherwise."""
+    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
+        if path:
+            check_writable(path, flag, usage_error)
+    d = args.checkpoint_dir
+    if d is None:
+        if args.resume:
+            raise usage_error("--resume needs --checkpoint-dir DIR")
+    else:
+        if os.path.exists(d) and not os.path.isdir(d):
+            raise usage_error(f"--checkpoint-dir {d} exists and is not a directory")
+        check_writable(os.path.join(d, "epoch-0000.hdf5"), "--checkpoint-dir", usage_error)
+        lock_checkpoints(args, locks, usage_error)
+    if args.out:
+        locks.acquire(args.out + ".lock", f"--out {args.out}", usage_error)
+    found = ckpt.list_checkpoints(d) if d and os.path.isdir(d) else []
+    if found and not args.resume:
+        raise usage_error(f"{d} already holds checkpoints of an earlier run (up to epoch {found[-1][0]}); "
+                         "pass --resume to continue it, or choose another --checkpoint-dir, or delete them")
+
+
+def lock_checkpoints(args, locks: ckpt.RunLocks, usage_error) -> None:
+    d = args.checkpoint_dir
+    locks.acquire(os.path.join(d, ".lock"), f"--checkpoint-dir {d}", usage_error)
 
 
 def blas_threads() -> int:

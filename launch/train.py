@@ -18,7 +18,6 @@ import importlib.util
 import math
 import os
 import signal
-import stat
 import sys
 from types import SimpleNamespace
 
@@ -98,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (default: 0.001 for adam, 0.01 for sgd)")
     g.add_argument("--momentum", type=finite_float, default=None, metavar="M",
                    help=f"SGD momentum, only with --optimizer sgd (default: {DEFAULT_MOMENTUM})")
-    g.add_argument("--weight-decay", type=finite_float, default=0.0, metavar="WD", help="L2 weight decay added to the gradients")
+    g.add_argument("--weight-decay", type=finite_float, default=0.0, metavar="WD",
+                   help="L2 weight decay added to the gradients")
     g.add_argument("--clip-norm", type=finite_float, default=None, metavar="C",
                    help="clip the global gradient norm to C (default: no clipping)")
     g.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default="none",
@@ -193,47 +193,6 @@ def resolve_defaults(args) -> None:
         args.min_delta = 0.0 if args.min_delta is None else args.min_delta
     if args.checkpoint_dir in ("", "none"):
         args.checkpoint_dir = None
-
-
-def check_writable(path: str, flag: str) -> None:
-    """``path`` is a regular file or nothing yet, in a directory this process may write."""
-    if os.path.exists(path) and not os.path.isfile(path):
-        mode = os.stat(path).st_mode
-        kind = ("directory" if stat.S_ISDIR(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
-        raise UsageError(f"{flag} {path} is a {kind}, not a regular file; give a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: cannot create files in {parent}")
-
-
-def check_outputs(args, locks: ckpt.RunLocks) -> None:
-    """Output paths are writable files, this run alone holds them, no earlier run is overwritten."""
-    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
-        if path:
-            check_writable(path, flag)
-    d = args.checkpoint_dir
-    if d is None:
-        if args.resume:
-            raise UsageError("--resume needs --checkpoint-dir DIR")
-    else:
-        if os.path.exists(d) and not os.path.isdir(d):
-            raise UsageError(f"--checkpoint-dir {d} exists and is not a directory")
-        check_writable(os.path.join(d, "epoch-0000.hdf5"), "--checkpoint-dir")
-        lock_checkpoints(args, locks)
-    if args.out:
-        locks.acquire(args.out + ".lock", f"--out {args.out}", UsageError)
-    found = ckpt.list_checkpoints(d) if d and os.path.isdir(d) else []
-    if found and not args.resume:
-        raise UsageError(f"{d} already holds checkpoints of an earlier run (up to epoch {found[-1][0]}); "
-                         "pass --resume to continue it, or choose another --checkpoint-dir, or delete them")
-
-
-def lock_checkpoints(args, locks: ckpt.RunLocks) -> None:
-    d = args.checkpoint_dir
-    locks.acquire(os.path.join(d, ".lock"), f"--checkpoint-dir {d}", UsageError)
 
 
 def engine_available() -> bool:
@@ -344,13 +303,13 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
         resolve_defaults(args)
         if args.checkpoint_dir is None:
             raise UsageError("--resume needs --checkpoint-dir DIR")
-        mpi.rank0_only(comm, lock_checkpoints, args, locks)     # before reading the newest
+        mpi.rank0_only(comm, report.lock_checkpoints, args, locks, UsageError)   # before reading it
         args, resumed = merge_checkpoint_config(args, explicit_args(argv), comm)
         note(f"resuming from {resumed.path} ({done(resumed.info)} done)")
         check_args(args)
     resolve_defaults(args)
     mpi.check_backend(comm, args.backend, UsageError)
-    mpi.rank0_only(comm, check_outputs, args, locks)      # only rank 0 writes files
+    mpi.rank0_only(comm, report.check_outputs, args, locks, UsageError)     # only rank 0 writes files
     resolve_workers(args, note, comm)
     train, test, info = load_data(args)
     model = make_model(args, train, info, resumed)

@@ -151,6 +151,11 @@ class RunLocks:
                 os.close(fd)
                 raise error(f"{what} is in use by another run (pid {pid}); wait for it to "
                             "finish or choose another path") from None
+            except OSError as e:               # a file system without locks: say so, go on
+                warn(f"{what}: cannot lock {lock_path} ({e.strerror}); nothing stops another "
+                     "run from writing the same files")
+                os.close(fd)
+                return
             if _still_linked(fd, lock_path):   # else its holder deleted it as we opened it
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())

@@ -246,14 +246,29 @@ def tiny_run(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.6, 0.9, 1.2, 1.5])
+def wait_for_fork_server(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until ``proc`` has started its fork server: the pool's start-up has begun."""
+    import psutil
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if any("forkserver" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children()):
+                return
+        except psutil.Error:
+            pass
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.2, 0.4])
 def test_sigterm_during_start_up_exits_143_without_a_traceback(tmp_path, tiny_run, delay):
+    """SIGTERM ``delay`` s after the fork server appears: while the workers start."""
     proc = subprocess.Popen([sys.executable, "-m", "launch.train", "--dataset", str(tiny_run),
                              "--model", str(tiny_run / "tiny.json"), "--workers", "2", "--epochs", "1",
                              "--limit", "64", "--quiet", "--checkpoint-dir", str(tmp_path / "ck"),
                              "--out", str(tmp_path / "w.hdf5")],
                             cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
+    wait_for_fork_server(proc)
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc)

@@ -107,14 +107,6 @@ def watch(pid: int) -> psutil.Process | None:
         return None
 
 
-def watch(pid: int) -> psutil.Process | None:
-    """A handle on process ``pid`` that notices if the pid is reused; None if it is gone."""
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
-
-
 def coordinator_gone(coordinator: psutil.Process | None) -> bool:
     """True once the coordinator died (gone, pid reused, or a zombie nobody has reaped yet).
 

@@ -19,7 +19,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-INSTALL_HINT = "pip install 'dpnn[mpi]'   (brings mpi4py and mpich, a working MPI without a compiler)"
+INSTALL_HINT = ("pip install mpi4py mpich   (a working MPI without a compiler; or, in a dpnn checkout, "
+                "pip install -e '.[mpi]')")
 DEFAULT_TIMEOUT_S = 600.0    # a collective blocked this long means a peer is stuck: abort the job
 ABORT_GRACE_S = 0.5          # time for the launcher to forward our last words before MPI_Abort
 

@@ -127,12 +127,13 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
     per_epoch = sum(times) / len(times) if times else math.nan
     rate = sum(h.get("samples_per_s", [])) / len(times) if times else math.nan
     threads = log.threads or (blas_threads() if log.workers == 1 else "?")
-    lines = [f"summary: {a.model} on {run.info['name']}, {len(h['loss'])} epochs, "
+    epochs = len(h["loss"])
+    lines = [f"summary: {a.model} on {run.info['name']}, {epochs} epoch{'s' * (epochs != 1)}, "
              f"{len(run.train):,} training samples",
              f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)",
              f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
              f"  workers         {f'{log.ranks} MPI ranks x ' if log.ranks > 1 else ''}"
-             f"{log.workers} x {threads} threads"]
+             f"{log.workers} x {threads} thread{'s' * (threads != 1)}"]
     outputs = [(a.out, "weights"), (a.history, "history"), (a.plot, "plot")]
     lines += [f"  {name:<15} {path}" for path, name in outputs if path]
     return "\n".join(lines)

@@ -208,7 +208,7 @@ def resolve_workers(args, note, comm=None) -> None:
     args.fit_workers, args.engine_options = args.workers, {}
     if args.backend == "mpi":
         if importlib.util.find_spec("mpi4py") is None:
-            raise UsageError("--backend mpi needs mpi4py and an MPI library: pip install 'dpnn[mpi]'")
+            raise UsageError("--backend mpi needs mpi4py and an MPI library: pip install mpi4py mpich")
         args.engine_options = {"backend": comm or "mpi"}
     if args.oversubscribe:                  # given only when set: otherwise the engine's defaults
         args.engine_options["oversubscribe"] = True
@@ -352,12 +352,7 @@ def fit(run, callbacks) -> None:
                   workers=a.fit_workers, threads_per_worker=a.threads_per_worker,
                   deterministic=a.deterministic, initial_epoch=run.initial_epoch, progress=run.progress,
                   history=run.history, **a.engine_options)
-    if a.fit_workers == 1 and a.threads_per_worker and not a.engine_options:
-        from threadpoolctl import threadpool_limits
-        with threadpool_limits(limits=a.threads_per_worker, user_api="blas"):
-            run.model.fit(run.train.X, run.train.y, **kwargs)
-    else:
-        run.model.fit(run.train.X, run.train.y, **kwargs)
+    run.model.fit(run.train.X, run.train.y, **kwargs)     # the thread policy applies in process too
 
 
 def execute(run, rank: int) -> int:

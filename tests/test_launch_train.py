@@ -164,7 +164,7 @@ def test_quiet_prints_only_the_summary(tmp_path, idx_dir):
     r = run_cli("--dataset", idx_dir, "--model", "mlp", "--epochs", 1, "--workers", "auto", "--quiet",
                 "--checkpoint-dir", "none", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stderr == "" and r.stdout.startswith("summary: mlp on toy, 1 epochs")
+    assert r.stderr == "" and r.stdout.startswith("summary: mlp on toy, 1 epoch, ")
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -342,3 +342,10 @@ def test_mnist_5k_run(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "h.json").read_text())
     assert report["dataset"] == "mnist-5k" and report["test_accuracy"] > 0.8
+
+
+def test_summary_shows_the_threads_that_ran(tmp_path, idx_dir):
+    r = run_cli("--dataset", idx_dir, "--model", "mlp", "--epochs", 1, "--workers", 1,
+                "--threads-per-worker", 1, "--quiet", "--checkpoint-dir", "none", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "workers         1 x 1 thread\n" in r.stdout + "\n", r.stdout

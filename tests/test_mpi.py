@@ -40,7 +40,7 @@ def find_mpiexec() -> str | None:
 MPIEXEC = find_mpiexec()
 HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and MPIEXEC is not None
 needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec not found; install them with "
-                                                    "pip install 'dpnn[mpi]' (make test does)")
+                                                    "pip install mpi4py mpich (make test does)")
 
 # -- the workload: tiny models, 90 samples, 3 steps per epoch ---------------------------------
 MODELS = textwrap.dedent('''
@@ -181,7 +181,7 @@ def test_local_comm_is_the_identity():
 def test_missing_mpi4py_says_how_to_install(monkeypatch):
     import threading
     monkeypatch.setitem(sys.modules, "mpi4py", None)      # "import mpi4py" now raises ImportError
-    with pytest.raises(ImportError, match=r"pip install 'dpnn\[mpi\]'"):
+    with pytest.raises(ImportError, match=r"pip install mpi4py mpich"):
         get_communicator("mpi")
     time.sleep(0.3)
     assert not any(t.name == "dpnn-mpi-watchdog" for t in threading.enumerate()), "the watchdog outlived it"

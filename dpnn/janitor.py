@@ -17,7 +17,6 @@ Run as a script (``python dpnn/janitor.py PID PGID [SEGMENT...]``), so it starts
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -47,7 +46,7 @@ def pid_namespace() -> int:
 def run_prefix(pid: int | None = None) -> str:
     """The start of every segment name of one run coordinated by ``pid`` (default: this process)."""
     pid = os.getpid() if pid is None else pid
-    return f"{SEGMENT_PREFIX}_{pid}_s{process_start(pid) or 0}n{pid_namespace()}_{secrets.token_hex(4)}"
+    return f"{SEGMENT_PREFIX}_{pid}_s{process_start(pid) or 0}n{pid_namespace()}_{os.urandom(4).hex()}"
 
 
 def segment_owner(name: str) -> tuple[int, int, int] | None:
@@ -112,7 +111,9 @@ def start(pid: int | None = None) -> subprocess.Popen:
     """
     pid = os.getpid() if pid is None else pid
     pgid = pid if os.getpgid(pid) == pid else 0      # only a group we lead is safe to kill wholesale
-    args = [sys.executable, os.path.abspath(__file__), str(pid), str(pgid), *mapped_segments(pid, "mpich_shm_")]
+    isolated = ["-P"] if sys.version_info >= (3, 11) else []     # dpnn/random.py must not shadow random
+    args = [sys.executable, *isolated, os.path.abspath(__file__), str(pid), str(pgid),
+            *mapped_segments(pid, "mpich_shm_")]
     return subprocess.Popen(args, stdin=subprocess.PIPE, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -2,8 +2,10 @@
 
 Every rank runs the same command. Rank 0 alone checks and writes the outputs and reads the
 checkpoint to resume from (the other nodes need not see its disk: the checkpoint's files
-are broadcast). Any rank that ends with an error aborts the whole job, so no rank is left
-waiting in a collective for a peer that has gone.
+are broadcast); when such a check fails, rank 0 alone reports it and the others wait for
+its abort, so the error is printed once. Any rank that ends with an error aborts the whole
+job, so no rank is left waiting in a collective for a peer that has gone, and first
+removes MPICH's shared-memory segments (an aborted job leaves them in /dev/shm).
 """
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ import time
 from dpnn.comm import ABORT_GRACE_S, INSTALL_HINT, Communicator
 from dpnn.distributed import on_root
 from dpnn.io import architecture_path
+from dpnn.janitor import SHM_DIR, mapped_segments
 from launch import checkpoint as ckpt
+
+ABORT_WAIT_S = 30.0     # how long the other ranks wait for rank 0 to abort after its check failed
 
 
 def launched_ranks(environ=os.environ) -> int:
@@ -57,7 +62,7 @@ def newest_checkpoint(directory: str, comm: Communicator | None, not_found) -> t
     if comm is None or comm.size == 1:
         path, _ = files()
         return (path, *ckpt.load_checkpoint(path))
-    path, blobs = on_root(comm, files)
+    path, blobs = from_root(comm, files)
     if comm.rank == 0:
         return (path, *ckpt.load_checkpoint(path))
     with tempfile.TemporaryDirectory(prefix="dpnn-resume-") as tmp:
@@ -77,14 +82,42 @@ def check_backend(comm: Communicator | None, backend: str, usage_error) -> None:
 def finish(comm: Communicator | None, status: int) -> int:
     """Exit status for main(); a failed rank aborts every rank instead of leaving them waiting."""
     if comm is not None and comm.size > 1 and status != 0:
+        remove_mpich_segments()
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)      # let mpiexec forward the error message first
         comm.abort(status)
     return status
 
 
+def remove_mpich_segments() -> list[str]:
+    """Unlink MPICH's /dev/shm segments that this process maps (so: this job's, no other's).
+
+    An aborted job never reaches MPI_Finalize, which would remove them; the mappings stay
+    valid until every rank is gone."""
+    removed = []
+    for name in mapped_segments(os.getpid(), "mpich_shm_"):
+        try:
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed.append(name)
+        except OSError:           # another rank of this job was first
+            pass
+    return removed
+
+
+def from_root(comm: Communicator, fn, *args):
+    """``on_root``, except that when ``fn`` fails the other ranks wait for rank 0 to report it and
+    abort the job (``finish``), so the error is printed once; they raise it themselves only if
+    that abort does not come within ABORT_WAIT_S."""
+    try:
+        return on_root(comm, fn, *args)
+    except Exception:
+        if comm.rank != 0:
+            time.sleep(ABORT_WAIT_S)
+        raise
+
+
 def rank0_only(comm: Communicator | None, fn, *args):
     """``fn(*args)`` on rank 0 alone (e.g. checking output paths); its result or error everywhere."""
     if comm is None or comm.size == 1:
         return fn(*args)
-    return on_root(comm, fn, *args)
+    return from_root(comm, fn, *args)

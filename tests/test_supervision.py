@@ -15,9 +15,11 @@ lines on stderr and no traceback, no process left, no ``dpnn_*`` segment left.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -142,34 +144,6 @@ FAULTS = textwrap.dedent('''
         print("RESULT", restarts, np.array_equal(m.params, ref.params), flush=True)
 ''')
 
-WORKER_LINE = r"dpnn: worker 1 \(pid \d+\) died \({}\); respawned as pid \d+(, step redone)?"
-SERVER_LINE = r"dpnn: the fork server \(pid \d+\) died; started a new one \(pid \d+\), the workers train on"
-TRAINING_FAULTS = {      # fault: (restarts, the lines stderr must hold, in any order)
-    "forkserver": ([0, 0], [SERVER_LINE]),
-    "forkserver+worker": ([0, 1], [SERVER_LINE, WORKER_LINE.format(
-        "exit status unknown: the fork server that started it died")]),
-    "worker": ([0, 1], [WORKER_LINE.format("killed by SIGKILL")]),
-    "sigstop": ([0, 1], [WORKER_LINE.format(r"silent for more than 1\.5 s \(stopped or stuck\), so killed")]),
-}
-
-
-@pytest.mark.parametrize("fault", list(TRAINING_FAULTS))
-def test_a_fault_during_training_is_recovered_bitwise(tmp_path, fault):
-    restarts, lines = TRAINING_FAULTS[fault]
-    (tmp_path / "faults.py").write_text(FAULTS)
-    proc = subprocess.Popen([sys.executable, "faults.py", fault], cwd=tmp_path, env=env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    code, out, err = finish(proc)
-    assert code == 0, err
-    assert f"RESULT {restarts} True" in out, (out, err)       # recovered, bitwise undisturbed
-    said = [line for line in err.splitlines() if not line.startswith("dpnn: removed")]  # others' leftovers
-    assert len(said) == len(lines) and "Traceback" not in err, err
-    for pattern in lines:
-        assert any(re.fullmatch(pattern, line) for line in said), (pattern, err)
-    assert_nothing_left(proc)
-
-
-# -- leftovers of a run killed all at once ----------------------------------------------------
 COORDINATOR = textwrap.dedent('''
     import sys
     import numpy as np
@@ -188,49 +162,6 @@ COORDINATOR = textwrap.dedent('''
 ''')
 
 
-def test_a_run_killed_all_at_once_is_swept_by_the_next(tmp_path, caplog):
-    """kill -9 -- -PGID: nobody of the run can unlink; the next pool start-up does, in one line."""
-    (tmp_path / "train.py").write_text(COORDINATOR)
-    ready = tmp_path / "ready"
-    proc = subprocess.Popen([sys.executable, "train.py", str(ready)], cwd=tmp_path, env=env(),
-                            stderr=subprocess.PIPE, start_new_session=True)
-    if not wait_until(lambda: ready.exists() or proc.poll() is not None, 60) or not ready.exists():
-        finish(proc, 5)
-        pytest.fail("the run did not start training")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
-    assert wait_until(lambda: not session_members(proc.pid), 10)
-    left = segments_of(proc.pid)
-    assert left, "the killed run should have left its segments"
-    from dpnn.workers import SharedArena
-    with caplog.at_level("WARNING", logger="dpnn.workers"):
-        SharedArena.create({"params": ((4,), "float32")}).unlink()      # the next run starts
-    assert segments_of(proc.pid) == set()
-    said = [r.getMessage() for r in caplog.records if "shared-memory" in r.getMessage()]
-    assert len(said) == 1 and f"dead process(es) {proc.pid}" in said[0], said
-
-
-def test_only_a_dead_owners_segments_are_swept(tmp_path):
-    """Fake leftovers: a dead pid's and a reused pid's go; a live owner's, another PID
-    namespace's and an unrecognised name stay."""
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    me = os.getpid()
-    mine = run_prefix(me)
-    reused = re.sub(r"_s\d+n", "_s1n", run_prefix(me))              # this pid, another start time
-    foreign = re.sub(r"n\d+_", "n1_", run_prefix(dead.pid))          # another PID namespace
-    names = {"dead": f"{run_prefix(dead.pid)}_params_0", "reused": f"{reused}_x_1",
-             "live": f"{mine}_grads_0", "foreign": f"{foreign}_x_0", "other": f"dpnn_{dead.pid}_cafe_x_0"}
-    for name in names.values():
-        (tmp_path / name).write_bytes(b"x")
-    removed = sweep_stale(str(tmp_path))
-    assert removed == {dead.pid: 1, me: 1}
-    assert sorted(os.listdir(tmp_path)) == sorted([names["live"], names["foreign"], names["other"]])
-    assert segment_owner(names["live"])[:2] == (me, int(mine.split("_")[2][1:].split("n")[0]))
-    assert segment_owner("mpich_shm_1234") is None and segment_owner("dpnn_x_1") is None
-
-
-# -- SIGTERM while the workers start ----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A --dataset directory of tiny synthetic IDX files and a tiny model JSON."""
@@ -259,21 +190,143 @@ def wait_for_fork_server(proc: subprocess.Popen, timeout: float = 60) -> None:
         time.sleep(0.005)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.1, 0.2, 0.4])
-def test_sigterm_during_start_up_exits_143_without_a_traceback(tmp_path, tiny_run, delay):
+# -- the runs: each returns (process, exit status, stdout, stderr) ------------------------------
+def start(args, cwd, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=cwd, env=kwargs.pop("env", env()), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, **kwargs)
+
+
+def run_training_fault(tmp_path, toy, fault):
+    (tmp_path / "faults.py").write_text(FAULTS)
+    proc = start([sys.executable, "faults.py", fault], tmp_path)
+    return (proc, *finish(proc))
+
+
+def run_killed_group_then_next(tmp_path, toy, _):
+    """kill -9 -- -PGID: nobody of the run can unlink; the next run's pool start-up does."""
+    (tmp_path / "train.py").write_text(COORDINATOR)
+    ready = tmp_path / "ready"
+    first = start([sys.executable, "train.py", str(ready)], tmp_path)
+    if not wait_until(lambda: ready.exists() or first.poll() is not None, 60) or not ready.exists():
+        pytest.fail(f"the run did not start training: {finish(first, 5)}")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    assert wait_until(lambda: not session_members(first.pid), 10)
+    assert segments_of(first.pid), "the killed run should have left its segments"
+    nxt = start([sys.executable, "-c", "from dpnn.workers import SharedArena\n"
+                 "SharedArena.create({'params': ((4,), 'float32')}).unlink()"], tmp_path)
+    code, out, err = finish(nxt)
+    return first, code, out, err.replace(f"dead process(es) {first.pid}", "dead process(es) FIRST")
+
+
+def run_sigterm_at_start_up(tmp_path, toy, delay):
     """SIGTERM ``delay`` s after the fork server appears: while the workers start."""
-    proc = subprocess.Popen([sys.executable, "-m", "launch.train", "--dataset", str(tiny_run),
-                             "--model", str(tiny_run / "tiny.json"), "--workers", "2", "--epochs", "1",
-                             "--limit", "64", "--quiet", "--checkpoint-dir", str(tmp_path / "ck"),
-                             "--out", str(tmp_path / "w.hdf5")],
-                            cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = start([sys.executable, "-m", "launch.train", "--dataset", str(toy), "--model",
+                  str(toy / "tiny.json"), "--workers", "2", "--epochs", "1", "--limit", "64", "--quiet",
+                  "--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path / "w.hdf5")], ROOT)
     wait_for_fork_server(proc)
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
-    code, out, err = finish(proc)
+    return (proc, *finish(proc))
+
+
+def run_mpi_bad_argument(tmp_path, toy, _):
+    """--checkpoint-dir holding an earlier run: rank 0's check fails, the job aborts."""
+    common = ["-m", "launch.train", "--dataset", str(toy), "--model", str(toy / "tiny.json"),
+              "--workers", "1", "--epochs", "1", "--quiet", "--checkpoint-dir", "ck"]
+    earlier = subprocess.run([sys.executable, *common, "--out", "a.hdf5"], cwd=tmp_path, env=env(),
+                             capture_output=True, text=True, timeout=60)
+    assert earlier.returncode == 0, earlier.stderr
+    before = mpich_segments()
+    proc = start([MPIEXEC, "-n", "2", sys.executable, *common, "--backend", "mpi", "--out", "b.hdf5"],
+                 tmp_path, env=dict(env(), HYDRA_LAUNCHER="fork"))
+    result = (proc, *finish(proc))
+    assert wait_until(lambda: not unmapped(mpich_segments() - before), 5), \
+        f"MPICH's segments were left: {unmapped(mpich_segments() - before)}"
+    return result
+
+
+def find_mpiexec() -> str | None:
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+
+
+MPIEXEC = find_mpiexec()
+HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and MPIEXEC is not None
+
+
+def mpich_segments() -> set[str]:
+    return {n for n in os.listdir(SHM) if n.startswith("mpich_shm_")}
+
+
+def unmapped(names: set[str]) -> set[str]:
+    """The segments among ``names`` that no live process maps (those of running jobs are)."""
+    from dpnn.janitor import mapped_segments
+    mapped = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        mapped.update(mapped_segments(int(pid), "mpich_shm_"))
+    return names - mapped
+
+
+# -- the table --------------------------------------------------------------------------------
+WORKER_LINE = r"dpnn: worker 1 \(pid \d+\) died \({}\); respawned as pid \d+(, step redone)?"
+SERVER_LINE = r"dpnn: the fork server \(pid \d+\) died; started a new one \(pid \d+\), the workers train on"
+SWEPT_LINE = r"dpnn: removed \d+ shared-memory segment\(s\) left in /dev/shm by dead process\(es\) (\d+, )*FIRST(, \d+)*"
+MPI_LINE = r"python -m launch\.train: error: ck already holds checkpoints of an earlier run .*"
+TERM_CODES = (143, -signal.SIGTERM, 0)  # -15: before Python set its handler (a shell says 143); 0: done first
+RECOVERED = "RESULT {} True"           # the restarts per worker, and bitwise the undisturbed run
+
+# case: (run, its argument, exit statuses, the lines stderr holds (any order; None: not
+#        counted), what stdout must hold)
+FAULT_TABLE = {
+    "kill the fork server": (run_training_fault, "forkserver", (0,), [SERVER_LINE], RECOVERED.format([0, 0])),
+    "kill the fork server and a worker": (run_training_fault, "forkserver+worker", (0,), [
+        SERVER_LINE, WORKER_LINE.format("exit status unknown: the fork server that started it died")],
+        RECOVERED.format([0, 1])),
+    "SIGKILL a worker mid-step": (run_training_fault, "worker", (0,), [WORKER_LINE.format("killed by SIGKILL")],
+                                  RECOVERED.format([0, 1])),
+    "SIGSTOP a worker": (run_training_fault, "sigstop", (0,), [WORKER_LINE.format(
+        r"silent for more than 1\.5 s \(stopped or stuck\), so killed")], RECOVERED.format([0, 1])),
+    "kill -9 the whole group, then a new run": (run_killed_group_then_next, None, (0,), [SWEPT_LINE], ""),
+    **{f"SIGTERM {d} s into start-up": (run_sigterm_at_start_up, d, TERM_CODES, None, "")
+       for d in (0.0, 0.05, 0.1, 0.2, 0.4)},
+    "MPI run with a bad argument": (run_mpi_bad_argument, None, (2,), [MPI_LINE], ""),
+}
+
+
+@pytest.mark.parametrize("case", list(FAULT_TABLE))
+def test_fault_table(tmp_path, tiny_run, case):
+    run, arg, codes, lines, stdout = FAULT_TABLE[case]
+    if run is run_mpi_bad_argument and not HAVE_MPI:
+        pytest.skip("mpi4py or mpiexec not found (pip install 'dpnn[mpi]')")
+    proc, code, out, err = run(tmp_path, tiny_run, arg)
+    assert code in codes, (code, err)
+    assert stdout in out, (out, err)
     assert "Traceback" not in err, err
-    # 143 from launch.train; -15 if the signal came before Python had set up its handler
-    # (what a shell reports as 143 too), or 0 if this machine was fast enough to finish first
-    assert code in (143, -signal.SIGTERM, 0), (code, err)
+    said = [line for line in err.splitlines()             # leftovers of other jobs, swept meanwhile
+            if not (line.startswith("dpnn: removed") and "FIRST" not in line)]
+    if lines is not None:
+        assert len(said) == len(lines), err
+        for pattern in lines:
+            assert any(re.fullmatch(pattern, line) for line in said), (pattern, err)
     assert_nothing_left(proc)
+
+
+def test_only_a_dead_owners_segments_are_swept(tmp_path):
+    """Fake leftovers: a dead pid's and a reused pid's go; a live owner's, another PID
+    namespace's and an unrecognised name stay."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    me = os.getpid()
+    mine = run_prefix(me)
+    reused = re.sub(r"_s\d+n", "_s1n", run_prefix(me))              # this pid, another start time
+    foreign = re.sub(r"n\d+_", "n1_", run_prefix(dead.pid))          # another PID namespace
+    names = {"dead": f"{run_prefix(dead.pid)}_params_0", "reused": f"{reused}_x_1",
+             "live": f"{mine}_grads_0", "foreign": f"{foreign}_x_0", "other": f"dpnn_{dead.pid}_cafe_x_0"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"x")
+    removed = sweep_stale(str(tmp_path))
+    assert removed == {dead.pid: 1, me: 1}
+    assert sorted(os.listdir(tmp_path)) == sorted([names["live"], names["foreign"], names["other"]])
+    assert segment_owner(names["live"])[:2] == (me, int(mine.split("_")[2][1:].split("n")[0]))
+    assert segment_owner("mpich_shm_1234") is None and segment_owner("dpnn_x_1") is None

@@ -82,6 +82,9 @@ def ensure_forkserver() -> int | None:
 def deferred_signals(signals=(signal.SIGINT, signal.SIGTERM)):
     """Hold ``signals`` until the block ends: an interrupt then never lands half-way through
     launching a process (a child reading a truncated start-up message prints a traceback)."""
+    if not hasattr(signal, "pthread_sigmask"):      # Windows: no signal masks
+        yield
+        return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield

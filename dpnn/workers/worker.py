@@ -171,7 +171,8 @@ def worker_main(worker_id: int, spec: WorkerSpec, conn, barrier) -> None:
     coordinator over the pipe, never to stderr (an interrupted start-up prints nothing).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the coordinator's to handle
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})   # the pool blocks it while starting us
+    if hasattr(signal, "pthread_sigmask"):            # the pool blocks SIGTERM while starting us
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         limit_process_threads(spec.threads)
         pin(spec.cpus[worker_id])

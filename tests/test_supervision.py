@@ -270,7 +270,7 @@ def unmapped(names: set[str]) -> set[str]:
 
 # -- the table --------------------------------------------------------------------------------
 WORKER_LINE = r"dpnn: worker 1 \(pid \d+\) died \({}\); respawned as pid \d+(, step redone)?"
-SERVER_LINE = r"dpnn: the fork server \(pid \d+\) died; started a new one \(pid \d+\), the workers train on"
+SERVER_LINE = r"dpnn: the fork server \(pid \d+\) died; started a new one \(pid \d+\)"
 SWEPT_LINE = r"dpnn: removed \d+ shared-memory segment\(s\) left in /dev/shm by dead process\(es\) (\d+, )*FIRST(, \d+)*"
 MPI_LINE = r"python -m launch\.train: error: ck already holds checkpoints of an earlier run .*"
 TERM_CODES = (143, -signal.SIGTERM, 0)  # -15: before Python set its handler (a shell says 143); 0: done first

@@ -7,7 +7,8 @@ that dies (SIGKILL, out of memory) is noticed at once, not after a timeout.
 Whether a worker lives is decided by a psutil handle on its pid (which notices pid reuse),
 not by multiprocessing alone: with ``forkserver`` a worker's sentinel and exit code come from
 the fork server, so when the fork server dies every sentinel fires although the workers run
-on. Such a sentinel is then ignored, and a new fork server is started at once (one log line).
+on. Such a sentinel is then ignored (the pipe's EOF still tells a death), and a new fork
+server is started at once (one log line).
 A worker silent for more than ``timeout`` seconds (stopped with SIGSTOP, stuck) is killed and
 reported dead like any other, so the coordinator respawns it and redoes the step.
 """
@@ -122,8 +123,7 @@ class WorkerPool:
         old = forkserver_pid()
         new = ensure_forkserver()
         if old is not None:
-            log.warning("dpnn: the fork server (pid %d) died; started a new one (pid %s), "
-                        "the workers train on", old, new)
+            log.warning("dpnn: the fork server (pid %d) died; started a new one (pid %s)", old, new)
 
     def respawn(self, ids: list[int], layout) -> None:
         """Replace dead workers by fresh ones that see the current shared buffers.

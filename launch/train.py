@@ -3,6 +3,7 @@
     python -m launch.train --workers auto                       # seed-cnn on Fashion-MNIST, 5 epochs
     python -m launch.train --dataset mnist-5k --model lenet5 --epochs 10 --plot curves.png
     python -m launch.train --dataset ./mnist_dataset --limit 2000 --epochs 1 --quiet
+    python -m launch.train --dataset ./my_photos --image-size 32x32x3 --val-split 0.1 --plot curves.png
     python -m launch.train --resume --checkpoint-dir checkpoints  # continue an interrupted run
     mpiexec -n 2 python -m launch.train --backend mpi --workers auto
 
@@ -29,6 +30,7 @@ from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import checkpoint as ckpt
 from launch import report
 from launch import mpi
+from launch.data import image_size_arg
 from launch.plot import INSTALL_HINT, matplotlib_available
 from launch.presets import PRESETS, build_model
 
@@ -37,7 +39,7 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 DEFAULT_MOMENTUM = 0.9
 # Settings that define the computation: --resume takes them from the checkpoint and refuses
 # a different value on the command line. Every other flag may change when resuming.
-RUN_KEYS = ("dataset", "model", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+RUN_KEYS = ("dataset", "image_size", "label_column", "model", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
             "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
             "seed", "deterministic", "limit")
 
@@ -80,8 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default="fashion-mnist", metavar="NAME|DIR",
-                   help=f"named data set ({', '.join(LOADERS)}) or a directory holding the four "
-                        "MNIST-style IDX files, gzip or raw; 'python -m launch.data' lists what is installed")
+                   help=f"named data set ({', '.join(LOADERS)}) or a directory of your own data: the four "
+                        "MNIST-style IDX files, train.npz/test.npz, train.csv/test.csv or image folders "
+                        "train/<class>/*.png; 'python -m launch.data' lists what is installed, "
+                        "'python -m launch.data --inspect DIR' shows what a directory holds")
+    g.add_argument("--image-size", type=image_size_arg, default=None, metavar="HxW[xC]",
+                   help="--dataset DIR of image folders: resize every image to it; of CSV or flat npz "
+                        "rows: the image each row holds (default: images as they are, square "
+                        "grayscale rows)")
+    g.add_argument("--label-column", default=None, metavar="N|NAME",
+                   help="--dataset DIR of CSV files: the label column, an index (0 first, -1 last) or "
+                        "a header name (default: detected)")
     g.add_argument("--model", default="seed-cnn", metavar="PRESET|FILE.json",
                    help=f"preset ({', '.join(PRESETS)}) or an architecture JSON as model.save() writes it")
     g.add_argument("--limit", type=int, default=None, metavar="N",
@@ -262,9 +273,13 @@ def done(info: dict) -> str:
     return f"{info['epoch']} epochs" + (f" and {info['step']} steps" if info["step"] else "")
 
 
-def load_data(args):
-    """(train, test, info) with --limit applied; DataError for anything wrong with the files."""
-    train, test, info = load_dataset(args.dataset)
+def load_data(args, note):
+    """(train, test, info) with --limit applied; DataError for anything wrong with the files.
+
+    What the loader says a user should know (a test split held out) goes to ``note``."""
+    train, test, info = load_dataset(args.dataset, args.image_size, args.label_column)
+    for line in info.get("notes", []):
+        note(f"note: {line}")
     if args.limit:
         train = train.subset(args.limit)
     n_val = int(round(len(train) * args.val_split))
@@ -311,7 +326,7 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
     mpi.check_backend(comm, args.backend, UsageError)
     mpi.rank0_only(comm, report.check_outputs, args, locks, UsageError)     # only rank 0 writes files
     resolve_workers(args, note, comm)
-    train, test, info = load_data(args)
+    train, test, info = load_data(args, note)
     model = make_model(args, train, info, resumed)
     saved = resumed.info["history"] if resumed else {k: [] for k in ("loss", "acc", "val_loss", "val_acc", "lr")}
     history = {k: [math.nan if v is None else v for v in vs] for k, vs in saved.items()}

@@ -55,10 +55,11 @@ class DistributedEngine:
     def __init__(self, model, comm: Communicator | str = "mpi", workers=1,
                  threads_per_worker: int | None = None, deterministic: bool = False,
                  check_every: int = 50, sync_batchnorm: bool | None = None, seed: int | None = None,
-                 **local_options) -> None:
+                 augment=None, **local_options) -> None:
         if not model.built:
             raise ValueError("build the model before creating its engine: model.build(input_shape)")
-        self.model, self.deterministic = model, deterministic
+        self.model, self.deterministic, self.augment = model, deterministic, augment
+        self._data: tuple[np.ndarray, np.ndarray] | None = None
         self.comm = get_communicator(comm)
         self.rank, self.size = self.comm.rank, self.comm.size
         self.check_every, self.steps = max(int(check_every), 1), 0
@@ -103,7 +104,7 @@ class DistributedEngine:
         from .workers import DataParallel
         return DataParallel(self.model, workers=workers, threads_per_worker=threads_per_worker,
                             deterministic=self.deterministic, ranks=self.comm.local_size,
-                            oversubscribe=True, **options)
+                            oversubscribe=True, augment=self.augment, **options)
 
     # -- start-up / resume --------------------------------------------------------------
     def broadcast_model(self, root: int = 0) -> None:
@@ -117,7 +118,20 @@ class DistributedEngine:
     # -- one step -----------------------------------------------------------------------
     def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
         """One optimizer step on the GLOBAL batch (N, ...); returns global sums on every rank."""
-        m, n = self.model, len(x)
+        return self._step(Batch(x, y), keys)
+
+    def place_data(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """The training set, identical on every rank; the node's pool keeps it in shared memory."""
+        self._data = (X, Y)
+        if self.local is not None:
+            self.local.place_data(X, Y)
+
+    def train_rows(self, indices: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
+        """:meth:`train_step` on rows ``indices`` of the placed data (each rank gathers its own)."""
+        return self._step(Batch(*self._data, np.asarray(indices, np.int64)), keys)
+
+    def _step(self, batch: "Batch", keys) -> StepStats:
+        m, n = self.model, len(batch)
         t0 = time.perf_counter()
         if keys is None:               # Dropout keys of the global batch, alike on every rank
             keys = make_sample_keys(m.seed or 0, self.steps + 1, np.arange(n))
@@ -127,7 +141,7 @@ class DistributedEngine:
             a, b = shard_bounds(n, self.size)[self.rank]
             owned = [(a, b)]
         for j, (a, b) in enumerate(owned):
-            self._compute(j, x, y, keys, a, b, n)
+            self._compute(j, batch, keys, a, b, n)
         t1 = time.perf_counter()
         stats = self._reduce(n)
         t2 = time.perf_counter()
@@ -135,7 +149,7 @@ class DistributedEngine:
         t3 = time.perf_counter()
         self.steps += 1
         if self.steps == 1 or self.steps % self.check_every == 0:
-            self.check_in_sync(x, keys)
+            self.check_in_sync(batch.fingerprint(), keys)
         stats.grad_norm = norm
         stats.times = {"compute": t1 - t0, "wait": 0.0, "reduce": t2 - t1, "optimizer": t3 - t2}
         return stats
@@ -144,8 +158,8 @@ class DistributedEngine:
         return [shard_bounds(n, DETERMINISTIC_SHARDS)[k]
                 for k in owned_slots(DETERMINISTIC_SHARDS, self.size, self.rank)]
 
-    def _compute(self, j: int, x, y, keys, a: int, b: int, n: int) -> None:
-        """Slot j <- [grads of sum(loss on x[a:b]) / n | BN state after x[a:b]] and its stats."""
+    def _compute(self, j: int, batch: "Batch", keys, a: int, b: int, n: int) -> None:
+        """Slot j <- [grads of sum(loss on samples a:b) / n | BN state after them] and its stats."""
         m, P = self.model, self.model.params.size
         slot, stats = self._pack[j], self._stats[j]
         state0 = m.state.copy()
@@ -156,11 +170,12 @@ class DistributedEngine:
         if self.local is None or b <= a:          # the recipe's shard, in this process
             m.bind_grads(slot[:P])
             try:
-                result = run_shard(m, j, x[a:b], y[a:b], n, k, state0)
+                result = run_shard(m, j, *batch.take(a, b), n, k, state0, self.augment)
             finally:
                 m.bind_grads(self._grads)
         else:                  # the node's workers: merged grads and state, no optimizer step
-            local = self.local.compute_gradients(x[a:b], y[a:b], k, denominator=n)
+            local = (self.local.compute_gradients(*batch.take(a, b), k, denominator=n) if batch.rows is None
+                     else self.local.compute_rows(batch.rows[a:b], k, denominator=n))
             result = ShardResult(j, local.loss_sum, local.correct, b - a)
             slot[:P] = m.grads
         slot[P:] = m.state
@@ -241,6 +256,26 @@ class DistributedEngine:
         if self.local is not None:
             self.local.close()
             self.local = None
+
+
+class Batch:
+    """The global batch: arrays (x, y), or rows ``rows`` of the placed training set (X, Y)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.x, self.y, self.rows = x, y, rows
+
+    def __len__(self) -> int:
+        return len(self.x) if self.rows is None else len(self.rows)
+
+    def take(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """Samples a:b of the batch as arrays."""
+        if self.rows is None:
+            return self.x[a:b], self.y[a:b]
+        return self.x[self.rows[a:b]], self.y[self.rows[a:b]]
+
+    def fingerprint(self) -> np.ndarray:
+        """What ranks compare to know they were fed the same batch: the samples or their indices."""
+        return self.x if self.rows is None else self.rows
 
 
 def on_root(comm: Communicator, fn, *args, root: int = 0):

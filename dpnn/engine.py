@@ -47,16 +47,20 @@ class EngineInfo:
 
 
 class Engine(Protocol):
-    """How ``fit`` trains, whoever computes: every engine has exactly these five methods.
+    """How ``fit`` trains, whoever computes: every engine has exactly these methods.
 
-    ``train_step(x, y, keys)`` one optimizer step on a global batch (keys: (N,) uint64 Dropout
-    keys) -> StepStats of sums; ``evaluate(x, y, batch_size)`` -> (mean loss, accuracy);
-    ``sync_state()`` at an epoch's end, bring every copy of the model into agreement;
-    ``close()`` stop processes, free shared memory, leave the model usable in this process;
-    ``describe()`` -> EngineInfo.
+    ``train_step(x, y, keys)`` one optimizer step on a global batch (keys: (N,) uint64
+    per-sample keys for Dropout and augmentation) -> StepStats of sums;
+    ``place_data(X, Y)`` + ``train_rows(indices, keys)`` the same step on rows of a training
+    set handed over once (a pool keeps it in shared memory and sends only indices);
+    ``evaluate(x, y, batch_size)`` -> (mean loss, accuracy); ``sync_state()`` at an epoch's
+    end, bring every copy of the model into agreement; ``close()`` stop processes, free shared
+    memory, leave the model usable in this process; ``describe()`` -> EngineInfo.
     """
 
     def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats: ...
+    def place_data(self, X: np.ndarray, Y: np.ndarray) -> None: ...
+    def train_rows(self, indices: np.ndarray, keys: np.ndarray | None = None) -> StepStats: ...
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]: ...
     def sync_state(self) -> None: ...
     def close(self) -> None: ...
@@ -87,11 +91,14 @@ class LocalEngine:
     """In-process training steps; deterministic mode runs the same fixed shards as the workers.
 
     ``threads_per_worker`` limits this process's BLAS threads while the engine is open
-    (deterministic mode: 1, because GEMM results can depend on the thread count).
+    (deterministic mode: 1, because GEMM results can depend on the thread count);
+    ``augment`` (fn(x, keys)) transforms each shard before its forward pass.
     """
 
-    def __init__(self, model, deterministic: bool = False, threads_per_worker: int | None = None) -> None:
-        self.model, self.deterministic = model, deterministic
+    def __init__(self, model, deterministic: bool = False, threads_per_worker: int | None = None,
+                 augment=None) -> None:
+        self.model, self.deterministic, self.augment = model, deterministic, augment
+        self._data: tuple[np.ndarray, np.ndarray] | None = None
         self.threads_per_worker = threads.local_threads(threads_per_worker, deterministic)
         self._slots: np.ndarray | None = None
         self._limit = threads.blas_limit(self.threads_per_worker)
@@ -104,7 +111,7 @@ class LocalEngine:
         m, n = self.model, len(x)
         t0 = time.perf_counter()
         if not self.deterministic:
-            total, correct = shard_gradients(m, x, y, n, keys)
+            _, total, correct, _ = run_shard(m, 0, x, y, n, keys, None, self.augment)
         else:
             total, correct = self._deterministic_gradients(x, y, keys)
         t1 = time.perf_counter()
@@ -124,11 +131,18 @@ class LocalEngine:
             for k, (a, b) in enumerate(shard_bounds(n, DETERMINISTIC_SHARDS)):
                 m.bind_grads(self._slots[k])
                 results.append(run_shard(m, k, x[a:b], y[a:b], n, None if keys is None else keys[a:b],
-                                         state0))
+                                         state0, self.augment))
                 self._state_slots[k] = m.state
         finally:
             m.bind_grads(grads)
         return combine_shards(results, self._slots, self._state_slots, m.grads, m.state)
+
+    def place_data(self, X: np.ndarray, Y: np.ndarray) -> None:
+        self._data = (X, Y)
+
+    def train_rows(self, indices: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
+        X, Y = self._data
+        return self.train_step(X[indices], Y[indices], keys)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
         return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
@@ -141,7 +155,7 @@ class LocalEngine:
 
 
 def make_engine(model, workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
-                backend=None, seed: int | None = None, **options) -> Engine:
+                backend=None, seed: int | None = None, augment=None, **options) -> Engine:
     """The engine ``fit`` asked for: MPI ranks when ``backend='mpi'`` (or a Communicator; they
     agree on rank 0's ``seed``), else shared-memory workers for ``workers`` > 1, else this
     process (where the worker-process options have nothing to do)."""
@@ -149,14 +163,15 @@ def make_engine(model, workers=1, threads_per_worker: int | None = None, determi
     if backend == "mpi" or isinstance(backend, Communicator):
         from .distributed import DistributedEngine
         return DistributedEngine(model, backend, workers=workers, threads_per_worker=threads_per_worker,
-                                 deterministic=deterministic, seed=seed, **options)
+                                 deterministic=deterministic, seed=seed, augment=augment, **options)
     if backend not in (None, "local"):
         raise ValueError(f"backend must be None, 'local' or 'mpi', got {backend!r}")
     n = threads.resolve_workers(1 if workers is None else workers,
                                 oversubscribe=options.get("oversubscribe", False))
     if n == 1:
-        return LocalEngine(model, deterministic=deterministic, threads_per_worker=threads_per_worker)
+        return LocalEngine(model, deterministic=deterministic, threads_per_worker=threads_per_worker,
+                           augment=augment)
     from .workers import DataParallel
     options.pop("check_every", None)
     return DataParallel(model, workers=n, threads_per_worker=threads_per_worker,
-                        deterministic=deterministic, **options)
+                        deterministic=deterministic, augment=augment, **options)

@@ -94,7 +94,7 @@ def check_options(options: dict) -> dict:
 
 def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar,
               signals: DeferredSignals, start: Progress | None = None) -> dict:
-    """One pass over (X, y), from ``start`` (a step inside this epoch) if given; returns
+    """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given; returns
     {'loss', 'acc', 'samples_per_s', 'time', 'times'}. ``model.progress`` follows every step."""
     n = len(X)
     order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
@@ -108,7 +108,7 @@ def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar
             continue
         signals.check(p)
         idx = order[first:first + batch_size]
-        stats = engine.train_step(X[idx], y[idx], sample_keys(seed, epoch, idx))
+        stats = engine.train_rows(idx, sample_keys(seed, epoch, idx))
         if not math.isfinite(stats.loss_sum):
             raise TrainingDiverged(f"the loss became {stats.loss_sum} at epoch {epoch + 1}, step "
                                    f"{step + 1}; lower the learning rate or set clip_norm")
@@ -145,12 +145,15 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         lr_min: float = 1e-6, callbacks=None, seed: int | None = None, verbose: int = 1,
         workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
         initial_epoch: int = 0, history: dict | None = None, progress: Progress | None = None,
-        **engine_options) -> dict:
+        augment=None, **engine_options) -> dict:
     """Train ``model``; returns ``{'loss', 'acc', 'val_loss', 'val_acc', 'lr'}`` lists per epoch.
 
     ``workers=N`` (or ``'auto'``) trains with the shared-memory data-parallel engine;
     ``workers=1`` stays in this process. With the same ``seed`` and ``batch_size`` the
     result does not depend on the worker count (bitwise with ``deterministic=True``).
+    ``augment``: fn(x, keys) -> x applied to each shard of every training batch where it is
+    computed (in the workers), keys (N,) uint64 being per-sample (seed, epoch, index) keys, so
+    that results stay worker-count invariant (see :mod:`dpnn.augment`).
     ``validation_data`` is Keras's name for ``val_data``. SIGINT/SIGTERM stop training after
     the step in flight with :class:`TrainingInterrupted`; ``initial_epoch``/``history``/
     ``progress`` continue an earlier run from an epoch or from a step inside it.
@@ -165,6 +168,8 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         val_data = options.pop("val_data")
     model.check_not_owned("fit")
     model._require_compiled()
+    if augment is not None and not callable(augment):
+        raise TypeError(f"augment must be a function fn(x, keys) -> x, got {type(augment).__name__}")
     X, Y = as_arrays(x, y)
     if not isinstance(epochs, int) or epochs < 0 or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("epochs must be an int >= 0 and batch_size an int >= 1")
@@ -196,8 +201,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     model.callbacks = CallbackList(cbs, model)
     model.stop_training = False
     with DeferredSignals(verbose=bool(verbose)) as signals:
-        engine = make_engine(model, workers, threads_per_worker, deterministic, seed=seed, **options)
+        engine = make_engine(model, workers, threads_per_worker, deterministic, seed=seed,
+                             augment=augment, **options)
         try:
+            engine.place_data(X, Y)
             info = engine.describe()
             if info.seed is not None:                  # MPI: every rank uses rank 0's seed
                 seed = info.seed

@@ -271,7 +271,7 @@ def test_two_workers_give_bitwise_the_same_model_as_one(tmp_path, idx_dir, tiny_
     one = run_cli(*common, "--workers", 1, "--out", "one.hdf5", cwd=tmp_path)
     two = run_cli(*common, "--workers", 2, "--threads-per-worker", 1, "--out", "two.hdf5", cwd=tmp_path)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    assert "workers         2 x 1 threads" in two.stdout
+    assert "workers         2 x 1 thread\n" in two.stdout
     assert same_weights(tmp_path / "one.hdf5", tmp_path / "two.hdf5")
 
 

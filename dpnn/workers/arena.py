@@ -171,6 +171,14 @@ class SharedArena:
         _release({name: self._segments.pop(name)}, True)
         self._allocate(name, tuple(shape), dtype)
 
+    def ensure(self, name: str, shape: tuple, dtype: str) -> None:
+        """Owner: a new segment for ``name`` with this shape and dtype (replacing any old one)."""
+        if name in self._regions:
+            self.replace(name, shape, dtype)
+        else:
+            check_room(Region("", tuple(shape), np.dtype(dtype).str).nbytes, f"the {name} buffer of {shape}")
+            self._allocate(name, tuple(shape), dtype)
+
     def refresh(self, layout: dict[str, Region]) -> None:
         """Worker: attach to every region whose segment is new in ``layout``."""
         for name, region in layout.items():

@@ -31,6 +31,7 @@ from ..random import sample_keys as make_sample_keys
 from . import protocol as P
 from ._env import default_start_method
 from .arena import SharedArena
+from .batches import BatchLoader
 from .pool import WorkerPool
 from .protocol import WorkerSpec
 from .syncbn import exchange_width
@@ -76,7 +77,8 @@ class DataParallel:
                  deterministic: bool = False, sync_batchnorm: bool = False,
                  start_method: str | None = None, max_restarts: int = 3, pin: bool = True,
                  shard_optimizer: bool | str = "auto", oversubscribe: bool = False,
-                 ranks: int = 1, worker_timeout: float | None = WORKER_TIMEOUT_S) -> None:
+                 ranks: int = 1, worker_timeout: float | None = WORKER_TIMEOUT_S,
+                 augment=None) -> None:
         n = resolve_workers(workers, ranks, oversubscribe)
         if deterministic and n > DETERMINISTIC_SHARDS:
             if workers != "auto":
@@ -105,6 +107,9 @@ class DataParallel:
         self.startup_time: float | None = None      # seconds from start() to every worker ready
         self.restarts = [0] * n                     # deaths seen per worker
         self.arena: SharedArena | None = None
+        self.batches: BatchLoader | None = None
+        self.augment = augment                      # fn(x, keys) run by each worker on its shard
+        self._layout_changed = False
         self.pool: WorkerPool | None = None
         self._sets: ShardedUpdate | None = None    # None: the optimizer always runs here
         self._attempt = self._auto_keys = 0
@@ -141,6 +146,7 @@ class DataParallel:
         t0 = time.perf_counter()
         try:
             self.arena = a = SharedArena.create(self._regions(x, y))
+            self.batches = BatchLoader(a, m.input_shape[1:])
             keys = slot_keys(m.optimizer) if self.shard_optimizer else None
             self._sets = ShardedUpdate(m, a, keys) if keys is not None else None
             params = self._sets.current_params() if self._sets else a["params"][0]
@@ -177,7 +183,7 @@ class DataParallel:
     def _spec(self) -> WorkerSpec:
         m = self.model
         return WorkerSpec(
-            workers=self.workers, model_blob=portable_blob(m),
+            workers=self.workers, model_blob=portable_blob(m), augment_blob=augment_blob(self.augment),
             optimizer_blob=cloudpickle.dumps(optimizer_twin(m.optimizer)) if self._sets else None,
             layout=self.arena.layout(), prefix=self.arena.prefix, slots=self.slots,
             deterministic=self.deterministic, sync_batchnorm=self.sync_batchnorm,
@@ -219,10 +225,6 @@ class DataParallel:
     def sync_state(self) -> None:
         """Nothing to gather: parameters and BatchNorm statistics already live in the model."""
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
-        """(mean loss, accuracy) of the current parameters on (x, y)."""
-        return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
-
     @property
     def worker_pids(self) -> list[int]:
         return list(self.pool.pids) if self.pool is not None else []
@@ -230,8 +232,11 @@ class DataParallel:
     # -- training -------------------------------------------------------------------------
     def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
         """One optimizer step on the global batch (x, y); ``keys`` (N,) uint64 key Dropout masks."""
+        return self._step(x, y, keys, None)
+
+    def _step(self, x, y, keys, rows) -> StepStats:
         sharded = self._sets is not None and self._sets.ready()
-        stats = self._gradients(x, y, keys, None, reduce_grads=not sharded)
+        stats = self._gradients(x, y, keys, None, not sharded, rows)
         t0 = time.perf_counter()
         if sharded:         # the workers add their chunk of the slots and update it
             self._sets.adopt()
@@ -249,25 +254,40 @@ class DataParallel:
         / ``denominator`` (default: the batch size), ``model.state`` = the merged statistics."""
         return self._gradients(x, y, keys, denominator, reduce_grads=True)
 
-    def _gradients(self, x, y, keys, denominator, reduce_grads: bool) -> StepStats:
+    def place_data(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """Put the training set in shared memory once; then :meth:`train_rows` sends only indices."""
+        X, Y = self.model.check_input(X), np.asarray(Y)
+        if self.pool is None:
+            self.start(X[:1], Y[:1])
+        self._layout_changed |= self.batches.place(X, Y)
+
+    def train_rows(self, indices: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
+        """One optimizer step on rows ``indices`` of the placed data (each worker gathers its own)."""
+        return self._step(None, None, keys, np.asarray(indices, np.int64))
+
+    def compute_rows(self, indices: np.ndarray, keys: np.ndarray | None = None,
+                     denominator: int | None = None) -> StepStats:
+        """:meth:`compute_gradients` on rows ``indices`` of the placed data."""
+        return self._gradients(None, None, keys, denominator, True, np.asarray(indices, np.int64))
+
+    def _gradients(self, x, y, keys, denominator, reduce_grads: bool, rows=None) -> StepStats:
         t0 = time.perf_counter()
         if self._closed:
             raise RuntimeError("this DataParallel is closed; create a new one")
-        x, y = self.model.check_input(x), np.asarray(y)
-        n = len(x)
-        if n == 0 or len(y) != n:
-            raise ValueError(f"a training batch needs at least one sample and as many labels as "
-                             f"inputs; got {n} inputs and {len(y)} labels")
-        if y.dtype.kind not in "biuf":
-            raise TypeError(f"labels must be numeric, got dtype {y.dtype}")
+        n = self._check_batch(x, y) if rows is None else len(rows)
+        if rows is not None and (self.batches is None or self.batches.placed is None):
+            raise RuntimeError("train_rows needs the data placed first: dp.place_data(X, Y)")
         if self.pool is None:
             self.start(x, y)
         if keys is None:
             self._auto_keys += 1
             keys = make_sample_keys(self.model.seed or 0, self._auto_keys, np.arange(n))
-        layout = self._load_batch(x, y, keys)
+        if rows is None:
+            self._layout_changed |= self.batches.load_arrays(x, y, keys)
+        else:
+            self._layout_changed |= self.batches.load_rows(rows, keys)
         cur = self._sets.cur if self._sets is not None else 0
-        done, t_sent = self._compute((P.STEP, n, denominator or n, layout, cur))
+        done, t_sent = self._compute((P.STEP, n, denominator or n, self._new_layout(), cur, rows is not None))
         t2 = time.perf_counter()
         shards = sorted(ShardResult(*s) for msg in done.values() for s in msg[2])     # slot order
         a, m = self.arena, self.model
@@ -281,28 +301,42 @@ class DataParallel:
                  "straggler": slowest - sum(compute) / len(compute)}
         return StepStats(loss_sum, correct, n, 0.0, times)
 
+    def _check_batch(self, x, y) -> int:
+        x, y = self.model.check_input(x), np.asarray(y)
+        if len(x) == 0 or len(y) != len(x):
+            raise ValueError(f"a training batch needs at least one sample and as many labels as "
+                             f"inputs; got {len(x)} inputs and {len(y)} labels")
+        if y.dtype.kind not in "biuf":
+            raise TypeError(f"labels must be numeric, got dtype {y.dtype}")
+        return len(x)
+
+    def _new_layout(self):
+        """The arena layout if a region changed since the workers last saw it, else None."""
+        changed, self._layout_changed = self._layout_changed, False
+        return self.arena.layout() if changed else None
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
+        """(mean loss, accuracy) of the current parameters on (x, y), each worker scoring a slice
+        (the set is copied to shared memory once; the same arrays again are not copied)."""
+        if self.pool is None or self._closed:
+            return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
+        x, y = self.model.check_input(x), np.asarray(y)
+        self._layout_changed |= self.batches.place_eval(x, y)
+        cur = self._sets.cur if self._sets is not None else 0
+        done, _ = self._compute((P.EVAL, len(x), self._new_layout(), cur, batch_size))
+        sums = np.zeros(3, np.float64)               # loss sum, hits (-1: not a classifier), count
+        for k in sorted(done):                       # worker order: the same sum every time
+            loss, hits, count = done[k][2]
+            sums[0] += loss
+            sums[1] = -1 if hits < 0 or sums[1] < 0 else sums[1] + hits
+            sums[2] += count
+        return mean_loss_and_accuracy(sums)
+
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
         """One step on (x, y); returns (mean loss, accuracy or nan), like ``Model.train_on_batch``."""
         stats = self.train_step(x, y, sample_keys)
         acc = stats.correct / stats.count if stats.correct >= 0 else float("nan")
         return stats.loss_sum / stats.count, acc
-
-    def _load_batch(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray):
-        """Copy the batch into shared memory (growing the buffers if needed); new layout or None."""
-        a, n = self.arena, len(x)
-        grown = False
-        if a["x"].shape[0] < n:
-            a.replace("x", (n,) + x.shape[1:], "float32")
-            a.replace("keys", (n,), "uint64")
-            grown = True
-        cap, tail, dtype = a["y"].shape[0], a["y"].shape[1:], a["y"].dtype    # no view kept:
-        if cap < n or tail != y.shape[1:] or dtype != y.dtype:                # replace unmaps it
-            a.replace("y", (max(n, a["x"].shape[0]),) + y.shape[1:], y.dtype.str)
-            grown = True
-        np.copyto(a["x"][:n], x)
-        np.copyto(a["y"][:n], y)
-        np.copyto(a["keys"][:n], np.asarray(keys, np.uint64))
-        return a.layout() if grown else None
 
     def _compute(self, step: tuple) -> tuple[dict, float]:
         """Every worker fills its slots; a dead worker is respawned and the step redone."""
@@ -362,6 +396,19 @@ def portable_blob(model) -> bytes:
         raise TypeError(f"{name} cannot be sent to the worker processes ({type(e).__name__}: {e}); "
                         "keep only picklable attributes on it (arrays, numbers, strings), or train "
                         "with workers=1") from None
+
+
+def augment_blob(augment) -> bytes | None:
+    """cloudpickle of the augmentation function, or None; one that cannot travel is named."""
+    if augment is None:
+        return None
+    if not callable(augment):
+        raise TypeError(f"augment must be a callable fn(x, keys) -> x, got {type(augment).__name__}")
+    try:
+        return cloudpickle.dumps(augment)
+    except Exception as e:       # noqa: BLE001
+        raise TypeError(f"augment ({augment!r}) cannot be sent to the worker processes "
+                        f"({type(e).__name__}: {e}); use a module-level function or class") from None
 
 
 def _sigterm_to_interrupt(signum, frame) -> None:

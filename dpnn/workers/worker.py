@@ -19,10 +19,12 @@ import traceback
 import cloudpickle
 import psutil
 
+from ..engine import evaluation_sums
 from ..recipe import run_shard, shard_bounds
 from ..threads import limit_process_threads
 from . import protocol as P
 from .arena import SharedArena, unlink_prefix
+from .batches import RowGatherer
 from .protocol import WorkerSpec, shard_slots
 from .syncbn import ShardExchange, batchnorm_layers
 from .update import update_chunk
@@ -47,6 +49,9 @@ class ShardRunner:
             for layer in self.bn_layers:
                 layer.sync = self.exchange
         self.optimizer = cloudpickle.loads(spec.optimizer_blob) if spec.optimizer_blob else None
+        self.augment = cloudpickle.loads(spec.augment_blob) if spec.augment_blob else None
+        self.rows = RowGatherer()
+        self.handlers = {P.STEP: self.step, P.UPDATE: self.update, P.EVAL: self.evaluate}
         self.cur = 0
         self._bind(self.slots[0])
 
@@ -55,14 +60,15 @@ class ShardRunner:
         a = self.arena
         self.model.bind(a["params"][self.cur], a["grads"][slot], a["state"][1 + slot], copy=False)
 
-    def _shard(self, slot: int, a: int, b: int, denominator: int):
+    def _shard(self, slot: int, a: int, b: int, denominator: int, rows: bool):
         if self.spec.deterministic:
             self._bind(slot)
         arena = self.arena
-        return run_shard(self.model, slot, arena["x"][a:b], arena["y"][a:b], denominator,
-                         arena["keys"][a:b], arena["state"][0])
+        x, y = self.rows.gather(arena, a, b) if rows else (arena["x"][a:b], arena["y"][a:b])
+        return run_shard(self.model, slot, x, y, denominator, arena["keys"][a:b], arena["state"][0],
+                         self.augment)
 
-    def step(self, attempt: int, n: int, denominator: int, layout, cur: int) -> tuple:
+    def step(self, attempt: int, n: int, denominator: int, layout, cur: int, rows: bool) -> tuple:
         """Fill this worker's gradient slots for a global batch of ``n`` samples."""
         if layout is not None:
             self.arena.refresh(layout)
@@ -78,8 +84,23 @@ class ShardRunner:
             a, b = bounds[slot]
             if b == a and self.exchange is not None:
                 self.exchange.take_part_empty(self.bn_layers)
-            shards.append(tuple(self._shard(slot, a, b, denominator)))
+            shards.append(tuple(self._shard(slot, a, b, denominator, rows)))
         return (P.DONE, attempt, shards, time.perf_counter() - t0)
+
+    def evaluate(self, attempt: int, n: int, layout, cur: int, batch_size: int) -> tuple:
+        """[loss sum, hits, count] of this worker's slice of eval_x/eval_y (running BN statistics)."""
+        if layout is not None:
+            self.arena.refresh(layout)
+        t0 = time.perf_counter()
+        arena, m = self.arena, self.model
+        a, b = shard_bounds(n, self.spec.workers)[self.worker_id]
+        self.cur = cur
+        m.bind(arena["params"][cur], m.grads, arena["state"][0], copy=False)
+        try:
+            sums = evaluation_sums(m, arena["eval_x"][a:b], arena["eval_y"][a:b], batch_size)
+        finally:
+            self._bind(self.slots[0])
+        return (P.DONE, attempt, [float(sums[0]), int(sums[1]), int(sums[2])], time.perf_counter() - t0)
 
 
     def update(self, attempt: int, cur: int, keys: tuple, weight_decay: float, scalars: dict) -> tuple:
@@ -155,7 +176,7 @@ def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
             return False
         attempt = msg[1]
         try:
-            reply = (runner.step if msg[0] == P.STEP else runner.update)(*msg[1:])
+            reply = runner.handlers[msg[0]](*msg[1:])
         except threading.BrokenBarrierError:
             reply = (P.ABORTED, attempt)
         except Exception:

@@ -52,7 +52,7 @@ data: install
 
 train: data
 	$(PY) -m launch.train --workers $(WORKERS) --dataset $(DATASET) --epochs $(EPOCHS) \
-	    --out weights.hdf5 --history training.json --plot training.png \
+	    --val-split 0.1 --out weights.hdf5 --history training.json --plot training.png \
 	    --checkpoint-dir checkpoints/$$(date +%Y%m%d-%H%M%S)
 
 test: dev system-deps

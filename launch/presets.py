@@ -1,18 +1,23 @@
 """Model presets for ``python -m launch.train --model NAME`` (or an architecture JSON file).
 
-Every preset takes NHWC images (N, H, W, 1) and ends in a ``Dense(num_classes)`` of logits
-(softmax cross-entropy is part of the loss, not the model).
+Every preset takes NHWC images (N, H, W, C) of any size and channel count (the first layer
+takes its input channels, and Flatten/Dense their sizes, from the data when the model is
+built) and ends in a ``Dense(num_classes)`` of logits (softmax cross-entropy is part of the
+loss, not the model). MFLOP per training sample are for 28x28x1 input.
 
-- ``seed-cnn``: the reference workload of DESIGN.md, ~25 MFLOP per training sample.
-- ``lenet5``:   LeCun's LeNet-5 with ReLU and max pooling (~0.4 MFLOP per training sample).
-- ``mlp``:      Flatten -> Dense(256) -> ReLU -> Dense(128) -> ReLU -> Dense(K); fast on any data.
+- ``seed-cnn``:   the reference workload of DESIGN.md, ~25 MFLOP per training sample.
+- ``lenet5``:     LeCun's LeNet-5 with ReLU and max pooling (~0.4 MFLOP per training sample).
+- ``mlp``:        Flatten -> Dense(256) -> ReLU -> Dense(128) -> ReLU -> Dense(K); fast on any data.
+- ``fashion-bn``: Conv-BatchNorm-ReLU blocks 32-32-pool-64-64-pool, Dense(128) head with Dropout;
+  meant for >= 93 % on Fashion-MNIST in 20 epochs with shift and flip augmentation
+  (~111 MFLOP per training sample, 0.47 M parameters).
 """
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-from dpnn import Activation, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
+from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
 from dpnn.errors import WeightsError
 from dpnn.io import read_architecture_file
 from dpnn.layers import Layer, layer_from_config
@@ -39,7 +44,23 @@ def mlp(num_classes: int = 10) -> list[Layer]:
             Dense(num_classes)]
 
 
-PRESETS: dict[str, Callable[[int], list[Layer]]] = {"seed-cnn": seed_cnn, "lenet5": lenet5, "mlp": mlp}
+def conv_bn_relu(filters: int) -> list[Layer]:
+    """Conv2D(filters, 3x3, same, no bias: BatchNorm's beta is the bias) -> BatchNorm2D -> ReLU."""
+    return [Conv2D(filters, (3, 3), padding="same", use_bias=False), BatchNorm2D(), Activation("relu")]
+
+
+def fashion_bn(num_classes: int = 10) -> list[Layer]:
+    """[CBR(32)-CBR(32)-Pool-Dropout] [CBR(64)-CBR(64)-Pool-Dropout] Flatten-Dense(128)-ReLU-Dropout-Dense(K).
+
+    CBR = Conv2D 3x3 -> BatchNorm2D -> ReLU. For 28x28 input the head sees 7x7x64 features.
+    """
+    return [*conv_bn_relu(32), *conv_bn_relu(32), MaxPool2D((2, 2)), Dropout(0.1),
+            *conv_bn_relu(64), *conv_bn_relu(64), MaxPool2D((2, 2)), Dropout(0.2),
+            Flatten(), Dense(128), Activation("relu"), Dropout(0.4), Dense(num_classes)]
+
+
+PRESETS: dict[str, Callable[[int], list[Layer]]] = {"seed-cnn": seed_cnn, "lenet5": lenet5, "mlp": mlp,
+                                                    "fashion-bn": fashion_bn}
 
 
 def _layers_from_json(path: str) -> list[Layer]:
@@ -64,4 +85,4 @@ def build_model(spec: str, num_classes: int, seed: int | None = None) -> Model:
                      "or an architecture JSON file (FILE.json)")
 
 
-__all__ = ["PRESETS", "build_model", "seed_cnn", "lenet5", "mlp"]
+__all__ = ["PRESETS", "build_model", "seed_cnn", "lenet5", "mlp", "fashion_bn"]

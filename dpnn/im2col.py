@@ -110,7 +110,12 @@ def im2col_padded(xp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: in
     s0, s1 = cols.strides                     # ``out`` may be a column slice of a wider buffer
     dst = np.lib.stride_tricks.as_strided(cols, (N, oh, ow, kh, kw, C),
                                           (oh * ow * s0, ow * s0, s0, kw * C * s1, C * s1, s1))
-    dst[...] = windows(xp, kh, kw, stride, oh, ow)                      # the one copy
+    if C > 1:
+        dst[...] = windows(xp, kh, kw, stride, oh, ow)                  # the one copy
+        return cols
+    for i in range(kh):      # one channel: copy per window offset, or NumPy's inner loop is 1 long
+        for j in range(kw):
+            dst[:, :, :, i, j, :] = xp[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :]
     return cols
 
 
@@ -156,9 +161,13 @@ def conv_input_grad_cols(grad: np.ndarray, kh: int, kw: int, pads: tuple[int, in
 
 def conv_input_grad_shifted(grad: np.ndarray, W: np.ndarray, pads: tuple[int, int, int, int],
                             x_hw: tuple[int, int], pad_buf: np.ndarray | None = None,
-                            tmp_buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                            tmp_buf: np.ndarray | None = None, out: np.ndarray | None = None
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stride-1 conv: output gradient (N, OH, OW, F), kernel W (KH, KW, C, F) -> input gradient
     (N, H, W, C), plus the padded gradient and the scratch product (for reuse next time).
+
+    ``out``, if given, is a C-contiguous (N, H+KH-1, W+KW-1, C) array the result is computed
+    in (the input gradient is then a view of it); else a fresh one is allocated.
 
     The same full correlation as :func:`conv_input_grad_cols`, without its (N*H*W, KH*KW*F)
     copy: in the padded gradient ``gq`` (N, Hq, Wq, F), flattened to rows, the window offset
@@ -180,7 +189,10 @@ def conv_input_grad_shifted(grad: np.ndarray, W: np.ndarray, pads: tuple[int, in
     rows = gq.reshape(-1, F)                                            # (N*Hq*Wq, F)
     L = rows.shape[0] - (KH - 1) * Wq - (KW - 1)                        # every shift stays inside
     Wf = W[::-1, ::-1].transpose(0, 1, 3, 2)                            # (KH, KW, F, C), rotated
-    acc = np.empty((rows.shape[0], C), grad.dtype)                      # (N*Hq*Wq, C), fresh: returned
+    if out is None:
+        out = np.empty((N, Hq, Wq, C), grad.dtype)                      # fresh: returned
+    assert out.shape == (N, Hq, Wq, C) and out.flags.c_contiguous, (out.shape, (N, Hq, Wq, C))
+    acc = out.reshape(-1, C)                                            # (N*Hq*Wq, C)
     tmp = scratch(tmp_buf, (L, C), grad.dtype)
     np.matmul(rows[:L], Wf[0, 0], out=acc[:L])
     for i in range(KH):

@@ -11,6 +11,7 @@ FUSED_ACTIVATIONS = (None, "linear", "relu")
 FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
 SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses shifted GEMMs
                          # (python -m benchmarks.ablation measures both paths on seed-cnn)
+BACKWARD_CHUNK = 8       # samples per piece of a shifted backward (the piece's rows stay in cache)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -46,6 +47,7 @@ class Conv2D(Layer):
     than a separate Activation layer, and no extra (N, OH, OW, F) array).
     """
     shifted_dx_from: int | None = SHIFTED_DX_FROM   # None: always im2col for the input gradient
+    backward_chunk: int | None = BACKWARD_CHUNK     # None: the shifted backward on the whole batch
 
     def __init__(self, filters: int, kernel_size=(3, 3), stride: int = 1,
                  padding: str = "same", use_bias: bool = True, activation: str | None = None) -> None:
@@ -61,6 +63,7 @@ class Conv2D(Layer):
         self.activation = _check_activation(activation)
         # buffers reused across steps (same batch size -> no allocation, no page faults)
         self._cols = self._cols_aug = self._xpad = self._gcols = self._gpad = None
+        self._dxq = self._gchunk = self._dWb = self._dWtmp = None   # the shifted backward's
         self._ones_set = None     # the memory whose ones column (bias in the GEMM) is written
 
     def build(self, input_shape: tuple) -> None:
@@ -107,6 +110,9 @@ class Conv2D(Layer):
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
         F = self.filters
         g2 = grad.reshape(-1, F)                                           # (N*OH*OW, F)
+        if self.needs_input_grad and self.stride == 1 and self.shifted_dx_from is not None \
+                and F >= self.shifted_dx_from:
+            return self._backward_shifted(g2)
         if self.activation == "relu":
             g2 = relu_grad(g2, self._y)
         dW = self.grads["W"].reshape(-1, F)                                # (KH*KW*C, F), a view
@@ -123,16 +129,58 @@ class Conv2D(Layer):
         kh, kw = self.kernel_size
         if self.stride == 1:     # dx is a correlation of the padded grad with the flipped kernel
             g4 = g2.reshape(N, *self._out_hw, F)                           # (N, OH, OW, F)
-            if self.shifted_dx_from is not None and F >= self.shifted_dx_from:
-                dx, self._gpad, self._gcols = conv_input_grad_shifted(
-                    g4, self.params["W"], self._pads, (H, W), pad_buf=self._gpad, tmp_buf=self._gcols)
-                return dx                                                  # (N, H, W, C)
             self._gcols, self._gpad = conv_input_grad_cols(
                 g4, kh, kw, self._pads, (H, W), out=self._gcols, pad_buf=self._gpad)
             dx = self._gcols @ flip_kernel(self.params["W"])                # (N*H*W, C)
             return dx.reshape(N, H, W, C)
         dcols = g2 @ self.params["W"].reshape(-1, F).T                     # (N*OH*OW, KH*KW*C)
         return col2im(dcols, self._x_shape, kh, kw, self.stride, self._pads)
+
+    def _backward_shifted(self, g2: np.ndarray) -> np.ndarray:
+        """Stride-1 backward in pieces of ``backward_chunk`` samples: each piece's ReLU mask,
+        weight-gradient GEMM and shifted input-gradient GEMMs run while its rows are in cache."""
+        N, H, W, C = self._x_shape
+        (kh, kw), F = self.kernel_size, self.filters
+        P = self._out_hw[0] * self._out_hw[1]                              # output pixels per sample
+        step = self.backward_chunk or N
+        dxq = self._dxq = scratch(self._dxq, (N, H + kh - 1, W + kw - 1, C), g2.dtype)
+        for a in range(0, N, step):
+            e = min(N, a + step)
+            g = g2[a * P:e * P]                                            # (n*OH*OW, F)
+            if self.activation == "relu":
+                g = np.multiply(g, self._y[a * P:e * P] > 0,
+                                out=scratch(self._gchunk, g.shape, g.dtype))
+                self._gchunk = g
+            self._add_weight_grad(slice(a * P, e * P), g, first=a == 0)
+            _, self._gpad, self._gcols = conv_input_grad_shifted(
+                g.reshape(e - a, *self._out_hw, F), self.params["W"], self._pads, (H, W),
+                pad_buf=self._gpad, tmp_buf=self._gcols, out=dxq[a:e])
+        return dxq[:, :H, :W]                                              # (N, H, W, C)
+
+    def _add_weight_grad(self, rows: slice, g: np.ndarray, first: bool) -> None:
+        """grads (+)= the weight (and bias) gradient of the im2col rows ``rows``, output grad ``g``."""
+        dW = self.grads["W"].reshape(-1, self.filters)                     # (KH*KW*C, F), a view
+        fold = self._fold_bias(dW.shape[0])
+        cols = self._cols_aug[rows] if fold else self._cols[rows]          # (n*OH*OW, K(+1))
+        if first:
+            dest = self._dWb = scratch(self._dWb, (cols.shape[1], dW.shape[1]), g.dtype) if fold else dW
+        else:
+            dest = self._dWtmp = scratch(self._dWtmp, (cols.shape[1], dW.shape[1]), g.dtype)
+        np.matmul(cols.T, g, out=dest)                                     # (K(+1), F)
+        if fold:
+            if first:
+                dW[...], self.grads["b"][...] = dest[:-1], dest[-1]
+            else:
+                dW += dest[:-1]
+                self.grads["b"] += dest[-1]
+        elif not first:
+            dW += dest
+        if self.use_bias and not fold:
+            db = self.grads["b"]
+            if first:
+                sum_rows(g, db)
+            else:
+                db += sum_rows(g, np.empty_like(db))
 
     def _fold_bias(self, K: int) -> bool:
         return self.use_bias and K < FOLD_BIAS_BELOW

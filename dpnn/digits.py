@@ -2,12 +2,15 @@
 
 ``preprocess_drawing`` repeats MNIST's own normalisation on a GUI canvas: crop to the
 ink, scale the longer side to 20 px keeping the aspect ratio, centre the 28x28 frame on
-the centre of mass. ``augment_digits`` jitters training images (shift, rotation, scale,
-stroke width) so a model trained on them copes with drawings. Pure NumPy.
+the centre of mass. ``digit_augmentation()`` jitters training images (stroke width,
+rotation, scale, shift; built from ``dpnn.augment``, keyed per sample) so a model trained
+on them copes with drawings. Pure NumPy.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from dpnn.augment import Clip, Compose, RandomAffine, StrokeWidth
 
 SIZE = 28  # output frame (MNIST)
 BOX = 20  # longer side of the digit inside the frame (MNIST)
@@ -99,70 +102,26 @@ def preprocess_drawing(canvas: np.ndarray, threshold: float = 0.1,
     return out.astype(np.float32).reshape(1, SIZE, SIZE, 1)
 
 
-def _stroke_width(X: np.ndarray, rng: np.random.Generator, p_thick: float,
-                  p_thin: float) -> np.ndarray:
-    """Per image: towards a 2x2 max (thicker) with prob p_thick, a 2x2 min (thinner) with p_thin.
+def digit_augmentation(shift: float = 2.0, rotate: float = 12.0, scale: float = 0.15,
+                       thick: float = 0.2, thin: float = 0.15) -> Compose:
+    """The jitter that makes MNIST digits look drawn with a mouse, as a keyed augmentation.
 
-    The strength is random in [0.5, 1] (1 = the full max/min) so widths vary smoothly.
+    Strokes thickened (probability ``thick``) or thinned (``thin``), then rotated by up to
+    ``rotate`` degrees, zoomed by 1 +- ``scale`` and shifted by up to ``shift`` px (one
+    bilinear resampling), clipped to [0, 1]. Call it as ``fit(augment=...)`` does:
+    ``fn(x (N, H, W, C), keys (N,) uint64) -> float32 (N, H, W, C)``; its spec is
+    ``fn.describe()``.
     """
-    p = np.pad(X, ((0, 0), (0, 1), (0, 1)))  # (N, H+1, W+1)
-    quads = (p[:, :-1, :-1], p[:, 1:, :-1], p[:, :-1, 1:], p[:, 1:, 1:])
-    u = rng.random(len(X))
-    strength = rng.uniform(0.5, 1.0, len(X))[:, None, None]
-    thick = X + strength * (np.maximum.reduce(quads) - X)  # (N, H, W)
-    eroded = np.minimum.reduce(quads)
-    thin = X + strength * (eroded - X)
-    # A full 2x2 min halves a typical MNIST digit's ink; skip it where it would fade one out.
-    thin_ok = thin.sum(axis=(1, 2)) > 0.6 * X.sum(axis=(1, 2))
-    use_thick = (u < p_thick)[:, None, None]
-    use_thin = ((u >= p_thick) & (u < p_thick + p_thin) & thin_ok)[:, None, None]
-    return np.where(use_thick, thick, np.where(use_thin, thin, X))
+    return Compose([StrokeWidth(thick, thin), RandomAffine(rotate, scale, shift), Clip(0.0, 1.0)])
 
 
-def _affine_sample(X: np.ndarray, inv: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    """out[n, p] = bilinear X[n] at inv[n] @ p + offset[n]; zero outside. X (N, H, W)."""
-    N, H, W = X.shape
-    gy, gx = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32),
-                         indexing="ij")  # (H, W) output pixel coordinates
-    sy = inv[:, 0, 0, None, None] * gy + inv[:, 0, 1, None, None] * gx + offset[:, 0, None, None]
-    sx = inv[:, 1, 0, None, None] * gy + inv[:, 1, 1, None, None] * gx + offset[:, 1, None, None]
-    sy, sx = np.clip(sy, -1, H), np.clip(sx, -1, W)  # (N, H, W); -1 and H land in zero padding
-    y0, x0 = np.floor(sy), np.floor(sx)
-    fy, fx = sy - y0, sx - x0
-    P = np.pad(X, ((0, 0), (1, 2), (1, 2))).reshape(N, -1)  # (N, (H+3)*(W+3))
-    Wp = W + 3
-    base = (y0.astype(np.int64) + 1) * Wp + (x0.astype(np.int64) + 1)  # (N, H, W) flat index
-    flat = base.reshape(N, -1)
+def augment_digits(X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``digit_augmentation()`` keyed by draws from ``rng``: X (N, H, W, C) -> float32 (N, H, W, C).
 
-    def tap(dy: int, dx: int) -> np.ndarray:
-        return np.take_along_axis(P, flat + dy * Wp + dx, axis=1).reshape(N, H, W)
-
-    top = (1 - fx) * tap(0, 0) + fx * tap(0, 1)
-    bottom = (1 - fx) * tap(1, 0) + fx * tap(1, 1)
-    return (1 - fy) * top + fy * bottom
-
-
-def augment_digits(X: np.ndarray, rng: np.random.Generator, max_shift: float = 2.0,
-                   max_degrees: float = 12.0, scale: tuple[float, float] = (0.85, 1.15),
-                   p_thick: float = 0.2, p_thin: float = 0.15) -> np.ndarray:
-    """Randomly shift, rotate, scale and thicken/thin images X (N, H, W, 1) in [0, 1].
-
-    Returns float32 of the same shape, clipped to [0, 1]; draws from ``rng`` only, so
-    it can be passed directly as ``Dataset.batches(preprocess=augment_digits)``.
+    For callers that hold a Generator, e.g. ``Dataset.batches(preprocess=augment_digits)``;
+    training should pass ``digit_augmentation()`` to ``fit(augment=...)`` instead, whose
+    per-sample keys make the result independent of how batches are split.
     """
     X = np.asarray(X)
-    if X.ndim != 4 or X.shape[-1] != 1:
-        raise ValueError(f"augment_digits needs images of shape (N, H, W, 1), got {X.shape}")
-    N, H, W, _ = X.shape
-    imgs = _stroke_width(X[..., 0].astype(np.float32), rng, p_thick, p_thin)  # (N, H, W)
-    theta = np.deg2rad(rng.uniform(-max_degrees, max_degrees, N))
-    s = rng.uniform(scale[0], scale[1], N)
-    shift = rng.uniform(-max_shift, max_shift, (N, 2))  # (N, 2) as (dy, dx)
-    cos, sin = np.cos(theta) / s, np.sin(theta) / s
-    # Inverse map (output pixel -> source pixel): rotate by -theta, scale by 1/s.
-    inv = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], 1)  # (N, 2, 2)
-    c = np.array([(H - 1) / 2, (W - 1) / 2])
-    # source = inv @ (p - c - shift) + c = inv @ p + offset
-    offset = c - np.einsum("nij,nj->ni", inv, c + shift)  # (N, 2)
-    out = _affine_sample(imgs, inv.astype(np.float32), offset.astype(np.float32))
-    return np.clip(out, 0.0, 1.0).astype(np.float32)[..., None]
+    keys = rng.integers(0, 2**64, size=len(X), dtype=np.uint64, endpoint=False)  # (N,)
+    return digit_augmentation()(X, keys)

@@ -1,10 +1,15 @@
-"""Drawing preprocessing (crop, scale to 20 px, centre of mass) and digit augmentation."""
+"""Drawing preprocessing (crop, scale to 20 px, centre of mass), digit augmentation, launch.digits."""
+import inspect
+import pickle
+
 import numpy as np
 import pytest
 
+from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.data import Dataset
 from dpnn.datasets import load_dataset, mnist_5k_path
-from dpnn.digits import augment_digits, gaussian_blur, preprocess_drawing, resize
+from dpnn.digits import augment_digits, digit_augmentation, gaussian_blur, preprocess_drawing, resize
+from dpnn.random import sample_keys
 
 GRID = np.arange(28)
 
@@ -110,7 +115,7 @@ def test_blur_keeps_mass_away_from_borders():
     assert out[0, 7, 7] == out.max() and out[0, 6, 7] == pytest.approx(out[0, 7, 6])
 
 
-# ---- augment_digits ---------------------------------------------------------------------
+# ---- digit_augmentation ----------------------------------------------------------------
 
 def digits_like(n=64, seed=0):
     canvases = [seven(top=5 + 7 * (k % 8), left=5 + 9 * (k % 7), scale=0.8 + 0.003 * k)
@@ -118,19 +123,37 @@ def digits_like(n=64, seed=0):
     return np.concatenate([preprocess_drawing(c) for c in canvases])  # (n, 28, 28, 1)
 
 
+def keys(n, epoch=0):
+    return sample_keys(0, epoch, np.arange(n))  # (n,) uint64
+
+
 def test_augment_shape_dtype_range_and_determinism():
     X = digits_like()
-    a = augment_digits(X, np.random.default_rng(1))
+    aug = digit_augmentation()
+    a = aug(X, keys(64))
     assert a.shape == X.shape and a.dtype == np.float32
     assert a.min() >= 0.0 and a.max() <= 1.0
-    np.testing.assert_array_equal(a, augment_digits(X, np.random.default_rng(1)))
-    assert not np.array_equal(a, augment_digits(X, np.random.default_rng(2)))
+    np.testing.assert_array_equal(a, aug(X, keys(64)))
+    assert not np.array_equal(a, aug(X, keys(64, epoch=1)))
     assert not np.array_equal(a, X)
+
+
+def test_augment_is_shard_invariant():
+    X, k = digits_like(20), keys(20)
+    aug = digit_augmentation()
+    np.testing.assert_array_equal(np.concatenate([aug(X[:7], k[:7]), aug(X[7:], k[7:])]), aug(X, k))
+
+
+def test_augment_is_built_from_the_spec_grammar():
+    aug = digit_augmentation()
+    assert aug.describe() == "stroke=0.2:0.15,rotate=12,scale=0.15,translate=2,clip"
+    assert parse_spec(aug.describe()) == aug
+    assert pickle.loads(pickle.dumps(aug)) == aug
 
 
 def test_augment_keeps_the_digit():
     X = digits_like()
-    a = augment_digits(X, np.random.default_rng(3))
+    a = digit_augmentation()(X, keys(64, epoch=3))
     ratio = a.sum((1, 2, 3)) / X.sum((1, 2, 3))
     # Ink changes with scale (0.85**2 .. 1.15**2) and stroke width (erosion keeps > 60%).
     assert ratio.min() > 0.6 * 0.85**2 - 0.02 and ratio.max() < 2.6
@@ -140,15 +163,13 @@ def test_augment_keeps_the_digit():
 
 def test_augment_with_no_jitter_is_identity():
     X = digits_like(8)
-    same = augment_digits(X, np.random.default_rng(0), max_shift=0, max_degrees=0, scale=(1, 1),
-                          p_thick=0, p_thin=0)
-    np.testing.assert_allclose(same, X, atol=1e-6)
+    same = digit_augmentation(shift=0, rotate=0, scale=0, thick=0, thin=0)(X, keys(8))
+    np.testing.assert_array_equal(same, X)
 
 
-def test_augment_shift_only_moves_mass_by_at_most_max_shift():
+def test_augment_shift_only_moves_mass_by_at_most_shift():
     X = digits_like(16)
-    a = augment_digits(X, np.random.default_rng(0), max_shift=2.0, max_degrees=0, scale=(1, 1),
-                       p_thick=0, p_thin=0)
+    a = digit_augmentation(shift=2.0, rotate=0, scale=0, thick=0, thin=0)(X, keys(16))
     # A digit's blurred edge may touch the frame, so a shift can push a little ink out.
     assert np.all(a.sum((1, 2, 3)) > 0.9 * X.sum((1, 2, 3)))
     for x, y in zip(X[..., 0], a[..., 0]):
@@ -158,18 +179,25 @@ def test_augment_shift_only_moves_mass_by_at_most_max_shift():
 
 def test_augment_thickness():
     X = digits_like(8)
-    thick = augment_digits(X, np.random.default_rng(0), max_shift=0, max_degrees=0, scale=(1, 1),
-                           p_thick=1.0, p_thin=0)
-    thin = augment_digits(X, np.random.default_rng(0), max_shift=0, max_degrees=0, scale=(1, 1),
-                          p_thick=0, p_thin=1.0)
+    still = dict(shift=0, rotate=0, scale=0)
+    thick = digit_augmentation(thick=1.0, thin=0, **still)(X, keys(8))
+    thin = digit_augmentation(thick=0, thin=1.0, **still)(X, keys(8))
     assert np.all(thick.sum((1, 2, 3)) > X.sum((1, 2, 3)))
     assert np.all(thin.sum((1, 2, 3)) <= X.sum((1, 2, 3)))
     assert np.any(thin.sum((1, 2, 3)) < 0.9 * X.sum((1, 2, 3)))  # erosion did happen
 
 
 def test_augment_rejects_bad_shape():
-    with pytest.raises(ValueError, match=r"\(N, H, W, 1\)"):
-        augment_digits(np.zeros((4, 28, 28)), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"\(N, H, W, C\)"):
+        digit_augmentation()(np.zeros((4, 28, 28)), keys(4))
+
+
+def test_augment_digits_keyed_by_a_generator():
+    X = digits_like(20)
+    a = augment_digits(X, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, augment_digits(X, np.random.default_rng(1)))
+    k = np.random.default_rng(1).integers(0, 2**64, size=20, dtype=np.uint64)
+    np.testing.assert_array_equal(a, digit_augmentation()(X, k))
 
 
 def test_augment_as_batch_preprocess():
@@ -179,3 +207,41 @@ def test_augment_as_batch_preprocess():
     threaded = [xb for xb, _ in ds.batches(6, preprocess=augment_digits, num_threads=3, seed=1)]
     for a, b in zip(inline, threaded):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- python -m launch.digits -------------------------------------------------------------
+
+def fit_takes_augment() -> bool:
+    from dpnn.training import fit
+    return "augment" in inspect.signature(fit).parameters
+
+
+@pytest.mark.skipif(not fit_takes_augment(), reason="fit(augment=...) has not landed yet")
+def test_launch_digits_trains_in_one_fit(tmp_path, capsys, monkeypatch):
+    from dpnn.model import Model
+    from launch import digits
+    fits, real_fit = [], Model.fit
+    monkeypatch.setattr(Model, "fit", lambda self, *a, **kw: fits.append(kw) or real_fit(self, *a, **kw))
+    out = tmp_path / "w.hdf5"
+    assert digits.main(["--dataset", "synthetic", "--epochs", "2", "--model", "mlp", "--workers", "1",
+                        "--augment", "shift=1,clip", "--out", str(out)]) == 0
+    assert len(fits) == 1 and fits[0]["epochs"] == 2 and fits[0]["augment"] == parse_spec("shift=1,clip")
+    text = capsys.readouterr().out
+    assert "epoch 1/2:" in text and "epoch 2/2:" in text and "augmentation shift=1,clip" in text
+    assert out.exists()
+
+
+def test_launch_digits_rejects_a_bad_spec(capsys):
+    from launch import digits
+    with pytest.raises(SystemExit) as e:
+        digits.main(["--augment", "shift=2,blur=1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--augment" in err and "unknown token 'blur=1'" in err and "valid tokens" in err
+
+
+def test_launch_digits_help_shows_the_grammar(capsys):
+    from launch import digits
+    with pytest.raises(SystemExit):
+        digits.main(["--help"])
+    assert SPEC_HELP in capsys.readouterr().out

@@ -25,7 +25,7 @@ NAME = "csv"
 LAYOUT = "DIR/train.csv[.gz] [DIR/test.csv[.gz]], one image per row, the label first or last"
 LABEL_NAMES = ("label", "labels", "class", "target", "y", "category")
 MAX_LINE_BYTES = 64 << 20       # a 4096x4096 RGB row is ~200 MB of text; one line never beyond this
-CHUNK = 1 << 20
+CHUNK = 1 << 18          # lines are counted 256 KB at a time
 
 
 def files(directory: str) -> dict[str, str]:
@@ -161,12 +161,12 @@ def read_split(path: str, size: ImageSize | None, label_column, names: list[str]
     header, rows, ncols = scan(path)
     if ncols < 2:
         raise DataError(f"{path}: one column only; each row needs its pixels and a label")
+    shape = (rows,) + row_image_shape(ncols - 1, size, path)
+    check_memory(path, rows * ncols * FLOAT_BYTES * 2, f"{rows:,} rows x {ncols:,} columns as float32")
     if label_column is None:
         col, how = detect_label_column(path, header, ncols)
     else:
         col, how = _column_index(label_column, header, ncols, path), "given"
-    shape = (rows,) + row_image_shape(ncols - 1, size, path)
-    check_memory(path, rows * ncols * FLOAT_BYTES * 2, f"{rows:,} rows x {ncols:,} columns as float32")
     pixel_cols = [c for c in range(ncols) if c != col]
     skip = int(header is not None)
     try:

@@ -10,6 +10,10 @@ Variants (each changes one thing; results are the same up to float rounding):
 - ``im2col input grad``: stride-1 input gradients through im2col + one GEMM instead of one
   GEMM per window offset on shifted rows (``Conv2D.shifted_dx_from = None``);
 - ``whole shard``: no micro-batches (``micro_batch=None``; the default cuts shards above 64).
+- ``whole-batch conv backward``: a wide stride-1 Conv2D's backward (ReLU mask, weight and
+  input gradient) on the whole micro-batch at once instead of pieces of
+  ``Conv2D.backward_chunk`` samples (``backward_chunk = None``).
+Per kernel: im2col of a one-channel input as one strided copy vs one copy per window offset.
 Also the coordinator's step: the gradient norm by pairwise float32 sums vs float64
 accumulation, and (``--workers N``) the optimizer step sharded over N workers vs run by
 the coordinator, both pools taking turns.
@@ -26,6 +30,7 @@ from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D
 from dpnn.engine import shard_gradients
+from dpnn.im2col import im2col_padded, windows
 from dpnn.optim import sum_of_squares
 from dpnn.random import sample_keys
 
@@ -33,22 +38,31 @@ from .measure import DataParallelRunner, interleaved, synthetic_batch
 from .models import MODELS, build
 
 
+def _set_conv(m, **attrs) -> None:
+    for layer in m.layers:
+        if isinstance(layer, Conv2D):
+            for k, v in attrs.items():
+                setattr(layer, k, v)
+
+
+VARIANTS = {   # name: how the model differs from the default
+    "default": lambda m: None,
+    "relu before pool": lambda m: setattr(m, "_order", list(range(len(m.layers)))),
+    "im2col input grad": lambda m: _set_conv(m, shifted_dx_from=None),
+    "whole shard": lambda m: setattr(m, "micro_batch", None),
+    "whole-batch conv backward": lambda m: _set_conv(m, backward_chunk=None),
+}
+
+
 def variant(model_name: str, name: str):
     """A built seed-cnn-like model with one execution choice switched off (or none: 'default')."""
     m = build(model_name)
-    if name == "relu before pool":
-        m._order = list(range(len(m.layers)))
-    elif name == "im2col input grad":
-        for layer in m.layers:
-            if isinstance(layer, Conv2D):
-                layer.shifted_dx_from = None
-    elif name == "whole shard":
-        m.micro_batch = None
+    VARIANTS[name](m)
     return m
 
 
 def step_rates(model_name: str, batch: int, names: list[str], steps: int, rounds: int) -> dict:
-    """{variant: samples/s}: the median over rounds of each round's median step, variants in turns."""
+    """{variant: [samples/s of each round]}: each round's median step, variants in turns."""
     x, y = synthetic_batch(batch)
     keys = sample_keys(0, 0, np.arange(batch))
     models = {n: variant(model_name, n) for n in names}
@@ -65,7 +79,36 @@ def step_rates(model_name: str, batch: int, names: list[str], steps: int, rounds
                     shard_gradients(models[n], x, y, batch, keys)
                     walls.append(time.perf_counter() - t0)
                 per_round[n].append(batch / statistics.median(walls))
-    return {n: statistics.median(v) for n, v in per_round.items()}
+    return per_round
+
+
+def speedup(default: list[float], other: list[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of the per-round ratios default / other."""
+    ratios = [d / o for d, o in zip(default, other)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0], ratios[0]
+    q = statistics.quantiles(ratios, n=4)
+    return q[1], q[0], q[2]
+
+
+def one_channel_im2col_times(batch: int, repeats: int = 100) -> dict:
+    """Median seconds of seed-cnn's first im2col (one channel, 28x28, 3x3): one strided copy
+    of every window vs :func:`im2col_padded` (one copy per window offset)."""
+    xp = np.random.default_rng(0).random((batch, 30, 30, 1), dtype=np.float32)
+    cols = np.empty((batch * 28 * 28, 9), np.float32)
+
+    def one_copy():
+        cols.reshape(batch, 28, 28, 3, 3, 1)[...] = windows(xp, 3, 3, 1, 28, 28)
+
+    ways = {"one strided copy": one_copy,
+            "per window offset (dpnn)": lambda: im2col_padded(xp, 3, 3, 1, 28, 28, out=cols)}
+    out = {k: [] for k in ways}
+    for _ in range(repeats):
+        for k, f in ways.items():
+            t0 = time.perf_counter()
+            f()
+            out[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def norm_times(size: int, repeats: int = 200) -> dict:
@@ -110,15 +153,21 @@ def main(argv=None) -> int:
         p.error(f"--batch-size must be comma-separated ints, got {a.batch_size!r}")
     if min(batches) < 1 or a.steps < 1 or a.rounds < 1 or a.workers < 0:
         p.error("--batch-size, --steps and --rounds must be >= 1, --workers >= 0")
-    names = ["default", "relu before pool", "im2col input grad", "whole shard"]
+    names = list(VARIANTS)
     print(f"{a.model}, one thread, samples/s (median of {a.rounds} rounds of {a.steps} steps, in turns)")
     for b in batches:
-        rates = step_rates(a.model, b, names, a.steps, a.rounds)
-        cells = ", ".join(f"{n} {rates[n]:,.0f} ({rates['default'] / rates[n]:.2f}x)" for n in names[1:])
+        per_round = step_rates(a.model, b, names, a.steps, a.rounds)
+        rate = {n: statistics.median(v) for n, v in per_round.items()}
+        cells = []
+        for n in names[1:]:
+            med, lo, hi = speedup(per_round["default"], per_round[n])
+            cells.append(f"{n} {rate[n]:,.0f} ({med:.2f}x, {lo:.2f}-{hi:.2f})")
         same = "; 'whole shard' runs the default's code at this size: its x is the noise" \
             if b <= (build(a.model).micro_batch or 0) else ""
-        print(f"  shard {b:>4}: default {rates['default']:,.0f}; {cells}{same}")
-    print("  (x = the default's speed over the variant's)")
+        print(f"  shard {b:>4}: default {rate['default']:,.0f}; {'; '.join(cells)}{same}")
+    print("  (x = the default's speed over the variant's: median and quartiles of the per-round ratios)")
+    t = one_channel_im2col_times(64)
+    print("one-channel im2col, batch 64: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in t.items()))
     size = build(a.model).params.size
     t = norm_times(size)
     print(f"gradient norm over {size:,} floats: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))

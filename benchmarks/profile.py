@@ -74,7 +74,10 @@ def layer_times(model_name: str, batch: int, steps: int = 20) -> list[dict]:
 
 
 def gemm_shapes(model_name: str, batch: int) -> list[tuple[str, int, int, int]]:
-    """(what, M, K, N) of every GEMM a training step runs for the model's Conv2D/Dense layers."""
+    """(what, M, K, N) of every GEMM a training step runs for the model's Conv2D/Dense layers.
+
+    A wide stride-1 Conv2D's backward GEMMs are listed at the size of one piece of
+    ``backward_chunk`` samples (the step runs them once per piece)."""
     m = build(model_name)
     first = next(i for i, layer in enumerate(m.layers) if layer.params)
     out = []
@@ -84,14 +87,17 @@ def gemm_shapes(model_name: str, batch: int) -> list[tuple[str, int, int, int]]:
             kh, kw, c, _ = layer.params["W"].shape
             rows, k = batch * oh * ow, kh * kw * c
             k += layer._fold_bias(k)                     # the bias rides in the GEMM as a ones column
-            out += [(f"{i} Conv2D forward", rows, k, f), (f"{i} Conv2D weight grad", k, rows, f)]
-            if i != first:
-                _, h, w, _ = layer.input_shape
-                if layer.stride == 1 and f >= SHIFTED_DX_FROM:      # one GEMM per window offset
-                    hq, wq = h + kh - 1, w + kw - 1
-                    rows_q = batch * hq * wq - (kh - 1) * wq - (kw - 1)
-                    out.append((f"{i} Conv2D input grad, {kh * kw}x", rows_q, f, c))
-                else:
+            out.append((f"{i} Conv2D forward", rows, k, f))
+            _, h, w, _ = layer.input_shape
+            if i != first and layer.stride == 1 and f >= SHIFTED_DX_FROM:
+                n = min(batch, layer.backward_chunk or batch)    # backward in pieces of n samples
+                hq, wq = h + kh - 1, w + kw - 1
+                rows_q = n * hq * wq - (kh - 1) * wq - (kw - 1)  # one GEMM per window offset
+                out += [(f"{i} Conv2D weight grad", k, n * oh * ow, f),      # per piece
+                        (f"{i} Conv2D input grad, {kh * kw}x", rows_q, f, c)]
+            else:
+                out.append((f"{i} Conv2D weight grad", k, rows, f))
+                if i != first:
                     out.append((f"{i} Conv2D input grad", batch * h * w, kh * kw * f, c))
         elif isinstance(layer, Dense):
             d, u = layer.params["W"].shape
@@ -188,7 +194,7 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['index']:>2} {r['layer'][:55]:<55}{r['forward_s'] * 1e3:>11.2f}{r['backward_s'] * 1e3:>12.2f}"
               f"{r['share']:>7.0%}")
-    print(f"\n{'GEMM':<26}{'M x K x N':>22}{'GFLOP/s':>9}{'% peak':>8}")
+    print(f"\n{'GEMM (conv bwd: a piece)':<26}{'M x K x N':>22}{'GFLOP/s':>9}{'% peak':>8}")
     out["gemms"] = []
     for what, M, K, N in gemm_shapes(a.model, a.batch_size):
         rate = gemm_rate(M, K, N)

@@ -47,6 +47,7 @@ __doc__ += "\n" + SPEC_HELP + "\n"
 
 _SALT = 0x61756700        # 'aug\0' + n: far from Dropout's salts (layer indices)
 _COMPOSE_STREAM = 0x636F6D70  # 'comp' + position: the keys Compose hands to its op there
+AUGMENT_STREAM = 0xA06E5A17   # fit's augment gets splitmix64(sample key ^ this), not Dropout's keys
 
 
 def check_batch(x, keys) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +61,19 @@ def check_batch(x, keys) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"keys must be ({len(x)},) integers, one per image, got shape {keys.shape} "
                          f"dtype {keys.dtype}; make them with dpnn.random.sample_keys(seed, epoch, indices)")
     return x.astype(np.float32, copy=False), keys.astype(np.uint64, copy=False)
+
+
+def augment_batch(augment: Augment, x: np.ndarray, sample_keys: np.ndarray) -> np.ndarray:
+    """What training sees: ``augment(x, k)``, k = splitmix64(sample_keys ^ AUGMENT_STREAM), as float32.
+
+    x (N, H, W, C), sample_keys (N,) uint64 from ``sample_keys(seed, epoch, indices)`` ->
+    (N, H, W, C). The derived keys keep a user's keyed draws apart from Dropout's.
+    """
+    out = np.asarray(augment(x, splitmix64(np.asarray(sample_keys, np.uint64) ^ np.uint64(AUGMENT_STREAM))))
+    if out.shape != x.shape:
+        raise ValueError(f"augment returned shape {out.shape} for a batch of shape {x.shape}; it must "
+                         "return images of the same shape")
+    return out.astype(np.float32, copy=False)
 
 
 def op_keys(keys: np.ndarray, position: int) -> np.ndarray:
@@ -356,8 +370,9 @@ def _check_int(v, what: str, lo: int) -> None:
 
 
 def _check_float(v, what: str, lo: float, hi: float) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not lo <= v <= hi:
-        raise ValueError(f"{what} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
+            or not (math.isfinite(v) and lo <= v <= hi):
+        raise ValueError(f"{what} must be a finite number in [{lo:g}, {hi:g}], got {v!r}")
 
 
 # ---- the spec grammar ---------------------------------------------------------------------
@@ -462,6 +477,7 @@ def describe_op(op: Augmentation) -> str:
     return ",".join(tokens)
 
 
-__all__ = ["Augment", "Augmentation", "BrightnessContrast", "Clip", "Compose", "Cutout", "RandomAffine",
-           "RandomCrop", "RandomFlip", "RandomShift", "SPEC_HELP", "StrokeWidth", "TOKENS",
-           "affine_sample", "check_batch", "describe_op", "op_keys", "parse_spec", "shift_images"]
+__all__ = ["AUGMENT_STREAM", "Augment", "Augmentation", "BrightnessContrast", "Clip", "Compose", "Cutout",
+           "RandomAffine", "RandomCrop", "RandomFlip", "RandomShift", "SPEC_HELP", "StrokeWidth", "TOKENS",
+           "affine_sample", "augment_batch", "check_batch", "describe_op", "op_keys", "parse_spec",
+           "shift_images"]

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from dpnn.augment import (SPEC_HELP, TOKENS, BrightnessContrast, Clip, Compose, Cutout, RandomAffine,
-                          RandomCrop, RandomFlip, RandomShift, StrokeWidth, op_keys, parse_spec,
-                          shift_images)
+                          RandomCrop, RandomFlip, RandomShift, StrokeWidth, augment_batch, op_keys,
+                          parse_spec, shift_images)
 from dpnn.random import sample_keys
 
 FULL_SPEC = "shift=2,flip,rotate=10,scale=0.1,cutout=8,crop=4,brightness=0.2,contrast=0.2"
@@ -232,7 +232,8 @@ def test_parse_full_spec():
 
 @pytest.mark.parametrize("spec, ops", [
     ("flip=0.25,clip=-1:2", [RandomFlip(0.25), Clip(-1, 2)]),
-    ("crop=3:reflect,stroke=0.2:0.1,stroke=0.3", [RandomCrop(3, "reflect"), StrokeWidth(0.2, 0.1), StrokeWidth(0.3)]),
+    ("crop=3:reflect,stroke=0.2:0.1,stroke=0.3",
+     [RandomCrop(3, "reflect"), StrokeWidth(0.2, 0.1), StrokeWidth(0.3)]),
     ("translate=1.5,rotate=5", [RandomAffine(rotate=5, shift=1.5)]),
     ("rotate=5,rotate=6,scale=0.1", [RandomAffine(rotate=5), RandomAffine(rotate=6, scale=0.1)]),
     ("rotate=5,flip,scale=0.1", [RandomAffine(rotate=5), RandomFlip(), RandomAffine(scale=0.1)]),
@@ -261,15 +262,51 @@ def test_every_token_is_documented():
     ("shift=1.5", r"token 'shift=1.5': '1.5' is not an integer"),
     ("rotate=ten", r"token 'rotate=ten': 'ten' is not a number"),
     ("shift=-1", r"token 'shift=-1': shift pixels must be an integer >= 0"),
-    ("flip=1.5", r"token 'flip=1.5': flip probability must be a number in \[0, 1\]"),
+    ("flip=1.5", r"token 'flip=1.5': flip probability must be a finite number in \[0, 1\]"),
+    ("translate=inf", r"translate pixels must be a finite number"),
+    ("brightness=nan", r"brightness must be a finite number"),
     ("crop=2:wrap", r"token 'crop=2:wrap': crop mode 'wrap' is unknown; use one of constant, edge, reflect"),
     ("crop=2:edge:x", r"crop takes at most 2 value\(s\)"),
     ("rotate=5,scale=1.5", r"token 'rotate=5,scale=1.5': scale fraction must be"),
     ("cutout=0", r"cutout size must be an integer >= 1"),
     ("stroke=0.8:0.5", r"keep thick \+ thin <= 1"),
     ("clip=1:0", r"finite LO < HI"),
-    ("contrast=2", r"contrast must be a number in \[0, 1\]"),
+    ("contrast=2", r"contrast must be a finite number in \[0, 1\]"),
 ])
 def test_spec_errors_name_the_token(spec, words):
     with pytest.raises(ValueError, match=words):
         parse_spec(spec)
+
+
+# ---- in fit's workers -------------------------------------------------------------------------
+
+def fit_params(workers, augment):
+    from dpnn import Activation, Conv2D, Dense, Flatten, MaxPool2D, Model
+    x = images(n=30, c=3, h=8, w=8, seed=2)
+    y = (x.mean(axis=(1, 2, 3)) > 0.5).astype(np.int64)
+    m = Model([Conv2D(4, (3, 3)), Activation("relu"), MaxPool2D((2, 2)), Flatten(), Dense(2)], seed=1)
+    m.compile("cce", "adam", lr=1e-2)
+    m.fit(x, y, epochs=2, batch_size=16, seed=5, verbose=0, deterministic=True, workers=workers,
+          augment=augment)
+    return m.params.copy()
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*oversubscribed:RuntimeWarning")  # 3 workers on 2 cores
+def test_fit_with_a_parsed_spec_is_worker_count_invariant():
+    """The Compose travels to the workers (pickled) and each augments its own shard."""
+    aug = parse_spec(FULL_SPEC + ",stroke=0.3:0.3,clip")
+    ref = fit_params(1, aug)
+    np.testing.assert_array_equal(fit_params(3, aug), ref)  # shards of 6, 5, 5 and 5, 5, 4
+    assert not np.array_equal(fit_params(1, None), ref), "the augmentation was not applied"
+
+
+def test_augment_batch_is_what_the_workers_run():
+    """One home for fit's key derivation: the recipe's shard augmentation gives the same bits."""
+    from dpnn import recipe
+    op, x, k = OPS["compose"], images(c=3), keys()
+    got = augment_batch(op, x, k)
+    np.testing.assert_array_equal(got, recipe.augmented(op, x, k))
+    assert not np.array_equal(got, op(x, k))  # the keys were derived, not passed through
+    with pytest.raises(ValueError, match="augment returned shape"):
+        augment_batch(lambda x, k: x[:, :4], x, k)

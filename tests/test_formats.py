@@ -306,3 +306,20 @@ def test_inspect_bad_directory_is_one_line_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "no data set found" in err[0]
     with pytest.raises(SystemExit):
         data_cli.main(["--inspect", str(tmp_path), "--image-size", "big"])
+
+
+# -- launch.train --dataset DIR -----------------------------------------------------------------
+def test_train_says_the_held_out_split_in_one_line(tmp_path, monkeypatch, capsys):
+    import launch.train as train_cli
+    np.savez(tmp_path / "train.npz", x=pixels(40, (8, 8)), y=np.arange(40) % 4)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", str(tmp_path), "--model", "mlp", "--epochs", "1", "--workers", "1",
+            "--checkpoint-dir", "none", "--out", "w.hdf5"]
+    assert train_cli.main(argv) == 0
+    err = capsys.readouterr().err
+    notes = [line for line in err.splitlines() if "no test split" in line]
+    assert len(notes) == 1 and "holding out 10%" in notes[0] and "4 of 40" in notes[0]
+    assert train_cli.main(argv + ["--image-size", "9x9", "--out", "v.hdf5"]) == 2
+    assert "images are 8x8x1, not 9x9" in capsys.readouterr().err
+    text = " ".join(train_cli.build_parser().format_help().split())
+    assert "--image-size HxW[xC]" in text and "--label-column N|NAME" in text

@@ -82,10 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default="fashion-mnist", metavar="NAME|DIR",
-                   help=f"named data set ({', '.join(LOADERS)}) or a directory of your own data: the four "
-                        "MNIST-style IDX files, train.npz/test.npz, train.csv/test.csv or image folders "
-                        "train/<class>/*.png; 'python -m launch.data' lists what is installed, "
-                        "'python -m launch.data --inspect DIR' shows what a directory holds")
+                   help=f"named data set ({', '.join(LOADERS)}) or a directory of your own data: "
+                        "four IDX files, train.npz, train.csv or train/<class>/*.png folders; "
+                        "'python -m launch.data' lists what is installed, 'python -m launch.data "
+                        "--inspect DIR' what a directory holds")
     g.add_argument("--image-size", type=image_size_arg, default=None, metavar="HxW[xC]",
                    help="--dataset DIR of image folders: resize every image to it; of CSV or flat npz "
                         "rows: the image each row holds (default: images as they are, square "

@@ -5,8 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from dpnn.augment import SPEC_HELP, parse_spec
-from dpnn.data import Dataset
+from dpnn.augment import SPEC_HELP, augment_batch, parse_spec
+from dpnn.data import Dataset, epoch_permutation
 from dpnn.datasets import load_dataset, mnist_5k_path
 from dpnn.digits import augment_digits, digit_augmentation, gaussian_blur, preprocess_drawing, resize
 from dpnn.random import sample_keys
@@ -200,6 +200,29 @@ def test_augment_digits_keyed_by_a_generator():
     np.testing.assert_array_equal(a, digit_augmentation()(X, k))
 
 
+def batches_pass_keys() -> bool:
+    """Whether Dataset.batches hands ``preprocess`` keys, as fit does (before: a Generator)."""
+    seen = []
+    ds = Dataset(np.zeros((1, 2, 2, 1), np.float32), np.zeros(1, np.int64))
+    list(ds.batches(1, preprocess=lambda x, k: seen.append(k) or x, num_threads=0, seed=0))
+    return not isinstance(seen[0], np.random.Generator)
+
+
+@pytest.mark.skipif(not batches_pass_keys(), reason="Dataset.batches still passes preprocess a Generator")
+def test_batches_yield_what_fit_trains_on():
+    X, aug = digits_like(20), digit_augmentation()
+    ds = Dataset(X, np.arange(20))
+    inline = list(ds.batches(6, preprocess=aug, num_threads=0, seed=1, epoch=2))
+    order = epoch_permutation(20, 1, 2)
+    want = augment_batch(aug, X[order], sample_keys(1, 2, order))  # what the workers train on
+    np.testing.assert_array_equal(np.concatenate([xb for xb, _ in inline]), want)
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in inline]), order)
+    threaded = list(ds.batches(6, preprocess=aug, num_threads=3, seed=1, epoch=2))
+    for (a, _), (b, _) in zip(inline, threaded):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(batches_pass_keys(), reason="Dataset.batches passes keys now")
 def test_augment_as_batch_preprocess():
     X = digits_like(20)
     ds = Dataset(X, np.zeros(20, dtype=np.int64))

@@ -200,12 +200,13 @@ def affine_sample(x: np.ndarray, inv: np.ndarray, offset: np.ndarray) -> np.ndar
     sy, sx = np.clip(sy, -1, H), np.clip(sx, -1, W)  # (N, H, W); -1 and H land in zero padding
     y0, x0 = np.floor(sy), np.floor(sx)
     fy, fx = (sy - y0)[..., None], (sx - x0)[..., None]  # (N, H, W, 1)
-    padded = np.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0))).reshape(N, -1, C)  # (N, (H+3)*(W+3), C)
+    padded = np.pad(x, ((0, 0), (1, 2), (1, 2), (0, 0))).reshape(-1, C)  # (N*(H+3)*(W+3), C)
     Wp = W + 3
-    flat = ((y0.astype(np.int64) + 1) * Wp + (x0.astype(np.int64) + 1)).reshape(N, -1, 1)  # (N, H*W, 1)
+    image = np.arange(N, dtype=np.int64)[:, None, None] * ((H + 3) * Wp)  # (N, 1, 1) first padded row
+    flat = image + (y0.astype(np.int64) + 1) * Wp + (x0.astype(np.int64) + 1)  # (N, H, W)
 
     def tap(dy: int, dx: int) -> np.ndarray:
-        return np.take_along_axis(padded, flat + dy * Wp + dx, axis=1).reshape(N, H, W, C)
+        return np.take(padded, flat + (dy * Wp + dx), axis=0)  # (N, H, W, C)
 
     top = (1 - fx) * tap(0, 0) + fx * tap(0, 1)
     bottom = (1 - fx) * tap(1, 0) + fx * tap(1, 1)

@@ -217,7 +217,9 @@ def run_killed_group_then_next(tmp_path, toy, _):
     nxt = start([sys.executable, "-c", "from dpnn.workers import SharedArena\n"
                  "SharedArena.create({'params': ((4,), 'float32')}).unlink()"], tmp_path)
     code, out, err = finish(nxt)
-    return first, code, out, err.replace(f"dead process(es) {first.pid}", "dead process(es) FIRST")
+    if not re.search(rf"\b{first.pid}\b", err) and not segments_of(first.pid):
+        pytest.skip("another process swept the killed run's segments first")
+    return first, code, out, re.sub(rf"\b{first.pid}\b", "FIRST", err)
 
 
 def run_sigterm_at_start_up(tmp_path, toy, delay):

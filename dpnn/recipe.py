@@ -23,10 +23,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .random import splitmix64
+from .augment import augment_batch
 
 DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
-AUGMENT_SALT = 0xA06E_5A17   # augmentation draws from keys independent of Dropout's
 
 
 @dataclass
@@ -150,16 +149,6 @@ def _piece_gradients(model, x, y, denominator, keys) -> tuple[float, int]:
     return total, count_correct(out, y)
 
 
-def augmented(augment, x: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """``augment(x, k)`` with per-sample keys k derived from ``keys``: a function of each sample
-    alone, so the result does not depend on how the batch was cut into shards."""
-    out = np.asarray(augment(x, splitmix64(np.asarray(keys, np.uint64) ^ np.uint64(AUGMENT_SALT))))
-    if out.shape != x.shape:
-        raise ValueError(f"augment returned shape {out.shape} for a batch of shape {x.shape}; it must "
-                         "return images of the same shape")
-    return out.astype(np.float32, copy=False)
-
-
 def run_shard(model, slot: int, x: np.ndarray, y: np.ndarray, denominator: int,
               keys: np.ndarray | None, state0: np.ndarray | None, augment=None) -> ShardResult:
     """Slot ``slot``'s part of a step: from BatchNorm state ``state0``, the gradient of the
@@ -176,7 +165,7 @@ def run_shard(model, slot: int, x: np.ndarray, y: np.ndarray, denominator: int,
         return ShardResult(slot, 0.0, 0, 0)
     if augment is not None:
         keys = model.next_sample_keys(len(x)) if keys is None else keys
-        x = augmented(augment, x, keys)
+        x = augment_batch(augment, x, keys)      # per-sample keys: the same for any shard cut
     total, correct = shard_gradients(model, x, y, denominator, keys)
     return ShardResult(slot, total, correct, len(x))
 

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 from dpnn import EarlyStopping
 from dpnn.callbacks import LRScheduler
+from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.datasets import LOADERS, load_dataset
 from dpnn.errors import DataError, WeightsError, WorkerError
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
@@ -41,7 +42,7 @@ DEFAULT_MOMENTUM = 0.9
 # a different value on the command line. Every other flag may change when resuming.
 RUN_KEYS = ("dataset", "image_size", "label_column", "model", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
             "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
-            "seed", "deterministic", "limit")
+            "seed", "deterministic", "limit", "augment")
 
 
 class UsageError(ValueError):
@@ -70,6 +71,15 @@ def finite_float(text: str) -> float:
     return value
 
 
+def augment_arg(text: str) -> str:
+    """An augmentation spec, checked now (the grammar is in --help); kept as text for checkpoints."""
+    try:
+        parse_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def workers_arg(text: str):
     if text == "auto":
         return "auto"
@@ -79,7 +89,8 @@ def workers_arg(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter,
+                      epilog="--augment " + SPEC_HELP)
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default="fashion-mnist", metavar="NAME|DIR",
                    help=f"named data set ({', '.join(LOADERS)}) or a directory of your own data: "
@@ -122,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-delta", type=finite_float, default=None, metavar="D",
                    help="smallest accuracy gain that counts as an improvement (default: 0.0)")
     g.add_argument("--seed", type=int, default=0, metavar="N", help="seed for initialisation, shuffling and dropout")
+    g.add_argument("--augment", type=augment_arg, default="none", metavar="SPEC",
+                   help="augment every training batch inside the workers, e.g. shift=2,flip "
+                        "(grammar below; keyed per sample, so any worker count trains alike)")
     g.add_argument("--deterministic", action="store_true",
                    help="bitwise reproducible results whatever the worker count (a little slower)")
     g = p.add_argument_group("parallelism")
@@ -360,13 +374,18 @@ def make_callbacks(run, rank: int) -> tuple[report.EpochLog, ckpt.Checkpointer, 
     return log, saver, cbs + [saver]        # the checkpointer last: it sees the others' state
 
 
+def augmentation(spec: str | None):
+    """The --augment spec as fit's augment function (None for no augmentation)."""
+    return None if spec in (None, "", "none") else parse_spec(spec)
+
+
 def fit(run, callbacks) -> None:
     a = run.args
     kwargs = dict(epochs=a.epochs, batch_size=a.batch_size, validation_split=a.val_split,
                   callbacks=callbacks, seed=a.seed, verbose=0 if a.quiet else 1,
                   workers=a.fit_workers, threads_per_worker=a.threads_per_worker,
                   deterministic=a.deterministic, initial_epoch=run.initial_epoch, progress=run.progress,
-                  history=run.history, **a.engine_options)
+                  history=run.history, augment=augmentation(a.augment), **a.engine_options)
     run.model.fit(run.train.X, run.train.y, **kwargs)     # the thread policy applies in process too
 
 

@@ -116,6 +116,14 @@ def from_root(comm: Communicator, fn, *args):
         raise
 
 
+def report_once(comm: Communicator | None, text: str) -> None:
+    """Print ``text``, an error every rank hits alike (a bad flag), on rank 0 alone: the other
+    ranks wait for rank 0's abort (``finish``) and print it only if that does not come."""
+    if comm is not None and comm.size > 1 and comm.rank != 0:
+        time.sleep(ABORT_WAIT_S)
+    print(text, file=sys.stderr)
+
+
 def rank0_only(comm: Communicator | None, fn, *args):
     """``fn(*args)`` on rank 0 alone (e.g. checking output paths); its result or error everywhere."""
     if comm is None or comm.size == 1:

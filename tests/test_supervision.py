@@ -233,16 +233,17 @@ def run_sigterm_at_start_up(tmp_path, toy, delay):
     return (proc, *finish(proc))
 
 
-def run_mpi_bad_argument(tmp_path, toy, _):
-    """--checkpoint-dir holding an earlier run: rank 0's check fails, the job aborts."""
+def run_mpi_bad_argument(tmp_path, toy, flag):
+    """--checkpoint-dir holding an earlier run (rank 0's check fails), or a bad ``flag`` (every
+    rank's check fails): the job aborts."""
     common = ["-m", "launch.train", "--dataset", str(toy), "--model", str(toy / "tiny.json"),
               "--workers", "1", "--epochs", "1", "--quiet", "--checkpoint-dir", "ck"]
     earlier = subprocess.run([sys.executable, *common, "--out", "a.hdf5"], cwd=tmp_path, env=env(),
                              capture_output=True, text=True, timeout=60)
     assert earlier.returncode == 0, earlier.stderr
     before = mpich_segments()
-    proc = start([MPIEXEC, "-n", "2", sys.executable, *common, "--backend", "mpi", "--out", "b.hdf5"],
-                 tmp_path, env=dict(env(), HYDRA_LAUNCHER="fork"))
+    proc = start([MPIEXEC, "-n", "2", sys.executable, *common, "--backend", "mpi", "--out", "b.hdf5",
+                  *(flag or [])], tmp_path, env=dict(env(), HYDRA_LAUNCHER="fork"))
     result = (proc, *finish(proc))
     assert wait_until(lambda: not unmapped(mpich_segments() - before), 5), \
         f"MPICH's segments were left: {unmapped(mpich_segments() - before)}"
@@ -276,6 +277,7 @@ WORKER_LINE = r"dpnn: worker 1 \(pid \d+\) died \({}\); respawned as pid \d+(, s
 SERVER_LINE = r"dpnn: the fork server \(pid \d+\) died; started a new one \(pid \d+\)"
 SWEPT_LINE = r"dpnn: removed \d+ shared-memory segment\(s\) left in /dev/shm by dead process\(es\) (\d+, )*FIRST(, \d+)*"
 MPI_LINE = r"python -m launch\.train: error: ck already holds checkpoints of an earlier run .*"
+FLAG_LINE = r"python -m launch\.train: error: --lr must be > 0, got -1\.0"
 MPICH_ABORT = r"Abort\(\d+\) on node \d+ \(rank 0 in comm 0\)"  # MPICH's own notice, when it gets out
 TERM_CODES = (143, -signal.SIGTERM, 0)  # -15: before Python set its handler (a shell says 143); 0: done first
 RECOVERED = "RESULT {} True"           # the restarts per worker, and bitwise the undisturbed run
@@ -295,10 +297,14 @@ FAULT_TABLE = {
     **{f"SIGTERM {d} s into start-up": (run_sigterm_at_start_up, d, TERM_CODES, None, "")
        for d in (0.0, 0.05, 0.1, 0.2, 0.4)},
     "MPI run with a bad argument": (run_mpi_bad_argument, None, (2,), [MPI_LINE], ""),
+    "MPI run with a bad flag": (run_mpi_bad_argument, ["--lr", "-1"], (2,), [FLAG_LINE], ""),
 }
+PENDING = {"MPI run with a bad flag": "every rank prints it until launch/train.py's main reports "
+                                      "usage errors with launch.mpi.report_once"}
 
 
-@pytest.mark.parametrize("case", list(FAULT_TABLE))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=PENDING[c], strict=False))
+                                  if c in PENDING else c for c in FAULT_TABLE])
 def test_fault_table(tmp_path, tiny_run, case):
     run, arg, codes, lines, stdout = FAULT_TABLE[case]
     if run is run_mpi_bad_argument and not HAVE_MPI:

@@ -8,19 +8,16 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
+from dpnn.augment import Augment, augment_batch
 from dpnn.errors import DataError
 from dpnn.idx import read_idx
 from dpnn.limits import check_allocation
+from dpnn.random import fresh_seed, sample_keys
 
-# Appended to (seed, epoch, batch) so the preprocess stream never equals another
-# stream seeded from three integers (e.g. per-sample dropout keys).
-_PREPROCESS_STREAM = 0x70726570
-
-Preprocess = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -107,40 +104,35 @@ class Dataset:
             raise ValueError(f"subset size must be >= 0, got {n}")
         return Dataset(self.X[:n], self.y[:n])
 
-    def batches(self, batch_size: int, shuffle: bool = True, preprocess: Preprocess | None = None,
+    def batches(self, batch_size: int, shuffle: bool = True, preprocess: Augment | None = None,
                 num_threads: int | None = None, seed: int | None = None,
                 epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(xb, yb)`` covering every sample once, the last batch possibly smaller.
+        """Yield ``(xb, yb)`` covering every sample once, the last batch possibly smaller:
+        exactly the batches ``fit`` trains on in ``epoch`` with this ``seed``.
 
-        ``preprocess(xb, rng) -> xb`` runs on up to ``num_threads`` threads (default
-        min(8, cpus); 0 = inline), with ``rng`` seeded from (seed, epoch, batch index) so
-        the output does not depend on the thread count. Batches come out in order.
+        ``preprocess(xb, keys) -> xb`` is an augmentation as ``fit(augment=...)`` takes it (see
+        :mod:`dpnn.augment`), fed the same per-sample (seed, epoch, index) keys, so a batch is
+        a pure function of its rows and keys; it runs on up to ``num_threads`` threads
+        (default min(8, cpus); 0 = inline) and the output does not depend on the thread
+        count. Batches come out in order.
         """
         if num_threads is None:
             num_threads = min(8, os.cpu_count() or 1)
         if num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        seed = fresh_seed() if seed is None else seed
         idx_iter = batch_indices(len(self), batch_size, shuffle, seed, epoch)  # validates now
-        jobs = ((self, idx, preprocess, rng) for idx, rng in zip(idx_iter, _batch_rngs(seed, epoch)))
+        jobs = ((self, idx, preprocess, sample_keys(seed, epoch, idx)) for idx in idx_iter)
         if num_threads == 0:
             return (_make_batch(*job) for job in jobs)
         return _prefetch(jobs, num_threads)
 
 
-def _batch_rngs(seed: int | None, epoch: int) -> Iterator[np.random.Generator]:
-    root = np.random.SeedSequence() if seed is None else None
-    b = 0
-    while True:
-        entropy = root.entropy if root is not None else seed
-        yield np.random.default_rng([entropy, epoch, b, _PREPROCESS_STREAM])
-        b += 1
-
-
-def _make_batch(ds: Dataset, idx: np.ndarray, preprocess: Preprocess | None,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _make_batch(ds: Dataset, idx: np.ndarray, preprocess: Augment | None,
+                keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     xb, yb = ds.X[idx], ds.y[idx]
     if preprocess is not None:
-        xb = preprocess(xb, rng)
+        xb = augment_batch(preprocess, xb, keys)
     return xb, yb
 
 

@@ -35,3 +35,8 @@ def keyed_uniform(keys: np.ndarray, salt: int, shape: tuple[int, ...]) -> np.nda
     bits = splitmix64(salted[:, None] + counters[None, :])                      # (N, m)
     return ((bits >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)).reshape(
         (len(keys),) + tuple(shape))
+
+
+def fresh_seed() -> int:
+    """A new random seed in [0, 2**31) from the OS, for runs given none (fit, Dataset.batches)."""
+    return int(np.random.SeedSequence().entropy % 2**31)

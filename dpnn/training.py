@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from .callbacks import CallbackList, EarlyStopping, LRScheduler
 from .engine import Engine, make_engine
 from .preemption import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
-from .random import sample_keys
+from .data import epoch_permutation
+from .random import fresh_seed, sample_keys
 
 
 class TrainingDiverged(FloatingPointError):
@@ -97,7 +98,7 @@ def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar
     """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given; returns
     {'loss', 'acc', 'samples_per_s', 'time', 'times'}. ``model.progress`` follows every step."""
     n = len(X)
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+    order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)   # as Dataset.batches
     p = start or Progress(epoch)
     t0 = time.perf_counter() - p.elapsed
     times = {"compute": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
@@ -191,7 +192,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     if val_data is not None:
         val_data = (model.check_input(val_data[0]), val_data[1])
         check_labels(model, val_data[1], num_classes)
-    seed = int(np.random.SeedSequence().entropy % 2**31) if seed is None else int(seed)
+    seed = fresh_seed() if seed is None else int(seed)
     history = history if history is not None else {k: [] for k in ("loss", "acc", "val_loss", "val_acc", "lr")}
     cbs = list(callbacks or [])
     if lr_schedule:

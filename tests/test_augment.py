@@ -302,11 +302,18 @@ def test_fit_with_a_parsed_spec_is_worker_count_invariant():
 
 
 def test_augment_batch_is_what_the_workers_run():
-    """One home for fit's key derivation: the recipe's shard augmentation gives the same bits."""
-    from dpnn import recipe
+    """One home for fit's key derivation: a step with augment= trains on augment_batch's output."""
+    from dpnn import Dense, Flatten, Model
+    from dpnn.engine import LocalEngine
     op, x, k = OPS["compose"], images(c=3), keys()
     got = augment_batch(op, x, k)
-    np.testing.assert_array_equal(got, recipe.augmented(op, x, k))
     assert not np.array_equal(got, op(x, k))  # the keys were derived, not passed through
+    y = np.arange(len(x)) % 2
+    a, b = (Model([Flatten(), Dense(2)], seed=0).compile("cce", "sgd", lr=0.1) for _ in range(2))
+    for m in (a, b):
+        m.build(x.shape)
+    LocalEngine(a, augment=op).train_step(x, y, k)
+    LocalEngine(b).train_step(got, y, k)
+    np.testing.assert_array_equal(a.params, b.params)
     with pytest.raises(ValueError, match="augment returned shape"):
         augment_batch(lambda x, k: x[:, :4], x, k)

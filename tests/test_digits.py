@@ -1,5 +1,4 @@
 """Drawing preprocessing (crop, scale to 20 px, centre of mass), digit augmentation, launch.digits."""
-import inspect
 import pickle
 
 import numpy as np
@@ -200,15 +199,6 @@ def test_augment_digits_keyed_by_a_generator():
     np.testing.assert_array_equal(a, digit_augmentation()(X, k))
 
 
-def batches_pass_keys() -> bool:
-    """Whether Dataset.batches hands ``preprocess`` keys, as fit does (before: a Generator)."""
-    seen = []
-    ds = Dataset(np.zeros((1, 2, 2, 1), np.float32), np.zeros(1, np.int64))
-    list(ds.batches(1, preprocess=lambda x, k: seen.append(k) or x, num_threads=0, seed=0))
-    return not isinstance(seen[0], np.random.Generator)
-
-
-@pytest.mark.skipif(not batches_pass_keys(), reason="Dataset.batches still passes preprocess a Generator")
 def test_batches_yield_what_fit_trains_on():
     X, aug = digits_like(20), digit_augmentation()
     ds = Dataset(X, np.arange(20))
@@ -222,24 +212,8 @@ def test_batches_yield_what_fit_trains_on():
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.skipif(batches_pass_keys(), reason="Dataset.batches passes keys now")
-def test_augment_as_batch_preprocess():
-    X = digits_like(20)
-    ds = Dataset(X, np.zeros(20, dtype=np.int64))
-    inline = [xb for xb, _ in ds.batches(6, preprocess=augment_digits, num_threads=0, seed=1)]
-    threaded = [xb for xb, _ in ds.batches(6, preprocess=augment_digits, num_threads=3, seed=1)]
-    for a, b in zip(inline, threaded):
-        np.testing.assert_array_equal(a, b)
-
-
 # ---- python -m launch.digits -------------------------------------------------------------
 
-def fit_takes_augment() -> bool:
-    from dpnn.training import fit
-    return "augment" in inspect.signature(fit).parameters
-
-
-@pytest.mark.skipif(not fit_takes_augment(), reason="fit(augment=...) has not landed yet")
 def test_launch_digits_trains_in_one_fit(tmp_path, capsys, monkeypatch):
     from dpnn.model import Model
     from launch import digits

@@ -436,7 +436,10 @@ def main(argv: list[str] | None = None) -> int:
                       locks=locks, comm=comm)
         run.args.quiet = run.args.quiet or quiet
         return mpi.finish(comm, execute(run, rank))
-    except (UsageError, DataError, WeightsError) as e:
+    except UsageError as e:                  # every rank hits it alike: rank 0 says it
+        mpi.report_once(comm, f"{PROG}: error: {e}")
+        return mpi.finish(comm, 2)
+    except (DataError, WeightsError) as e:   # may differ per rank: each says its own
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return mpi.finish(comm, 2)
     except KeyboardInterrupt as e:

@@ -23,8 +23,11 @@ from dpnn.random import sample_keys
 from .models import build
 
 
-def synthetic_batch(n: int, seed: int = 0, shape=(28, 28, 1), classes: int = 10):
-    """(x float32 (n, 28, 28, 1) in [0, 1), y int64 (n,)) drawn from a fixed seed."""
+INPUT = (28, 28, 1)     # the reference workload's image shape (H, W, C)
+
+
+def synthetic_batch(n: int, seed: int = 0, shape=INPUT, classes: int = 10):
+    """(x float32 (n, H, W, C) in [0, 1), y int64 (n,)) drawn from a fixed seed."""
     rng = np.random.default_rng(seed)
     return rng.random((n,) + tuple(shape), dtype=np.float32), rng.integers(0, classes, n)
 
@@ -45,9 +48,9 @@ def peak_rss_mb(pid: int) -> float:
 class LocalRunner:
     """Single-process baseline: LocalEngine with ``threads`` BLAS threads (the seed's approach)."""
 
-    def __init__(self, model_name: str, threads: int, batch: int, seed: int = 0) -> None:
-        self.x, self.y = synthetic_batch(batch, seed)
-        self.engine = LocalEngine(build(model_name, seed=seed))
+    def __init__(self, model_name: str, threads: int, batch: int, seed: int = 0, shape=INPUT) -> None:
+        self.x, self.y = synthetic_batch(batch, seed, shape)
+        self.engine = LocalEngine(build(model_name, (1,) + tuple(shape), seed=seed))
         self.threads, self.batch, self.seed = threads, batch, seed
 
     def turn(self):
@@ -67,13 +70,14 @@ class DataParallelRunner:
     """``DataParallel(workers, threads_per_worker)`` with its pool started; reports start-up and memory."""
 
     def __init__(self, model_name: str, workers: int, threads: int, batch: int, backend: str = "shm",
-                 seed: int = 0, shard_optimizer: bool | str = "auto") -> None:
+                 seed: int = 0, shard_optimizer: bool | str = "auto", shape=INPUT) -> None:
         from dpnn.workers import DataParallel
-        self.x, self.y = synthetic_batch(batch, seed)
+        self.x, self.y = synthetic_batch(batch, seed, shape)
         self.workers, self.threads, self.batch, self.seed = workers, threads, batch, seed
         kwargs = {"shard_optimizer": shard_optimizer} if backend == "shm" else {"backend": backend}
         t0 = time.perf_counter()
-        self.dp = DataParallel(build(model_name, seed=seed), workers=workers, threads_per_worker=threads,
+        self.dp = DataParallel(build(model_name, (1,) + tuple(shape), seed=seed), workers=workers,
+                               threads_per_worker=threads,
                                deterministic=False, **kwargs)
         try:
             self.dp.start(self.x, self.y)
@@ -89,10 +93,10 @@ class DataParallelRunner:
         return self.dp.train_step(self.x, self.y, sample_keys(self.seed, i, np.arange(self.batch))).times
 
     def result(self) -> dict:
-        pids = self.dp.worker_pids() if callable(self.dp.worker_pids) else self.dp.worker_pids
         return {"workers": self.workers, "threads": self.threads, "startup_s": self.startup,
                 "sharded_optimizer": bool(getattr(self.dp, "shard_optimizer", False)),
-                "worker_peak_mb": [peak_rss_mb(p) for p in pids], "coordinator_rss_mb": _rss_mb(os.getpid())}
+                "worker_peak_mb": [peak_rss_mb(p) for p in self.dp.worker_pids],
+                "coordinator_rss_mb": _rss_mb(os.getpid())}
 
     def close(self) -> None:
         self.dp.close()
@@ -101,9 +105,9 @@ class DataParallelRunner:
 class TorchRunner:
     """PyTorch CPU with ``torch.set_num_threads(threads)`` on the same batch."""
 
-    def __init__(self, threads: int, batch: int, seed: int = 0) -> None:
+    def __init__(self, threads: int, batch: int, seed: int = 0, shape=INPUT) -> None:
         from .torch_ref import TorchStep
-        x, y = synthetic_batch(batch, seed)
+        x, y = synthetic_batch(batch, seed, shape)
         self.impl, self.threads, self.batch = TorchStep(x, y, threads, seed), threads, batch
 
     def turn(self):
@@ -164,9 +168,9 @@ def _summary(walls: list[float], times: dict, batch: int) -> dict:
 
 
 def data_parallel(model_name: str, workers: int, threads: int, batch: int, steps: int, warmup: int,
-                  backend: str = "shm", seed: int = 0) -> dict:
+                  backend: str = "shm", seed: int = 0, shape=INPUT) -> dict:
     """One DataParallel configuration measured on its own (calibration, MPI ranks)."""
-    runner = DataParallelRunner(model_name, workers, threads, batch, backend, seed)
+    runner = DataParallelRunner(model_name, workers, threads, batch, backend, seed, shape=shape)
     try:
         return interleaved({"dp": runner}, steps, warmup, rounds=1)["dp"]
     finally:

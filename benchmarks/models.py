@@ -1,8 +1,8 @@
 """Reference models for the benchmarks and their FLOP counts from layer shapes.
 
-The layer lists come from :mod:`launch.presets` (the same models ``launch.train`` runs);
-``seed-cnn-fused`` is seed-cnn rewritten to compute the same function with less memory
-traffic (see :func:`fuse_relu`).
+The layer lists come from :mod:`launch.presets` (the same models ``launch.train`` runs). The
+order in which a model executes its layers (ReLU after a max pool) is ``Model``'s own
+business (``dpnn.model.execution_order``), so no rewritten variant is needed here.
 """
 from __future__ import annotations
 
@@ -12,37 +12,7 @@ from dpnn import Activation, Conv2D, Dense, Layer, MaxPool2D, Model
 from launch.presets import PRESETS
 
 
-def fuse_relu(layers: list[Layer]) -> list[Layer]:
-    """The same network with cheaper ReLUs.
-
-    ``Conv2D -> ReLU -> MaxPool2D`` becomes ``Conv2D -> MaxPool2D -> ReLU``: ReLU is monotone,
-    so max(relu(z)) = relu(max(z)) and the gradients agree too; the ReLU then runs on 4x
-    fewer elements. Any other ReLU after a Conv2D/Dense is folded into it (``activation='relu'``).
-    """
-    out: list[Layer] = []
-    i = 0
-    while i < len(layers):
-        layer, nxt = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-        after = layers[i + 2] if i + 2 < len(layers) else None
-        relu = isinstance(nxt, Activation) and nxt.func == "relu"
-        if relu and isinstance(layer, Conv2D) and isinstance(after, MaxPool2D):
-            out += [layer, after, nxt]
-            i += 3
-        elif relu and isinstance(layer, (Conv2D, Dense)) and layer.activation is None:
-            out.append(type(layer)(**layer.get_config(), activation="relu"))
-            i += 2
-        else:
-            out.append(layer)
-            i += 1
-    return out
-
-
-def seed_cnn_fused(num_classes: int = 10) -> list[Layer]:
-    """seed-cnn with pool-then-ReLU order and a fused Dense ReLU (same function, same gradients)."""
-    return fuse_relu(PRESETS["seed-cnn"](num_classes))
-
-
-MODELS: dict[str, Callable[[int], list[Layer]]] = {**PRESETS, "seed-cnn-fused": seed_cnn_fused}
+MODELS: dict[str, Callable[[int], list[Layer]]] = dict(PRESETS)
 
 
 def build(name: str, input_shape=(1, 28, 28, 1), num_classes: int = 10, seed: int = 0) -> Model:

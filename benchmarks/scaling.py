@@ -35,6 +35,17 @@ def _int_list(text: str, name: str) -> list[int]:
     return vals
 
 
+def input_shape_arg(text: str) -> tuple[int, int, int]:
+    """'32x32x3' -> (32, 32, 3): an image shape H x W x C."""
+    try:
+        h, w, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxWxC such as 32x32x3, got {text!r}") from None
+    if min(h, w, c) < 1:
+        raise argparse.ArgumentTypeError(f"every size must be >= 1, got {text!r}")
+    return h, w, c
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="the configurations of one batch size take "
                    "turns: each runs steps/rounds steps per round (default 5)")
     p.add_argument("--model", default="seed-cnn", choices=sorted(MODELS), help="model (default seed-cnn)")
+    p.add_argument("--input", default="28x28x1", type=input_shape_arg, metavar="HxWxC",
+                   help="image shape of the synthetic batches, e.g. 32x32x3 (default 28x28x1)")
     p.add_argument("--backend", default="shm", choices=("shm", "mpi"),
                    help="shm: this machine's workers; mpi: ranks x workers under mpiexec (default shm)")
     p.add_argument("--ranks", default="1,2", help="with --backend mpi: MPI rank counts (default 1,2)")
@@ -92,7 +105,7 @@ def calibrate(a, cores: int, log) -> tuple[int, int, list[dict]]:
     b = a.batches[0]
     trials = []
     for n, t in splits:
-        r = measure.data_parallel(a.model, n, t, b, a.calibration_steps, 2, a.backend, a.seed)
+        r = measure.data_parallel(a.model, n, t, b, a.calibration_steps, 2, a.backend, a.seed, a.input)
         trials.append({"workers": n, "threads": t, "samples_per_s": r["samples_per_s"]})
         log(f"  calibrate {n} workers x {t} threads, batch {b}: {r['samples_per_s']:,.0f} samples/s")
     best = max(trials, key=lambda r: r["samples_per_s"])
@@ -109,16 +122,16 @@ def measure_batch(a, b: int, configs: list[tuple[int, int]], cores: int, has_tor
     runners = {}
     try:
         for t_total in sorted({min(n * t, cores) for n, t in configs}):
-            runners[("local", t_total)] = measure.LocalRunner(a.model, t_total, b, a.seed)
+            runners[("local", t_total)] = measure.LocalRunner(a.model, t_total, b, a.seed, a.input)
             if has_torch:
-                runners[("torch", t_total)] = measure.TorchRunner(t_total, b, a.seed)
+                runners[("torch", t_total)] = measure.TorchRunner(t_total, b, a.seed, a.input)
         for kind in ("strong", "weak"):
             for n, t in configs:
                 if kind == "weak" and (a.no_weak or n == 1):
                     continue
                 gb = b if kind == "strong" else b * n
                 runners[(kind, n, t)] = measure.DataParallelRunner(a.model, n, t, gb, a.backend, a.seed,
-                                                                   a.shard_optimizer)
+                                                                   a.shard_optimizer, a.input)
         log(f"  batch {b}: {len(runners)} configurations, {a.steps} steps each, taking turns in "
             f"{a.rounds} rounds")
         res = measure.interleaved(runners, a.steps, a.warmup, a.rounds)
@@ -136,10 +149,11 @@ def run(a) -> dict:
     log = lambda s="": print(s, flush=True)                                # noqa: E731
     cores = usable_cores()
     check_backend(a.backend)
-    probe = build(a.model, seed=a.seed)
+    probe = build(a.model, (1,) + a.input, seed=a.seed)
     flops = flops_per_sample(probe)["total"]
     grad_bytes = probe.params.size * 4
-    log(f"dpnn scaling benchmark: model {a.model} ({flops / 1e6:.1f} MFLOP per training sample, "
+    log(f"dpnn scaling benchmark: model {a.model}, input {'x'.join(map(str, a.input))} "
+        f"({flops / 1e6:.1f} MFLOP per training sample, "
         f"{probe.param_count():,} params), {cores} usable cores, {platform.processor() or platform.machine()}")
     res_load = [load_note(cores)]
     log(f"before: {res_load[0]}")
@@ -180,7 +194,7 @@ def run(a) -> dict:
     proj = _projection(a, rows, grad_bytes, cores)
     res_load.append(load_note(cores))
     log(f"after: {res_load[1]}")
-    return {"model": a.model, "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
+    return {"model": a.model, "input": list(a.input), "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
             "machine": platform.platform(), "python": sys.version.split()[0],
             "peak_gflops_per_core": pk, "all_core_scaling": machine, "torch": torch_note,
             "load": res_load, "auto": auto, "rows": rows,

@@ -19,13 +19,14 @@ def available() -> tuple[bool, str]:
     return True, torch.__version__
 
 
-def seed_cnn(num_classes: int = 10):
-    """seed-cnn in PyTorch (NCHW): the same layers, shapes and initialisation scale."""
+def seed_cnn(num_classes: int = 10, shape=(28, 28, 1)):
+    """seed-cnn in PyTorch (NCHW) for NHWC images of ``shape``: the same layers and shapes."""
     import torch.nn as nn
+    H, W, C = shape
     return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(C, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, num_classes))
+        nn.Linear(64 * (H // 4) * (W // 4), 128), nn.ReLU(), nn.Dropout(0.25), nn.Linear(128, num_classes))
 
 
 class TorchStep:
@@ -40,7 +41,7 @@ class TorchStep:
         import torch
         self.torch, self.threads, self.batch = torch, threads, len(x)
         torch.manual_seed(seed)
-        self.net = seed_cnn(int(y.max()) + 1 if y.size else 10)
+        self.net = seed_cnn(int(y.max()) + 1 if y.size else 10, x.shape[1:])
         self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))       # NHWC -> NCHW

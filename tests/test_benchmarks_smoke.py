@@ -11,6 +11,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_scaling_benchmark_takes_colour_input_with_pytorch_beside(tmp_path):
+    """--input 32x32x3: dpnn and (when installed) PyTorch train seed-cnn on colour images."""
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "benchmarks.scaling", "--workers", "2", "--threads-per-worker", "1",
+           "--batch-size", "8", "--steps", "2", "--warmup", "1", "--no-weak", "--input", "32x32x3",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    assert res["input"] == [32, 32, 3] and "input 32x32x3" in proc.stdout
+    assert res["flops_per_sample"] > 24_995_328                 # more pixels and channels than 28x28x1
+    assert {r["batch"] for r in res["rows"]} == {8} and all(r["samples_per_s"] > 0 for r in res["rows"])
+
+
+def test_data_path_benchmark_compares_copied_and_placed_batches():
+    cmd = [sys.executable, "-m", "benchmarks.data_path", "--inputs", "8x8x1,8x8x3", "--batch-size", "16",
+           "--steps", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "copied batch" in lines[1] and [line.split()[0] for line in lines[2:]] == ["8x8x1", "8x8x3"]
+
+
 def test_scaling_benchmark_writes_table_json_and_png(tmp_path):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "out.json", tmp_path / "scaling.png"

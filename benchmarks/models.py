@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dpnn import Activation, Conv2D, Dense, Layer, MaxPool2D, Model
+from dpnn import Conv2D, Dense, Layer, Model
 from launch.presets import PRESETS
 
 

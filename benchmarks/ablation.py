@@ -47,7 +47,7 @@ def _set_conv(m, **attrs) -> None:
 
 VARIANTS = {   # name: how the model differs from the default
     "default": lambda m: None,
-    "relu before pool": lambda m: setattr(m, "_order", list(range(len(m.layers)))),
+    "relu before pool": lambda m: setattr(m, "execution_order", list(range(len(m.layers)))),
     "im2col input grad": lambda m: _set_conv(m, shifted_dx_from=None),
     "whole shard": lambda m: setattr(m, "micro_batch", None),
     "whole-batch conv backward": lambda m: _set_conv(m, backward_chunk=None),

@@ -44,27 +44,16 @@ def layer_times(model_name: str, batch: int, steps: int = 20) -> list[dict]:
     m = build(model_name)
     x, y = synthetic_batch(batch)
     keys = sample_keys(0, 0, np.arange(batch))
-    fwd, bwd = defaultdict(list), defaultdict(list)
+    times = {"forward": defaultdict(list), "backward": defaultdict(list)}
+    hook = lambda i, layer, phase, s: times[phase][i].append(s)          # noqa: E731
+    fwd, bwd = times["forward"], times["backward"]
     with threadpool_limits(limits=1, user_api="blas"):
         for step in range(steps + 3):
-            h = x
-            for i in m._order:
-                layer = m.layers[i]
-                if hasattr(layer, "sample_keys"):
-                    layer.sample_keys = keys
-                t0 = time.perf_counter()
-                h = layer.forward(h, training=True)
-                fwd[i].append(time.perf_counter() - t0)
-            m.loss.forward(h, y)
-            g = m.loss.backward()
-            for i in reversed(m._order):
-                t0 = time.perf_counter()
-                g = m.layers[i].backward(g)
-                bwd[i].append(time.perf_counter() - t0)
-                if g is None:
-                    break
+            out = m.forward(x, training=True, sample_keys=keys, hook=hook)
+            m.loss.forward(out, y)
+            m.backward(m.loss.backward(), hook=hook)
     rows = []
-    for i in m._order:
+    for i in m.execution_order:
         f, b = statistics.median(fwd[i][3:]), statistics.median(bwd[i][3:]) if bwd[i] else 0.0
         rows.append({"index": i, "layer": repr(m.layers[i]), "forward_s": f, "backward_s": b})
     total = sum(r["forward_s"] + r["backward_s"] for r in rows)

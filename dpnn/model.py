@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import numpy as np
 
@@ -187,22 +188,46 @@ class Model:
         return x
 
     # -- forward / backward ---------------------------------------------------------------
+    @property
+    def execution_order(self) -> list[int]:
+        """Layer indices in the order forward runs them (backward: reversed); see
+        :func:`execution_order`. Assign a permutation to run another order (benchmarks do)."""
+        return list(self._order)
+
+    @execution_order.setter
+    def execution_order(self, order: list[int]) -> None:
+        if sorted(order) != list(range(len(self.layers))):
+            raise ValueError(f"execution_order must be a permutation of range({len(self.layers)})")
+        self._order = list(order)
+
     def forward(self, x: np.ndarray, training: bool = False,
-                sample_keys: np.ndarray | None = None) -> np.ndarray:
-        """Run every layer; ``sample_keys`` (N,) uint64 key Dropout masks to samples."""
+                sample_keys: np.ndarray | None = None, hook=None) -> np.ndarray:
+        """Run every layer; ``sample_keys`` (N,) uint64 key Dropout masks to samples.
+
+        ``hook(index, layer, 'forward', seconds)`` is called after each layer (profiling).
+        """
         if training and sample_keys is None:
             sample_keys = self.next_sample_keys(len(x))
         for i in self._order:
             layer = self.layers[i]
             if hasattr(layer, "sample_keys"):
                 layer.sample_keys = sample_keys
+            t0 = time.perf_counter() if hook else 0.0
             x = layer.forward(x, training)
+            if hook:
+                hook(i, layer, "forward", time.perf_counter() - t0)
         return x
 
-    def backward(self, grad: np.ndarray) -> None:
-        """Back-propagate d(loss)/d(output); fills ``grads`` (layers write into their views)."""
+    def backward(self, grad: np.ndarray, hook=None) -> None:
+        """Back-propagate d(loss)/d(output); fills ``grads`` (layers write into their views).
+
+        ``hook(index, layer, 'backward', seconds)`` is called after each layer (profiling).
+        """
         for i in reversed(self._order):
+            t0 = time.perf_counter() if hook else 0.0
             grad = self.layers[i].backward(grad)
+            if hook:
+                hook(i, self.layers[i], "backward", time.perf_counter() - t0)
         self.param_layout.sync_back(self.layers, self.grads, "grads")
 
     # -- training -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import signal
 import sys
 from types import SimpleNamespace
 
-from dpnn import EarlyStopping
+from dpnn import EarlyStopping, threads
 from dpnn.callbacks import LRScheduler
 from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.datasets import LOADERS, load_dataset
@@ -239,6 +239,10 @@ def resolve_workers(args, note, comm=None) -> None:
         args.engine_options["oversubscribe"] = True
     if args.worker_timeout is not None:
         args.engine_options["worker_timeout"] = args.worker_timeout
+    try:                                    # the thread policy's limits, before any data is read
+        threads.resolve_workers(args.workers, comm.local_size if comm else 1, args.oversubscribe)
+    except ValueError as e:
+        raise UsageError(f"--workers: {e}") from None
     if engine_available():
         return
     if args.workers not in (1, "auto"):

@@ -103,3 +103,14 @@ def test_fit_in_process_honours_threads_per_worker():
     model.fit(X, y, epochs=1, batch_size=10, verbose=0, threads_per_worker=1, callbacks=[BlasThreads()])
     assert seen == [1, 1]
     assert max(p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas") == before
+
+
+def test_the_cli_refuses_a_thousand_workers_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "launch.train", "--dataset", "synthetic", "--model", "mlp",
+                        "--epochs", "1", "--workers", "1000", "--checkpoint-dir", "none"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    if threads.usable_cores() * threads.MAX_WORKERS_PER_CORE >= 1000:
+        pytest.skip("this machine has enough cores for 1000 workers")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--oversubscribe" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

@@ -94,3 +94,18 @@ def test_evaluation_runs_on_the_workers_and_agrees_with_one_process(shape):
     assert got == again
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
     assert got[1] == expected[1]
+
+
+def test_a_training_set_too_big_for_shared_memory_still_trains(monkeypatch, caplog):
+    from dpnn.workers.arena import SharedMemoryError
+
+    def no_room(self, X, Y):
+        raise SharedMemoryError("no room in /dev/shm (simulated)")
+    monkeypatch.setattr(BatchLoader, "place", no_room)
+    monkeypatch.setattr(BatchLoader, "place_eval", no_room)
+    with caplog.at_level("WARNING", logger="dpnn.workers"):
+        got = train(2, val_data=(data()[0][:8], data()[1][:8]))
+    assert "does not fit in shared memory" in caplog.text
+    ref = train(1, val_data=(data()[0][:8], data()[1][:8]))
+    np.testing.assert_array_equal(got[0], ref[0])
+    assert got[2]["val_loss"] == ref[2]["val_loss"]

@@ -30,7 +30,7 @@ from ..recipe import DETERMINISTIC_SHARDS, ShardResult, StepStats, combine_shard
 from ..random import sample_keys as make_sample_keys
 from . import protocol as P
 from ._env import default_start_method
-from .arena import SharedArena
+from .arena import SharedArena, SharedMemoryError
 from .batches import BatchLoader
 from .pool import WorkerPool
 from .protocol import WorkerSpec
@@ -110,6 +110,7 @@ class DataParallel:
         self.batches: BatchLoader | None = None
         self.augment = augment                      # fn(x, keys) run by each worker on its shard
         self._layout_changed = False
+        self._unplaced: tuple | None = None         # the training set, when shared memory had no room
         self.pool: WorkerPool | None = None
         self._sets: ShardedUpdate | None = None    # None: the optimizer always runs here
         self._attempt = self._auto_keys = 0
@@ -259,16 +260,30 @@ class DataParallel:
         X, Y = self.model.check_input(X), np.asarray(Y)
         if self.pool is None:
             self.start(X[:1], Y[:1])
-        self._layout_changed |= self.batches.place(X, Y)
+        self._unplaced = None
+        try:
+            self._layout_changed |= self.batches.place(X, Y)
+        except SharedMemoryError as e:       # e.g. a container's 64 MB /dev/shm: still train
+            log.warning("dpnn: the training set does not fit in shared memory, so the coordinator "
+                        "copies each batch instead (%s)", e)
+            self._unplaced, self._layout_changed = (X, Y), True
 
     def train_rows(self, indices: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
         """One optimizer step on rows ``indices`` of the placed data (each worker gathers its own)."""
-        return self._step(None, None, keys, np.asarray(indices, np.int64))
+        indices = np.asarray(indices, np.int64)
+        if self._unplaced is not None:
+            X, Y = self._unplaced
+            return self._step(X[indices], Y[indices], keys, None)
+        return self._step(None, None, keys, indices)
 
     def compute_rows(self, indices: np.ndarray, keys: np.ndarray | None = None,
                      denominator: int | None = None) -> StepStats:
         """:meth:`compute_gradients` on rows ``indices`` of the placed data."""
-        return self._gradients(None, None, keys, denominator, True, np.asarray(indices, np.int64))
+        indices = np.asarray(indices, np.int64)
+        if self._unplaced is not None:
+            X, Y = self._unplaced
+            return self._gradients(X[indices], Y[indices], keys, denominator, True)
+        return self._gradients(None, None, keys, denominator, True, indices)
 
     def _gradients(self, x, y, keys, denominator, reduce_grads: bool, rows=None) -> StepStats:
         t0 = time.perf_counter()
@@ -321,7 +336,11 @@ class DataParallel:
         if self.pool is None or self._closed:
             return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
         x, y = self.model.check_input(x), np.asarray(y)
-        self._layout_changed |= self.batches.place_eval(x, y)
+        try:
+            self._layout_changed |= self.batches.place_eval(x, y)
+        except SharedMemoryError:            # no room for it: score it here instead
+            self._layout_changed = True
+            return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
         cur = self._sets.cur if self._sets is not None else 0
         done, _ = self._compute((P.EVAL, len(x), self._new_layout(), cur, batch_size))
         sums = np.zeros(3, np.float64)               # loss sum, hits (-1: not a classifier), count

@@ -25,6 +25,8 @@ BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 USER_VARS = BLAS_THREAD_VARS[:3]     # the ones users set; any of them counts as the user's choice
 LOCAL_RANK_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
                    "SLURM_NTASKS_PER_NODE")
+LOCAL_ID_VARS = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "MV2_COMM_WORLD_LOCAL_RANK",
+                 "SLURM_LOCALID")
 MAX_WORKERS_PER_CORE = 4   # beyond this many workers per core, refuse unless oversubscribe=True
 SYSFS_CPU = "/sys/devices/system/cpu"
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -124,6 +126,15 @@ def ranks_per_node(environ=os.environ) -> int:
     return 1
 
 
+def local_rank(environ=os.environ) -> int:
+    """This process's rank among the MPI ranks of its node (0 outside MPI)."""
+    for var in LOCAL_ID_VARS:
+        value = environ.get(var, "")
+        if value.strip().isdigit():
+            return int(value)
+    return 0
+
+
 # -- counts ---------------------------------------------------------------------------------------
 def parse_count(value, name: str = "workers", allow_auto: bool = True) -> int | str:
     """A positive int from an int or its string, or 'auto'; a ValueError naming ``name`` otherwise."""
@@ -171,7 +182,7 @@ def worker_threads(workers: int, threads_per_worker: int | None, deterministic: 
     if total > cores and threads_per_worker is None and threads > 1:
         threads, total = 1, workers * max(ranks, 1)
     over = total > cores
-    if over:
+    if over and local_rank() == 0:          # one warning per node, not one per rank
         who = f"{ranks} ranks x " if ranks > 1 else ""
         warnings.warn(f"{who}{workers} workers x {threads} BLAS threads = {total} threads on {cores} "
                       "usable physical cores: the cores are oversubscribed, expect lower throughput; "

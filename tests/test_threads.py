@@ -114,3 +114,14 @@ def test_the_cli_refuses_a_thousand_workers_in_one_line(tmp_path):
         pytest.skip("this machine has enough cores for 1000 workers")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--oversubscribe" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_only_the_first_rank_of_a_node_warns(monkeypatch):
+    cores(monkeypatch, 2)
+    monkeypatch.setattr(threads, "_user_threads", None)
+    for rank, expected in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("MPI_LOCALRANKID", rank)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert threads.worker_threads(1, None, False, ranks=4) == (1, True)
+        assert len(caught) == expected, rank

@@ -153,13 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def image_size_arg(text: str) -> str:
-    """argparse type for --image-size: checked now, kept as text (it is saved in configurations)."""
-    try:
-        parse_image_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+def checked_text(parse):
+    """An argparse type: ``parse(text)`` must succeed now; the text itself is kept (configurations
+    and checkpoints save it as given)."""
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return text
+    check.__name__ = parse.__name__
+    return check
+
+
+image_size_arg = checked_text(parse_image_size)       # --image-size HxW[xC]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import checkpoint as ckpt
 from launch import report
 from launch import mpi
-from launch.data import image_size_arg
+from launch.data import checked_text, image_size_arg
 from launch.plot import INSTALL_HINT, matplotlib_available
 from launch.presets import PRESETS, build_model
 
@@ -71,21 +71,14 @@ def finite_float(text: str) -> float:
     return value
 
 
-def augment_arg(text: str) -> str:
-    """An augmentation spec, checked now (the grammar is in --help); kept as text for checkpoints."""
-    try:
-        parse_spec(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+augment_arg = checked_text(parse_spec)               # --augment SPEC (grammar in --help)
 
 
 def workers_arg(text: str):
-    if text == "auto":
-        return "auto"
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+    try:
+        return threads.parse_count(text, "--workers")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,8 @@ __all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dens
 # Submodules a user reaches as attributes (dpnn.datasets, dpnn.gradcheck, ...), imported on
 # first use so that ``import dpnn`` stays light (the MPI and worker modules pull in more).
 _LAZY = ("datasets", "gradcheck", "digits", "comm", "distributed", "workers", "io", "idx",
-         "engine", "recipe", "training", "threads", "callbacks", "preemption", "limits")
+         "engine", "recipe", "training", "threads", "callbacks", "preemption", "limits", "augment",
+         "formats", "random", "errors", "flat", "im2col", "layers", "losses")
 
 
 def __getattr__(name: str):

@@ -211,3 +211,17 @@ def test_a_readme_loss_trains_and_reports_its_sum(workers):
     reference = tiny().compile(loss=MeanAbsLoss(), optimizer="sgd", lr=0.05)
     reference.fit(X, y, epochs=2, batch_size=10, verbose=0, seed=0, deterministic=True)
     np.testing.assert_array_equal(model.params, reference.params)
+
+
+def test_every_engine_implements_the_whole_contract():
+    import inspect
+
+    from dpnn.distributed import DistributedEngine
+    from dpnn.engine import Engine, LocalEngine
+    methods = {n for n, v in vars(Engine).items() if callable(v) and not n.startswith("_")}
+    assert methods == {"train_step", "place_data", "train_rows", "evaluate", "sync_state", "close", "describe"}
+    for cls in (LocalEngine, DataParallel, DistributedEngine):
+        for name in methods:
+            ours = inspect.signature(getattr(Engine, name))
+            theirs = inspect.signature(getattr(cls, name))
+            assert list(theirs.parameters)[:len(ours.parameters)] == list(ours.parameters), (cls, name)

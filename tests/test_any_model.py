@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 
-import dpnn
 from dpnn import Activation, Conv2D, Dense, EarlyStopping, Flatten, Layer, MaxPool2D, Model
 from dpnn.workers import DataParallel
 

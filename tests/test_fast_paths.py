@@ -8,7 +8,7 @@ shapes, strides, paddings and batch sizes 1, 7 and 64.
 import numpy as np
 import pytest
 
-from dpnn import Conv2D, MaxPool2D
+from dpnn import Conv2D
 from dpnn.gradcheck import check_layer
 from dpnn.im2col import conv_output_size
 

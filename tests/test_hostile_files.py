@@ -331,7 +331,7 @@ def test_a_full_disk_leaves_the_old_file_intact(fmt, writer, tmp_path, monkeypat
         monkeypatch.setattr("builtins.open", failing_open_for("model.json"))
     else:
         monkeypatch.setattr(writer, enospc)
-    with pytest.raises(OutputError, match=rf"cannot write .*model\.\w+: No space left on device; "
+    with pytest.raises(OutputError, match=r"cannot write .*model\.\w+: No space left on device; "
                                           r"nothing was overwritten$"):
         model.save(str(path))
     monkeypatch.undo()

@@ -3,8 +3,6 @@ seeds), custom layers, BatchNorm state, thread configuration and in-process dete
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from dpnn.data import Dataset
 from dpnn.errors import DataError
 

@@ -1,8 +1,6 @@
 """The seed's format: four MNIST-style IDX files (gzip or raw) in one directory."""
 from __future__ import annotations
 
-import os
-
 from dpnn.data import MNIST_FILES, find_mnist_file, load_mnist_gz
 
 from .common import ImageSize, Splits

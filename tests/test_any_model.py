@@ -224,3 +224,15 @@ def test_every_engine_implements_the_whole_contract():
             ours = inspect.signature(getattr(Engine, name))
             theirs = inspect.signature(getattr(cls, name))
             assert list(theirs.parameters)[:len(ours.parameters)] == list(ours.parameters), (cls, name)
+
+
+def test_fit_passes_on_exactly_the_engines_options():
+    import inspect
+
+    from dpnn.distributed import DistributedEngine
+    from dpnn.training import ENGINE_OPTIONS
+    fit_own = {"model", "workers", "threads_per_worker", "deterministic", "augment", "seed", "self",
+               "comm", "local_options", "ranks"}          # given by fit itself, or internal
+    pool = set(inspect.signature(DataParallel.__init__).parameters) - fit_own
+    mpi = set(inspect.signature(DistributedEngine.__init__).parameters) - fit_own
+    assert ENGINE_OPTIONS == pool | mpi | {"backend"}

@@ -6,7 +6,7 @@ import math
 
 from dpnn.io import atomic_write
 
-INSTALL_HINT = "pip install 'dpnn[plot]' (or: pip install matplotlib)"
+INSTALL_HINT = "pip install matplotlib (in a dpnn checkout: pip install -e '.[plot]')"
 
 
 class PlotUnavailable(RuntimeError):

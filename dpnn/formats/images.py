@@ -20,7 +20,7 @@ NAME = "images"
 LAYOUT = "DIR/train/<class>/*.png|jpg [DIR/test/<class>/*], grayscale or RGB"
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
-INSTALL_HINT = "pip install 'dpnn[images]' (or: pip install pillow)"
+INSTALL_HINT = "pip install pillow (in a dpnn checkout: pip install -e '.[images]')"
 
 
 def _visible(directory: str) -> list[str]:

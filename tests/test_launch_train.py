@@ -127,7 +127,7 @@ def test_missing_matplotlib_is_reported_before_training(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train_cli, "matplotlib_available", lambda: False)
     assert exit_code(["--dataset", "synthetic", "--plot", "c.png"]) == 2
-    assert "pip install 'dpnn[plot]'" in capsys.readouterr().err
+    assert "pip install matplotlib" in capsys.readouterr().err
 
 
 # -- training runs ----------------------------------------------------------------------------

@@ -109,3 +109,17 @@ def test_a_training_set_too_big_for_shared_memory_still_trains(monkeypatch, capl
     ref = train(1, val_data=(data()[0][:8], data()[1][:8]))
     np.testing.assert_array_equal(got[0], ref[0])
     assert got[2]["val_loss"] == ref[2]["val_loss"]
+
+
+def test_predict_runs_on_the_workers_and_agrees_with_one_process():
+    X, y = data(29)
+    m = model()
+    m.fit(X, y, epochs=1, batch_size=16, verbose=0, seed=0)
+    expected = m.predict(X)
+    with DataParallel(m, workers=2) as dp:
+        dp.place_data(X, y)
+        got = dp.predict(X)
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(dp.predict(X[:5]), expected[:5], rtol=1e-5, atol=1e-6)
+        assert dp.evaluate(X, y)[1] == m.evaluate(X, y)[1]     # a set placed for predict, then scored

@@ -68,11 +68,19 @@ class BatchLoader:
         np.copyto(self.arena[KEYS][:n], np.asarray(keys, np.uint64))
         return grown
 
-    def place_eval(self, x: np.ndarray, y: np.ndarray) -> bool:
-        """Put a validation/test set in ``eval_x``/``eval_y`` unless these arrays are there already."""
+    def place_eval(self, x: np.ndarray, y: np.ndarray | None, outputs: tuple | None = None) -> bool:
+        """Put a validation/test set in ``eval_x``/``eval_y`` unless these arrays are there already
+        (``y`` None: inputs only, for predict); ``outputs``: also an ``eval_out`` (N, *outputs)."""
+        grown = False
+        if outputs is not None:
+            grown = self._fit("eval_out", (len(x),) + tuple(outputs), np.float32)
         if self.eval_source is not None and self.eval_source[0] is x and self.eval_source[1] is y:
-            return False
-        grown = self._copy_set("eval", x, y)
+            return grown
+        if y is None:
+            grown |= self._fit("eval_x", (len(x),) + self.input_shape, np.float32)
+            np.copyto(self.arena["eval_x"][:len(x)], x, casting="same_kind")
+        else:
+            grown |= self._copy_set("eval", x, y)
         self.eval_source = (x, y)
         return grown
 

@@ -342,7 +342,7 @@ class DataParallel:
             self._layout_changed = True
             return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
         cur = self._sets.cur if self._sets is not None else 0
-        done, _ = self._compute((P.EVAL, len(x), self._new_layout(), cur, batch_size))
+        done, _ = self._compute((P.EVAL, len(x), self._new_layout(), cur, batch_size, False))
         sums = np.zeros(3, np.float64)               # loss sum, hits (-1: not a classifier), count
         for k in sorted(done):                       # worker order: the same sum every time
             loss, hits, count = done[k][2]
@@ -350,6 +350,22 @@ class DataParallel:
             sums[1] = -1 if hits < 0 or sums[1] < 0 else sums[1] + hits
             sums[2] += count
         return mean_loss_and_accuracy(sums)
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Outputs (N, ...) of the current parameters (inference mode), each worker predicting a
+        slice; like ``Model.predict``, which runs when no pool is open."""
+        m = self.model
+        if self.pool is None or self._closed:
+            return m.predict(x, batch_size)
+        x = m.check_input(x)
+        try:
+            self._layout_changed |= self.batches.place_eval(x, None, m.output_shape[1:])
+        except SharedMemoryError:
+            self._layout_changed = True
+            return m.predict(x, batch_size)
+        cur = self._sets.cur if self._sets is not None else 0
+        self._compute((P.EVAL, len(x), self._new_layout(), cur, batch_size, True))
+        return self.arena["eval_out"][:len(x)].copy()
 
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
         """One step on (x, y); returns (mean loss, accuracy or nan), like ``Model.train_on_batch``."""

@@ -9,8 +9,9 @@ shared memory (:mod:`dpnn.workers.arena`)::
                             computed with parameter set ``cur`` (see dpnn/workers/update.py);
                             rows: the samples are rows[a:b] of the placed data (batches.py),
                             else the copied batch x[a:b]
-                            ("eval", attempt, n, layout | None, cur, batch_size)
-                            score rows [a:b] of eval_x/eval_y (a, b: this worker's slice)
+                            ("eval", attempt, n, layout | None, cur, batch_size, outputs)
+                            score rows [a:b] of eval_x/eval_y (a, b: this worker's slice),
+                            or (outputs) write their predictions to eval_out[a:b]
                             ("update", attempt, cur, slot keys, weight decay, optimizer scalars)
                             ("stop",)
     worker -> coordinator   ("ready", pid)

@@ -17,6 +17,7 @@ import time
 import traceback
 
 import cloudpickle
+import numpy as np
 import psutil
 
 from ..engine import evaluation_sums
@@ -87,8 +88,9 @@ class ShardRunner:
             shards.append(tuple(self._shard(slot, a, b, denominator, rows)))
         return (P.DONE, attempt, shards, time.perf_counter() - t0)
 
-    def evaluate(self, attempt: int, n: int, layout, cur: int, batch_size: int) -> tuple:
-        """[loss sum, hits, count] of this worker's slice of eval_x/eval_y (running BN statistics)."""
+    def evaluate(self, attempt: int, n: int, layout, cur: int, batch_size: int, outputs: bool) -> tuple:
+        """[loss sum, hits, count] of this worker's slice of eval_x/eval_y (running BN statistics);
+        ``outputs``: its predictions into eval_out instead."""
         if layout is not None:
             self.arena.refresh(layout)
         t0 = time.perf_counter()
@@ -97,7 +99,11 @@ class ShardRunner:
         self.cur = cur
         m.bind(arena["params"][cur], m.grads, arena["state"][0], copy=False)
         try:
-            sums = evaluation_sums(m, arena["eval_x"][a:b], arena["eval_y"][a:b], batch_size)
+            if outputs:
+                np.copyto(arena["eval_out"][a:b], m.predict(arena["eval_x"][a:b], batch_size))
+                sums = np.zeros(3)
+            else:
+                sums = evaluation_sums(m, arena["eval_x"][a:b], arena["eval_y"][a:b], batch_size)
         finally:
             self._bind(self.slots[0])
         return (P.DONE, attempt, [float(sums[0]), int(sums[1]), int(sums[2])], time.perf_counter() - t0)

@@ -50,13 +50,14 @@ def conv_bn_relu(filters: int) -> list[Layer]:
 
 
 def fashion_bn(num_classes: int = 10) -> list[Layer]:
-    """CBR(32)-Pool-CBR(64)-Pool-Flatten-Dense(128)-ReLU-Dropout(0.3)-Dense(K): seed-cnn's shape
-    with BatchNorm, about its cost (~26 MFLOP per training sample at 28x28x1).
+    """[CBR(32)-CBR(32)-Pool] [CBR(64)-CBR(64)-Pool] Flatten-Dense(128)-ReLU-Dropout(0.3)-Dense(K):
+    VGG-style Conv-BatchNorm-ReLU blocks, ~112 MFLOP per training sample at 28x28x1.
 
     CBR = Conv2D 3x3 -> BatchNorm2D -> ReLU. For 28x28 input the head sees 7x7x64 features.
     Trained with --augment shift=2,flip and a cosine schedule it is the 93% Fashion-MNIST model.
     """
-    return [*conv_bn_relu(32), MaxPool2D((2, 2)), *conv_bn_relu(64), MaxPool2D((2, 2)),
+    return [*conv_bn_relu(32), *conv_bn_relu(32), MaxPool2D((2, 2)),
+            *conv_bn_relu(64), *conv_bn_relu(64), MaxPool2D((2, 2)),
             Flatten(), Dense(128), Activation("relu"), Dropout(0.3), Dense(num_classes)]
 
 

@@ -7,8 +7,11 @@ Copied batches (``train_step(X[idx], ...)``, what ``fit`` did before): the coord
 the rows and copies them into shared memory, so its work grows with the image size. Placed
 data (``place_data`` once, then ``train_rows(idx)``, what ``fit`` does now): it writes only
 the indices and keys; each worker gathers its own rows. Both run in one interleaved loop
-(turns alternate), on the same pool; the figure is the coordinator's time before the step's
-message is sent (gather + copy + send), median over the steps, in milliseconds.
+(turns alternate), on the same pool. Two figures per path, medians over the steps, in
+milliseconds: ``data``, the coordinator's own work on the batch (gathering the rows and
+copying them into shared memory, or writing the indices); ``before send``, everything before
+the step's message is on its way (checks, data, layout, the send itself: on a machine with
+few cores a woken worker can preempt the coordinator while it sends, which lands here).
 """
 from __future__ import annotations
 
@@ -29,9 +32,11 @@ def measure(shape: tuple[int, int, int], batch: int, steps: int, workers: int) -
     X = rng.random((max(4 * batch, 1024),) + shape, dtype=np.float32)
     Y = rng.integers(0, 10, len(X))
     model = build("seed-cnn", (1,) + shape)
-    copied, placed = [], []
+    copied, placed, data = [], [], {"copied": [], "placed": []}
     with DataParallel(model, workers=workers, threads_per_worker=1) as dp:
         dp.place_data(X, Y)
+        timed(dp.batches, "load_arrays", data["copied"])
+        timed(dp.batches, "load_rows", data["placed"])
         for step in range(steps + 2):
             idx = rng.choice(len(X), batch, replace=False)
             keys = np.arange(batch, dtype=np.uint64)
@@ -42,6 +47,7 @@ def measure(shape: tuple[int, int, int], batch: int, steps: int, workers: int) -
                     gather = time.perf_counter() - t0
                     stats = dp.train_step(xb, yb, keys)
                     ms = 1e3 * (gather + stats.times["scatter"])
+                    data["copied"][-1] += gather
                 else:
                     stats = dp.train_rows(idx, keys)
                     ms = 1e3 * stats.times["scatter"]
@@ -49,7 +55,22 @@ def measure(shape: tuple[int, int, int], batch: int, steps: int, workers: int) -
                     (copied if turn == 0 else placed).append(ms)
         assert dp.batches.rows_copied == (steps + 2) * batch, "only the copied path copies rows"
     return {"input": "x".join(map(str, shape)), "copied_ms": statistics.median(copied),
-            "placed_ms": statistics.median(placed)}
+            "placed_ms": statistics.median(placed),
+            "copied_data_ms": 1e3 * statistics.median(data["copied"][2:]),
+            "placed_data_ms": 1e3 * statistics.median(data["placed"][2:])}
+
+
+def timed(obj, name: str, into: list) -> None:
+    """Wrap ``obj.name`` so that each call's seconds are appended to ``into``."""
+    method = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            into.append(time.perf_counter() - t0)
+    setattr(obj, name, wrapper)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if a.batch_size < 1 or a.steps < 1 or a.workers < 2:
         p.error("--batch-size and --steps must be >= 1 and --workers >= 2")
-    print(f"coordinator ms per step before the step is sent (median of {a.steps}), "
-          f"seed-cnn, batch {a.batch_size}, {a.workers} workers")
-    print(f"{'input':>10} {'copied batch':>13} {'placed data':>12}")
+    print(f"coordinator ms per step (median of {a.steps}), seed-cnn, batch {a.batch_size}, "
+          f"{a.workers} workers")
+    print(f"{'input':>10} {'copied: data':>13} {'before send':>12} {'placed: data':>13} {'before send':>12}")
     for shape in shapes:
         r = measure(shape, a.batch_size, a.steps, a.workers)
-        print(f"{r['input']:>10} {r['copied_ms']:>13.3f} {r['placed_ms']:>12.3f}", flush=True)
+        print(f"{r['input']:>10} {r['copied_data_ms']:>13.3f} {r['copied_ms']:>12.3f} "
+              f"{r['placed_data_ms']:>13.3f} {r['placed_ms']:>12.3f}", flush=True)
     return 0
 
 

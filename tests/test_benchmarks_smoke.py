@@ -31,7 +31,7 @@ def test_data_path_benchmark_compares_copied_and_placed_batches():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
-    assert "copied batch" in lines[1] and [line.split()[0] for line in lines[2:]] == ["8x8x1", "8x8x3"]
+    assert "copied: data" in lines[1] and [line.split()[0] for line in lines[2:]] == ["8x8x1", "8x8x3"]
 
 
 def test_scaling_benchmark_writes_table_json_and_png(tmp_path):

@@ -102,6 +102,11 @@ def one_channel_im2col_times(batch: int, repeats: int = 100) -> dict:
 
     ways = {"one strided copy": one_copy,
             "per window offset (dpnn)": lambda: im2col_padded(xp, 3, 3, 1, 28, 28, out=cols)}
+    return median_turns(ways, repeats)
+
+
+def median_turns(ways: dict, repeats: int) -> dict:
+    """Median seconds of each callable in ``ways``, the callables taking turns ``repeats`` times."""
     out = {k: [] for k in ways}
     for _ in range(repeats):
         for k, f in ways.items():
@@ -116,13 +121,7 @@ def norm_times(size: int, repeats: int = 200) -> dict:
     g = np.random.default_rng(0).standard_normal(size, dtype=np.float32)
     ways = {"pairwise float32 (dpnn)": lambda: sum_of_squares(g),
             "float64 accumulation": lambda: float(np.einsum("i,i->", g, g, dtype=np.float64))}
-    out = {k: [] for k in ways}
-    for _ in range(repeats):
-        for k, f in ways.items():
-            t0 = time.perf_counter()
-            f()
-            out[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in out.items()}
+    return median_turns(ways, repeats)
 
 
 def optimizer_placement(model_name: str, workers: int, batch: int, steps: int, rounds: int) -> dict:

@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 
+from dpnn.formats.common import parse_image_size
 from dpnn.threads import usable_cores
 
 from . import measure, peak, profile, report, torch_ref
@@ -36,14 +37,12 @@ def _int_list(text: str, name: str) -> list[int]:
 
 
 def input_shape_arg(text: str) -> tuple[int, int, int]:
-    """'32x32x3' -> (32, 32, 3): an image shape H x W x C."""
+    """'32x32x3' -> (32, 32, 3) (dpnn.formats' parser; 'HxW' means one channel)."""
     try:
-        h, w, c = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxWxC such as 32x32x3, got {text!r}") from None
-    if min(h, w, c) < 1:
-        raise argparse.ArgumentTypeError(f"every size must be >= 1, got {text!r}")
-    return h, w, c
+        h, w, c = parse_image_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return h, w, c or 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -300,15 +300,12 @@ class Model:
 
     def evaluate(self, x, y=None, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; needs compile()."""
+        from .engine import evaluation_sums, mean_loss_and_accuracy   # the engines' recipe too
         from .training import as_arrays
         x, y = as_arrays(x, y)
         if self.loss is None:
             self.loss = get_loss("categorical_crossentropy")
-        out = self.predict(x, batch_size)
-        from .engine import count_correct
-        loss = self.loss.forward(out, y)
-        correct = count_correct(out, y)
-        return float(loss), (correct / len(x) if correct >= 0 and len(x) else float("nan"))
+        return mean_loss_and_accuracy(evaluation_sums(self, x, y, batch_size))
 
     # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

@@ -102,6 +102,7 @@ def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar
     p = start or Progress(epoch)
     t0 = time.perf_counter() - p.elapsed
     times = {"compute": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
+    parallel = engine.describe().workers > 1            # once: describe() may query BLAS
     if bar is not None and p.seen:
         bar.update(p.seen)
     for step, first in enumerate(range(0, n, batch_size)):
@@ -120,7 +121,7 @@ def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar
         for k in times:
             times[k] += stats.times.get(k, 0.0)
         if bar is not None:
-            show_progress(bar, p, stats.count, times, engine_parallel=engine.describe().workers > 1)
+            show_progress(bar, p, stats.count, times, parallel)
         model.callbacks.on_batch_end(step, {"loss": stats.loss_sum / stats.count})
     elapsed = time.perf_counter() - t0
     seen = max(p.seen, 1)

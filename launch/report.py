@@ -10,7 +10,7 @@ import signal
 import stat
 import sys
 
-from dpnn import Callback
+from dpnn import Callback, threads
 from dpnn.io import atomic_write
 from dpnn.training import TrainingInterrupted
 from launch import checkpoint as ckpt
@@ -82,12 +82,6 @@ def lock_checkpoints(args, locks: ckpt.RunLocks, usage_error) -> None:
     locks.acquire(os.path.join(d, ".lock"), f"--checkpoint-dir {d}", usage_error)
 
 
-def blas_threads() -> int:
-    """BLAS threads this process uses (what one in-process worker gets)."""
-    from threadpoolctl import threadpool_info
-    return max((p.get("num_threads", 1) for p in threadpool_info() if p.get("user_api") == "blas"), default=1)
-
-
 def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
     """--out, --history and --plot, each atomically, with Ctrl-C held back until they are done."""
     a, model = run.args, run.model
@@ -126,14 +120,14 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
     times = h.get("time", [])
     per_epoch = sum(times) / len(times) if times else math.nan
     rate = sum(h.get("samples_per_s", [])) / len(times) if times else math.nan
-    threads = log.threads or (blas_threads() if log.workers == 1 else "?")
+    blas = log.threads or (threads.current_blas_threads() if log.workers == 1 else "?")
     epochs = len(h["loss"])
     lines = [f"summary: {a.model} on {run.info['name']}, {epochs} epoch{'s' * (epochs != 1)}, "
              f"{len(run.train):,} training samples",
              f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)",
              f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
              f"  workers         {f'{log.ranks} MPI ranks x ' if log.ranks > 1 else ''}"
-             f"{log.workers} x {threads} thread{'s' * (threads != 1)}"]
+             f"{log.workers} x {blas} thread{'s' * (blas != 1)}"]
     outputs = [(a.out, "weights"), (a.history, "history"), (a.plot, "plot")]
     lines += [f"  {name:<15} {path}" for path, name in outputs if path]
     return "\n".join(lines)

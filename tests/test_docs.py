@@ -1,5 +1,5 @@
 """Every flag a command's --help lists is documented under that command in docs/commands.md,
-and every command the README shows in a code block exists."""
+and every command with a parser has a section there."""
 import os
 import re
 import subprocess

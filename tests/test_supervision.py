@@ -15,11 +15,9 @@ lines on stderr and no traceback, no process left, no ``dpnn_*`` segment left.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import numpy as np
 import pytest
 
 from dpnn.janitor import run_prefix, segment_owner, sweep_stale
+from test_mpi import HAVE_MPI, MPIEXEC
 
 pytestmark = pytest.mark.slow
 SHM = "/dev/shm"
@@ -248,15 +247,6 @@ def run_mpi_bad_argument(tmp_path, toy, flag):
     assert wait_until(lambda: not unmapped(mpich_segments() - before), 5), \
         f"MPICH's segments were left: {unmapped(mpich_segments() - before)}"
     return result
-
-
-def find_mpiexec() -> str | None:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
-
-
-MPIEXEC = find_mpiexec()
-HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and MPIEXEC is not None
 
 
 def mpich_segments() -> set[str]:

@@ -29,8 +29,8 @@ from dpnn.datasets import LOADERS, load_dataset
 from dpnn.errors import DataError, WeightsError, WorkerError
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import checkpoint as ckpt
-from launch import report
 from launch import mpi
+from launch import outputs
 from launch.data import checked_text, image_size_arg
 from launch.plot import INSTALL_HINT, matplotlib_available
 from launch.presets import PRESETS, build_model
@@ -329,13 +329,13 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
         resolve_defaults(args)
         if args.checkpoint_dir is None:
             raise UsageError("--resume needs --checkpoint-dir DIR")
-        mpi.rank0_only(comm, report.lock_checkpoints, args, locks, UsageError)   # before reading it
+        mpi.rank0_only(comm, outputs.lock_checkpoints, args, locks, UsageError)   # before reading it
         args, resumed = merge_checkpoint_config(args, explicit_args(argv), comm)
         note(f"resuming from {resumed.path} ({done(resumed.info)} done)")
         check_args(args)
     resolve_defaults(args)
     mpi.check_backend(comm, args.backend, UsageError)
-    mpi.rank0_only(comm, report.check_outputs, args, locks, UsageError)     # only rank 0 writes files
+    mpi.rank0_only(comm, outputs.check_outputs, args, locks, UsageError)     # only rank 0 writes files
     resolve_workers(args, note, comm)
     train, test, info = load_data(args, note)
     model = make_model(args, train, info, resumed)
@@ -356,9 +356,9 @@ def config_of(args) -> dict:
     return {a.dest: getattr(args, a.dest) for a in build_parser()._actions if a.dest != "help"}
 
 
-def make_callbacks(run, rank: int) -> tuple[report.EpochLog, ckpt.Checkpointer, list]:
+def make_callbacks(run, rank: int) -> tuple[outputs.EpochLog, ckpt.Checkpointer, list]:
     a = run.args
-    log = report.EpochLog(run.history)
+    log = outputs.EpochLog(run.history)
     cbs = [log]
     if a.lr_schedule != "none":
         cbs.append(LRScheduler(a.lr_schedule, a.epochs))
@@ -395,24 +395,24 @@ def execute(run, rank: int) -> int:
         test_loss, test_acc = run.model.evaluate(run.test.X, run.test.y)
         log.stage = "writing"
         if rank == 0:
-            report.write_outputs(run, config_of(run.args), test_loss, test_acc)
+            outputs.write_outputs(run, config_of(run.args), test_loss, test_acc)
     except TrainingInterrupted as e:       # stopped between two steps: keep that step
         try:
             saved = saver.save_interrupted(e.progress)
         except ckpt.OutputError as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             saved = None
-        return report.interrupted(run, log, e, PROG, saved)
+        return outputs.interrupted(run, log, e, PROG, saved)
     except KeyboardInterrupt as e:         # a second signal, or one outside fit's steps
-        return report.interrupted(run, log, e, PROG)
+        return outputs.interrupted(run, log, e, PROG)
     except (TrainingDiverged, WorkerError) as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
     except ckpt.OutputError as e:
-        print(f"{PROG}: error: {e}; {report.after_write_error(run, e, PROG)}", file=sys.stderr)
+        print(f"{PROG}: error: {e}; {outputs.after_write_error(run, e, PROG)}", file=sys.stderr)
         return 1
     if rank == 0:
-        print(report.summary(run, log, test_loss, test_acc), flush=True)
+        print(outputs.summary(run, log, test_loss, test_acc), flush=True)
     return 0
 
 
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         return mpi.finish(comm, 2)
     except KeyboardInterrupt as e:
         print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
-        return mpi.finish(comm, report.exit_status(e))
+        return mpi.finish(comm, outputs.exit_status(e))
     finally:
         locks.release()
         signal.signal(signal.SIGTERM, previous)

@@ -200,10 +200,6 @@ class SharedArena:
     def __contains__(self, name: str) -> bool:
         return name in self._arrays
 
-    @property
-    def nbytes(self) -> int:
-        return sum(r.nbytes for r in self._regions.values())
-
     def close(self) -> None:
         """Drop this process's mappings (owner: unlink first)."""
         self._arrays.clear()

@@ -23,39 +23,25 @@ import subprocess
 import sys
 import time
 
+from .args import add_run_flags, positive_int, positive_ints
+
 MARK = "MPI_SCALING "
-
-
-def _int_list(text: str, name: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        vals = []
-    if not vals or min(vals) < 1:
-        raise SystemExit(f"error: {name} must be a comma-separated list of positive ints, got {text!r}")
-    return vals
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.mpi_scaling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ranks", default="1,2", help="MPI rank counts, e.g. 1,2,4 (default 1,2)")
-    p.add_argument("--workers", default="1", help="shared-memory workers per rank, e.g. 1,2 (default 1)")
-    p.add_argument("--threads-per-worker", type=int, default=1, help="BLAS threads per worker (default 1)")
-    p.add_argument("--batch-size", type=int, default=64, help="global batch size (default 64)")
-    p.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--model", default="seed-cnn", help="benchmark model name (default seed-cnn)")
+    p.add_argument("--ranks", default="1,2", type=positive_ints, help="MPI rank counts, e.g. 1,2,4 (default 1,2)")
+    p.add_argument("--workers", default="1", type=positive_ints,
+                   help="shared-memory workers per rank, e.g. 1,2 (default 1)")
+    p.add_argument("--threads-per-worker", type=positive_int, default=1, help="BLAS threads per worker (default 1)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (default 64)")
+    add_run_flags(p, steps=30, warmup=3)
     p.add_argument("--mpiexec", default=None, help="mpiexec to use (default: the one beside python, or PATH)")
     p.add_argument("--mpiexec-args", default="", help="extra mpiexec arguments, e.g. \"-f hosts -ppn 1\"")
     p.add_argument("--timeout", type=float, default=600, help="seconds allowed per configuration")
-    p.add_argument("--json", help="write the rows to this JSON file")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    a.rank_list, a.worker_list = _int_list(a.ranks, "--ranks"), _int_list(a.workers, "--workers")
-    if min(a.threads_per_worker, a.batch_size, a.steps) < 1 or a.warmup < 0:
-        p.error("--threads-per-worker, --batch-size and --steps must be >= 1, --warmup >= 0")
-    return a
+    return p.parse_args(argv)
 
 
 def child(a) -> None:
@@ -69,7 +55,7 @@ def child(a) -> None:
 
     comm = get_communicator("mpi")
     x, y = synthetic_batch(a.batch_size, 0)
-    engine = DistributedEngine(build(a.model, seed=0), comm, workers=a.worker_list[0],
+    engine = DistributedEngine(build(a.model, seed=0), comm, workers=a.workers[0],
                                threads_per_worker=a.threads_per_worker, check_every=10**9)
     keys = np.arange(a.batch_size)
     try:
@@ -136,8 +122,8 @@ def main(argv=None) -> int:
         return 0
     mpiexec = find_mpiexec(a.mpiexec)
     rows = []
-    for ranks in a.rank_list:
-        for workers in a.worker_list:
+    for ranks in a.ranks:
+        for workers in a.workers:
             rows.append(run_one(a, mpiexec, ranks, workers))
             print(f"  {ranks} ranks x {workers} workers: {rows[-1]['samples_per_s']:,.0f} samples/s",
                   file=sys.stderr, flush=True)

@@ -18,75 +18,57 @@ import os
 import platform
 import sys
 
-from dpnn.formats.common import parse_image_size
 from dpnn.threads import usable_cores
 
 from . import measure, peak, profile, report, torch_ref
+from .args import add_run_flags, input_shape_arg, positive_int, positive_ints
 from .models import MODELS, build, flops_per_sample
 from .projection import from_measurements, project
 
 
-def _int_list(text: str, name: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"error: {name} must be a comma-separated list of positive ints, got {text!r}")
-    if not vals or min(vals) <= 0:
-        raise SystemExit(f"error: {name} must be a comma-separated list of positive ints, got {text!r}")
-    return vals
-
-
-def input_shape_arg(text: str) -> tuple[int, int, int]:
-    """'32x32x3' -> (32, 32, 3) (dpnn.formats' parser; 'HxW' means one channel)."""
-    try:
-        h, w, c = parse_image_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return h, w, c or 1
+def worker_counts(text: str) -> list[int] | str:
+    """'1,2,4' -> [1, 2, 4]; 'auto' stays 'auto' (calibrate a split)."""
+    return "auto" if text.strip() == "auto" else positive_ints(text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", default="1,2", help="worker counts, e.g. 1,2,4; or 'auto' to calibrate "
-                   "a workers x threads split on this machine (default 1,2)")
-    p.add_argument("--threads-per-worker", default="1", help="BLAS threads per worker, e.g. 1 or 1,2 (default 1)")
-    p.add_argument("--batch-size", default="64,256", help="global batch sizes for strong scaling; also the "
-                   "per-worker batches for weak scaling (default 64,256)")
-    p.add_argument("--steps", type=int, default=50, help="timed steps per configuration (default 50)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    p.add_argument("--rounds", type=int, default=5, help="the configurations of one batch size take "
-                   "turns: each runs steps/rounds steps per round (default 5)")
-    p.add_argument("--model", default="seed-cnn", choices=sorted(MODELS), help="model (default seed-cnn)")
+    p.add_argument("--workers", default="1,2", type=worker_counts, help="worker counts, e.g. 1,2,4; or "
+                   "'auto' to calibrate a workers x threads split on this machine (default 1,2)")
+    p.add_argument("--threads-per-worker", default="1", type=positive_ints,
+                   help="BLAS threads per worker, e.g. 1 or 1,2 (default 1)")
+    p.add_argument("--batch-size", default="64,256", type=positive_ints, help="global batch sizes for "
+                   "strong scaling; also the per-worker batches for weak scaling (default 64,256)")
+    add_run_flags(p, steps=50, warmup=5)
+    p.add_argument("--rounds", type=positive_int, default=5, help="the configurations of one batch size "
+                   "take turns: each runs steps/rounds steps per round (default 5)")
     p.add_argument("--input", default="28x28x1", type=input_shape_arg, metavar="HxWxC",
                    help="image shape of the synthetic batches, e.g. 32x32x3 (default 28x28x1)")
     p.add_argument("--backend", default="shm", choices=("shm", "mpi"),
                    help="shm: this machine's workers; mpi: ranks x workers under mpiexec (default shm)")
-    p.add_argument("--ranks", default="1,2", help="with --backend mpi: MPI rank counts (default 1,2)")
+    p.add_argument("--ranks", default="1,2", type=positive_ints,
+                   help="with --backend mpi: MPI rank counts (default 1,2)")
     p.add_argument("--no-weak", action="store_true", help="skip the weak-scaling rows")
     p.add_argument("--shard-optimizer", default="auto", choices=("auto", "on", "off"),
                    help="optimizer step on the workers (on), the coordinator (off) or from 4 workers "
                         "(auto, DataParallel's default)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    p.add_argument("--calibration-steps", type=int, default=6, help="steps per split for --workers auto")
-    p.add_argument("--project-cores", default="1,2,4,8,16,32,64", help="core counts of the projection")
-    p.add_argument("--cores-per-node", type=int, default=16, help="node size in the multi-node projection")
+    p.add_argument("--calibration-steps", type=positive_int, default=6, help="steps per split for --workers auto")
+    p.add_argument("--project-cores", default="1,2,4,8,16,32,64", type=positive_ints,
+                   help="core counts of the projection")
+    p.add_argument("--cores-per-node", type=positive_int, default=16, help="node size in the multi-node projection")
     p.add_argument("--net-latency-us", type=float, default=20.0, help="all-reduce alpha, microseconds")
     p.add_argument("--net-gbps", type=float, default=10.0, help="all-reduce link bandwidth, Gbit/s")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write every measurement to this JSON file")
+    p.add_argument("--seed", type=int, default=0, help="seed of the models and the synthetic batches (default 0)")
     p.add_argument("--plot", help="draw throughput/efficiency vs cores into this PNG")
     a = p.parse_args(argv)
-    a.auto = a.workers.strip() == "auto"
+    a.auto = a.workers == "auto"
     a.shard_optimizer = {"auto": "auto", "on": True, "off": False}[a.shard_optimizer]
-    a.worker_list = [] if a.auto else _int_list(a.workers, "--workers")
-    a.thread_list = _int_list(a.threads_per_worker, "--threads-per-worker")
-    a.batches = _int_list(a.batch_size, "--batch-size")
-    a.cores_list = _int_list(a.project_cores, "--project-cores")
-    if a.steps < 1 or a.warmup < 0 or a.calibration_steps < 1 or a.cores_per_node < 1 or a.rounds < 1:
-        p.error("--steps, --rounds, --calibration-steps and --cores-per-node must be >= 1, --warmup >= 0")
     if a.net_latency_us < 0 or a.net_gbps <= 0:
         p.error("--net-latency-us must be >= 0 and --net-gbps > 0")
+    if a.auto and a.backend == "mpi":
+        p.error("--workers auto calibrates this machine's workers; with --backend mpi give worker counts")
     return a
 
 
@@ -101,7 +83,7 @@ def check_backend(backend: str) -> None:
 def calibrate(a, cores: int, log) -> tuple[int, int, list[dict]]:
     """Try each workers x threads split that fills the cores; keep the fastest."""
     splits = [(n, cores // n) for n in range(1, cores + 1) if cores % n == 0]
-    b = a.batches[0]
+    b = a.batch_size[0]
     trials = []
     for n, t in splits:
         r = measure.data_parallel(a.model, n, t, b, a.calibration_steps, 2, a.backend, a.seed, a.input)
@@ -165,7 +147,7 @@ def run(a) -> dict:
             f"GEMM, {machine['stream']:.2f}x for a memory stream (what {cores} workers can reach lies "
             "in between)")
     auto = None
-    configs = [(n, t) for t in a.thread_list for n in a.worker_list]
+    configs = [(n, t) for t in a.threads_per_worker for n in ([] if a.auto else a.workers)]
     if a.auto:
         n, t, trials = calibrate(a, cores, log)
         auto = {"workers": n, "threads": t, "trials": trials}
@@ -174,7 +156,7 @@ def run(a) -> dict:
     has_torch, torch_note = (False, "skipped (--no-torch)") if a.no_torch else torch_ref.available()
     if not has_torch:
         log(f"PyTorch comparison: {torch_note}")
-    for b in a.batches:
+    for b in a.batch_size:
         res = measure_batch(a, b, configs, cores, has_torch, log)
         for key, r in res.items():
             if key[0] == "local":
@@ -221,7 +203,7 @@ def _projection(a, rows: list[dict], grad_bytes: int, cores: int) -> dict:
                                   cores_per_node=a.cores_per_node)
         if one["threads"] > 1:
             model.compute_per_sample *= one["threads"]     # per core: the projection counts cores
-        p = project(model, [b], a.cores_list, per_worker_batch=b)
+        p = project(model, [b], a.project_cores, per_worker_batch=b)
         out.setdefault("models", {})[f"batch {b}"] = p["model"]
         out.setdefault("assumptions", []).extend(f"batch {b}: {s}" for s in p["assumptions"])
         out.setdefault("curves", {}).update(p["curves"])
@@ -241,8 +223,9 @@ def load_note(cores: int) -> str:
 def run_mpi(a) -> int:
     """--backend mpi: ranks x workers under mpiexec, measured by benchmarks.mpi_scaling."""
     from . import mpi_scaling
-    argv = ["--ranks", a.ranks, "--workers", a.workers, "--threads-per-worker", str(a.thread_list[0]),
-            "--batch-size", str(a.batches[0]), "--steps", str(a.steps)]
+    argv = ["--ranks", ",".join(map(str, a.ranks)), "--workers", ",".join(map(str, a.workers)),
+            "--threads-per-worker", str(a.threads_per_worker[0]), "--batch-size", str(a.batch_size[0]),
+            "--steps", str(a.steps), "--warmup", str(a.warmup), "--model", a.model]
     return mpi_scaling.main(argv + (["--json", a.json] if a.json else []))
 
 

@@ -1,5 +1,6 @@
 """The scaling benchmark runs end to end with tiny settings (it measures nothing here)."""
 import contextlib
+import importlib
 import json
 import subprocess
 import sys
@@ -65,6 +66,45 @@ def test_scaling_benchmark_rejects_bad_arguments():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.scaling", "--workers", "0,x"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "--workers" in proc.stderr
+
+
+@pytest.mark.parametrize("module, argv, named", [
+    ("scaling", ["--workers", "0,x"], "--workers"),
+    ("scaling", ["--threads-per-worker", ""], "--threads-per-worker"),
+    ("scaling", ["--steps", "0"], "--steps"),
+    ("scaling", ["--input", "28x28x2"], "--input"),
+    ("scaling", ["--backend", "mpi", "--workers", "auto"], "--workers auto"),
+    ("mpi_scaling", ["--ranks", "1,-2"], "--ranks"),
+    ("mpi_scaling", ["--warmup", "-1"], "--warmup"),
+    ("mpi_scaling", ["--batch-size", "0"], "--batch-size"),
+    ("mpi_scaling", ["--model", "resnet"], "--model"),
+])
+def test_benchmarks_refuse_bad_arguments_naming_the_flag(module, argv, named, capsys):
+    parse_args = importlib.import_module(f"benchmarks.{module}").parse_args
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_both_scaling_benchmarks_read_the_shared_flags_alike():
+    from benchmarks import mpi_scaling, scaling
+    argv = ["--workers", "1,2,4", "--steps", "7", "--warmup", "0", "--model", "mlp", "--json", "x.json"]
+    s, m = scaling.parse_args(argv), mpi_scaling.parse_args(argv)
+    assert s.workers == m.workers == [1, 2, 4]
+    assert (s.steps, s.warmup, s.model, s.json) == (m.steps, m.warmup, m.model, m.json) == (7, 0, "mlp", "x.json")
+    assert scaling.parse_args(["--workers", " auto"]).workers == "auto"
+    assert scaling.parse_args([]).input == (28, 28, 1) and scaling.parse_args(["--input", "32x32"]).input == (32, 32, 1)
+
+
+def test_scaling_hands_the_mpi_backend_to_mpi_scaling(monkeypatch):
+    from benchmarks import mpi_scaling, scaling
+    seen = []
+    monkeypatch.setattr(mpi_scaling, "main", lambda argv: seen.append(mpi_scaling.parse_args(argv)) or 0)
+    assert scaling.main(["--backend", "mpi", "--ranks", "1,2", "--workers", "2,3", "--batch-size", "32,64",
+                         "--model", "mlp", "--steps", "3", "--warmup", "1"]) == 0
+    a = seen[0]
+    assert (a.ranks, a.workers, a.batch_size, a.threads_per_worker) == ([1, 2], [2, 3], 32, 1)
+    assert (a.model, a.steps, a.warmup, a.json) == ("mlp", 3, 1, None)
 
 
 def test_configurations_take_turns_in_rounds():

@@ -20,7 +20,7 @@ import sys
 
 from dpnn.threads import usable_cores
 
-from . import measure, peak, profile, report, torch_ref
+from . import measure, peak, profile, scaling_report, torch_ref
 from .args import add_run_flags, input_shape_arg, positive_int, positive_ints
 from .models import MODELS, build, flops_per_sample
 from .projection import from_measurements, project
@@ -171,7 +171,7 @@ def run(a) -> dict:
         per = r["batch"] if r["kind"] == "strong" else r["batch"] // r["workers"]
         one = next((q for q in rows if q["kind"] == "strong" and q["workers"] == 1
                     and q["threads"] == r["threads"] and q["batch"] == per), None)
-        report.derive(r, one, flops, pk, cores, local, torch)
+        scaling_report.derive(r, one, flops, pk, cores, local, torch)
     proj = _projection(a, rows, grad_bytes, cores)
     res_load.append(load_note(cores))
     log(f"after: {res_load[1]}")
@@ -181,7 +181,7 @@ def run(a) -> dict:
             "load": res_load, "auto": auto, "rows": rows,
             "local": [dict(v, batch=k[0], threads=k[1]) for k, v in local.items()],
             "pytorch": [dict(v, batch=k[0], threads=k[1]) for k, v in torch.items()],
-            "targets": report.targets(rows, local, torch), "projection": proj,
+            "targets": scaling_report.targets(rows, local, torch), "projection": proj,
             "_local": local, "_torch": torch}
 
 
@@ -237,13 +237,13 @@ def main(argv=None) -> int:
     local, torch = res.pop("_local"), res.pop("_torch")
     print()
     print(f"load: before {res['load'][0]}; after {res['load'][1]}")
-    print(report.table(res["rows"]))
+    print(scaling_report.table(res["rows"]))
     print()
-    print(report.baseline_table(local, torch, res["flops_per_sample"], res["peak_gflops_per_core"]))
+    print(scaling_report.baseline_table(local, torch, res["flops_per_sample"], res["peak_gflops_per_core"]))
     print("\nratios: /BLAS = dpnn workers vs dpnn single process with the same total threads; /torch = vs "
           "PyTorch CPU with the same threads; ovh = step time not spent in the slowest worker's compute")
     print("\ntargets (global batch 64 unless noted; each a ratio measured in this run):")
-    print(report.targets_text(res["targets"]))
+    print(scaling_report.targets_text(res["targets"]))
     if res["all_core_scaling"]:
         m = res["all_core_scaling"]
         print(f"  (the machine itself, all {res['cores']} cores vs one: GEMM {m['gemm']:.2f}x, memory "
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
     if a.plot:
         title = (f"{a.model}, {res['flops_per_sample'] / 1e6:.1f} MFLOP/sample, {res['cores']} cores, "
                  f"GEMM peak {res['peak_gflops_per_core']:.0f} GFLOP/s/core")
-        report.plot(a.plot, res["rows"], local, torch, res["projection"], res["flops_per_sample"],
+        scaling_report.plot(a.plot, res["rows"], local, torch, res["projection"], res["flops_per_sample"],
                     res["peak_gflops_per_core"], title)
     return 0
 

@@ -1,4 +1,4 @@
-"""The scaling benchmark's outputs: derived columns, the text table, the targets, the plot."""
+"""The scaling benchmark's report (benchmarks.scaling): derived columns, the text table, the targets, the plot."""
 from __future__ import annotations
 
 COLUMNS = [  # (header, width, format of the row value)

@@ -2,10 +2,13 @@
 
 One step (see docs/engine.md for the picture)::
 
-    copy the global batch into the shared batch buffer; send ("step", n) to every worker
-    wait for every worker (or a death)           <- each fills its gradient slot(s)
-    grads = slot[0] + slot[1] + ...   (fixed order)  state = sample-weighted slot average
-    weight decay, global-norm clip, optimizer step IN PLACE on the shared parameters
+    write the step's rows (or batch) and keys to shared memory; send ("step", n) to every worker
+    wait for every worker (or a death)     <- each fills its gradient slot(s), then, from 2
+                                              workers, sums the slots and steps the optimizer
+                                              on its chunk of the parameters (update.py)
+    state = sample-weighted slot average; loss and hits added in slot order
+    (1 worker, or an optimizer that is not plain SGD/Adam: the slot sum, weight decay,
+    clipping and the optimizer step run here, as ``Model.apply_gradients``)
 
 The workers see the new parameters at the next step without any copy. ``train_step``
 has the :class:`dpnn.engine.Engine` contract and runs the recipe of :mod:`dpnn.recipe`, so
@@ -35,16 +38,15 @@ from .batches import BatchLoader
 from .pool import WorkerPool
 from .protocol import WorkerSpec
 from .syncbn import exchange_width
-from .update import ShardedUpdate, optimizer_twin, slot_keys
+from .update import ShardedUpdate, global_norm, norm_blocks, optimizer_twin, slot_keys
 from .topology import plan_placement, resolve_workers
 
 
-# Sharding the optimizer step costs one more message round trip per step and each worker's
-# chunk shares memory bandwidth with the others. `python -m benchmarks.ablation` compares
-# both placements: with 2 workers on the 2-vCPU development VM (seed-cnn, Adam) they came
-# out even in samples/s, so 'auto' shards only from 4 workers, where the serial step (the
-# same ~2 ms whatever N) starts to dominate a step that shrinks as 1/N.
-SHARD_FROM = 4
+# With 2 or more workers the workers sum the gradient slots and step the optimizer, each on
+# its chunk, inside the step message (update.py): no serial phase, no extra round trip. One
+# worker gains nothing from it (the sum is a copy and nobody shares the update), so there
+# the coordinator steps, as one process does. `python -m benchmarks.ablation` compares both.
+SHARD_FROM = 2
 
 
 log = logging.getLogger("dpnn.workers")
@@ -154,7 +156,7 @@ class DataParallel:
             m.bind(params, a["grads_sum"], a["state"][0], copy=True)
             spec = self._spec()
             m.owner = self
-            self.pool = WorkerPool(spec, self.start_method)
+            self.pool = WorkerPool(spec, self.start_method, arrivals=lambda: self.arena["meet"])
             self._install_sigterm()
             self.pool.start()
         except BaseException:
@@ -174,11 +176,16 @@ class DataParallel:
                    "x": ((cap,) + tuple(m.input_shape[1:]), "float32"),
                    "y": ((cap,) + tuple(y_tail), y_dtype),
                    "keys": ((cap,), "uint64")}
-        for k in (slot_keys(m.optimizer) if self.shard_optimizer else None) or ():
+        keys = slot_keys(m.optimizer) if self.shard_optimizer else None
+        for k in keys or ():
             regions[f"opt_{k}"] = ((2, P), "float32")          # optimizer slots, two sets
+        if keys is not None:
+            regions["norm_parts"] = ((norm_blocks(P),), "float64")   # block sums of squares
         width = exchange_width(m.layers) if self.sync_batchnorm else 0
         if width:
             regions["exchange"] = ((2, self.workers, width), "float64")
+        if width or keys is not None:
+            regions["meet"] = ((self.workers,), "int64")           # the workers' barrier (meet.py)
         return regions
 
     def _spec(self) -> WorkerSpec:
@@ -236,17 +243,16 @@ class DataParallel:
         return self._step(x, y, keys, None)
 
     def _step(self, x, y, keys, rows) -> StepStats:
-        sharded = self._sets is not None and self._sets.ready()
-        stats = self._gradients(x, y, keys, None, not sharded, rows)
-        t0 = time.perf_counter()
-        if sharded:         # the workers add their chunk of the slots and update it
-            self._sets.adopt()
-            done, _ = self._compute((P.UPDATE, *self._sets.message_args()))
-            self._sets.flip()
-            stats.grad_norm = float(np.sqrt(sum(done[k][2][0] for k in sorted(done))))
-        else:
+        if self._sets is None or not self._sets.ready():
+            stats = self._gradients(x, y, keys, None, True, rows)
+            t0 = time.perf_counter()
             stats.grad_norm = self.model.apply_gradients()
-        stats.times["optimizer"] = time.perf_counter() - t0
+            stats.times["optimizer"] = time.perf_counter() - t0
+            return stats
+        self._sets.adopt()        # the workers sum the slots and update, each its chunk
+        stats = self._gradients(x, y, keys, None, False, rows, self._sets.message_args())
+        self._sets.flip()
+        stats.grad_norm = global_norm(self.arena["norm_parts"])
         return stats
 
     def compute_gradients(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None,
@@ -285,7 +291,8 @@ class DataParallel:
             return self._gradients(X[indices], Y[indices], keys, denominator, True)
         return self._gradients(None, None, keys, denominator, True, indices)
 
-    def _gradients(self, x, y, keys, denominator, reduce_grads: bool, rows=None) -> StepStats:
+    def _gradients(self, x, y, keys, denominator, reduce_grads: bool, rows=None,
+                   update: tuple | None = None) -> StepStats:
         t0 = time.perf_counter()
         if self._closed:
             raise RuntimeError("this DataParallel is closed; create a new one")
@@ -302,7 +309,8 @@ class DataParallel:
         else:
             self._layout_changed |= self.batches.load_rows(rows, keys)
         cur = self._sets.cur if self._sets is not None else 0
-        done, t_sent = self._compute((P.STEP, n, denominator or n, self._new_layout(), cur, rows is not None))
+        done, t_sent = self._compute((P.STEP, n, denominator or n, self._new_layout(), cur,
+                                      rows is not None, update))
         t2 = time.perf_counter()
         shards = sorted(ShardResult(*s) for msg in done.values() for s in msg[2])     # slot order
         a, m = self.arena, self.model
@@ -311,9 +319,13 @@ class DataParallel:
         t3 = time.perf_counter()
         compute = [msg[3] for msg in done.values()]
         slowest = max(compute)
-        times = {"compute": slowest, "wait": max(0.0, t2 - t_sent - slowest), "reduce": t3 - t2,
-                 "optimizer": 0.0, "scatter": t_sent - t0,
-                 "straggler": slowest - sum(compute) / len(compute)}
+        sync, update_s = (max(msg[4][i] for msg in done.values()) if update else 0.0 for i in (0, 1))
+        busy = max(msg[3] + (sum(msg[4]) if update else 0.0) for msg in done.values())
+        times = {"compute": slowest, "straggler": slowest - sum(compute) / len(compute),
+                 "sync": max(0.0, busy - slowest - update_s),   # the last worker's barrier wait
+                 "update": update_s,                             # the workers' sum + optimizer
+                 "wait": max(0.0, t2 - t_sent - busy),           # signalling
+                 "reduce": t3 - t2, "optimizer": 0.0, "scatter": t_sent - t0}
         return StepStats(loss_sum, correct, n, 0.0, times)
 
     def _check_batch(self, x, y) -> int:
@@ -384,7 +396,7 @@ class DataParallel:
             t_sent = time.perf_counter()
             done, dead, errors = self.pool.gather(self._attempt, self.worker_timeout)
             # with synchronised BatchNorm, peers of a failed worker may still be mid-step
-            self._in_flight = self.pool.barrier is not None and bool(dead or errors)
+            self._in_flight = self.pool.meets and bool(dead or errors)
             if errors:
                 k = min(errors)
                 pid = self.pool.pids[k]

@@ -41,10 +41,12 @@ log = logging.getLogger("dpnn.workers")
 class WorkerPool:
     """``workers`` processes running :func:`dpnn.workers.worker.worker_main`."""
 
-    def __init__(self, spec: WorkerSpec, start_method: str) -> None:
+    def __init__(self, spec: WorkerSpec, start_method: str, arrivals=None) -> None:
         self.spec, self.start_method = spec, start_method
         self.ctx = start_context(start_method)
-        self.barrier = self.ctx.Barrier(spec.workers) if spec.sync_batchnorm else None
+        # the workers meet inside a step (meet.py): synchronised BatchNorm, the sharded update
+        self.meets = "meet" in spec.layout
+        self.arrivals = arrivals        # () -> each worker's arrivals at that barrier, if any
         self.procs: list = [None] * spec.workers
         self.conns: list = [None] * spec.workers
         self.pids: list[int] = [0] * spec.workers
@@ -60,7 +62,7 @@ class WorkerPool:
         self.check_forkserver()
         for k in ids:
             parent, child = self.ctx.Pipe(duplex=True)
-            proc = self.ctx.Process(target=worker_main, args=(k, self.spec, child, self.barrier),
+            proc = self.ctx.Process(target=worker_main, args=(k, self.spec, child),
                                     name=f"dpnn-worker-{k}", daemon=True)
             with deferred_signals(), blas_environment(self.spec.threads, self.start_method == "spawn"):
                 proc.start()       # an interrupt waits until the worker is on our books
@@ -128,12 +130,12 @@ class WorkerPool:
     def respawn(self, ids: list[int], layout) -> None:
         """Replace dead workers by fresh ones that see the current shared buffers.
 
-        With synchronised BatchNorm every worker is replaced, with a new barrier: the
-        survivors may be stuck in an exchange with the dead one.
+        When the workers meet inside a step (synchronised BatchNorm, the sharded update)
+        every worker is replaced: the survivors may be stuck waiting for the dead one, and
+        the new ones start the barrier's count together (meet.py).
         """
-        if self.barrier is not None:
+        if self.meets:
             self.stop(graceful=False)
-            self.barrier = self.ctx.Barrier(self.spec.workers)
             ids = range(self.spec.workers)
         for k in ids:
             self._reap(k)
@@ -158,15 +160,14 @@ class WorkerPool:
         """Replies of ``attempt``: ({worker: 'done' msg}, {dead workers}, {worker: traceback}).
 
         A worker silent for more than ``timeout`` seconds (None: no limit) is killed and
-        counted dead. With synchronised BatchNorm the workers wait for each other inside a
-        step, so after a death or an error the others may never answer: stop waiting at once
-        (the caller then restarts or stops the whole pool; a barrier whose lock died with its
-        holder cannot be trusted anyway).
+        counted dead. When the workers wait for each other inside a step (at a barrier),
+        after a death or an error the others may never answer: stop waiting at once (the
+        caller then restarts or stops the whole pool).
         """
         pending = set(range(self.spec.workers))
         done, dead, errors, aborted = {}, set(), {}, set()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while pending and not (self.barrier is not None and (dead or errors)):
+        while pending and not (self.meets and (dead or errors)):
             left = WAIT_SLICE_S if deadline is None else min(WAIT_SLICE_S, deadline - time.monotonic())
             ready = set(connection.wait(self._waitables(pending), max(0.0, left)))
             for k in sorted(pending):
@@ -183,13 +184,23 @@ class WorkerPool:
                 else:
                     aborted.add(k)
             if pending and deadline is not None and time.monotonic() >= deadline:
-                self._silence(pending, timeout)
-                dead |= pending
+                stuck = self._laggards(pending)
+                self._silence(stuck, timeout)
+                dead |= stuck
                 pending.clear()
         if aborted and not dead and not errors:
-            errors[min(aborted)] = ("timed out waiting for the other workers at the synchronised "
-                                    f"BatchNorm barrier (barrier_timeout={self.spec.barrier_timeout} s)")
+            errors[min(aborted)] = ("timed out waiting for the other workers at the step's barrier "
+                                    f"(barrier_timeout={self.spec.barrier_timeout} s)")
         return done, dead, errors
+
+    def _laggards(self, pending: set[int]) -> set[int]:
+        """Of the silent workers, those the others wait for: behind at the barrier (a worker
+        waiting there for a stopped peer is silent too, but not at fault). All if none is behind."""
+        if not self.meets or self.arrivals is None:
+            return set(pending)
+        arrived = self.arrivals()
+        behind = {k for k in pending if arrived[k] < arrived.max()}
+        return behind or set(pending)
 
     def _silence(self, ids, timeout: float) -> None:
         """Kill workers that stayed silent for ``timeout`` seconds (stopped or stuck)."""

@@ -4,19 +4,20 @@ Once, at start-up, each worker receives a :class:`WorkerSpec` (pickled with the 
 Per step only small tuples cross its Pipe; the parameters, gradients and the batch are in
 shared memory (:mod:`dpnn.workers.arena`)::
 
-    coordinator -> worker   ("step", attempt, n, denominator, layout | None, cur, rows)
+    coordinator -> worker   ("step", attempt, n, denominator, layout | None, cur, rows, update)
                             n = global batch size; gradients are d(sum loss)/dθ / denominator,
                             computed with parameter set ``cur`` (see dpnn/workers/update.py);
                             rows: the samples are rows[a:b] of the placed data (batches.py),
-                            else the copied batch x[a:b]
+                            else the copied batch x[a:b]; update: None, or (slot keys,
+                            weight decay, clip norm, optimizer scalars): then sum the slots
+                            and update this worker's chunk into set 1 - cur
                             ("eval", attempt, n, layout | None, cur, batch_size, outputs)
                             score rows [a:b] of eval_x/eval_y (a, b: this worker's slice),
                             or (outputs) write their predictions to eval_out[a:b]
-                            ("update", attempt, cur, slot keys, weight decay, optimizer scalars)
                             ("stop",)
     worker -> coordinator   ("ready", pid)
-                            ("done", attempt, shards, compute_seconds)      after "step"
-                            ("done", attempt, [sum of squares], seconds)   after "update"
+                            ("done", attempt, shards, compute_seconds, None | (barrier
+                                    wait seconds, update seconds))          after "step"
                             ("done", attempt, [loss sum, hits, count], s)  after "eval"
                             ("error", attempt, traceback_text)
                             ("aborted", attempt)                     a peer died mid-step
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 from .arena import Region
 
-STEP, UPDATE, EVAL, STOP = "step", "update", "eval", "stop"
+STEP, EVAL, STOP = "step", "eval", "stop"
 READY, DONE, ERROR, ABORTED = "ready", "done", "error", "aborted"
 
 
@@ -49,7 +50,7 @@ class WorkerSpec:
     threads: int                        # BLAS threads per worker
     cpus: tuple                         # cpus[k]: logical CPUs of worker k, or None
     coordinator_pid: int                # the process to watch
-    barrier_timeout: float = 600.0      # seconds a worker waits for its peers (sync BN)
+    barrier_timeout: float = 600.0      # seconds a worker waits for its peers (sync BN, update)
     augment_blob: bytes | None = None   # cloudpickle of fit's augment fn(x, keys), or None
 
 

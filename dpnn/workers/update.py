@@ -1,28 +1,42 @@
-"""The optimizer step, sharded over the workers and still redoable after a death.
+"""The optimizer step, sharded over the workers, inside the step, and still redoable after a death.
 
-Adding gradient slots, weight decay and an SGD/Adam update are *elementwise*, so worker k
-can do them for its own contiguous chunk [a, b) of the flat vector and the result is
-bitwise what one process computes for the whole vector. That turns the coordinator's
-serial millisecond into 1/N of it on every worker.
+Adding gradient slots, weight decay, clipping by a given factor and an SGD/Adam update are
+*elementwise*, so worker k can do them for its own contiguous chunk [a, b) of the flat
+vector and the result is bitwise what one process computes for the whole vector. The
+global norm is not elementwise, but it is a sum of per-block sums of squares
+(``dpnn.optim.square_sums``) added exactly, so it is bitwise the same too: every worker
+writes its blocks' sums to ``norm_parts``, and (when clipping) waits for the others at the
+barrier before it reads them all. So a step runs without a serial phase::
+
+    every worker:  forward + backward of its shard -> its gradient slot
+                   barrier                           (all slots written)
+                   its chunk: slot sum, weight decay, block square sums
+                   [barrier; global norm; clip]       (only with clip_norm)
+                   its chunk: optimizer update        -> reply "done"
+    coordinator:   flip the parameter set; add up losses and BatchNorm statistics
+
+The sum over N slots and the optimizer's passes are split N ways, so the step's serial
+part does not grow with the worker count (see docs/engine.md).
 
 Recovery needs one more idea. An in-place update killed half-way leaves some elements
 updated and some not, and the old values are gone. So parameters and optimizer slots
 (Adam's m and v) have two copies, ``sets`` 0 and 1: a step reads set ``cur`` (never
 written during the step) and writes set ``1 - cur``; only when every chunk is done does
-the coordinator flip ``cur``. Redoing the phase after a death rewrites the same values.
+the coordinator flip ``cur``. Redoing the step after a death rewrites the same values.
 
-Not elementwise, hence kept serial in the coordinator (``Model.apply_gradients``):
-clipping (it needs the global norm before any update) and unknown optimizers. The first
-step also runs there, so the optimizer creates its slots exactly as in one process.
+Kept in the coordinator (``Model.apply_gradients``): optimizers that are not plain SGD or
+Adam (a user's subclass may do anything in ``step``), and the first step, so the
+optimizer creates its slots exactly as in one process.
 """
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
-from ..optim import SGD, Adam, sum_of_squares
-from ..recipe import add_slots
+from ..optim import NORM_BLOCK, SGD, Adam, blocks, square_sums
+from ..recipe import add_slots, shard_bounds
 
 
 def slot_keys(optimizer) -> tuple[str, ...] | None:
@@ -48,26 +62,64 @@ def optimizer_twin(optimizer):
     return twin
 
 
-def update_chunk(arena, a: int, b: int, cur: int, keys: tuple[str, ...], weight_decay: float,
-                 optimizer) -> float:
-    """Worker side: grads[a:b] = sum of slots, + weight decay; set 1-cur = update of set cur.
+def norm_blocks(size: int) -> int:
+    """Entries of ``norm_parts`` for a flat vector of ``size`` elements."""
+    return -(-size // NORM_BLOCK)
 
-    Returns the sum of squares of the chunk's gradient (for the global norm).
+
+def chunk_bounds(size: int, workers: int) -> list[tuple[int, int]]:
+    """Each worker's [a, b) of the flat vector, cut at NORM_BLOCK boundaries."""
+    return [(a * NORM_BLOCK, min(b * NORM_BLOCK, size)) for a, b in shard_bounds(norm_blocks(size), workers)]
+
+
+def global_norm(norm_parts: np.ndarray) -> float:
+    """The gradient's L2 norm from its block sums of squares (exact sum: any order, same value)."""
+    return math.sqrt(math.fsum(norm_parts))
+
+
+def update_chunk(arena, a: int, b: int, cur: int, keys: tuple[str, ...], weight_decay: float,
+                 clip_norm: float | None, optimizer, wait) -> None:
+    """Worker side, elements [a, b): grads_sum = sum of the slots (+ weight decay), their block
+    square sums into ``norm_parts``, then set 1-cur = the optimizer's update of set cur.
+
+    ``wait()`` meets the other workers at the barrier; it is called once, only when clipping
+    (the factor needs every chunk's square sums), so every worker calls it, even one whose
+    chunk is empty. Without clipping each cache block is summed and updated in one go.
     """
-    new = 1 - cur
-    g = arena["grads_sum"][a:b]
-    add_slots(arena["grads"][:, a:b], g)
-    p_old, p = arena["params"][cur, a:b], arena["params"][new, a:b]
+    if clip_norm is None:
+        for lo, hi in blocks(a, b):
+            _reduce(arena, lo, hi, cur, weight_decay)
+            _update(arena, lo, hi, cur, keys, optimizer, None)
+        return
+    for lo, hi in blocks(a, b):
+        _reduce(arena, lo, hi, cur, weight_decay)
+    wait()
+    norm = global_norm(arena["norm_parts"])
+    factor = np.float32(clip_norm / (norm + 1e-6)) if norm > clip_norm else None   # as regularize
+    for lo, hi in blocks(a, b):
+        _update(arena, lo, hi, cur, keys, optimizer, factor)
+
+
+def _reduce(arena, lo: int, hi: int, cur: int, weight_decay: float) -> None:
+    g = arena["grads_sum"][lo:hi]
+    add_slots(arena["grads"][:, lo:hi], g)
     if weight_decay:
-        g += np.float32(weight_decay) * p_old
-    square = sum_of_squares(g)
-    np.copyto(p, p_old)
+        g += np.float32(weight_decay) * arena["params"][cur, lo:hi]
+    square_sums(g, arena["norm_parts"], lo)
+
+
+def _update(arena, lo: int, hi: int, cur: int, keys, optimizer, factor) -> None:
+    new = 1 - cur
+    g = arena["grads_sum"][lo:hi]
+    if factor is not None:
+        g *= factor
+    p = arena["params"][new, lo:hi]
+    np.copyto(p, arena["params"][cur, lo:hi])
     slot = {}
     for k in keys:
-        np.copyto(arena[f"opt_{k}"][new, a:b], arena[f"opt_{k}"][cur, a:b])
-        slot[k] = arena[f"opt_{k}"][new, a:b]
+        slot[k] = arena[f"opt_{k}"][new, lo:hi]
+        np.copyto(slot[k], arena[f"opt_{k}"][cur, lo:hi])
     optimizer.update(p, g, slot)
-    return square
 
 
 class ShardedUpdate:
@@ -81,8 +133,8 @@ class ShardedUpdate:
 
     def ready(self) -> bool:
         """True if this step can run on the workers (else: ``Model.apply_gradients``)."""
-        m, opt = self.model, self.model.optimizer
-        if m.clip_norm is not None or slot_keys(opt) != self.keys or len(opt.slots) != 1:
+        opt = self.model.optimizer
+        if slot_keys(opt) != self.keys or len(opt.slots) != 1:
             return False
         return all(k in opt.slots[0] for k in self.keys)
 
@@ -106,10 +158,10 @@ class ShardedUpdate:
         m.bind(self._params[self.cur], m.grads, m.state, copy=False)
 
     def message_args(self) -> tuple:
-        """(cur, keys, weight decay, optimizer scalars) for the workers; counts the step."""
-        opt = self.model.optimizer
+        """(slot keys, weight decay, clip norm, optimizer scalars) for the workers; counts the step."""
+        m, opt = self.model, self.model.optimizer
         opt.t += 1                        # what Optimizer.step does before updating
-        return self.cur, self.keys, self.model.weight_decay, scalars(opt)
+        return self.keys, m.weight_decay, m.clip_norm, scalars(opt)
 
     def flip(self) -> None:
         """Every chunk is done: set 1-cur becomes current, for the model and its optimizer."""

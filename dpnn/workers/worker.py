@@ -4,8 +4,9 @@
 import it; the forkserver preloads this module, so a fresh worker starts in milliseconds).
 Per step the worker reads its rows of the shared batch, runs forward + backward with the
 layers' parameters as views of the shared parameter buffer, and leaves d(sum loss)/dθ / N
-in its gradient slot. It never writes the parameters: the coordinator steps them while
-every worker is idle, so a step can always be redone after a worker dies.
+in its gradient slot; with the sharded update it then sums and updates its chunk of the
+parameters into the *other* parameter set (update.py). The set it computed with is never
+written during a step, so a step can always be redone after a worker dies.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from ..threads import limit_process_threads
 from . import protocol as P
 from .arena import SharedArena, unlink_prefix
 from .batches import RowGatherer
+from .meet import SharedBarrier
 from .protocol import WorkerSpec, shard_slots
 from .syncbn import ShardExchange, batchnorm_layers
-from .update import update_chunk
+from .update import chunk_bounds, update_chunk
 
 COORDINATOR_POLL_S = 0.5    # how often an idle worker checks that its coordinator is alive
 EXIT_WAIT_S = 2.0           # after EOF on its pipe, how long a worker waits to see the coordinator gone
@@ -37,13 +39,14 @@ EXIT_WAIT_S = 2.0           # after EOF on its pipe, how long a worker waits to 
 class ShardRunner:
     """One worker's model, bound to the shared parameter buffer, and its step computation."""
 
-    def __init__(self, worker_id: int, spec: WorkerSpec, barrier) -> None:
+    def __init__(self, worker_id: int, spec: WorkerSpec) -> None:
         self.worker_id, self.spec = worker_id, spec
         self.arena = SharedArena.attach(spec.layout, spec.prefix)
         model = cloudpickle.loads(spec.model_blob)        # the user's layers and loss, no arrays
         assert model.param_layout.size == self.arena["params"].shape[1], "model does not match the arena"
         self.model, self.slots = model, shard_slots(spec, worker_id)
         self.exchange = None
+        barrier = SharedBarrier(self.arena["meet"], worker_id) if "meet" in spec.layout else None
         self.bn_layers = batchnorm_layers(model.layers)
         if spec.sync_batchnorm and self.bn_layers:
             self.exchange = ShardExchange(self.arena["exchange"], worker_id, barrier, spec.barrier_timeout)
@@ -52,7 +55,8 @@ class ShardRunner:
         self.optimizer = cloudpickle.loads(spec.optimizer_blob) if spec.optimizer_blob else None
         self.augment = cloudpickle.loads(spec.augment_blob) if spec.augment_blob else None
         self.rows = RowGatherer()
-        self.handlers = {P.STEP: self.step, P.UPDATE: self.update, P.EVAL: self.evaluate}
+        self.barrier = barrier                  # meets the other workers (sync BN, sharded update)
+        self.handlers = {P.STEP: self.step, P.EVAL: self.evaluate}
         self.cur = 0
         self._bind(self.slots[0])
 
@@ -69,8 +73,10 @@ class ShardRunner:
         return run_shard(self.model, slot, x, y, denominator, arena["keys"][a:b], arena["state"][0],
                          self.augment)
 
-    def step(self, attempt: int, n: int, denominator: int, layout, cur: int, rows: bool) -> tuple:
-        """Fill this worker's gradient slots for a global batch of ``n`` samples."""
+    def step(self, attempt: int, n: int, denominator: int, layout, cur: int, rows: bool,
+             update: tuple | None) -> tuple:
+        """Fill this worker's gradient slots for a global batch of ``n`` samples; with
+        ``update`` (see update.py), then sum and update this worker's chunk of the parameters."""
         if layout is not None:
             self.arena.refresh(layout)
         t0 = time.perf_counter()
@@ -86,7 +92,26 @@ class ShardRunner:
             if b == a and self.exchange is not None:
                 self.exchange.take_part_empty(self.bn_layers)
             shards.append(tuple(self._shard(slot, a, b, denominator, rows)))
-        return (P.DONE, attempt, shards, time.perf_counter() - t0)
+        compute = time.perf_counter() - t0
+        times = self.update(cur, *update) if update is not None else None
+        return (P.DONE, attempt, shards, compute, times)
+
+    def update(self, cur: int, keys: tuple, weight_decay: float, clip_norm: float | None,
+               scalars: dict) -> tuple[float, float]:
+        """Once every slot is written: sum and update this worker's chunk of the flat vector
+        (dpnn/workers/update.py); (seconds waiting for the others, seconds updating)."""
+        t0 = time.perf_counter()
+        self.wait()
+        t1 = time.perf_counter()
+        vars(self.optimizer).update(scalars)
+        a, b = chunk_bounds(self.arena["grads_sum"].size, self.spec.workers)[self.worker_id]
+        update_chunk(self.arena, a, b, cur, keys, weight_decay, clip_norm, self.optimizer, self.wait)
+        return t1 - t0, time.perf_counter() - t1
+
+    def wait(self) -> None:
+        """Meet the other workers (BrokenBarrierError if the coordinator aborts the step)."""
+        if self.spec.workers > 1:
+            self.barrier.wait(self.spec.barrier_timeout)
 
     def evaluate(self, attempt: int, n: int, layout, cur: int, batch_size: int, outputs: bool) -> tuple:
         """[loss sum, hits, count] of this worker's slice of eval_x/eval_y (running BN statistics);
@@ -108,14 +133,6 @@ class ShardRunner:
             self._bind(self.slots[0])
         return (P.DONE, attempt, [float(sums[0]), int(sums[1]), int(sums[2])], time.perf_counter() - t0)
 
-
-    def update(self, attempt: int, cur: int, keys: tuple, weight_decay: float, scalars: dict) -> tuple:
-        """Reduce and update this worker's chunk of the flat vector (dpnn/workers/update.py)."""
-        t0 = time.perf_counter()
-        vars(self.optimizer).update(scalars)
-        a, b = shard_bounds(self.arena["grads_sum"].size, self.spec.workers)[self.worker_id]
-        square = update_chunk(self.arena, a, b, cur, keys, weight_decay, self.optimizer) if b > a else 0.0
-        return (P.DONE, attempt, [square], time.perf_counter() - t0)
 
 
 def pin(cpus) -> None:
@@ -191,7 +208,7 @@ def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
             return coordinator_lost(coordinator)
 
 
-def worker_main(worker_id: int, spec: WorkerSpec, conn, barrier) -> None:
+def worker_main(worker_id: int, spec: WorkerSpec, conn) -> None:
     """Process entry point of worker ``worker_id``.
 
     Leaves silently whatever happens to the coordinator meanwhile: an error here goes to the
@@ -203,7 +220,7 @@ def worker_main(worker_id: int, spec: WorkerSpec, conn, barrier) -> None:
     try:
         limit_process_threads(spec.threads)
         pin(spec.cpus[worker_id])
-        runner = ShardRunner(worker_id, spec, barrier)
+        runner = ShardRunner(worker_id, spec)
     except Exception:
         _send(conn, (P.ERROR, 0, traceback.format_exc()))
         return

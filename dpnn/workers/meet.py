@@ -1,0 +1,58 @@
+"""Where the workers of one pool wait for each other inside a step: a barrier in shared memory.
+
+Synchronised BatchNorm exchanges batch sums, and the sharded update (update.py) may sum
+the gradient slots only once every worker has written its own; both wait here. The barrier
+is one int64 per worker in the arena (region ``meet``): worker k arriving for the g-th time
+writes g to its own entry and waits until every entry is at least g. Nobody else writes
+that entry, so no lock or atomic add is needed, and nothing outlives the arena (a
+``multiprocessing.Barrier`` is made of named semaphores, which a killed coordinator leaves
+to the resource tracker to clean up, with a warning).
+
+A worker can be at most one arrival ahead of another (it cannot pass the next barrier before
+the other arrives there), so ">= g" is the right test. The writes a worker makes before it
+arrives (its gradient slot) are visible to the others once its entry is: x86-64 does not
+reorder stores, and the entry is written by a separate NumPy call after them.
+
+Waiting spins for a few microseconds (the usual case: the last worker is about to arrive),
+then yields the CPU, then sleeps in short naps, so an oversubscribed machine is not
+burnt by waiters. Workers all start together (the pool replaces every worker when one dies,
+see pool.py), each from the largest entry left by the previous ones.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+
+SPIN_S = 50e-6        # busy-check this long first
+YIELD_S = 2e-3        # then give up the CPU between checks until this long
+NAP_S = 100e-6        # then sleep this long between checks
+
+
+class SharedBarrier:
+    """``wait(timeout)`` until every worker of the pool has called it as often as this one."""
+
+    def __init__(self, entries: np.ndarray, worker_id: int) -> None:
+        self.entries, self.me = entries, worker_id
+        self.arrivals = int(entries.max())          # where the previous workers left off
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until all arrived; BrokenBarrierError after ``timeout`` seconds."""
+        self.arrivals += 1
+        g, entries = self.arrivals, self.entries
+        entries[self.me] = g
+        if entries.min() >= g:
+            return
+        t0 = time.perf_counter()
+        while True:
+            if entries.min() >= g:
+                return
+            waited = time.perf_counter() - t0
+            if timeout is not None and waited > timeout:
+                raise threading.BrokenBarrierError(f"the other workers did not arrive within {timeout} s")
+            if waited > YIELD_S:
+                time.sleep(NAP_S)
+            elif waited > SPIN_S:
+                os.sched_yield()

@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from . import threads
 from .recipe import (DETERMINISTIC_SHARDS, StepStats, combine_shards, count_correct,  # noqa: F401
                      loss_sum, run_shard, shard_bounds, shard_gradients)
+
+if TYPE_CHECKING:
+    from .model import Model
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class EngineInfo:
 class Engine(Protocol):
     """How ``fit`` trains, whoever computes: every engine has exactly these methods.
 
+    ``model`` the model it trains (``fit(engine=...)`` checks it is fit's own);
     ``train_step(x, y, keys)`` one optimizer step on a global batch (keys: (N,) uint64
     per-sample keys for Dropout and augmentation) -> StepStats of sums;
     ``place_data(X, Y)`` + ``train_rows(indices, keys)`` the same step on rows of a training
@@ -57,6 +61,8 @@ class Engine(Protocol):
     end, bring every copy of the model into agreement; ``close()`` stop processes, free shared
     memory, leave the model usable in this process; ``describe()`` -> EngineInfo.
     """
+
+    model: Model
 
     def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats: ...
     def place_data(self, X: np.ndarray, Y: np.ndarray) -> None: ...

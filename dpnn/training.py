@@ -5,6 +5,7 @@ import difflib
 import math
 import time
 import warnings
+from contextlib import closing, nullcontext
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -93,6 +94,30 @@ def check_options(options: dict) -> dict:
     return out
 
 
+def check_engine(model, engine: Engine | None, seed, workers, threads_per_worker, deterministic,
+                 augment, options: dict) -> None:
+    """``fit(engine=...)``: the caller's engine is open on this model, and fit is given none of the
+    options that choose an engine (they are make_engine's); without one, the model is free."""
+    if engine is None:
+        model.check_not_owned("fit")
+        return
+    if engine.model is not model:
+        raise ValueError("engine= was opened on another model; open it on this one: "
+                         "make_engine(model, ...)")
+    given = [name for name, is_given in (("workers", workers != 1),
+                                         ("threads_per_worker", threads_per_worker is not None),
+                                         ("deterministic", bool(deterministic)),
+                                         ("augment", augment is not None))
+             if is_given] + sorted(options)
+    if given:
+        raise TypeError(f"fit() got engine= and {', '.join(given)}, which choose the engine; pass "
+                        "them to make_engine(model, ...) instead")
+    info = engine.describe()
+    if seed is None and info.ranks > 1 and info.seed is None:      # each rank would draw its own
+        raise ValueError("fit(engine=...) over MPI ranks needs one seed: pass seed= to make_engine "
+                         "(or to fit)")
+
+
 def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar,
               signals: DeferredSignals, start: Progress | None = None) -> dict:
     """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given; returns
@@ -147,7 +172,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         lr_min: float = 1e-6, callbacks=None, seed: int | None = None, verbose: int = 1,
         workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
         initial_epoch: int = 0, history: dict | None = None, progress: Progress | None = None,
-        augment=None, **engine_options) -> dict:
+        augment=None, engine: Engine | None = None, **engine_options) -> dict:
     """Train ``model``; returns ``{'loss', 'acc', 'val_loss', 'val_acc', 'lr'}`` lists per epoch.
 
     ``workers=N`` (or ``'auto'``) trains with the shared-memory data-parallel engine;
@@ -162,13 +187,18 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     Engine options (``backend='mpi'``, ``sync_batchnorm``, ``start_method``, ``max_restarts``,
     ``pin``, ``shard_optimizer``, ``oversubscribe``, ``worker_timeout``, ``check_every``) go to
     the engine; any other keyword is a TypeError.
+    ``engine``: one the caller opened on ``model`` with :func:`dpnn.engine.make_engine`; fit
+    trains with it and leaves it open, so the same workers can evaluate and predict afterwards
+    (``with closing(make_engine(model, workers=4)) as engine:``). The options that choose an
+    engine (``workers``, ``threads_per_worker``, ``deterministic``, ``augment``, the engine
+    options) then go to make_engine, and fit refuses them with a TypeError.
     """
     options = check_options(engine_options)
     if "val_data" in options:
         if val_data is not None:
             raise TypeError("fit() got both val_data and validation_data; pass one of them")
         val_data = options.pop("val_data")
-    model.check_not_owned("fit")
+    check_engine(model, engine, seed, workers, threads_per_worker, deterministic, augment, options)
     model._require_compiled()
     if augment is not None and not callable(augment):
         raise TypeError(f"augment must be a function fn(x, keys) -> x, got {type(augment).__name__}")
@@ -203,9 +233,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     model.callbacks = CallbackList(cbs, model)
     model.stop_training = False
     with DeferredSignals(verbose=bool(verbose)) as signals:
-        engine = make_engine(model, workers, threads_per_worker, deterministic, seed=seed,
-                             augment=augment, **options)
-        try:
+        opened = nullcontext(engine) if engine is not None else closing(     # the caller's stays open
+            make_engine(model, workers, threads_per_worker, deterministic, seed=seed, augment=augment,
+                        **options))
+        with opened as engine:
             engine.place_data(X, Y)
             info = engine.describe()
             if info.seed is not None:                  # MPI: every rank uses rank 0's seed
@@ -216,8 +247,6 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
                            f"epoch{'s' * (epochs - initial_epoch != 1)}, on {info}")
             _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
                    initial_epoch, history, signals, progress)
-        finally:
-            engine.close()
     return history
 
 

@@ -7,7 +7,7 @@
 For every (workers, threads, batch): strong scaling (global batch fixed) and weak scaling
 (per-worker batch fixed: global batch = batch x workers). In the same run: the float32
 GEMM peak of one core, dpnn in one process with T BLAS threads, PyTorch CPU with T
-threads (T = cores in use), the issue's targets as ratios, and a projection to 64 cores
+threads (T = cores in use), issue 13's targets, and a projection to 64 cores
 and across nodes from the measured step breakdown.
 """
 from __future__ import annotations
@@ -181,7 +181,7 @@ def run(a) -> dict:
             "load": res_load, "auto": auto, "rows": rows,
             "local": [dict(v, batch=k[0], threads=k[1]) for k, v in local.items()],
             "pytorch": [dict(v, batch=k[0], threads=k[1]) for k, v in torch.items()],
-            "targets": scaling_report.targets(rows, local, torch), "projection": proj,
+            "targets": scaling_report.targets(rows, torch, machine, proj), "projection": proj,
             "_local": local, "_torch": torch}
 
 
@@ -240,14 +240,11 @@ def main(argv=None) -> int:
     print(scaling_report.table(res["rows"]))
     print()
     print(scaling_report.baseline_table(local, torch, res["flops_per_sample"], res["peak_gflops_per_core"]))
-    print("\nratios: /BLAS = dpnn workers vs dpnn single process with the same total threads; /torch = vs "
-          "PyTorch CPU with the same threads; ovh = step time not spent in the slowest worker's compute")
-    print("\ntargets (global batch 64 unless noted; each a ratio measured in this run):")
-    print(scaling_report.targets_text(res["targets"]))
-    if res["all_core_scaling"]:
-        m = res["all_core_scaling"]
-        print(f"  (the machine itself, all {res['cores']} cores vs one: GEMM {m['gemm']:.2f}x, memory "
-              f"stream {m['stream']:.2f}x)")
+    print("\ncolumns: /BLAS = dpnn workers vs dpnn single process with the same total threads; /torch = vs "
+          "PyTorch CPU with the same threads; update = the workers' reduce + optimizer on their chunks; "
+          "sync = barrier latency; serial = step time in which no worker computes")
+    print("\ntargets of issue 13, each computed from this run:")
+    print(scaling_report.targets_text(res["targets"], res["all_core_scaling"], res["cores"], res["rows"]))
     if res["projection"]:
         print("\nprojection (model, not measured):")
         for name, pts in res["projection"]["curves"].items():

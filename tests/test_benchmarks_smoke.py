@@ -53,12 +53,15 @@ def test_scaling_benchmark_writes_table_json_and_png(tmp_path):
     assert rows == {("strong", 1, 1, 16), ("strong", 2, 1, 16), ("weak", 2, 1, 32)}
     for r in res["rows"]:
         for key in ("samples_per_s", "speedup", "efficiency", "gflops", "peak_fraction", "startup_s",
-                    "mb_per_worker", "mb_total", "overhead"):
+                    "mb_per_worker", "mb_total", "serial"):
             assert r[key] >= 0, key
         assert {"compute", "wait", "reduce", "optimizer"} <= set(r["times"])
         assert len(r["worker_peak_mb"]) == r["workers"]
     assert {(b["batch"], b["threads"]) for b in res["local"]} == {(16, 1), (16, 2)}
     assert res["projection"]["assumptions"] and res["projection"]["curves"]
+    assert [t["id"] for t in res["targets"]] == ["1a", "1b", "2a", "2b", "3", "4", "5a", "5b"]
+    assert all(t["met"] is None for t in res["targets"])              # batch 16, no PyTorch: nothing applies
+    assert "serial = step time in which no worker computes" in proc.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 

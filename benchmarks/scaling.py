@@ -22,7 +22,7 @@ from dpnn.threads import usable_cores
 
 from . import measure, peak, profile, scaling_report, torch_ref
 from .args import add_run_flags, input_shape_arg, positive_int, positive_ints
-from .models import MODELS, build, flops_per_sample
+from .models import build, flops_per_sample
 from .projection import from_measurements, project
 
 

@@ -20,12 +20,14 @@ import math
 import os
 import signal
 import sys
+from contextlib import closing
 from types import SimpleNamespace
 
 from dpnn import EarlyStopping, threads
 from dpnn.callbacks import LRScheduler
 from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.datasets import LOADERS, load_dataset
+from dpnn.engine import Engine, make_engine
 from dpnn.errors import DataError, WeightsError, WorkerError
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import checkpoint as ckpt
@@ -133,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bitwise reproducible results whatever the worker count (a little slower)")
     g = p.add_argument_group("parallelism")
     g.add_argument("--workers", type=workers_arg, default="auto", metavar="N|auto",
-                   help="data-parallel worker processes; auto: one per usable core; 1: train in this process")
+                   help="data-parallel worker processes, which also score the validation and test sets; "
+                        "auto: one per usable core; 1: everything in this process")
     g.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
                    help="BLAS threads per worker (default: chosen with --workers)")
     g.add_argument("--backend", choices=("shm", "mpi"), default="shm",
@@ -222,8 +225,8 @@ def engine_available() -> bool:
 
 
 def resolve_workers(args, note, comm=None) -> None:
-    """Turn --workers/--backend into fit() arguments: args.fit_workers, args.engine_options."""
-    args.fit_workers, args.engine_options = args.workers, {}
+    """Turn --workers/--backend into make_engine() arguments: args.engine_workers, args.engine_options."""
+    args.engine_workers, args.engine_options = args.workers, {}
     if args.backend == "mpi":
         if importlib.util.find_spec("mpi4py") is None:
             raise UsageError("--backend mpi needs mpi4py and an MPI library: pip install mpi4py mpich")
@@ -244,7 +247,7 @@ def resolve_workers(args, note, comm=None) -> None:
                            "lacks; use --workers 1")
     if args.workers == "auto":
         note("note: the data-parallel engine (dpnn.workers) is not available; training in one process")
-    args.fit_workers = 1
+    args.engine_workers = 1
 
 
 def mpi_rank(args) -> int:
@@ -376,23 +379,30 @@ def augmentation(spec: str | None):
     return None if spec in (None, "", "none") else parse_spec(spec)
 
 
-def fit(run, callbacks) -> None:
+def open_engine(run) -> Engine:
+    """The engine of --workers/--backend: fit trains with it, then the test pass runs on it
+    (--workers 1: the in-process engine, under the same thread policy)."""
+    a = run.args
+    return make_engine(run.model, a.engine_workers, a.threads_per_worker, a.deterministic, seed=a.seed,
+                       augment=augmentation(a.augment), **a.engine_options)
+
+
+def fit(run, callbacks, engine: Engine) -> None:
     a = run.args
     kwargs = dict(epochs=a.epochs, batch_size=a.batch_size, validation_split=a.val_split,
-                  callbacks=callbacks, seed=a.seed, verbose=0 if a.quiet else 1,
-                  workers=a.fit_workers, threads_per_worker=a.threads_per_worker,
-                  deterministic=a.deterministic, initial_epoch=run.initial_epoch, progress=run.progress,
-                  history=run.history, augment=augmentation(a.augment), **a.engine_options)
-    run.model.fit(run.train.X, run.train.y, **kwargs)     # the thread policy applies in process too
+                  callbacks=callbacks, seed=a.seed, verbose=0 if a.quiet else 1, engine=engine,
+                  initial_epoch=run.initial_epoch, progress=run.progress, history=run.history)
+    run.model.fit(run.train.X, run.train.y, **kwargs)
 
 
 def execute(run, rank: int) -> int:
     """Train, evaluate on the test set, write the outputs; returns the exit status."""
     log, saver, callbacks = make_callbacks(run, rank)
     try:
-        fit(run, callbacks)
-        log.stage = "evaluating"
-        test_loss, test_acc = run.model.evaluate(run.test.X, run.test.y)
+        with closing(open_engine(run)) as engine:     # closed on every way out, before the except
+            fit(run, callbacks, engine)
+            log.stage = "evaluating"              # on the same workers (MPI: each rank a slice)
+            test_loss, test_acc = engine.evaluate(run.test.X, run.test.y)
         log.stage = "writing"
         if rank == 0:
             outputs.write_outputs(run, config_of(run.args), test_loss, test_acc)

@@ -20,6 +20,7 @@ import pytest
 
 import dpnn
 import launch.train as train_cli
+from dpnn.engine import LocalEngine
 from dpnn.io import read_arrays
 from launch.checkpoint import list_checkpoints
 
@@ -259,10 +260,10 @@ def test_non_finite_and_negative_numbers_are_refused_naming_the_flag(in_tmp, cap
 def test_oversubscribe_and_worker_timeout_reach_the_engine(in_tmp, monkeypatch):
     seen = {}
 
-    def fake_fit(model, x, y=None, **kwargs):
-        seen.update(kwargs)
-        return kwargs["history"]
-    monkeypatch.setattr(dpnn.Model, "fit", fake_fit)
+    def fake_make_engine(model, workers, *args, **options):
+        seen.update(options, workers=workers)
+        return LocalEngine(model)                     # trains in process, whatever was asked
+    monkeypatch.setattr(train_cli, "make_engine", fake_make_engine)
     monkeypatch.setattr(train_cli, "engine_available", lambda: True)
     argv = TINY + ["--epochs", 1, "--checkpoint-dir", "none", "--workers", 2]
     assert exit_code(argv + ["--oversubscribe", "--worker-timeout", "2.5"]) == 0

@@ -5,8 +5,12 @@
 
 Three measurements, each a median over repeated runs in this process:
 
-1. per layer, in the order the model executes (ReLU after a following max pool), the
-   forward and backward time of one training step on one core, and its share of the step;
+1. the time budget of one training step on one thread, layer by layer, dpnn beside PyTorch
+   (``benchmarks.torch_ref``, same model and batch; dpnn alone when torch is not installed):
+   each layer's forward and backward, the loss, the optimizer step and what no hook saw,
+   with dpnn/PyTorch ratios. dpnn's layers are timed by ``Model.forward``/``backward``'s hook,
+   PyTorch's by module and tensor hooks (see ``ClockedTorchStep``); both steps, with hooks
+   and without, take turns step by step;
 2. for each GEMM of a Conv2D/Dense layer at this batch, its rate alone (float32, one
    thread) against the machine's square-GEMM peak: how far the layer's shapes allow BLAS
    to get;
@@ -24,42 +28,157 @@ import os
 import statistics
 import sys
 import time
-from collections import defaultdict
+from typing import ContextManager, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D, Dense
 from dpnn.layers.conv import SHIFTED_DX_FROM
-from dpnn.threads import usable_cores
 from dpnn.random import sample_keys
+from dpnn.recipe import loss_gradient
+from dpnn.threads import usable_cores
 
-from . import peak
-from .measure import synthetic_batch
+from . import peak, torch_ref
+from .measure import LocalRunner, TorchRunner, interleaved, synthetic_batch
 from .models import MODELS, build
 
 
-def layer_times(model_name: str, batch: int, steps: int = 20) -> list[dict]:
-    """Median forward/backward seconds per layer of one training step, one BLAS thread."""
-    m = build(model_name)
-    x, y = synthetic_batch(batch)
-    keys = sample_keys(0, 0, np.arange(batch))
-    times = {"forward": defaultdict(list), "backward": defaultdict(list)}
-    hook = lambda i, layer, phase, s: times[phase][i].append(s)          # noqa: E731
-    fwd, bwd = times["forward"], times["backward"]
-    with threadpool_limits(limits=1, user_api="blas"):
-        for step in range(steps + 3):
-            out = m.forward(x, training=True, sample_keys=keys, hook=hook)
-            m.loss.forward(out, y)
-            m.backward(m.loss.backward(), hook=hook)
-    rows = []
-    for i in m.execution_order:
-        f, b = statistics.median(fwd[i][3:]), statistics.median(bwd[i][3:]) if bwd[i] else 0.0
-        rows.append({"index": i, "layer": repr(m.layers[i]), "forward_s": f, "backward_s": b})
-    total = sum(r["forward_s"] + r["backward_s"] for r in rows)
-    for r in rows:
-        r["share"] = (r["forward_s"] + r["backward_s"]) / total
-    return rows
+class StepClock(Protocol):
+    """One framework's training step on a fixed batch, timed part by part.
+
+    ``step(i)`` runs step ``i`` and returns {'forward': [s], 'backward': [s]} by layer index,
+    'loss': s (forward and backward) and 'optimizer': s; ``threads_set()`` is the context
+    in which steps run on one thread; ``names`` and ``execution_order`` describe the layers.
+    """
+    batch: int
+    names: list[str]
+    execution_order: list[int]
+
+    def threads_set(self) -> ContextManager: ...
+    def step(self, i: int) -> dict: ...
+
+
+class DpnnClock:
+    """dpnn's training step on one BLAS thread, layers timed by Model's hook (a :class:`StepClock`).
+
+    The engine's step: forward and backward over the pieces of ``Model.micro_batches``, the
+    loss gradient of :func:`dpnn.recipe.loss_gradient`, then ``apply_gradients``. A later
+    piece's gradient is not added to the first's (timing only: the plain step does that).
+    """
+
+    def __init__(self, model_name: str, batch: int, seed: int = 0) -> None:
+        self.model = build(model_name, seed=seed)
+        self.x, self.y = synthetic_batch(batch, seed)
+        self.batch, self.seed = batch, seed
+        self.names = [repr(layer) for layer in self.model.layers]
+        self.execution_order = self.model.execution_order
+
+    def threads_set(self) -> ContextManager:
+        return threadpool_limits(limits=1, user_api="blas")
+
+    def step(self, i: int) -> dict:
+        m, n, clock = self.model, self.batch, time.perf_counter
+        keys = sample_keys(self.seed, i, np.arange(n))
+        parts = {"forward": [0.0] * len(m.layers), "backward": [0.0] * len(m.layers), "loss": 0.0}
+
+        def hook(k, layer, phase, seconds):
+            parts[phase][k] += seconds
+        for a, b in m.micro_batches(n):
+            out = m.forward(self.x[a:b], training=True, sample_keys=keys[a:b], hook=hook)
+            t0 = clock()
+            _, grad = loss_gradient(m.loss, out, self.y[a:b], n)
+            parts["loss"] += clock() - t0
+            m.backward(grad, hook=hook)
+        t0 = clock()
+        m.apply_gradients()
+        parts["optimizer"] = clock() - t0
+        return parts
+
+
+class Clocked:
+    """A :class:`StepClock` as a :func:`measure.interleaved` runner; keeps each timed step's parts."""
+
+    def __init__(self, clock: StepClock, warmup: int) -> None:
+        self.clock, self.batch, self.warmup, self.parts = clock, clock.batch, warmup, []
+
+    def turn(self) -> ContextManager:
+        return self.clock.threads_set()
+
+    def step(self, i: int) -> dict:
+        self.parts.append(self.clock.step(i))
+        return {}
+
+    def result(self) -> dict:
+        return {"parts": self.parts[self.warmup:]}
+
+
+def budget(clock: StepClock, timed: dict, plain: dict) -> dict:
+    """One framework's step part by part: the median of each part over the timed steps.
+
+    ``timed`` is the clocked runner's row of :func:`measure.interleaved`, ``plain`` the row of
+    the same step without hooks. ``step_s`` (median hooked step) = the layers' forward and
+    backward + ``loss_s`` + ``optimizer_s`` + ``unattributed_s`` (what no hook saw: hook
+    calls, gradient zeroing, Python between the layers; a sum of medians, so it may dip below 0).
+    """
+    parts = timed["parts"]
+
+    def med(key, k=None):
+        return statistics.median(p[key] if k is None else p[key][k] for p in parts)
+    layers = [{"index": k, "layer": name, "forward_s": med("forward", k), "backward_s": med("backward", k)}
+              for k, name in enumerate(clock.names)]
+    loss, opt = med("loss"), med("optimizer")
+    attributed = sum(r["forward_s"] + r["backward_s"] for r in layers) + loss + opt
+    return {"layers": layers, "execution_order": list(clock.execution_order), "loss_s": loss,
+            "optimizer_s": opt, "unattributed_s": timed["step_s"] - attributed, "step_s": timed["step_s"],
+            "plain_step_s": plain["step_s"], "steps": timed["steps"]}
+
+
+def ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def compare(dpnn: dict, torch: dict) -> dict:
+    """dpnn/PyTorch per layer index (forward, backward, both) and for each part of the step."""
+    layers = []
+    for d, t in zip(dpnn["layers"], torch["layers"]):
+        layers.append({"index": d["index"], "dpnn_layer": d["layer"], "torch_layer": t["layer"],
+                       "forward": ratio(d["forward_s"], t["forward_s"]),
+                       "backward": ratio(d["backward_s"], t["backward_s"]),
+                       "total": ratio(d["forward_s"] + d["backward_s"], t["forward_s"] + t["backward_s"])})
+    parts = {k: ratio(dpnn[k], torch[k]) for k in ("loss_s", "optimizer_s", "step_s", "plain_step_s")}
+    return {"layers": layers, **parts}
+
+
+def step_budgets(model_name: str, batch: int, steps: int = 20, warmup: int = 3,
+                 with_torch: bool = True) -> dict:
+    """{'dpnn': budget, 'torch': budget or None, 'comparison': ... or None}, one thread each.
+
+    dpnn's and PyTorch's steps, with hooks and without, take turns step by step
+    (:func:`measure.interleaved`), so that the machine's drift falls on both alike.
+    """
+    dclock = DpnnClock(model_name, batch)
+    runners = {"dpnn": Clocked(dclock, warmup), "dpnn plain": LocalRunner(model_name, 1, batch)}
+    if with_torch:
+        from .torch_ref import LAYER_PAIRS, ClockedTorchStep
+        tclock = ClockedTorchStep(dclock.x, dclock.y, threads=1, model=model_name)
+        pairs = [LAYER_PAIRS[type(layer).__name__] for layer in dclock.model.layers]
+        assert pairs == [type(m).__name__ for m in tclock.net], (pairs, tclock.net)
+        runners.update({"torch": Clocked(tclock, warmup), "torch plain": TorchRunner(1, batch)})
+    rows = interleaved(runners, steps, warmup, rounds=steps)
+    out = {"dpnn": budget(dclock, rows["dpnn"], rows["dpnn plain"]), "torch": None, "comparison": None}
+    if with_torch:
+        out["torch"] = budget(tclock, rows["torch"], rows["torch plain"])
+        out["comparison"] = compare(out["dpnn"], out["torch"])
+    return out
+
+
+def layer_rows(dpnn: dict) -> list[dict]:
+    """dpnn's layers in execution order with their share of the layers' time (the JSON 'layers')."""
+    by_index = dpnn["layers"]
+    total = sum(r["forward_s"] + r["backward_s"] for r in by_index)
+    return [dict(by_index[i], share=(by_index[i]["forward_s"] + by_index[i]["backward_s"]) / total)
+            for i in dpnn["execution_order"]]
 
 
 def gemm_shapes(model_name: str, batch: int) -> list[tuple[str, int, int, int]]:
@@ -162,6 +281,59 @@ def all_core_scaling(cores: int) -> dict:
     return out
 
 
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1e3:8.2f}" if seconds is not None else " " * 8
+
+
+def _x(r: float | None) -> str:
+    return f"{r:6.2f}" if r is not None else f"{'-':>6}"
+
+
+def print_alone(model_name: str, batch: int, b: dict, pk: float) -> None:
+    """dpnn's layers in execution order with their share, then the rest of the step."""
+    step = b["plain_step_s"]
+    print(f"{model_name}, batch {batch}, one thread: {step * 1e3:.1f} ms per step ({batch / step:,.0f} "
+          f"samples/s); float32 GEMM peak {pk:.1f} GFLOP/s per core\n")
+    print(f"{'layer (execution order)':<58}{'forward ms':>11}{'backward ms':>12}{'share':>7}")
+    for r in layer_rows(b):
+        print(f"{r['index']:>2} {r['layer'][:55]:<55}{r['forward_s'] * 1e3:>11.2f}{r['backward_s'] * 1e3:>12.2f}"
+              f"{r['share']:>7.0%}")
+    print(f"\nloss {b['loss_s'] * 1e3:.2f} ms, optimizer {b['optimizer_s'] * 1e3:.2f} ms, unattributed "
+          f"{b['unattributed_s'] * 1e3:.2f} ms: {b['step_s'] * 1e3:.1f} ms per step with the hooks, "
+          f"{step * 1e3:.1f} ms without")
+
+
+def print_side_by_side(model_name: str, batch: int, res: dict, pk: float, version: str) -> None:
+    """dpnn's and PyTorch's step layer by layer (rows by layer index), then the rest of the step."""
+    d, t, c = res["dpnn"], res["torch"], res["comparison"]
+    print(f"{model_name}, batch {batch}, one thread, medians of {d['steps']} steps; dpnn and PyTorch "
+          f"{version} take turns step by step")
+    print(f"step: dpnn {d['plain_step_s'] * 1e3:.1f} ms ({batch / d['plain_step_s']:,.0f} samples/s), PyTorch "
+          f"{t['plain_step_s'] * 1e3:.1f} ms ({batch / t['plain_step_s']:,.0f} samples/s), dpnn/PyTorch "
+          f"{c['plain_step_s']:.2f}; float32 GEMM peak {pk:.1f} GFLOP/s per core\n")
+    print("Rows by layer index (the model as written), the order PyTorch runs them in.")
+    if d["execution_order"] != sorted(d["execution_order"]):
+        print(f"dpnn runs {' '.join(map(str, d['execution_order']))} (Model.execution_order): a ReLU "
+              "followed by a max pool\nruns after the pool, on the pooled output, so those rows are not the "
+              "same work in both frameworks.")
+    print(f"\n{'':<25}{'dpnn ms':^24}{'PyTorch ms':^24}{'dpnn / PyTorch':^18}".rstrip())
+    print(f"{' #':<3}{'layer (dpnn/PyTorch)':<22}" + f"{'fwd':>8}{'bwd':>8}{'total':>8}" * 2
+          + f"{'fwd':>6}{'bwd':>6}{'total':>6}")
+    for dr, tr, cr in zip(d["layers"], t["layers"], c["layers"]):
+        label = f"{dr['layer'].split('(')[0]}/{tr['layer'].split('(')[0]}"
+        ms = "".join(_ms(r["forward_s"]) + _ms(r["backward_s"]) + _ms(r["forward_s"] + r["backward_s"])
+                     for r in (dr, tr))
+        print(f"{dr['index']:>2} {label:<22}{ms}{_x(cr['forward'])}{_x(cr['backward'])}{_x(cr['total'])}")
+    layers = [sum(r["forward_s"] + r["backward_s"] for r in b["layers"]) for b in (d, t)]
+    for label, dv, tv in (("layers, sum", *layers),
+                          ("loss, fwd + bwd", d["loss_s"], t["loss_s"]),
+                          ("optimizer step", d["optimizer_s"], t["optimizer_s"]),
+                          ("unattributed", d["unattributed_s"], t["unattributed_s"]),
+                          ("= step with the hooks", d["step_s"], t["step_s"]),
+                          ("step without hooks", d["plain_step_s"], t["plain_step_s"])):
+        print(f"{'':>3}{label:<22}{'':>16}{_ms(dv)}{'':>16}{_ms(tv)}{'':>12}{_x(ratio(dv, tv))}")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="seed-cnn", choices=sorted(MODELS), help="model (default seed-cnn)")
@@ -173,16 +345,20 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if a.batch_size < 1 or a.steps < 1:
         p.error("--batch-size and --steps must be >= 1")
-    out: dict = {"model": a.model, "batch": a.batch_size}
+    has_torch, version = torch_ref.available()
+    if has_torch and a.model not in torch_ref.MODELS:
+        has_torch, version = False, f"PyTorch: no {a.model} twin in benchmarks.torch_ref (only " \
+                                    f"{', '.join(torch_ref.MODELS)}); dpnn alone"
+    out: dict = {"model": a.model, "batch": a.batch_size, "torch": version if has_torch else None}
     pk = out["peak_gflops_per_core"] = peak.peak_per_core()
-    rows = out["layers"] = layer_times(a.model, a.batch_size, a.steps)
-    step = sum(r["forward_s"] + r["backward_s"] for r in rows)
-    print(f"{a.model}, batch {a.batch_size}, one thread: {step * 1e3:.1f} ms per step "
-          f"({a.batch_size / step:,.0f} samples/s); float32 GEMM peak {pk:.1f} GFLOP/s per core\n")
-    print(f"{'layer (execution order)':<58}{'forward ms':>11}{'backward ms':>12}{'share':>7}")
-    for r in rows:
-        print(f"{r['index']:>2} {r['layer'][:55]:<55}{r['forward_s'] * 1e3:>11.2f}{r['backward_s'] * 1e3:>12.2f}"
-              f"{r['share']:>7.0%}")
+    res = out["step"] = step_budgets(a.model, a.batch_size, a.steps, with_torch=has_torch)
+    out["layers"] = layer_rows(res["dpnn"])
+    if has_torch:
+        print_side_by_side(a.model, a.batch_size, res, pk, version)
+    else:
+        out["torch_note"] = version
+        print(version)
+        print_alone(a.model, a.batch_size, res["dpnn"], pk)
     print(f"\n{'GEMM (conv bwd: a piece)':<26}{'M x K x N':>22}{'GFLOP/s':>9}{'% peak':>8}")
     out["gemms"] = []
     for what, M, K, N in gemm_shapes(a.model, a.batch_size):

@@ -1,19 +1,37 @@
-"""Projected throughput past this machine, from a measured step breakdown.
+"""Projected throughput past this machine, from the measured phases of a step.
 
-A step of global batch B on n workers (one core each) is modelled as
+The model follows the design that runs at each core count (one worker per core):
 
-    T(n) = c * B / n * (1 + w)          compute, c = measured seconds per sample on one core,
-                                        w = measured straggler wait as a fraction of compute
-         + n * S / bw_reduce            coordinator sums n gradient slots of S bytes
-         + t_opt + t_fixed              optimizer step; everything else per step (signalling,
-                                        batch copy), both measured with one worker
+* **1 worker** (``DataParallel`` leaves the update to the coordinator below SHARD_FROM = 2)::
 
-and across K nodes of m cores (one MPI rank per node, node-local reduction first)
+      T(1) = c B + r + o + f1
 
-    T = c * B / (K m) * (1 + w) + m * S / bw_reduce + ring(K) + t_opt + t_fixed,
-    ring(K) = 2 (K - 1) * alpha + 2 (K - 1) / K * S / beta     (alpha-beta ring all-reduce).
+  c: worker compute per sample, r: the coordinator's copy of the one gradient slot,
+  o: its optimizer step over the whole vector, f1: everything else (signalling, batch
+  indices) -- each measured in the 1-worker row.
 
-The model's assumptions are returned as text so the benchmark prints them beside the numbers.
+* **n >= 2 workers on one node** (the sharded step of ``dpnn/workers/update.py``)::
+
+      T(n) = c B / n (1 + w)                 compute, w = straggler wait / compute (measured at 2)
+           + s                               barrier latency (measured at 2)
+           + [o / n + r (1 + 1/n) / 2] / q(n) each worker: the optimizer on 1/n of the vector and
+                                             the sum of n slot chunks (S bytes read), at one core's
+                                             speed (o, r) slowed by memory contention q(n)
+           + f + n m                         coordinator work per step and per-worker signalling
+                                             (measured at 2: f = scatter + bookkeeping, m = wait / 2)
+
+  q(n) is the share of one core's memory bandwidth each of n streaming cores gets:
+  measured by the stream test up to this machine's core count (linear in between), beyond
+  it the assumed aggregate bandwidth of a node (``node_stream``, in one core's units).
+
+* **K nodes of m cores** (one MPI rank per node; each rank's workers compute, the rank sums
+  its m slots, ring all-reduce, then the optimizer on every rank, not sharded)::
+
+      T = c B / (K m) (1 + w) + m r / q(m) + ring(K) + o + f1,
+      ring(K) = 2 (K - 1) alpha + 2 (K - 1) / K * S / beta   (alpha-beta ring all-reduce).
+
+The assumptions are returned as text so the benchmark prints them beside the numbers, and
+:func:`check` compares the model with every measured row.
 """
 from __future__ import annotations
 
@@ -22,42 +40,71 @@ from dataclasses import asdict, dataclass
 
 @dataclass
 class StepModel:
-    """Inputs of the projection, all measured in the run except the network."""
-    compute_per_sample: float      # seconds of worker compute per sample, one worker, one core
-    wait_fraction: float           # straggler wait / compute at the largest measured worker count
-    reduce_bandwidth: float        # bytes/s the coordinator sums gradient slots at
-    optimizer_s: float             # optimizer step (plus clipping norm), seconds
-    fixed_s: float                 # everything else per step: signalling, bookkeeping
+    """Inputs of the projection: seconds measured in the run, except the marked assumptions."""
+    compute_per_sample: float      # c: worker compute per sample on one core (1-worker row)
+    wait_fraction: float           # w: straggler wait / compute (2-worker row)
+    copy_s: float                  # r: coordinator copies one gradient slot (1-worker row)
+    optimizer_s: float             # o: coordinator's optimizer step, whole vector (1-worker row)
+    fixed_one_s: float             # f1: the rest of a 1-worker step
+    sync_s: float                  # s: barrier latency (2-worker row)
+    fixed_s: float                 # f: coordinator scatter + bookkeeping (2-worker row)
+    message_s: float               # m: signalling per worker (2-worker row: wait / 2)
     grad_bytes: int                # S: size of the flat float32 gradient
-    net_alpha: float = 20e-6       # all-reduce latency per message, seconds (TCP over Ethernet)
-    net_beta: float = 1.25e9       # link bandwidth, bytes/s (10 Gbit/s)
-    cores_per_node: int = 16       # cores of each node in the multi-node projection
+    measured_cores: int = 1        # cores of the machine the stream test ran on
+    stream_scaling: float = 1.0    # all measured cores streaming vs one (measured)
+    node_stream: float = 4.0       # ASSUMED: a node's aggregate memory bandwidth in one core's units
+    net_alpha: float = 20e-6       # ASSUMED: all-reduce latency per message, seconds
+    net_beta: float = 1.25e9       # ASSUMED: link bandwidth, bytes/s (10 Gbit/s)
+    cores_per_node: int = 16       # node size in the multi-node projection
+
+    def share(self, n: int) -> float:
+        """q(n): the fraction of one core's memory bandwidth each of n streaming cores gets."""
+        if n <= 1:
+            return 1.0
+        m = self.measured_cores
+        at_m = min(1.0, self.stream_scaling / m) if m > 1 else 1.0
+        if n <= m:
+            return 1.0 + (at_m - 1.0) * (n - 1) / (m - 1)
+        return min(at_m, self.node_stream / n)
+
+    def update_time(self, n: int) -> float:
+        """Each worker's slot sum + optimizer on its chunk, n >= 2."""
+        return (self.optimizer_s / n + self.copy_s * (1 + 1 / n) / 2) / self.share(n)
 
     def step_time(self, batch: int, cores: int) -> float:
         """Seconds per step for a global ``batch`` on ``cores`` cores (nodes when cores > a node)."""
-        nodes = max(1, -(-cores // self.cores_per_node)) if cores > self.cores_per_node else 1
-        local = cores // nodes
-        t = self.compute_per_sample * batch / cores * (1.0 + self.wait_fraction)
-        t += local * self.grad_bytes / self.reduce_bandwidth + self.optimizer_s + self.fixed_s
-        if nodes > 1:
-            t += self.ring_allreduce(nodes)
-        return t
+        c = self.compute_per_sample
+        if cores == 1:
+            return c * batch + self.copy_s + self.optimizer_s + self.fixed_one_s
+        if cores <= self.cores_per_node:
+            n = cores
+            return (c * batch / n * (1 + self.wait_fraction) + self.sync_s + self.update_time(n)
+                    + self.fixed_s + n * self.message_s)
+        nodes = -(-cores // self.cores_per_node)
+        m = cores // nodes
+        return (c * batch / cores * (1 + self.wait_fraction) + m * self.copy_s / self.share(m)
+                + self.ring_allreduce(nodes) + self.optimizer_s + self.fixed_one_s)
 
     def ring_allreduce(self, nodes: int) -> float:
         k, s = nodes, self.grad_bytes
         return 2 * (k - 1) * self.net_alpha + 2 * (k - 1) / k * s / self.net_beta
 
     def assumptions(self) -> list[str]:
+        ms = lambda s: f"{s * 1e3:.2f} ms"                 # noqa: E731
         return [
-            f"compute scales as 1/cores at the measured {self.compute_per_sample * 1e6:.0f} us/sample/core "
-            "(no memory-bandwidth, cache or clock-speed loss at higher core counts)",
-            f"straggler wait stays {self.wait_fraction:.1%} of compute (as measured at the largest worker count)",
-            f"coordinator sums one {self.grad_bytes / 1e6:.2f} MB gradient slot per local worker at "
-            f"{self.reduce_bandwidth / 1e9:.1f} GB/s (measured); optimizer {self.optimizer_s * 1e3:.2f} ms "
-            f"and other per-step overhead {self.fixed_s * 1e3:.2f} ms stay constant (not sharded)",
-            f"beyond {self.cores_per_node} cores: nodes of {self.cores_per_node} cores, one MPI rank each, "
-            f"ring all-reduce with alpha = {self.net_alpha * 1e6:.0f} us, beta = {self.net_beta * 8 / 1e9:.0f} Gbit/s "
-            "(assumed, not measured), not overlapped with compute",
+            f"measured: compute {self.compute_per_sample * 1e6:.0f} us/sample/core, straggler wait "
+            f"{self.wait_fraction:.1%} of compute, barrier {ms(self.sync_s)}, slot copy {ms(self.copy_s)} and "
+            f"optimizer {ms(self.optimizer_s)} on one core, coordinator {ms(self.fixed_s)} + "
+            f"{ms(self.message_s)} per worker per step; memory stream {self.stream_scaling:.2f}x on all "
+            f"{self.measured_cores} cores",
+            "assumed: compute scales as 1/cores (no cache or clock loss at more cores); straggler wait, "
+            "barrier latency and per-worker signalling stay as measured at 2 workers",
+            f"assumed: beyond {self.measured_cores} cores a node's memory delivers {self.node_stream:g}x one "
+            "core's stream bandwidth in all (a 16-core workstation: ~4 channels), shared by the cores "
+            "that update at once",
+            f"assumed: beyond {self.cores_per_node} cores, nodes of {self.cores_per_node} cores with one MPI rank "
+            f"each (the rank sums its slots, optimizer not sharded), ring all-reduce with alpha = "
+            f"{self.net_alpha * 1e6:.0f} us, beta = {self.net_beta * 8 / 1e9:.0f} Gbit/s, not overlapped",
         ]
 
 
@@ -80,15 +127,30 @@ def project(model: StepModel, batches: list[int], cores: list[int], per_worker_b
     return {"model": asdict(model), "assumptions": model.assumptions(), "curves": curves}
 
 
-def from_measurements(one_worker: dict, many_workers: dict | None, grad_bytes: int, **network) -> StepModel:
-    """A StepModel from two table rows (1 worker, and the largest worker count) of the same batch."""
+def from_measurements(one_worker: dict, two_workers: dict | None, grad_bytes: int, machine: dict | None = None,
+                      cores: int = 1, **assumed) -> StepModel:
+    """A StepModel from the 1-worker row and the 2-worker row (sharded step) of the same batch.
+
+    Without a 2-worker row, the 2-worker phases are taken as the 1-worker ones (stated)."""
     b1, t1 = one_worker["batch"], one_worker["times"]
     c = t1["compute"] / b1
-    ref = many_workers or one_worker
-    tn, n = ref["times"], ref["workers"]
-    wait_fraction = tn.get("straggler", 0.0) / tn["compute"] if tn["compute"] > 0 else 0.0
-    if ref.get("sharded_optimizer"):      # the workers summed the slots: no coordinator figure there
-        tn, n = t1, 1
-    reduce_bw = n * grad_bytes / tn["reduce"] if tn.get("reduce", 0.0) > 0 else 5e9
-    fixed = max(one_worker["step_mean_s"] - t1["compute"] - t1.get("reduce", 0.0) - t1["optimizer"], 0.0)
-    return StepModel(c, wait_fraction, reduce_bw, t1["optimizer"], fixed, grad_bytes, **network)
+    fixed_one = max(one_worker["step_mean_s"] - t1["compute"] - t1.get("reduce", 0.0) - t1["optimizer"], 0.0)
+    t2 = (two_workers or {}).get("times") or {}
+    wait_fraction = t2.get("straggler", 0.0) / t2["compute"] if t2.get("compute") else 0.0
+    fixed = t2.get("scatter", 0.0) + t2.get("reduce", 0.0) if t2 else fixed_one
+    message = t2.get("wait", 0.0) / 2 if t2 else 0.0
+    machine = machine or {}
+    return StepModel(c, wait_fraction, t1.get("reduce", 0.0), t1["optimizer"], fixed_one,
+                     t2.get("sync", 0.0), fixed, message, grad_bytes, measured_cores=max(1, cores),
+                     stream_scaling=machine.get("stream", 1.0), **assumed)
+
+
+def check(model: StepModel, rows: list[dict]) -> list[dict]:
+    """The model's step time beside every measured strong-scaling row with one thread per worker."""
+    out = []
+    for r in rows:
+        if r.get("kind") == "strong" and r.get("threads") == 1:
+            predicted = model.step_time(r["batch"], r["workers"])
+            out.append({"workers": r["workers"], "batch": r["batch"], "measured_ms": r["step_mean_s"] * 1e3,
+                        "model_ms": predicted * 1e3})
+    return out

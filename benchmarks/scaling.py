@@ -23,7 +23,7 @@ from dpnn.threads import usable_cores
 from . import measure, peak, profile, scaling_report, torch_ref
 from .args import add_run_flags, input_shape_arg, positive_int, positive_ints
 from .models import build, flops_per_sample
-from .projection import from_measurements, project
+from .projection import check, from_measurements, project
 
 
 def worker_counts(text: str) -> list[int] | str:
@@ -51,13 +51,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --backend mpi: MPI rank counts (default 1,2)")
     p.add_argument("--no-weak", action="store_true", help="skip the weak-scaling rows")
     p.add_argument("--shard-optimizer", default="auto", choices=("auto", "on", "off"),
-                   help="optimizer step on the workers (on), the coordinator (off) or from 4 workers "
+                   help="optimizer step on the workers (on), the coordinator (off) or from 2 workers "
                         "(auto, DataParallel's default)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--calibration-steps", type=positive_int, default=6, help="steps per split for --workers auto")
     p.add_argument("--project-cores", default="1,2,4,8,16,32,64", type=positive_ints,
                    help="core counts of the projection")
     p.add_argument("--cores-per-node", type=positive_int, default=16, help="node size in the multi-node projection")
+    p.add_argument("--node-stream", type=float, default=4.0,
+                   help="projection: a node's aggregate memory bandwidth in units of one core's (assumed; default 4)")
     p.add_argument("--net-latency-us", type=float, default=20.0, help="all-reduce alpha, microseconds")
     p.add_argument("--net-gbps", type=float, default=10.0, help="all-reduce link bandwidth, Gbit/s")
     p.add_argument("--seed", type=int, default=0, help="seed of the models and the synthetic batches (default 0)")
@@ -65,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     a = p.parse_args(argv)
     a.auto = a.workers == "auto"
     a.shard_optimizer = {"auto": "auto", "on": True, "off": False}[a.shard_optimizer]
-    if a.net_latency_us < 0 or a.net_gbps <= 0:
-        p.error("--net-latency-us must be >= 0 and --net-gbps > 0")
+    if a.net_latency_us < 0 or a.net_gbps <= 0 or not a.node_stream >= 1:
+        p.error("--net-latency-us must be >= 0, --net-gbps > 0 and --node-stream >= 1")
     if a.auto and a.backend == "mpi":
         p.error("--workers auto calibrates this machine's workers; with --backend mpi give worker counts")
     return a
@@ -172,7 +174,7 @@ def run(a) -> dict:
         one = next((q for q in rows if q["kind"] == "strong" and q["workers"] == 1
                     and q["threads"] == r["threads"] and q["batch"] == per), None)
         scaling_report.derive(r, one, flops, pk, cores, local, torch)
-    proj = _projection(a, rows, grad_bytes, cores)
+    proj = _projection(a, rows, grad_bytes, cores, machine)
     res_load.append(load_note(cores))
     log(f"after: {res_load[1]}")
     return {"model": a.model, "input": list(a.input), "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
@@ -185,28 +187,24 @@ def run(a) -> dict:
             "_local": local, "_torch": torch}
 
 
-def _projection(a, rows: list[dict], grad_bytes: int, cores: int) -> dict:
-    """One projection per strong-scaling batch, each from its own 1-worker row and the row with
-    the most workers that still fit the cores."""
-    strong = [r for r in rows if r["kind"] == "strong"]
+def _projection(a, rows: list[dict], grad_bytes: int, cores: int, machine: dict) -> dict:
+    """One projection per strong-scaling batch, each from its own 1-worker and 2-worker rows
+    (one thread per worker: the projection counts cores), with the model beside every row."""
+    strong = [r for r in rows if r["kind"] == "strong" and r["threads"] == 1]
     out: dict = {}
     for b in sorted({r["batch"] for r in strong}):
-        ones = [r for r in strong if r["workers"] == 1 and r["batch"] == b]
-        if not ones:
+        one = next((r for r in strong if r["workers"] == 1 and r["batch"] == b), None)
+        if one is None:
             continue
-        one = min(ones, key=lambda r: r["threads"])
-        fits = [r for r in strong if r["batch"] == b and r["threads"] == one["threads"]
-                and r["workers"] * r["threads"] <= cores]          # oversubscribed rows model nothing
-        many = max(fits or [one], key=lambda r: r["workers"])
-        model = from_measurements(one, many if many["workers"] > 1 else None, grad_bytes,
+        two = next((r for r in strong if r["workers"] == 2 and r["batch"] == b and cores >= 2), None)
+        model = from_measurements(one, two, grad_bytes, machine, cores, node_stream=a.node_stream,
                                   net_alpha=a.net_latency_us * 1e-6, net_beta=a.net_gbps * 1e9 / 8,
                                   cores_per_node=a.cores_per_node)
-        if one["threads"] > 1:
-            model.compute_per_sample *= one["threads"]     # per core: the projection counts cores
         p = project(model, [b], a.project_cores, per_worker_batch=b)
         out.setdefault("models", {})[f"batch {b}"] = p["model"]
         out.setdefault("assumptions", []).extend(f"batch {b}: {s}" for s in p["assumptions"])
         out.setdefault("curves", {}).update(p["curves"])
+        out.setdefault("check", []).extend(check(model, [r for r in strong if r["batch"] == b]))
     return out
 
 
@@ -250,6 +248,9 @@ def main(argv=None) -> int:
         for name, pts in res["projection"]["curves"].items():
             print(f"  {name}: " + ", ".join(f"{p['cores']}c {p['samples_per_s']:,.0f}/s ({p['efficiency']:.0%})"
                                              for p in pts))
+        print("  the model beside what was measured (step ms): " + ", ".join(
+            f"{c['workers']}w b{c['batch']} {c['model_ms']:.1f} vs {c['measured_ms']:.1f}"
+            for c in res["projection"].get("check", [])))
         print("  assumptions:")
         for s in res["projection"]["assumptions"]:
             print(f"   - {s}")

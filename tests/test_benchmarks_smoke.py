@@ -168,18 +168,26 @@ def test_profile_reports_layers_gemms_and_concurrency(tmp_path):
         assert res["concurrency"][kind]["one"] > 0 and res["concurrency"][kind]["all"] > 0
 
 
-def test_projection_takes_the_reduce_rate_from_the_coordinator():
+def test_projection_models_the_sharded_step_from_the_measured_phases():
     from benchmarks.projection import from_measurements
     one = {"batch": 64, "workers": 1, "step_mean_s": 0.060,
            "times": {"compute": 0.050, "reduce": 0.001, "optimizer": 0.002, "straggler": 0.0}}
-    many = {"batch": 64, "workers": 4, "step_mean_s": 0.020,
-            "times": {"compute": 0.014, "reduce": 0.002, "optimizer": 0.003, "straggler": 0.0014}}
-    m = from_measurements(one, many, grad_bytes=10**6)
-    assert m.reduce_bandwidth == pytest.approx(4 * 10**6 / 0.002)     # 4 slots summed in 2 ms
+    two = {"batch": 64, "workers": 2, "step_mean_s": 0.030,
+           "times": {"compute": 0.026, "straggler": 0.0013, "sync": 0.0001, "update": 0.0015,
+                     "wait": 0.0004, "scatter": 0.0002, "reduce": 0.0001, "optimizer": 0.0}}
+    m = from_measurements(one, two, grad_bytes=10**6, machine={"stream": 1.5}, cores=2)
     assert m.compute_per_sample == pytest.approx(0.050 / 64)
-    # when the workers summed the slots (sharded optimizer) the coordinator's figure is the 1-worker copy
-    sharded = dict(many, sharded_optimizer=True, times=dict(many["times"], reduce=0.00002))
-    assert from_measurements(one, sharded, grad_bytes=10**6).reduce_bandwidth == pytest.approx(10**6 / 0.001)
+    assert m.wait_fraction == pytest.approx(0.05) and m.message_s == pytest.approx(0.0002)
+    assert m.step_time(64, 1) == pytest.approx(0.060)                  # the 1-worker row, exactly
+    # 2 workers: half the compute plus 5 % straggling, barrier, each worker's update under the
+    # measured contention (1.5x on 2 cores: 0.75 of a core each), coordinator, signalling
+    update = (0.002 / 2 + 0.001 * 1.5 / 2) / 0.75
+    assert m.step_time(64, 2) == pytest.approx(0.025 * 1.05 + 0.0001 + update + 0.0003 + 2 * 0.0002)
+    # beyond the measured cores the node's assumed bandwidth (4 cores' worth) is shared
+    assert m.share(16) == pytest.approx(4 / 16) and m.share(3) == pytest.approx(0.75)
+    # more nodes: the rank sums its 16 slots, ring all-reduce, optimizer on the rank
+    t32 = m.step_time(64, 32)
+    assert t32 == pytest.approx(0.050 / 32 * 1.05 + 16 * 0.001 / 0.25 + m.ring_allreduce(2) + 0.002 + 0.007)
 
 
 def test_ablation_runs_every_variant():

@@ -104,8 +104,9 @@ def test_serial_fraction_target_counts_the_workers_update_as_parallel(update, se
 
 
 def test_projection_targets_read_the_projected_curves():
-    model = StepModel(compute_per_sample=1e-3, wait_fraction=0.02, reduce_bandwidth=5e9, optimizer_s=2e-4,
-                      fixed_s=3e-4, grad_bytes=4_000_000)
+    model = StepModel(compute_per_sample=1e-3, wait_fraction=0.02, copy_s=2e-4, optimizer_s=2e-4,
+                      fixed_one_s=3e-4, sync_s=5e-5, fixed_s=2e-4, message_s=1e-4, grad_bytes=4_000_000,
+                      measured_cores=2, stream_scaling=1.5)
     curves = {**project(model, [64], CORES, per_worker_batch=64)["curves"],
               **project(model, [256], CORES, per_worker_batch=256)["curves"]}        # as scaling._projection
     t = by_id(targets([], {}, {}, {"curves": curves}))

@@ -48,6 +48,16 @@ class Optimizer:
     def update(self, p: np.ndarray, g: np.ndarray, slot: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
+    def update_into(self, p, g, slot, p_out, slot_out) -> None:
+        """``update`` whose result goes to ``p_out``/``slot_out`` (same keys), leaving p and slot
+        as they were unless they are the same arrays. This default copies, then updates."""
+        if p_out is not p:
+            np.copyto(p_out, p)
+        for k, v in slot.items():
+            if slot_out[k] is not v:
+                np.copyto(slot_out[k], v)
+        self.update(p_out, g, slot_out)
+
     def get_config(self) -> dict:
         return {"lr": self.lr}
 
@@ -102,29 +112,34 @@ class Adam(Optimizer):
     def update(self, p, g, slot) -> None:
         if "m" not in slot:
             slot["m"], slot["v"] = np.zeros_like(p), np.zeros_like(p)
-        m, v = slot["m"], slot["v"]
-        step = p.dtype.type(self.lr / (1 - self.beta1 ** self.t))
-        scale = p.dtype.type(1.0 / np.sqrt(1 - self.beta2 ** self.t))
-        tmp = self._scratch(min(p.size, BLOCK), p.dtype)   # reused: no temporaries, no page faults
-        pf, gf, mf, vf = (a.reshape(-1) for a in (p, g, m, v))
-        for a, b in blocks(0, pf.size):
-            self._update_block(pf[a:b], gf[a:b], mf[a:b], vf[a:b], tmp[:b - a], step, scale)
+        self.update_into(p, g, slot, p, slot)
 
-    def _update_block(self, p, g, m, v, tmp, step, scale) -> None:
+    def update_into(self, p, g, slot, p_out, slot_out) -> None:
+        """The update of (p, slot) written to (p_out, slot_out): no copy first when they differ
+        (the sharded step writes the other parameter set); the same arrays update in place."""
+        m, v, m_out, v_out = slot["m"], slot["v"], slot_out["m"], slot_out["v"]
+        bc1, bc2 = 1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t
+        # p -= lr/bc1 * m / (sqrt(v/bc2) + eps), written as lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps*sqrt(bc2))
+        step, eps = p.dtype.type(self.lr * np.sqrt(bc2) / bc1), p.dtype.type(self.eps * np.sqrt(bc2))
+        tmp = self._scratch(min(p.size, BLOCK), p.dtype)   # reused: no temporaries, no page faults
+        flat = [a.reshape(-1) for a in (p, g, m, v, p_out, m_out, v_out)]
+        for a, b in blocks(0, flat[0].size):
+            self._update_block(*(x[a:b] for x in flat), tmp[:b - a], step, eps)
+
+    def _update_block(self, p, g, m, v, p_out, m_out, v_out, tmp, step, eps) -> None:
         b1, b2 = self.beta1, self.beta2
-        m *= b1                                                       # m = b1 m + (1 - b1) g
+        np.multiply(m, b1, out=m_out)                                 # m = b1 m + (1 - b1) g
         np.multiply(g, 1 - b1, out=tmp)
-        m += tmp
-        v *= b2                                                       # v = b2 v + (1 - b2) g^2
+        m_out += tmp
+        np.multiply(v, b2, out=v_out)                                 # v = b2 v + (1 - b2) g^2
         np.multiply(g, g, out=tmp)
         tmp *= 1 - b2
-        v += tmp
-        np.sqrt(v, out=tmp)                                           # denom = sqrt(v / (1 - b2^t)) + eps
-        tmp *= scale
-        tmp += self.eps
-        np.divide(m, tmp, out=tmp)
-        tmp *= step                                                   # p -= lr / (1 - b1^t) * m / denom
-        p -= tmp
+        v_out += tmp
+        np.sqrt(v_out, out=tmp)
+        tmp += eps
+        np.divide(m_out, tmp, out=tmp)
+        tmp *= step
+        np.subtract(p, tmp, out=p_out)
 
     def _scratch(self, size: int, dtype) -> np.ndarray:
         work = getattr(self, "_work", None)

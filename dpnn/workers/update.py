@@ -113,13 +113,8 @@ def _update(arena, lo: int, hi: int, cur: int, keys, optimizer, factor) -> None:
     g = arena["grads_sum"][lo:hi]
     if factor is not None:
         g *= factor
-    p = arena["params"][new, lo:hi]
-    np.copyto(p, arena["params"][cur, lo:hi])
-    slot = {}
-    for k in keys:
-        slot[k] = arena[f"opt_{k}"][new, lo:hi]
-        np.copyto(slot[k], arena[f"opt_{k}"][cur, lo:hi])
-    optimizer.update(p, g, slot)
+    slots = [{k: arena[f"opt_{k}"][s, lo:hi] for k in keys} for s in (cur, new)]
+    optimizer.update_into(arena["params"][cur, lo:hi], g, slots[0], arena["params"][new, lo:hi], slots[1])
 
 
 class ShardedUpdate:

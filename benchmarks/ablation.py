@@ -14,9 +14,10 @@ Variants (each changes one thing; results are the same up to float rounding):
   input gradient) on the whole micro-batch at once instead of pieces of
   ``Conv2D.backward_chunk`` samples (``backward_chunk = None``).
 Per kernel: im2col of a one-channel input as one strided copy vs one copy per window offset.
-Also the coordinator's step: the gradient norm by pairwise float32 sums vs float64
-accumulation, and (``--workers N``) the optimizer step sharded over N workers vs run by
-the coordinator, both pools taking turns.
+Also the gradient norm (block sums of squares added exactly, as the sharded step needs, vs
+one float64 accumulation), and (``--workers N``) the update inside the step, sharded over N
+workers, vs the coordinator's update after it, both pools taking turns: samples/s, the
+update's time and the serial fraction (step time in which no worker computes).
 """
 from __future__ import annotations
 
@@ -119,9 +120,15 @@ def median_turns(ways: dict, repeats: int) -> dict:
 def norm_times(size: int, repeats: int = 200) -> dict:
     """Median seconds of the gradient norm's sum of squares over ``size`` float32 values."""
     g = np.random.default_rng(0).standard_normal(size, dtype=np.float32)
-    ways = {"pairwise float32 (dpnn)": lambda: sum_of_squares(g),
+    ways = {"float32 block sums, added exactly (dpnn)": lambda: sum_of_squares(g),
             "float64 accumulation": lambda: float(np.einsum("i,i->", g, g, dtype=np.float64))}
     return median_turns(ways, repeats)
+
+
+def serial(row: dict) -> float:
+    """The fraction of the mean step in which no worker computes: step - compute - update."""
+    t = row["times"]
+    return max(row["step_mean_s"] - t["compute"] - t.get("update", 0.0), 0.0) / row["step_mean_s"]
 
 
 def optimizer_placement(model_name: str, workers: int, batch: int, steps: int, rounds: int) -> dict:
@@ -172,9 +179,10 @@ def main(argv=None) -> int:
     print(f"gradient norm over {size:,} floats: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
     if a.workers:
         rows = optimizer_placement(a.model, a.workers, 64, a.steps, a.rounds)
-        print(f"optimizer step with {a.workers} workers, batch 64: " + "; ".join(
-            f"{k}: {r['samples_per_s']:,.0f} samples/s, optimizer phase {r['times']['optimizer'] * 1e3:.2f} ms, "
-            f"reduce {r['times']['reduce'] * 1e3:.2f} ms" for k, r in rows.items()))
+        print(f"the update with {a.workers} workers, batch 64: " + "; ".join(
+            f"{k}: {r['samples_per_s']:,.0f} samples/s, slot sum + optimizer "
+            f"{(r['times']['update'] + r['times']['reduce'] + r['times']['optimizer']) * 1e3:.2f} ms, "
+            f"serial {serial(r):.1%}" for k, r in rows.items()))
     return 0
 
 

@@ -66,11 +66,12 @@ digits: install
 gui: install
 	$(PY) -m launch.gui
 
-bench: install     # pipefail: a failing benchmark must fail make, not hide behind tee
+bench: install     # pipefail: a failing benchmark must fail make, not hide behind tee; TORCH=1: beside PyTorch
+	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi
 	bash -o pipefail -c '$(PY) -m benchmarks.scaling --workers 1,2 --threads-per-worker 1 \
 	    --batch-size 64,256 --steps 50 --json docs/benchmarks/scaling.json \
 	    --plot docs/benchmarks/scaling.png | tee docs/benchmarks/scaling.txt'
-	bash -o pipefail -c '$(PY) -m benchmarks.profile --batch-size 32 \
+	bash -o pipefail -c '$(PY) -m benchmarks.profile --batch-size 64 \
 	    --json docs/benchmarks/profile.json | tee docs/benchmarks/profile.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.ablation | tee docs/benchmarks/ablation.txt'
 

@@ -36,6 +36,18 @@ def in_worker() -> bool:
     return multiprocessing.parent_process() is not None
 
 
+class ExplodeOnMarker(Layer):
+    """Raises inside a worker when its shard holds the marker value 7."""
+
+    def forward(self, x, training=False):
+        if training and in_worker() and (x == 7).any():
+            raise ValueError("marker")
+        return x
+
+    def backward(self, grad):
+        return grad
+
+
 @register_layer
 class Explode(Layer):
     """Identity in the test process; raises inside a worker."""
@@ -333,3 +345,25 @@ def test_the_shared_barrier_waits_for_everyone_and_times_out_on_a_missing_worker
         a.wait(0.05)                                      # b and c never come
     fresh = SharedBarrier(entries, 1)
     assert fresh.arrivals == 2                            # the count the old ones left
+
+
+def test_a_step_that_fails_leaves_the_parameters_and_the_optimizer_as_they_were(no_leaks):
+    """The workers' update writes the other parameter set and the optimizer counts the step
+    only when every worker is done: a step that raises half-way costs nothing."""
+    m = Model([ExplodeOnMarker(), Conv2D(4, 3), Activation("relu"), MaxPool2D(2), Flatten(), Dense(10)],
+              seed=0)
+    m.compile(optimizer="adam", lr=0.01)
+    m.build((1, 8, 8, 1))
+    with DataParallel(m, workers=2) as dp:
+        dp.train_step(*batch(0))               # the first step: the coordinator's update
+        dp.train_step(*batch(1))               # the workers' update
+        assert dp._sets is not None and dp._sets.ready()
+        params, t, moments = m.params.copy(), m.optimizer.t, m.optimizer.state_dict()
+        x, y, k = batch(2)
+        x[-1, 0, 0, 0] = 7                     # worker 1 raises, worker 0 waits at the barrier
+        with pytest.raises(WorkerError, match="marker"):
+            dp.train_step(x, y, k)
+    assert m.optimizer.t == t == 2
+    assert np.array_equal(m.params, params)
+    after = m.optimizer.state_dict()
+    assert all(np.array_equal(after[key], v) for key, v in moments.items())

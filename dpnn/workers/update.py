@@ -153,13 +153,16 @@ class ShardedUpdate:
         m.bind(self._params[self.cur], m.grads, m.state, copy=False)
 
     def message_args(self) -> tuple:
-        """(slot keys, weight decay, clip norm, optimizer scalars) for the workers; counts the step."""
+        """(slot keys, weight decay, clip norm, optimizer scalars) for the workers: the scalars
+        of the step about to run (t + 1); the model's optimizer counts it only in ``flip``, so a
+        step that never completes leaves the optimizer as it was."""
         m, opt = self.model, self.model.optimizer
-        opt.t += 1                        # what Optimizer.step does before updating
-        return self.keys, m.weight_decay, m.clip_norm, scalars(opt)
+        return self.keys, m.weight_decay, m.clip_norm, dict(scalars(opt), t=opt.t + 1)
 
     def flip(self) -> None:
-        """Every chunk is done: set 1-cur becomes current, for the model and its optimizer."""
+        """Every chunk is done: set 1-cur becomes current, for the model and its optimizer,
+        which counts the step (what Optimizer.step does)."""
+        self.model.optimizer.t += 1
         self.cur = 1 - self.cur
         self.bind()
         slot = self.model.optimizer.slots[0]

@@ -37,6 +37,7 @@ from dpnn.random import sample_keys
 
 from .measure import DataParallelRunner, interleaved, synthetic_batch
 from .models import MODELS, build
+from .scaling_report import serial_fraction
 
 
 def _set_conv(m, **attrs) -> None:
@@ -125,12 +126,6 @@ def norm_times(size: int, repeats: int = 200) -> dict:
     return median_turns(ways, repeats)
 
 
-def serial(row: dict) -> float:
-    """The fraction of the mean step in which no worker computes: step - compute - update."""
-    t = row["times"]
-    return max(row["step_mean_s"] - t["compute"] - t.get("update", 0.0), 0.0) / row["step_mean_s"]
-
-
 def optimizer_placement(model_name: str, workers: int, batch: int, steps: int, rounds: int) -> dict:
     """{'coordinator'|'sharded': row} for ``workers`` workers, the two pools in turns."""
     runners = {}
@@ -182,7 +177,7 @@ def main(argv=None) -> int:
         print(f"the update with {a.workers} workers, batch 64: " + "; ".join(
             f"{k}: {r['samples_per_s']:,.0f} samples/s, slot sum + optimizer "
             f"{(r['times']['update'] + r['times']['reduce'] + r['times']['optimizer']) * 1e3:.2f} ms, "
-            f"serial {serial(r):.1%}" for k, r in rows.items()))
+            f"serial {serial_fraction(r['step_mean_s'], r['times']):.1%}" for k, r in rows.items()))
     return 0
 
 

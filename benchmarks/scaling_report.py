@@ -39,12 +39,18 @@ def derive(row: dict, one_worker: dict | None, flops: int, peak_per_core: float,
 
 
 def serial_fraction(step_s: float, times: dict) -> float:
-    """Share of a step in which no worker computes: (step - compute - update) / step.
+    """Share of a step in which no worker computes: (step - busy) / step.
 
-    ``compute`` is the slowest worker's forward and backward; ``update`` the workers' reduce and
-    optimizer step, each on its chunk of the parameters (absent, so 0, where the coordinator does
-    both alone: then they count as serial)."""
-    return max(step_s - times.get("compute", 0.0) - times.get("update", 0.0), 0.0) / step_s
+    ``busy`` is the span from the first worker starting the step to the last one finishing it
+    (the engine reads both clocks), during which some worker always computes: its forward and
+    backward, or its chunk of the slot sum and optimizer. Without it (older engines, other
+    backends): (step - compute - update), ``compute`` the slowest worker's forward and
+    backward, ``update`` the workers' slot sum and optimizer (absent, so 0, where the
+    coordinator does both alone: then they count as serial)."""
+    busy = times.get("busy")
+    if busy is None:
+        busy = times.get("compute", 0.0) + times.get("update", 0.0)
+    return max(step_s - busy, 0.0) / step_s
 
 
 def _ratio(thr: float, ref: dict | None) -> str:

@@ -137,3 +137,11 @@ def test_a_target_exactly_at_its_goal_is_met():
     rows[1]["serial"] = 0.03
     t = by_id(targets(rows, {(64, 1): {"samples_per_s": 1000.0}, (64, 2): {"samples_per_s": 1000.0}}, {}, {}))
     assert t["1a"]["met"] is True and t["2a"]["met"] is True and t["4"]["met"] is True
+
+
+def test_serial_fraction_prefers_the_workers_busy_span():
+    # 20 ms step; the workers were busy (first start to last end) for 19.4 ms in all, although
+    # the slowest compute + slowest update add up to only 18 ms (they overlap other workers' work)
+    times = {"compute": 0.015, "update": 0.003, "busy": 0.0194}
+    assert serial_fraction(0.020, times) == pytest.approx(0.03)
+    assert serial_fraction(0.020, {k: v for k, v in times.items() if k != "busy"}) == pytest.approx(0.1)

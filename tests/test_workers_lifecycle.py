@@ -367,3 +367,18 @@ def test_a_step_that_fails_leaves_the_parameters_and_the_optimizer_as_they_were(
     assert np.array_equal(m.params, params)
     after = m.optimizer.state_dict()
     assert all(np.array_equal(after[key], v) for key, v in moments.items())
+
+
+def test_the_step_reports_the_span_in_which_some_worker_computes(no_leaks):
+    """times['busy'] runs from the first worker taking the step to the last one replying: at
+    least the slowest worker's compute plus the update, at most the step's wall time."""
+    m = cnn()
+    with DataParallel(m, workers=2) as dp:
+        dp.train_step(*batch(0))
+        for s in range(1, 4):
+            t0 = time.perf_counter()
+            times = dp.train_step(*batch(s)).times
+            wall = time.perf_counter() - t0
+            assert times["update"] > 0 and times["optimizer"] == 0      # the workers updated
+            assert times["compute"] <= times["busy"] <= wall
+            assert times["busy"] >= max(times["compute"], times["update"])

@@ -321,7 +321,9 @@ class DataParallel:
         slowest = max(compute)
         sync, update_s = (max(msg[4][i] for msg in done.values()) if update else 0.0 for i in (0, 1))
         busy = max(msg[3] + (sum(msg[4]) if update else 0.0) for msg in done.values())
+        spans = [msg[5] for msg in done.values()]
         times = {"compute": slowest, "straggler": slowest - sum(compute) / len(compute),
+                 "busy": max(e for _, e in spans) - min(s for s, _ in spans),   # some worker computes
                  "sync": max(0.0, busy - slowest - update_s),   # the last worker's barrier wait
                  "update": update_s,                             # the workers' sum + optimizer
                  "wait": max(0.0, t2 - t_sent - busy),           # signalling

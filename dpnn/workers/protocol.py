@@ -17,7 +17,9 @@ shared memory (:mod:`dpnn.workers.arena`)::
                             ("stop",)
     worker -> coordinator   ("ready", pid)
                             ("done", attempt, shards, compute_seconds, None | (barrier
-                                    wait seconds, update seconds))          after "step"
+                                    wait seconds, update seconds), (start, end))   after "step"
+                            (start, end: time.perf_counter() when the worker took the
+                            message and when it replied; the clock is system-wide)
                             ("done", attempt, [loss sum, hits, count], s)  after "eval"
                             ("error", attempt, traceback_text)
                             ("aborted", attempt)                     a peer died mid-step

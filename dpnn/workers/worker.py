@@ -77,6 +77,7 @@ class ShardRunner:
              update: tuple | None) -> tuple:
         """Fill this worker's gradient slots for a global batch of ``n`` samples; with
         ``update`` (see update.py), then sum and update this worker's chunk of the parameters."""
+        start = time.perf_counter()           # the clock every process shares (CLOCK_MONOTONIC)
         if layout is not None:
             self.arena.refresh(layout)
         t0 = time.perf_counter()
@@ -94,7 +95,7 @@ class ShardRunner:
             shards.append(tuple(self._shard(slot, a, b, denominator, rows)))
         compute = time.perf_counter() - t0
         times = self.update(cur, *update) if update is not None else None
-        return (P.DONE, attempt, shards, compute, times)
+        return (P.DONE, attempt, shards, compute, times, (start, time.perf_counter()))
 
     def update(self, cur: int, keys: tuple, weight_decay: float, clip_norm: float | None,
                scalars: dict) -> tuple[float, float]:

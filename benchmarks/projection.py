@@ -17,8 +17,9 @@ The model follows the design that runs at each core count (one worker per core):
            + [o / n + r (1 + 1/n) / 2] / q(n) each worker: the optimizer on 1/n of the vector and
                                              the sum of n slot chunks (S bytes read), at one core's
                                              speed (o, r) slowed by memory contention q(n)
-           + f + n m                         coordinator work per step and per-worker signalling
-                                             (measured at 2: f = scatter + bookkeeping, m = wait / 2)
+           + f + n m                         the serial rest: per-worker signalling m = wait / 2 and
+                                             the coordinator's own f = (step - busy) - 2 m, where busy
+                                             is the span in which some worker computes (measured at 2)
 
   q(n) is the share of one core's memory bandwidth each of n streaming cores gets:
   measured by the stream test up to this machine's core count (linear in between), beyond
@@ -47,7 +48,7 @@ class StepModel:
     optimizer_s: float             # o: coordinator's optimizer step, whole vector (1-worker row)
     fixed_one_s: float             # f1: the rest of a 1-worker step
     sync_s: float                  # s: barrier latency (2-worker row)
-    fixed_s: float                 # f: coordinator scatter + bookkeeping (2-worker row)
+    fixed_s: float                 # f: the coordinator's own serial work (2-worker row)
     message_s: float               # m: signalling per worker (2-worker row: wait / 2)
     grad_bytes: int                # S: size of the flat float32 gradient
     measured_cores: int = 1        # cores of the machine the stream test ran on
@@ -137,8 +138,11 @@ def from_measurements(one_worker: dict, two_workers: dict | None, grad_bytes: in
     fixed_one = max(one_worker["step_mean_s"] - t1["compute"] - t1.get("reduce", 0.0) - t1["optimizer"], 0.0)
     t2 = (two_workers or {}).get("times") or {}
     wait_fraction = t2.get("straggler", 0.0) / t2["compute"] if t2.get("compute") else 0.0
-    fixed = t2.get("scatter", 0.0) + t2.get("reduce", 0.0) if t2 else fixed_one
     message = t2.get("wait", 0.0) / 2 if t2 else 0.0
+    if "busy" in t2:                  # the measured serial part, less the per-worker signalling
+        fixed = max(two_workers["step_mean_s"] - t2["busy"] - 2 * message, 0.0)
+    else:
+        fixed = t2.get("scatter", 0.0) + t2.get("reduce", 0.0) if t2 else fixed_one
     machine = machine or {}
     return StepModel(c, wait_fraction, t1.get("reduce", 0.0), t1["optimizer"], fixed_one,
                      t2.get("sync", 0.0), fixed, message, grad_bytes, measured_cores=max(1, cores),

@@ -185,6 +185,9 @@ def test_projection_models_the_sharded_step_from_the_measured_phases():
     assert m.step_time(64, 2) == pytest.approx(0.025 * 1.05 + 0.0001 + update + 0.0003 + 2 * 0.0002)
     # beyond the measured cores the node's assumed bandwidth (4 cores' worth) is shared
     assert m.share(16) == pytest.approx(4 / 16) and m.share(3) == pytest.approx(0.75)
+    # with the workers' busy span measured, the serial rest is what the step spent outside it
+    timed = dict(two, times=dict(two["times"], busy=0.0285))
+    assert from_measurements(one, timed, 10**6, {"stream": 1.5}, 2).fixed_s == pytest.approx(0.030 - 0.0285 - 0.0004)
     # more nodes: the rank sums its 16 slots, ring all-reduce, optimizer on the rank
     t32 = m.step_time(64, 32)
     assert t32 == pytest.approx(0.050 / 32 * 1.05 + 16 * 0.001 / 0.25 + m.ring_allreduce(2) + 0.002 + 0.007)

@@ -25,10 +25,13 @@ The model follows the design that runs at each core count (one worker per core):
   measured by the stream test up to this machine's core count (linear in between), beyond
   it the assumed aggregate bandwidth of a node (``node_stream``, in one core's units).
 
-* **K nodes of m cores** (one MPI rank per node; each rank's workers compute, the rank sums
-  its m slots, ring all-reduce, then the optimizer on every rank, not sharded)::
+* **K nodes of m cores** (one MPI rank per node, ``DistributedEngine``: the node's workers
+  compute and sum their chunks of the slots, the rank copies the gradient into its
+  all-reduce buffer and back (2 r), ring all-reduce, then the workers update their chunks
+  after a second message)::
 
-      T = c B / (K m) (1 + w) + m r / q(m) + ring(K) + o + f1,
+      T = c B / (K m) (1 + w) + s + [o / m + r (1 + 1/m) / 2] / q(m) + 2 r + ring(K)
+          + f + 2 m m_w,
       ring(K) = 2 (K - 1) alpha + 2 (K - 1) / K * S / beta   (alpha-beta ring all-reduce).
 
 The assumptions are returned as text so the benchmark prints them beside the numbers, and
@@ -83,8 +86,8 @@ class StepModel:
                     + self.fixed_s + n * self.message_s)
         nodes = -(-cores // self.cores_per_node)
         m = cores // nodes
-        return (c * batch / cores * (1 + self.wait_fraction) + m * self.copy_s / self.share(m)
-                + self.ring_allreduce(nodes) + self.optimizer_s + self.fixed_one_s)
+        return (c * batch / cores * (1 + self.wait_fraction) + self.sync_s + self.update_time(m)
+                + 2 * self.copy_s + self.ring_allreduce(nodes) + self.fixed_s + 2 * m * self.message_s)
 
     def ring_allreduce(self, nodes: int) -> float:
         k, s = nodes, self.grad_bytes
@@ -104,8 +107,9 @@ class StepModel:
             "core's stream bandwidth in all (a 16-core workstation: ~4 channels), shared by the cores "
             "that update at once",
             f"assumed: beyond {self.cores_per_node} cores, nodes of {self.cores_per_node} cores with one MPI rank "
-            f"each (the rank sums its slots, optimizer not sharded), ring all-reduce with alpha = "
-            f"{self.net_alpha * 1e6:.0f} us, beta = {self.net_beta * 8 / 1e9:.0f} Gbit/s, not overlapped",
+            f"each (its workers sum and update their chunks; two messages per step), ring all-reduce with "
+            f"alpha = {self.net_alpha * 1e6:.0f} us, beta = {self.net_beta * 8 / 1e9:.0f} Gbit/s, not overlapped "
+            "with compute",
         ]
 
 

@@ -145,7 +145,7 @@ class DistributedEngine:
         t1 = time.perf_counter()
         stats = self._reduce(n)
         t2 = time.perf_counter()
-        norm = m.apply_gradients()
+        norm = m.apply_gradients() if self.local is None else self.local.apply_gradients()
         t3 = time.perf_counter()
         self.steps += 1
         if self.steps == 1 or self.steps % self.check_every == 0:

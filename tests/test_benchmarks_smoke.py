@@ -188,9 +188,10 @@ def test_projection_models_the_sharded_step_from_the_measured_phases():
     # with the workers' busy span measured, the serial rest is what the step spent outside it
     timed = dict(two, times=dict(two["times"], busy=0.0285))
     assert from_measurements(one, timed, 10**6, {"stream": 1.5}, 2).fixed_s == pytest.approx(0.030 - 0.0285 - 0.0004)
-    # more nodes: the rank sums its 16 slots, ring all-reduce, optimizer on the rank
+    # more nodes: each node's workers sum and update their chunks around the ranks' all-reduce
     t32 = m.step_time(64, 32)
-    assert t32 == pytest.approx(0.050 / 32 * 1.05 + 16 * 0.001 / 0.25 + m.ring_allreduce(2) + 0.002 + 0.007)
+    assert t32 == pytest.approx(0.050 / 32 * 1.05 + 0.0001 + m.update_time(16) + 2 * 0.001 + m.ring_allreduce(2)
+                                + 0.0003 + 2 * 16 * 0.0002)
 
 
 def test_ablation_runs_every_variant():

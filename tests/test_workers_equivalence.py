@@ -242,3 +242,30 @@ def test_optimizer_state_loaded_between_steps_is_adopted():
         for b in data[2:]:
             dp.train_step(*b)
     assert np.array_equal(m.params, ref.params)
+
+
+@pytest.mark.parametrize("options", [{"clip_norm": 1e-3, "weight_decay": 1e-2}, {}])
+def test_a_ranks_workers_sum_and_update_like_the_fused_step(options):
+    """The MPI engine's node: the workers sum their chunk of the slots ("sum" step), the rank
+    all-reduces model.grads, then the workers update their chunk from it (an "update"
+    message). With one rank that is bitwise DataParallel's step, whose workers do both in one go."""
+    from dpnn.comm import LocalComm
+    from dpnn.distributed import DistributedEngine
+    data = batches([24] * 4)
+    models = []
+    for engine in ("fused", "rank"):
+        m = cnn(hidden=300)
+        m.compile(optimizer="adam", lr=0.01, **options)
+        if engine == "fused":
+            with DataParallel(m, workers=2) as dp:
+                train(dp, data)
+        else:
+            e = DistributedEngine(m, LocalComm(), workers=2, seed=0)
+            try:
+                train(e, data)
+                assert e.local._sets is not None and e.local._sets.ready()      # the workers updated
+            finally:
+                e.close()
+        models.append(m)
+    assert np.array_equal(models[0].params, models[1].params)
+    assert models[0].optimizer.t == models[1].optimizer.t == 4

@@ -38,7 +38,7 @@ from .batches import BatchLoader
 from .pool import WorkerPool
 from .protocol import WorkerSpec
 from .syncbn import exchange_width
-from .update import ShardedUpdate, global_norm, norm_blocks, optimizer_twin, slot_keys
+from .update import SUM_ONLY, ShardedUpdate, global_norm, norm_blocks, optimizer_twin, slot_keys
 from .topology import plan_placement, resolve_workers
 
 
@@ -261,6 +261,17 @@ class DataParallel:
         / ``denominator`` (default: the batch size), ``model.state`` = the merged statistics."""
         return self._gradients(x, y, keys, denominator, reduce_grads=True)
 
+    def apply_gradients(self) -> float:
+        """Weight decay, clipping and the optimizer step on ``model.grads`` as it stands (the MPI
+        engine all-reduced it): each worker on its chunk (update.py) where the step can run
+        there, else ``Model.apply_gradients``; returns the gradient norm before clipping."""
+        if self.pool is None or self._sets is None or not self._sets.ready():
+            return self.model.apply_gradients()
+        self._sets.adopt()
+        self._compute((P.UPDATE, self._sets.cur, *self._sets.message_args()))
+        self._sets.flip()
+        return global_norm(self.arena["norm_parts"])
+
     def place_data(self, X: np.ndarray, Y: np.ndarray) -> None:
         """Put the training set in shared memory once; then :meth:`train_rows` sends only indices."""
         X, Y = self.model.check_input(X), np.asarray(Y)
@@ -301,6 +312,8 @@ class DataParallel:
             raise RuntimeError("train_rows needs the data placed first: dp.place_data(X, Y)")
         if self.pool is None:
             self.start(x, y)
+        if reduce_grads and update is None and self.pool.meets:
+            update, reduce_grads = SUM_ONLY, False      # the workers sum the slots, each its chunk
         if keys is None:
             self._auto_keys += 1
             keys = make_sample_keys(self.model.seed or 0, self._auto_keys, np.arange(n))

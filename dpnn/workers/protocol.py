@@ -10,7 +10,10 @@ shared memory (:mod:`dpnn.workers.arena`)::
                             rows: the samples are rows[a:b] of the placed data (batches.py),
                             else the copied batch x[a:b]; update: None, or (slot keys,
                             weight decay, clip norm, optimizer scalars): then sum the slots
-                            and update this worker's chunk into set 1 - cur
+                            and update this worker's chunk into set 1 - cur; or "sum": only
+                            sum the slots of its chunk (the MPI engine all-reduces them next)
+                            ("update", attempt, cur, slot keys, weight decay, clip norm, scalars)
+                            update its chunk from grads_sum as it is (all-reduced), into 1 - cur
                             ("eval", attempt, n, layout | None, cur, batch_size, outputs)
                             score rows [a:b] of eval_x/eval_y (a, b: this worker's slice),
                             or (outputs) write their predictions to eval_out[a:b]
@@ -18,6 +21,7 @@ shared memory (:mod:`dpnn.workers.arena`)::
     worker -> coordinator   ("ready", pid)
                             ("done", attempt, shards, compute_seconds, None | (barrier
                                     wait seconds, update seconds), (start, end))   after "step"
+                            ("done", attempt, [], seconds)                 after "update"
                             (start, end: time.perf_counter() when the worker took the
                             message and when it replied; the clock is system-wide)
                             ("done", attempt, [loss sum, hits, count], s)  after "eval"
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 
 from .arena import Region
 
-STEP, EVAL, STOP = "step", "eval", "stop"
+STEP, UPDATE, EVAL, STOP = "step", "update", "eval", "stop"
 READY, DONE, ERROR, ABORTED = "ready", "done", "error", "aborted"
 
 

@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 
-from ..optim import NORM_BLOCK, SGD, Adam, blocks, square_sums
+from ..optim import BLOCK, NORM_BLOCK, SGD, Adam, blocks, square_sums
 from ..recipe import add_slots, shard_bounds
 
 
@@ -77,44 +77,60 @@ def global_norm(norm_parts: np.ndarray) -> float:
     return math.sqrt(math.fsum(norm_parts))
 
 
+SUM_ONLY = "sum"     # a step's ``update`` that only sums the slots (the MPI engine all-reduces next)
+
+
+def sum_chunk(arena, a: int, b: int) -> None:
+    """Worker side, elements [a, b): grads_sum = sum of the slots, nothing else."""
+    for lo, hi in blocks(a, b):
+        add_slots(arena["grads"][:, lo:hi], arena["grads_sum"][lo:hi])
+
+
 def update_chunk(arena, a: int, b: int, cur: int, keys: tuple[str, ...], weight_decay: float,
-                 clip_norm: float | None, optimizer, wait) -> None:
-    """Worker side, elements [a, b): grads_sum = sum of the slots (+ weight decay), their block
-    square sums into ``norm_parts``, then set 1-cur = the optimizer's update of set cur.
+                 clip_norm: float | None, optimizer, wait, sum_slots: bool = True) -> None:
+    """Worker side, elements [a, b): the gradient (the sum of the slots, into grads_sum; or,
+    with ``sum_slots=False``, grads_sum as it is, e.g. all-reduced across MPI ranks) plus weight
+    decay, its block square sums into ``norm_parts``, then set 1-cur = the optimizer's update
+    of set cur. What the step reads (slots, grads_sum as input, set cur) is never written, so
+    running it again after a death gives the same result.
 
     ``wait()`` meets the other workers at the barrier; it is called once, only when clipping
     (the factor needs every chunk's square sums), so every worker calls it, even one whose
     chunk is empty. Without clipping each cache block is summed and updated in one go.
     """
+    scratch = None if sum_slots else np.empty(min(BLOCK, max(b - a, 0)), np.float32)
+
+    def gradient(lo: int, hi: int) -> np.ndarray:
+        if sum_slots:
+            g = add_slots(arena["grads"][:, lo:hi], arena["grads_sum"][lo:hi])
+        else:                                       # the input stays as it is: work in scratch
+            g = scratch[:hi - lo]
+            np.copyto(g, arena["grads_sum"][lo:hi])
+        if weight_decay:
+            g += np.float32(weight_decay) * arena["params"][cur, lo:hi]
+        return g
+
     if clip_norm is None:
         for lo, hi in blocks(a, b):
-            _reduce(arena, lo, hi, cur, weight_decay)
-            _update(arena, lo, hi, cur, keys, optimizer, None)
+            g = gradient(lo, hi)
+            square_sums(g, arena["norm_parts"], lo)
+            _update(arena, lo, hi, cur, keys, optimizer, g, None)
         return
     for lo, hi in blocks(a, b):
-        _reduce(arena, lo, hi, cur, weight_decay)
+        square_sums(gradient(lo, hi), arena["norm_parts"], lo)
     wait()
     norm = global_norm(arena["norm_parts"])
     factor = np.float32(clip_norm / (norm + 1e-6)) if norm > clip_norm else None   # as regularize
     for lo, hi in blocks(a, b):
-        _update(arena, lo, hi, cur, keys, optimizer, factor)
+        g = arena["grads_sum"][lo:hi] if sum_slots else gradient(lo, hi)   # the same values again
+        _update(arena, lo, hi, cur, keys, optimizer, g, factor)
 
 
-def _reduce(arena, lo: int, hi: int, cur: int, weight_decay: float) -> None:
-    g = arena["grads_sum"][lo:hi]
-    add_slots(arena["grads"][:, lo:hi], g)
-    if weight_decay:
-        g += np.float32(weight_decay) * arena["params"][cur, lo:hi]
-    square_sums(g, arena["norm_parts"], lo)
-
-
-def _update(arena, lo: int, hi: int, cur: int, keys, optimizer, factor) -> None:
-    new = 1 - cur
-    g = arena["grads_sum"][lo:hi]
+def _update(arena, lo: int, hi: int, cur: int, keys, optimizer, g: np.ndarray, factor) -> None:
     if factor is not None:
         g *= factor
-    slots = [{k: arena[f"opt_{k}"][s, lo:hi] for k in keys} for s in (cur, new)]
-    optimizer.update_into(arena["params"][cur, lo:hi], g, slots[0], arena["params"][new, lo:hi], slots[1])
+    slots = [{k: arena[f"opt_{k}"][s, lo:hi] for k in keys} for s in (cur, 1 - cur)]
+    optimizer.update_into(arena["params"][cur, lo:hi], g, slots[0], arena["params"][1 - cur, lo:hi], slots[1])
 
 
 class ShardedUpdate:

@@ -30,7 +30,7 @@ from .batches import RowGatherer
 from .meet import SharedBarrier
 from .protocol import WorkerSpec, shard_slots
 from .syncbn import ShardExchange, batchnorm_layers
-from .update import chunk_bounds, update_chunk
+from .update import SUM_ONLY, chunk_bounds, sum_chunk, update_chunk
 
 COORDINATOR_POLL_S = 0.5    # how often an idle worker checks that its coordinator is alive
 EXIT_WAIT_S = 2.0           # after EOF on its pipe, how long a worker waits to see the coordinator gone
@@ -56,7 +56,7 @@ class ShardRunner:
         self.augment = cloudpickle.loads(spec.augment_blob) if spec.augment_blob else None
         self.rows = RowGatherer()
         self.barrier = barrier                  # meets the other workers (sync BN, sharded update)
-        self.handlers = {P.STEP: self.step, P.EVAL: self.evaluate}
+        self.handlers = {P.STEP: self.step, P.UPDATE: self.apply, P.EVAL: self.evaluate}
         self.cur = 0
         self._bind(self.slots[0])
 
@@ -94,7 +94,10 @@ class ShardRunner:
                 self.exchange.take_part_empty(self.bn_layers)
             shards.append(tuple(self._shard(slot, a, b, denominator, rows)))
         compute = time.perf_counter() - t0
-        times = self.update(cur, *update) if update is not None else None
+        if update == SUM_ONLY:
+            times = self.sum_slots()
+        else:
+            times = self.update(cur, *update) if update is not None else None
         return (P.DONE, attempt, shards, compute, times, (start, time.perf_counter()))
 
     def update(self, cur: int, keys: tuple, weight_decay: float, clip_norm: float | None,
@@ -105,9 +108,28 @@ class ShardRunner:
         self.wait()
         t1 = time.perf_counter()
         vars(self.optimizer).update(scalars)
-        a, b = chunk_bounds(self.arena["grads_sum"].size, self.spec.workers)[self.worker_id]
-        update_chunk(self.arena, a, b, cur, keys, weight_decay, clip_norm, self.optimizer, self.wait)
+        update_chunk(self.arena, *self.chunk(), cur, keys, weight_decay, clip_norm, self.optimizer, self.wait)
         return t1 - t0, time.perf_counter() - t1
+
+    def sum_slots(self) -> tuple[float, float]:
+        """Once every slot is written: sum this worker's chunk of them into grads_sum."""
+        t0 = time.perf_counter()
+        self.wait()
+        t1 = time.perf_counter()
+        sum_chunk(self.arena, *self.chunk())
+        return t1 - t0, time.perf_counter() - t1
+
+    def apply(self, attempt: int, cur: int, keys: tuple, weight_decay: float, clip_norm: float | None,
+              scalars: dict) -> tuple:
+        """Update this worker's chunk from the gradient already in grads_sum (all-reduced)."""
+        t0 = time.perf_counter()
+        vars(self.optimizer).update(scalars)
+        update_chunk(self.arena, *self.chunk(), cur, keys, weight_decay, clip_norm, self.optimizer, self.wait,
+                     sum_slots=False)
+        return (P.DONE, attempt, [], time.perf_counter() - t0)
+
+    def chunk(self) -> tuple[int, int]:
+        return chunk_bounds(self.arena["grads_sum"].size, self.spec.workers)[self.worker_id]
 
     def wait(self) -> None:
         """Meet the other workers (BrokenBarrierError if the coordinator aborts the step)."""

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 SPIN_S = 50e-6        # busy-check this long first
-YIELD_S = 2e-3        # then give up the CPU between checks until this long
+YIELD_S = 50e-3       # then give up the CPU between checks until this long
 NAP_S = 100e-6        # then sleep this long between checks
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import signal
 import time
 from dataclasses import replace
@@ -223,7 +224,10 @@ class WorkerPool:
         sentinel cannot tell) are looked up in /proc."""
         live = [k for k, p in enumerate(self.procs) if p is not None]
         watched = {self.procs[k].sentinel: k for k in live if k not in self.stale}
-        suspects = {watched[s] for s in connection.wait(list(watched), 0)} | (self.stale & set(live))
+        poller = select.poll()
+        for fd in watched:
+            poller.register(fd, select.POLLIN)
+        suspects = {watched[fd] for fd, _ in poller.poll(0)} | (self.stale & set(live))
         return [k for k in sorted(suspects) if not self.running(k)]
 
     def exit_reason(self, k: int) -> str:

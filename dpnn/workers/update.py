@@ -180,7 +180,7 @@ class ShardedUpdate:
         which counts the step (what Optimizer.step does)."""
         self.model.optimizer.t += 1
         self.cur = 1 - self.cur
-        self.bind()
+        self.model.bind_params(self._params[self.cur])
         slot = self.model.optimizer.slots[0]
         for k in self.keys:
             slot[k] = self._slots[k][self.cur]

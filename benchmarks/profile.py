@@ -199,10 +199,8 @@ def gemm_shapes(model_name: str, batch: int) -> list[tuple[str, int, int, int]]:
             _, h, w, _ = layer.input_shape
             if i != first and layer.stride == 1 and f >= SHIFTED_DX_FROM:
                 n = min(batch, layer.backward_chunk or batch)    # backward in pieces of n samples
-                hq, wq = h + kh - 1, w + kw - 1
-                rows_q = n * hq * wq - (kh - 1) * wq - (kw - 1)  # one GEMM per window offset
                 out += [(f"{i} Conv2D weight grad", k, n * oh * ow, f),      # per piece
-                        (f"{i} Conv2D input grad, {kh * kw}x", rows_q, f, c)]
+                        (f"{i} Conv2D input grad, {kh * kw}x", n * oh * ow, f, c)]   # one per offset
             else:
                 out.append((f"{i} Conv2D weight grad", k, rows, f))
                 if i != first:

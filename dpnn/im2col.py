@@ -6,8 +6,8 @@ builds it from a strided *view* of the padded input and copies it exactly once, 
 buffer the caller may reuse across steps. ``col2im`` is its adjoint (sums overlapping
 windows back); a stride-1 convolution never needs it, because its input gradient is
 itself a convolution (``conv_input_grad_cols``: im2col of the padded output gradient,
-then one GEMM with the flipped kernel; or ``conv_input_grad_shifted``: one GEMM per
-window offset on shifted rows of the padded gradient, with no copy at all).
+then one GEMM with the flipped kernel; or ``conv_input_grad_taps``: one GEMM per window
+offset on the output gradient as it is, each product added into its shifted place).
 """
 from __future__ import annotations
 
@@ -159,49 +159,43 @@ def conv_input_grad_cols(grad: np.ndarray, kh: int, kw: int, pads: tuple[int, in
     return im2col_padded(gp, kh, kw, 1, H, W, out), gp
 
 
-def conv_input_grad_shifted(grad: np.ndarray, W: np.ndarray, pads: tuple[int, int, int, int],
-                            x_hw: tuple[int, int], pad_buf: np.ndarray | None = None,
-                            tmp_buf: np.ndarray | None = None, out: np.ndarray | None = None
-                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def conv_input_grad_taps(grad: np.ndarray, W: np.ndarray, pads: tuple[int, int, int, int],
+                         x_hw: tuple[int, int], out: np.ndarray | None = None,
+                         tmp_buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stride-1 conv: output gradient (N, OH, OW, F), kernel W (KH, KW, C, F) -> input gradient
-    (N, H, W, C), plus the padded gradient and the scratch product (for reuse next time).
-
-    ``out``, if given, is a C-contiguous (N, H+KH-1, W+KW-1, C) array the result is computed
-    in (the input gradient is then a view of it); else a fresh one is allocated.
+    (N, H, W, C) into ``out`` (allocated if None), and the scratch product (for reuse).
 
     The same full correlation as :func:`conv_input_grad_cols`, without its (N*H*W, KH*KW*F)
-    copy: in the padded gradient ``gq`` (N, Hq, Wq, F), flattened to rows, the window offset
-    (i, j) is a shift of the row index by i*Wq + j, so each offset is one GEMM on a contiguous
-    slice, (L, F) @ (F, C), added up. Rows that fall past a row end (w >= W) compute values
-    nobody reads; that costs Hq*Wq / (H*W) more FLOPs (1.3x for 14x14, 3x3) but the
-    products have F columns of depth instead of a narrow C-column output, which BLAS runs
-    much better, and no copy is made.
+    copy: window offset (i, j) sent input pixel (y, z) to output pixel (y + pt - i, z + pl - j),
+    so its share of the input gradient is ``grad @ W[i, j].T`` (one (N*OH*OW, F) @ (F, C)
+    GEMM on the gradient as it is) added at that shift. With 'same' padding the centre
+    offset lands exactly on the input, so its product is written straight into ``out``; the
+    others are added on the rows and columns they reach. No padded copy, no wasted rows.
     """
     N, OH, OW, F = grad.shape
     KH, KW, C, _ = W.shape
     pt, pb, pl, pr = pads
     H, Wd = x_hw
-    qt, ql = KH - 1 - pt, KW - 1 - pl
-    qb, qr = H + KH - 1 - OH - qt, Wd + KW - 1 - OW - ql
-    assert min(qt, ql) >= 0 and min(qb, qr) >= 0, (pads, grad.shape, x_hw)
-    gq = pad_nhwc(grad, (qt, qb, ql, qr), out=pad_buf)                  # (N, Hq, Wq, F)
-    Hq, Wq = gq.shape[1:3]
-    rows = gq.reshape(-1, F)                                            # (N*Hq*Wq, F)
-    L = rows.shape[0] - (KH - 1) * Wq - (KW - 1)                        # every shift stays inside
-    Wf = W[::-1, ::-1].transpose(0, 1, 3, 2)                            # (KH, KW, F, C), rotated
     if out is None:
-        out = np.empty((N, Hq, Wq, C), grad.dtype)                      # fresh: returned
-    assert out.shape == (N, Hq, Wq, C) and out.flags.c_contiguous, (out.shape, (N, Hq, Wq, C))
-    acc = out.reshape(-1, C)                                            # (N*Hq*Wq, C)
-    tmp = scratch(tmp_buf, (L, C), grad.dtype)
-    np.matmul(rows[:L], Wf[0, 0], out=acc[:L])
+        out = np.empty((N, H, Wd, C), grad.dtype)
+    assert out.shape == (N, H, Wd, C) and out.flags.c_contiguous, (out.shape, (N, H, Wd, C))
+    g2 = grad.reshape(-1, F)                                            # (N*OH*OW, F)
+    centre = (pt, pl) if (OH, OW) == (H, Wd) else None                  # lands on every input pixel
+    if centre is not None:
+        np.matmul(g2, W[centre].T, out=out.reshape(-1, C))
+    else:
+        out[...] = 0
+    tmp = scratch(tmp_buf, (N * OH * OW, C), grad.dtype)
+    v = tmp.reshape(N, OH, OW, C)
     for i in range(KH):
+        y0, y1 = max(0, i - pt), min(H, OH + i - pt)                   # input rows this offset reaches
         for j in range(KW):
-            if i or j:
-                off = i * Wq + j
-                np.matmul(rows[off:off + L], Wf[i, j], out=tmp)
-                acc[:L] += tmp
-    return acc.reshape(N, Hq, Wq, C)[:, :H, :Wd], gq, tmp
+            z0, z1 = max(0, j - pl), min(Wd, OW + j - pl)
+            if (i, j) == centre or y1 <= y0 or z1 <= z0:
+                continue
+            np.matmul(g2, W[i, j].T, out=tmp)                           # (N*OH*OW, C)
+            out[:, y0:y1, z0:z1] += v[:, y0 + pt - i:y1 + pt - i, z0 + pl - j:z1 + pl - j]
+    return out, tmp
 
 
 def flip_kernel(W: np.ndarray) -> np.ndarray:

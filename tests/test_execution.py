@@ -100,8 +100,8 @@ def test_conv_layer_with_bias_in_the_gemm_survives_changing_batch_sizes():
 @pytest.mark.parametrize("shape, kernel, padding", [
     ((2, 14, 14, 3), (3, 3), "same"), ((3, 9, 7, 2), (5, 5), "same"), ((2, 8, 11, 4), (2, 3), "same"),
     ((2, 10, 9, 3), (3, 3), "valid"), ((1, 6, 6, 2), (1, 1), "same"), ((2, 7, 8, 1), (4, 2), "valid")])
-def test_the_shifted_input_gradient_equals_the_im2col_one(shape, kernel, padding):
-    from dpnn.im2col import conv_input_grad_cols, conv_input_grad_shifted, conv_output_size, flip_kernel
+def test_the_per_offset_input_gradient_equals_the_im2col_one(shape, kernel, padding):
+    from dpnn.im2col import conv_input_grad_cols, conv_input_grad_taps, conv_output_size, flip_kernel
     N, H, W, C = shape
     (kh, kw), F = kernel, 5
     oh, pt, pb = conv_output_size(H, kh, 1, padding)
@@ -110,9 +110,9 @@ def test_the_shifted_input_gradient_equals_the_im2col_one(shape, kernel, padding
     grad, Wk = rng.standard_normal((N, oh, ow, F)), rng.standard_normal((kh, kw, C, F))  # float64
     cols, _ = conv_input_grad_cols(grad, kh, kw, (pt, pb, pl, pr), (H, W))
     expected = (cols @ flip_kernel(Wk)).reshape(N, H, W, C)
-    dx, gq, tmp = conv_input_grad_shifted(grad, Wk, (pt, pb, pl, pr), (H, W))
+    dx, tmp = conv_input_grad_taps(grad, Wk, (pt, pb, pl, pr), (H, W))
     np.testing.assert_allclose(dx, expected, rtol=1e-12, atol=1e-12)
-    again, _, _ = conv_input_grad_shifted(grad, Wk, (pt, pb, pl, pr), (H, W), pad_buf=gq, tmp_buf=tmp)
+    again, _ = conv_input_grad_taps(grad, Wk, (pt, pb, pl, pr), (H, W), out=np.full_like(dx, 7.0), tmp_buf=tmp)
     np.testing.assert_array_equal(again, dx)                    # reused buffers, same result
 
 

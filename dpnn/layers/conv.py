@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..im2col import (col2im, conv_input_grad_cols, conv_input_grad_shifted, conv_output_size,
+from ..im2col import (col2im, conv_input_grad_cols, conv_input_grad_taps, conv_output_size,
                       flip_kernel, im2col_padded, pad_nhwc, scratch)
 from .base import Layer, check_rank, register_layer
 
@@ -138,12 +138,13 @@ class Conv2D(Layer):
 
     def _backward_shifted(self, g2: np.ndarray) -> np.ndarray:
         """Stride-1 backward in pieces of ``backward_chunk`` samples: each piece's ReLU mask,
-        weight-gradient GEMM and shifted input-gradient GEMMs run while its rows are in cache."""
+        weight-gradient GEMM and per-offset input-gradient GEMMs (``conv_input_grad_taps``)
+        run while its rows are in cache."""
         N, H, W, C = self._x_shape
-        (kh, kw), F = self.kernel_size, self.filters
+        F = self.filters
         P = self._out_hw[0] * self._out_hw[1]                              # output pixels per sample
         step = self.backward_chunk or N
-        dxq = self._dxq = scratch(self._dxq, (N, H + kh - 1, W + kw - 1, C), g2.dtype)
+        dx = self._dxq = scratch(self._dxq, (N, H, W, C), g2.dtype)
         for a in range(0, N, step):
             e = min(N, a + step)
             g = g2[a * P:e * P]                                            # (n*OH*OW, F)
@@ -152,10 +153,9 @@ class Conv2D(Layer):
                                 out=scratch(self._gchunk, g.shape, g.dtype))
                 self._gchunk = g
             self._add_weight_grad(slice(a * P, e * P), g, first=a == 0)
-            _, self._gpad, self._gcols = conv_input_grad_shifted(
-                g.reshape(e - a, *self._out_hw, F), self.params["W"], self._pads, (H, W),
-                pad_buf=self._gpad, tmp_buf=self._gcols, out=dxq[a:e])
-        return dxq[:, :H, :W]                                              # (N, H, W, C)
+            _, self._gcols = conv_input_grad_taps(g.reshape(e - a, *self._out_hw, F), self.params["W"],
+                                                  self._pads, (H, W), out=dx[a:e], tmp_buf=self._gcols)
+        return dx                                                          # (N, H, W, C)
 
     def _add_weight_grad(self, rows: slice, g: np.ndarray, first: bool) -> None:
         """grads (+)= the weight (and bias) gradient of the im2col rows ``rows``, output grad ``g``."""

@@ -8,7 +8,7 @@ Variants (each changes one thing; results are the same up to float rounding):
 - ``relu before pool``: layers run in the written order (the default runs a ReLU that
   precedes a max pool after the pool, ``dpnn.model.execution_order``);
 - ``im2col input grad``: stride-1 input gradients through im2col + one GEMM instead of one
-  GEMM per window offset on shifted rows (``Conv2D.shifted_dx_from = None``);
+  GEMM per window offset added at its shift (``Conv2D.shifted_dx_from = None``);
 - ``whole shard``: no micro-batches (``micro_batch=None``; the default cuts shards above 64).
 - ``whole-batch conv backward``: a wide stride-1 Conv2D's backward (ReLU mask, weight and
   input gradient) on the whole micro-batch at once instead of pieces of

@@ -9,9 +9,9 @@ from .base import Layer, check_rank, register_layer
 
 FUSED_ACTIVATIONS = (None, "linear", "relu")
 FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
-SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses shifted GEMMs
-                         # (python -m benchmarks.ablation measures both paths on seed-cnn)
-BACKWARD_CHUNK = 8       # samples per piece of a shifted backward (the piece's rows stay in cache)
+SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses one GEMM per window
+                         # offset, added at its shift (python -m benchmarks.ablation measures both)
+BACKWARD_CHUNK = 8       # samples per piece of such a backward (the piece's rows stay in cache)
 
 
 def _pair(v, name: str) -> tuple[int, int]:

@@ -382,3 +382,15 @@ def test_the_step_reports_the_span_in_which_some_worker_computes(no_leaks):
             assert times["update"] > 0 and times["optimizer"] == 0      # the workers updated
             assert times["compute"] <= times["busy"] <= wall
             assert times["busy"] >= max(times["compute"], times["update"])
+
+
+def test_a_barrier_wait_ends_when_the_coordinator_is_gone():
+    """A peer that died with its coordinator never arrives: the waiter notices the coordinator
+    is gone (about every half second once it naps) and leaves, long before its timeout."""
+    from dpnn.workers.meet import SharedBarrier
+    entries = np.zeros(2, np.int64)
+    waiter = SharedBarrier(entries, 0, alive=lambda: False)
+    t0 = time.perf_counter()
+    with pytest.raises(threading.BrokenBarrierError, match="coordinator"):
+        waiter.wait(600)
+    assert time.perf_counter() - t0 < 5

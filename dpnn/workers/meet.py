@@ -29,30 +29,38 @@ import numpy as np
 SPIN_S = 50e-6        # busy-check this long first
 YIELD_S = 50e-3       # then give up the CPU between checks until this long
 NAP_S = 100e-6        # then sleep this long between checks
+ALIVE_S = 0.5         # and every this long ask whether the run still exists
 
 
 class SharedBarrier:
     """``wait(timeout)`` until every worker of the pool has called it as often as this one."""
 
-    def __init__(self, entries: np.ndarray, worker_id: int) -> None:
+    def __init__(self, entries: np.ndarray, worker_id: int, alive=None) -> None:
         self.entries, self.me = entries, worker_id
         self.arrivals = int(entries.max())          # where the previous workers left off
+        self.alive = alive                          # () -> False once the coordinator is gone
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until all arrived; BrokenBarrierError after ``timeout`` seconds."""
+        """Block until all arrived; BrokenBarrierError after ``timeout`` seconds, or as soon as
+        ``alive()`` says the coordinator is gone (a peer it took down with it never comes)."""
         self.arrivals += 1
         g, entries = self.arrivals, self.entries
         entries[self.me] = g
         if entries.min() >= g:
             return
         t0 = time.perf_counter()
+        asked = t0
         while True:
             if entries.min() >= g:
                 return
-            waited = time.perf_counter() - t0
-            if timeout is not None and waited > timeout:
+            now = time.perf_counter()
+            if timeout is not None and now - t0 > timeout:
                 raise threading.BrokenBarrierError(f"the other workers did not arrive within {timeout} s")
-            if waited > YIELD_S:
+            if now - t0 > YIELD_S:
+                if self.alive is not None and now - asked > ALIVE_S:
+                    asked = now
+                    if not self.alive():
+                        raise threading.BrokenBarrierError("the coordinator is gone")
                 time.sleep(NAP_S)
-            elif waited > SPIN_S:
+            elif now - t0 > SPIN_S:
                 os.sched_yield()

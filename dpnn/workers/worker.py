@@ -46,7 +46,9 @@ class ShardRunner:
         assert model.param_layout.size == self.arena["params"].shape[1], "model does not match the arena"
         self.model, self.slots = model, shard_slots(spec, worker_id)
         self.exchange = None
-        barrier = SharedBarrier(self.arena["meet"], worker_id) if "meet" in spec.layout else None
+        coordinator = watch(spec.coordinator_pid)
+        barrier = SharedBarrier(self.arena["meet"], worker_id, lambda: not coordinator_gone(coordinator)) \
+            if "meet" in spec.layout else None
         self.bn_layers = batchnorm_layers(model.layers)
         if spec.sync_batchnorm and self.bn_layers:
             self.exchange = ShardExchange(self.arena["exchange"], worker_id, barrier, spec.barrier_timeout)

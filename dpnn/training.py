@@ -74,7 +74,8 @@ def warn_unscaled(x: np.ndarray) -> None:
 
 # Options of the engines that fit passes on (DataParallel's, then DistributedEngine's).
 ENGINE_OPTIONS = frozenset({"backend", "sync_batchnorm", "start_method", "max_restarts", "pin",
-                            "shard_optimizer", "oversubscribe", "worker_timeout", "check_every"})
+                            "shard_optimizer", "oversubscribe", "worker_timeout", "check_every",
+                            "balance"})
 FIT_ALIASES = {"validation_data": "val_data"}          # Keras's names
 
 
@@ -126,7 +127,7 @@ def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar
     order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)   # as Dataset.batches
     p = start or Progress(epoch)
     t0 = time.perf_counter() - p.elapsed
-    times = {"compute": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
+    times = {"compute": 0.0, "update": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
     parallel = engine.describe().workers > 1            # once: describe() may query BLAS
     if bar is not None and p.seen:
         bar.update(p.seen)
@@ -185,7 +186,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     the step in flight with :class:`TrainingInterrupted`; ``initial_epoch``/``history``/
     ``progress`` continue an earlier run from an epoch or from a step inside it.
     Engine options (``backend='mpi'``, ``sync_batchnorm``, ``start_method``, ``max_restarts``,
-    ``pin``, ``shard_optimizer``, ``oversubscribe``, ``worker_timeout``, ``check_every``) go to
+    ``pin``, ``shard_optimizer``, ``oversubscribe``, ``worker_timeout``, ``check_every``, ``balance``) go to
     the engine; any other keyword is a TypeError.
     ``engine``: one the caller opened on ``model`` with :func:`dpnn.engine.make_engine`; fit
     trains with it and leaves it open, so the same workers can evaluate and predict afterwards

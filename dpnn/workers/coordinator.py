@@ -34,6 +34,7 @@ from ..random import sample_keys as make_sample_keys
 from . import protocol as P
 from ._env import default_start_method
 from .arena import SharedArena, SharedMemoryError
+from .balance import ShardBalance
 from .batches import BatchLoader
 from .pool import WorkerPool
 from .protocol import WorkerSpec
@@ -67,7 +68,11 @@ class DataParallel:
     ``shard_optimizer`` (True: each worker updates its chunk of the parameters, see
     update.py; False: the coordinator updates them all; 'auto': from SHARD_FROM workers),
     ``oversubscribe`` (allow more than MAX_WORKERS_PER_CORE workers per core), ``ranks``
-    (MPI ranks sharing this node, set by the MPI engine: the cores are split between them).
+    (MPI ranks sharing this node, set by the MPI engine: the cores are split between them),
+    ``balance`` (True: shards sized to each worker's measured speed, for cores that differ
+    or are shared, see balance.py; only where the result cannot depend on the cut: no
+    per-shard BatchNorm statistics, not deterministic; default False: equal shards, the same
+    result run after run).
 
     ``model`` must be compiled; it is built on the first batch if needed. While the pool
     runs, the model's parameters and BatchNorm statistics live in shared memory (so the
@@ -80,7 +85,7 @@ class DataParallel:
                  start_method: str | None = None, max_restarts: int = 3, pin: bool = True,
                  shard_optimizer: bool | str = "auto", oversubscribe: bool = False,
                  ranks: int = 1, worker_timeout: float | None = WORKER_TIMEOUT_S,
-                 augment=None) -> None:
+                 augment=None, balance: bool = False) -> None:
         n = resolve_workers(workers, ranks, oversubscribe)
         if deterministic and n > DETERMINISTIC_SHARDS:
             if workers != "auto":
@@ -106,6 +111,10 @@ class DataParallel:
         self.worker_timeout = worker_timeout        # a worker silent this long is killed and replaced
         self.shard_optimizer = n >= SHARD_FROM if shard_optimizer == "auto" else shard_optimizer
         self.slots = DETERMINISTIC_SHARDS if deterministic else n
+        if balance not in (True, False):
+            raise ValueError(f"balance must be True or False, got {balance!r}")
+        self.balance = balance
+        self._balance: ShardBalance | None = None   # set at start when the cut may follow speed
         self.startup_time: float | None = None      # seconds from start() to every worker ready
         self.restarts = [0] * n                     # deaths seen per worker
         self.arena: SharedArena | None = None
@@ -152,6 +161,9 @@ class DataParallel:
             self.batches = BatchLoader(a, m.input_shape[1:])
             keys = slot_keys(m.optimizer) if self.shard_optimizer else None
             self._sets = ShardedUpdate(m, a, keys) if keys is not None else None
+            if self.balance and not self.deterministic and self.workers > 1 and \
+                    (self.sync_batchnorm or m.state.size == 0):   # per-shard statistics stay equal
+                self._balance = ShardBalance(self.workers)
             params = self._sets.current_params() if self._sets else a["params"][0]
             m.bind(params, a["grads_sum"], a["state"][0], copy=True)
             spec = self._spec()
@@ -322,8 +334,9 @@ class DataParallel:
         else:
             self._layout_changed |= self.batches.load_rows(rows, keys)
         cur = self._sets.cur if self._sets is not None else 0
+        cuts = self._balance.cuts(n) if self._balance is not None else None
         done, t_sent = self._compute((P.STEP, n, denominator or n, self._new_layout(), cur,
-                                      rows is not None, update))
+                                      rows is not None, update, cuts))
         t2 = time.perf_counter()
         shards = sorted(ShardResult(*s) for msg in done.values() for s in msg[2])     # slot order
         a, m = self.arena, self.model
@@ -331,6 +344,8 @@ class DataParallel:
                                            m.grads if reduce_grads else None, m.state, self.sync_batchnorm)
         t3 = time.perf_counter()
         compute = [msg[3] for msg in done.values()]
+        if cuts is not None:
+            self._balance.observe(cuts, [done[k][3] for k in range(self.workers)])
         slowest = max(compute)
         sync, update_s = (max(msg[4][i] for msg in done.values()) if update else 0.0 for i in (0, 1))
         busy = max(msg[3] + (sum(msg[4]) if update else 0.0) for msg in done.values())

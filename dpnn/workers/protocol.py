@@ -4,14 +4,16 @@ Once, at start-up, each worker receives a :class:`WorkerSpec` (pickled with the 
 Per step only small tuples cross its Pipe; the parameters, gradients and the batch are in
 shared memory (:mod:`dpnn.workers.arena`)::
 
-    coordinator -> worker   ("step", attempt, n, denominator, layout | None, cur, rows, update)
+    coordinator -> worker   ("step", attempt, n, denominator, layout | None, cur, rows, update, cuts)
                             n = global batch size; gradients are d(sum loss)/dθ / denominator,
                             computed with parameter set ``cur`` (see dpnn/workers/update.py);
                             rows: the samples are rows[a:b] of the placed data (batches.py),
                             else the copied batch x[a:b]; update: None, or (slot keys,
                             weight decay, clip norm, optimizer scalars): then sum the slots
                             and update this worker's chunk into set 1 - cur; or "sum": only
-                            sum the slots of its chunk (the MPI engine all-reduces them next)
+                            sum the slots of its chunk (the MPI engine all-reduces them next);
+                            cuts: None (equal shards) or (0, c1, ..., n), worker k's shard
+                            [c_k, c_(k+1)) sized to its speed (balance.py)
                             ("update", attempt, cur, slot keys, weight decay, clip norm, scalars)
                             update its chunk from grads_sum as it is (all-reduced), into 1 - cur
                             ("eval", attempt, n, layout | None, cur, batch_size, outputs)

@@ -76,9 +76,10 @@ class ShardRunner:
                          self.augment)
 
     def step(self, attempt: int, n: int, denominator: int, layout, cur: int, rows: bool,
-             update: tuple | None) -> tuple:
-        """Fill this worker's gradient slots for a global batch of ``n`` samples; with
-        ``update`` (see update.py), then sum and update this worker's chunk of the parameters."""
+             update: tuple | None, cuts: tuple | None) -> tuple:
+        """Fill this worker's gradient slots for a global batch of ``n`` samples (worker k's
+        shard: [cuts[k], cuts[k+1]), or an equal cut); with ``update`` (see update.py), then
+        sum and update this worker's chunk of the parameters."""
         start = time.perf_counter()           # the clock every process shares (CLOCK_MONOTONIC)
         if layout is not None:
             self.arena.refresh(layout)
@@ -86,7 +87,7 @@ class ShardRunner:
         if cur != self.cur:
             self.cur = cur
             self._bind(self.slots[0])
-        bounds = shard_bounds(n, self.spec.slots)
+        bounds = shard_bounds(n, self.spec.slots) if cuts is None else list(zip(cuts, cuts[1:]))
         if self.exchange is not None:
             self.exchange.start_step()
         shards = []

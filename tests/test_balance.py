@@ -1,0 +1,81 @@
+"""Shards sized to the workers' measured speed (dpnn/workers/balance.py)."""
+from __future__ import annotations
+
+import multiprocessing
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, Model
+from dpnn.engine import LocalEngine
+from dpnn.random import sample_keys
+from dpnn.workers import DataParallel
+from dpnn.workers.balance import SPREAD, ShardBalance
+
+
+def test_cuts_follow_the_rates_in_whole_samples():
+    b = ShardBalance(3)
+    assert b.cuts(7) == (0, 3, 5, 7)                       # unmeasured: as equal as it gets
+    b.observe((0, 3, 5, 7), [0.03, 0.02, 0.04])           # 100, 100, 50 samples/s
+    assert b.cuts(100) == (0, 40, 80, 100)
+    assert b.cuts(2) == (0, 1, 2, 2)                       # fewer samples than workers: some get none
+    b.observe((0, 40, 80, 100), [0.4, 0.4, 10.0])          # a worker stalls once: 2 samples/s
+    share = np.diff(b.cuts(300)) / 300
+    assert share[2] >= 1 / 3 / SPREAD - 1 / 300            # its share is not cut below 1/SPREAD
+    b.observe((0, 1, 1, 2), [0.01, 0.0, 0.01])             # an empty shard tells nothing
+    assert all(np.diff(b.cuts(3)) >= 1)                    # everyone keeps a sample to be measured by
+
+
+class SlowOnWorker1(Layer):
+    """Identity; in worker process 1 it also sleeps 1 ms per sample (a slower core)."""
+
+    def forward(self, x, training=False):
+        if training and multiprocessing.current_process().name == "dpnn-worker-1":
+            time.sleep(1e-3 * len(x))
+        return x
+
+    def backward(self, grad):
+        return grad
+
+
+def cnn(extra=(), seed=0):
+    m = Model([Conv2D(4, 3), Activation("relu"), *extra, MaxPool2D(2), Flatten(), Dense(10)], seed=seed)
+    m.compile(optimizer="adam", lr=0.01)
+    m.build((1, 8, 8, 1))
+    return m
+
+
+def batch(step, n=48):
+    rng = np.random.default_rng(step)
+    return (rng.random((n, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, n),
+            sample_keys(0, step, np.arange(n)))
+
+
+def test_the_slower_worker_gets_the_smaller_shard_and_the_result_stays_the_same():
+    ref = cnn([SlowOnWorker1()])
+    engine = LocalEngine(ref)
+    m = cnn([SlowOnWorker1()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with DataParallel(m, workers=2, balance=True) as dp:
+            for s in range(8):
+                engine.train_step(*batch(s))
+                dp.train_step(*batch(s))
+            cuts = dp._balance.cuts(48)
+    assert cuts[1] > 24 + 4, cuts                          # worker 0 takes the larger share
+    np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-6)
+
+
+def test_per_shard_batchnorm_statistics_keep_equal_shards():
+    m = cnn([BatchNorm2D()])
+    with DataParallel(m, workers=2, balance=True) as dp:
+        dp.train_step(*batch(0))
+        assert dp._balance is None
+    m = cnn()
+    with DataParallel(m, workers=2) as dp:                 # the default: equal shards
+        dp.train_step(*batch(0))
+        assert dp._balance is None
+    with pytest.raises(ValueError, match="balance"):
+        DataParallel(cnn(), workers=2, balance="yes")

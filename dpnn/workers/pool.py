@@ -21,6 +21,7 @@ import signal
 import time
 from dataclasses import replace
 from multiprocessing import connection
+from multiprocessing.reduction import ForkingPickler
 
 import psutil
 
@@ -150,12 +151,13 @@ class WorkerPool:
         Waking that worker first would let it preempt us on our own CPU before the other
         workers have their message, while their CPUs sit idle.
         """
+        data = ForkingPickler.dumps(msg)              # pickled once, what Connection.send does
         cpu = current_cpu()
         order = sorted(range(len(self.conns)), key=lambda k: cpu in (self.spec.cpus[k] or ()))
         for k in order:
             if self.conns[k] is not None:
                 with contextlib.suppress(OSError):     # a dead worker: its sentinel will tell
-                    self.conns[k].send(msg)
+                    self.conns[k].send_bytes(data)
 
     def gather(self, attempt: int, timeout: float | None = None) -> tuple[dict, set, dict]:
         """Replies of ``attempt``: ({worker: 'done' msg}, {dead workers}, {worker: traceback}).

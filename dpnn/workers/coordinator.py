@@ -37,7 +37,7 @@ from .arena import SharedArena, SharedMemoryError
 from .balance import ShardBalance
 from .batches import BatchLoader
 from .pool import WorkerPool
-from .protocol import WorkerSpec
+from .protocol import WorkerSpec, augment_blob, portable_blob
 from .syncbn import exchange_width
 from .update import SUM_ONLY, ShardedUpdate, global_norm, norm_blocks, optimizer_twin, slot_keys
 from .topology import plan_placement, resolve_workers
@@ -343,19 +343,11 @@ class DataParallel:
         loss_sum, correct = combine_shards(shards, a["grads"], a["state"][1:],
                                            m.grads if reduce_grads else None, m.state, self.sync_batchnorm)
         t3 = time.perf_counter()
-        compute = [msg[3] for msg in done.values()]
         if cuts is not None:
             self._balance.observe(cuts, [done[k][3] for k in range(self.workers)])
-        slowest = max(compute)
-        sync, update_s = (max(msg[4][i] for msg in done.values()) if update else 0.0 for i in (0, 1))
-        busy = max(msg[3] + (sum(msg[4]) if update else 0.0) for msg in done.values())
-        spans = [msg[5] for msg in done.values()]
-        times = {"compute": slowest, "straggler": slowest - sum(compute) / len(compute),
-                 "busy": max(e for _, e in spans) - min(s for s, _ in spans),   # some worker computes
-                 "sync": max(0.0, busy - slowest - update_s),   # the last worker's barrier wait
-                 "update": update_s,                             # the workers' sum + optimizer
-                 "wait": max(0.0, t2 - t_sent - busy),           # signalling
-                 "reduce": t3 - t2, "optimizer": 0.0, "scatter": t_sent - t0}
+        times = P.step_times(list(done.values()), update is not None)
+        times.update(wait=max(0.0, t2 - t_sent - times.pop("handler")), reduce=t3 - t2, optimizer=0.0,
+                     scatter=t_sent - t0)
         return StepStats(loss_sum, correct, n, 0.0, times)
 
     def _check_batch(self, x, y) -> int:
@@ -453,39 +445,6 @@ class DataParallel:
         for k, (pid, reason) in lost.items():
             log.warning("dpnn: worker %d (pid %d) died (%s); respawned as pid %d%s", k, pid, reason,
                         self.pool.pids[k], ", step redone" if redo else "")
-
-
-def portable_blob(model) -> bytes:
-    """cloudpickle of ``model.portable()``; a layer or loss that cannot travel is named."""
-    try:
-        return cloudpickle.dumps(model.portable())
-    except Exception as e:       # noqa: BLE001 -- find the culprit for the message
-        parts = [(f"layer {i} ({type(layer).__name__})", layer.portable())
-                 for i, layer in enumerate(model.layers)] + [(f"loss ({type(model.loss).__name__})", model.loss)]
-        for name, obj in parts:
-            try:
-                cloudpickle.dumps(obj)
-            except Exception as inner:     # noqa: BLE001
-                e = inner
-                break
-        else:
-            name = "the model"
-        raise TypeError(f"{name} cannot be sent to the worker processes ({type(e).__name__}: {e}); "
-                        "keep only picklable attributes on it (arrays, numbers, strings), or train "
-                        "with workers=1") from None
-
-
-def augment_blob(augment) -> bytes | None:
-    """cloudpickle of the augmentation function, or None; one that cannot travel is named."""
-    if augment is None:
-        return None
-    if not callable(augment):
-        raise TypeError(f"augment must be a callable fn(x, keys) -> x, got {type(augment).__name__}")
-    try:
-        return cloudpickle.dumps(augment)
-    except Exception as e:       # noqa: BLE001
-        raise TypeError(f"augment ({augment!r}) cannot be sent to the worker processes "
-                        f"({type(e).__name__}: {e}); use a module-level function or class") from None
 
 
 def _sigterm_to_interrupt(signum, frame) -> None:

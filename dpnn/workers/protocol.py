@@ -38,6 +38,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cloudpickle
+
 from .arena import Region
 
 STEP, UPDATE, EVAL, STOP = "step", "update", "eval", "stop"
@@ -68,3 +70,52 @@ def shard_slots(spec: WorkerSpec, worker_id: int) -> range:
         return range(worker_id, worker_id + 1)
     from ..recipe import owned_slots
     return owned_slots(spec.slots, spec.workers, worker_id)
+
+
+def step_times(replies: list, updated: bool) -> dict:
+    """Seconds of one step from the workers' "done" replies: ``compute`` (the slowest forward
+    + backward), ``straggler`` (slowest minus mean), ``busy`` (first start to last reply: some
+    worker computes), ``update`` (the slowest slot sum + optimizer chunk), ``sync`` (what the
+    barrier added on the critical path) and ``handler`` (the longest time a worker spent on
+    the message: the coordinator's wait beyond it is signalling)."""
+    compute = [r[3] for r in replies]
+    slowest = max(compute)
+    sync, update = (max(r[4][i] for r in replies) if updated else 0.0 for i in (0, 1))
+    handler = max(r[3] + (sum(r[4]) if updated else 0.0) for r in replies)
+    spans = [r[5] for r in replies]
+    return {"compute": slowest, "straggler": slowest - sum(compute) / len(compute),
+            "busy": max(e for _, e in spans) - min(s for s, _ in spans),
+            "sync": max(0.0, handler - slowest - update), "update": update, "handler": handler}
+
+
+def portable_blob(model) -> bytes:
+    """cloudpickle of ``model.portable()``; a layer or loss that cannot travel is named."""
+    try:
+        return cloudpickle.dumps(model.portable())
+    except Exception as e:       # noqa: BLE001 -- find the culprit for the message
+        parts = [(f"layer {i} ({type(layer).__name__})", layer.portable())
+                 for i, layer in enumerate(model.layers)] + [(f"loss ({type(model.loss).__name__})", model.loss)]
+        for name, obj in parts:
+            try:
+                cloudpickle.dumps(obj)
+            except Exception as inner:     # noqa: BLE001
+                e = inner
+                break
+        else:
+            name = "the model"
+        raise TypeError(f"{name} cannot be sent to the worker processes ({type(e).__name__}: {e}); "
+                        "keep only picklable attributes on it (arrays, numbers, strings), or train "
+                        "with workers=1") from None
+
+
+def augment_blob(augment) -> bytes | None:
+    """cloudpickle of the augmentation function, or None; one that cannot travel is named."""
+    if augment is None:
+        return None
+    if not callable(augment):
+        raise TypeError(f"augment must be a callable fn(x, keys) -> x, got {type(augment).__name__}")
+    try:
+        return cloudpickle.dumps(augment)
+    except Exception as e:       # noqa: BLE001
+        raise TypeError(f"augment ({augment!r}) cannot be sent to the worker processes "
+                        f"({type(e).__name__}: {e}); use a module-level function or class") from None

@@ -394,3 +394,19 @@ def test_a_barrier_wait_ends_when_the_coordinator_is_gone():
     with pytest.raises(threading.BrokenBarrierError, match="coordinator"):
         waiter.wait(600)
     assert time.perf_counter() - t0 < 5
+
+
+def test_the_barrier_fences_memory_on_cpus_that_reorder_it(monkeypatch):
+    """x86 keeps stores in order (no fence); elsewhere a C11 fence (libatomic, or macOS's
+    OSMemoryBarrier), or a lock round trip when neither library exists; each one callable."""
+    from dpnn.workers import meet
+    monkeypatch.setattr(meet.platform, "machine", lambda: "x86_64")
+    assert meet._fence() is None
+    monkeypatch.setattr(meet.platform, "machine", lambda: "aarch64")
+    fence = meet._fence()
+    assert fence is not None
+    fence()
+    monkeypatch.setattr(meet.ctypes.util, "find_library", lambda name: None)
+    fallback = meet._fence()
+    fallback()
+    assert fallback is not fence

@@ -10,17 +10,23 @@ to the resource tracker to clean up, with a warning).
 
 A worker can be at most one arrival ahead of another (it cannot pass the next barrier before
 the other arrives there), so ">= g" is the right test. The writes a worker makes before it
-arrives (its gradient slot) are visible to the others once its entry is: x86-64 does not
-reorder stores, and the entry is written by a separate NumPy call after them.
+arrives (its gradient slot) must be visible to the others once its entry is, and their
+reads must not run ahead of the entry: x86-64 keeps stores and loads in order (and the
+entry is written by a separate NumPy call, so the compiler cannot move it); on other CPUs
+(ARM) :func:`fence` puts a full memory barrier (C11 ``atomic_thread_fence``) before the
+entry is written and after the wait ends.
 
 Waiting spins for a few microseconds (the usual case: the last worker is about to arrive),
-then yields the CPU, then sleeps in short naps, so an oversubscribed machine is not
-burnt by waiters. Workers all start together (the pool replaces every worker when one dies,
+then yields the CPU for up to 50 ms, then sleeps in short naps, so an oversubscribed machine
+is not burnt by waiters. Workers all start together (the pool replaces every worker when one dies,
 see pool.py), each from the largest entry left by the previous ones.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import platform
 import threading
 import time
 
@@ -30,6 +36,27 @@ SPIN_S = 50e-6        # busy-check this long first
 YIELD_S = 50e-3       # then give up the CPU between checks until this long
 NAP_S = 100e-6        # then sleep this long between checks
 ALIVE_S = 0.5         # and every this long ask whether the run still exists
+
+
+def _fence():
+    """A full memory barrier, or None where the CPU keeps memory order itself (x86)."""
+    if platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        return None
+    for name, symbol, args in (("atomic", "atomic_thread_fence", (5,)),   # memory_order_seq_cst
+                               ("System", "OSMemoryBarrier", ())):        # macOS
+        path = ctypes.util.find_library(name)
+        fn = getattr(ctypes.CDLL(path), symbol, None) if path else None
+        if fn is not None:
+            return lambda: fn(*args)
+    lock = threading.Lock()                 # POSIX: mutex operations synchronise memory
+
+    def locked():
+        with lock:
+            pass
+    return locked
+
+
+fence = _fence()
 
 
 class SharedBarrier:
@@ -45,7 +72,15 @@ class SharedBarrier:
         ``alive()`` says the coordinator is gone (a peer it took down with it never comes)."""
         self.arrivals += 1
         g, entries = self.arrivals, self.entries
+        if fence is not None:
+            fence()                                 # what this worker wrote, before its entry
         entries[self.me] = g
+        self._wait_for(g, timeout)
+        if fence is not None:
+            fence()                                 # the others' writes, before anything is read
+
+    def _wait_for(self, g: int, timeout: float | None) -> None:
+        entries = self.entries
         if entries.min() >= g:
             return
         t0 = time.perf_counter()

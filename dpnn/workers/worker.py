@@ -160,7 +160,6 @@ class ShardRunner:
         return (P.DONE, attempt, [float(sums[0]), int(sums[1]), int(sums[2])], time.perf_counter() - t0)
 
 
-
 def pin(cpus) -> None:
     if cpus and hasattr(os, "sched_setaffinity"):
         try:

@@ -243,9 +243,13 @@ class DistributedEngine:
         self.check_in_sync()
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
-        """(mean loss, accuracy) of the model on (x, y): each rank scores a slice, sums are all-reduced."""
+        """(mean loss, accuracy) of the model on (x, y): each rank scores a slice (on the node's
+        workers when it has a pool), the sums are all-reduced."""
         a, b = shard_bounds(len(x), self.size)[self.rank]
-        sums = evaluation_sums(self.model, x[a:b], y[a:b], batch_size)    # loss sum, hits, count
+        if self.local is not None:
+            sums = self.local.evaluation_sums(x[a:b], y[a:b], batch_size)  # loss sum, hits, count
+        else:
+            sums = evaluation_sums(self.model, x[a:b], y[a:b], batch_size)
         self.comm.allreduce(sums)                        # hits < 0: not a classifier
         return mean_loss_and_accuracy(sums)
 

@@ -269,3 +269,27 @@ def test_a_ranks_workers_sum_and_update_like_the_fused_step(options):
         models.append(m)
     assert np.array_equal(models[0].params, models[1].params)
     assert models[0].optimizer.t == models[1].optimizer.t == 4
+
+
+def test_a_ranks_workers_score_its_slice(monkeypatch):
+    """DistributedEngine.evaluate hands the rank's slice to the node's workers: scoring in this
+    process is made to fail, and the result is still the one-process score."""
+    from dpnn import distributed, engine as engine_module
+    from dpnn.comm import LocalComm
+    from dpnn.distributed import DistributedEngine
+    x, y, _ = batches([40])[0]
+    m = cnn(hidden=300)
+    e = DistributedEngine(m, LocalComm(), workers=2, seed=0)
+    try:
+        e.train_step(*batches([24])[0])                       # start the pool
+        expected = engine_module.mean_loss_and_accuracy(engine_module.evaluation_sums(m, x, y, 256))
+
+        def here(*args, **kwargs):
+            raise AssertionError("scored in the coordinator")
+        monkeypatch.setattr(distributed, "evaluation_sums", here)
+        monkeypatch.setattr("dpnn.workers.coordinator.evaluation_sums", here)
+        loss, acc = e.evaluate(x, y)
+    finally:
+        e.close()
+    assert acc == expected[1]
+    assert loss == pytest.approx(expected[0], rel=1e-5)

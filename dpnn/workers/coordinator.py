@@ -367,23 +367,28 @@ class DataParallel:
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy) of the current parameters on (x, y), each worker scoring a slice
         (the set is copied to shared memory once; the same arrays again are not copied)."""
+        return mean_loss_and_accuracy(self.evaluation_sums(x, y, batch_size))
+
+    def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """[loss sum, hits (-1: not a classifier), count] on (x, y), added in worker order (the
+        MPI engine all-reduces these); in this process when no pool is open or /dev/shm is full."""
         if self.pool is None or self._closed:
-            return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
+            return evaluation_sums(self.model, x, y, batch_size)
         x, y = self.model.check_input(x), np.asarray(y)
         try:
             self._layout_changed |= self.batches.place_eval(x, y)
         except SharedMemoryError:            # no room for it: score it here instead
             self._layout_changed = True
-            return mean_loss_and_accuracy(evaluation_sums(self.model, x, y, batch_size))
+            return evaluation_sums(self.model, x, y, batch_size)
         cur = self._sets.cur if self._sets is not None else 0
         done, _ = self._compute((P.EVAL, len(x), self._new_layout(), cur, batch_size, False))
-        sums = np.zeros(3, np.float64)               # loss sum, hits (-1: not a classifier), count
+        sums = np.zeros(3, np.float64)
         for k in sorted(done):                       # worker order: the same sum every time
             loss, hits, count = done[k][2]
             sums[0] += loss
             sums[1] = -1 if hits < 0 or sums[1] < 0 else sums[1] + hits
             sums[2] += count
-        return mean_loss_and_accuracy(sums)
+        return sums
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Outputs (N, ...) of the current parameters (inference mode), each worker predicting a

@@ -15,7 +15,8 @@ Variants (each changes one thing; results are the same up to float rounding):
   ``Conv2D.backward_chunk`` samples (``backward_chunk = None``).
 Per kernel: im2col of a one-channel input as one strided copy vs one copy per window offset.
 Also the gradient norm (block sums of squares added exactly, as the sharded step needs, vs
-one float64 accumulation), and (``--workers N``) the update inside the step, sharded over N
+one float64 accumulation), the Adam update (pass after pass over cache-sized blocks vs each
+pass over the whole vector), and (``--workers N``) the update inside the step, sharded over N
 workers, vs the coordinator's update after it, both pools taking turns: samples/s, the
 update's time and the serial fraction (step time in which no worker computes).
 """
@@ -32,7 +33,7 @@ from threadpoolctl import threadpool_limits
 from dpnn import Conv2D
 from dpnn.engine import shard_gradients
 from dpnn.im2col import im2col_padded, windows
-from dpnn.optim import sum_of_squares
+from dpnn.optim import Adam, sum_of_squares
 from dpnn.random import sample_keys
 
 from .measure import DataParallelRunner, interleaved, synthetic_batch
@@ -126,6 +127,20 @@ def norm_times(size: int, repeats: int = 200) -> dict:
     return median_turns(ways, repeats)
 
 
+def adam_times(size: int, repeats: int = 100) -> dict:
+    """Median seconds of one Adam update of ``size`` float32 parameters: dpnn's, pass after pass
+    over cache-sized blocks, against the same passes each over the whole vector."""
+    rng = np.random.default_rng(0)
+    p, g = rng.standard_normal(size, dtype=np.float32), rng.standard_normal(size, dtype=np.float32)
+    opt, slot = Adam(), {"m": np.zeros(size, np.float32), "v": np.zeros(size, np.float32)}
+    opt.t, tmp = 1, np.empty(size, np.float32)
+    whole = (np.float32(opt.lr * np.sqrt(1 - opt.beta2) / (1 - opt.beta1)), np.float32(opt.eps * np.sqrt(1 - opt.beta2)))
+    m, v = slot["m"], slot["v"]
+    ways = {"cache blocks (dpnn)": lambda: opt.update(p, g, slot),
+            "whole vector per pass": lambda: opt._update_block(p, g, m, v, p, m, v, tmp, *whole)}
+    return median_turns(ways, repeats)
+
+
 def optimizer_placement(model_name: str, workers: int, batch: int, steps: int, rounds: int) -> dict:
     """{'coordinator'|'sharded': row} for ``workers`` workers, the two pools in turns."""
     runners = {}
@@ -172,6 +187,8 @@ def main(argv=None) -> int:
     size = build(a.model).params.size
     t = norm_times(size)
     print(f"gradient norm over {size:,} floats: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
+    t = adam_times(size)
+    print(f"Adam update of {size:,} floats: " + ", ".join(f"{k} {v * 1e3:.3f} ms" for k, v in t.items()))
     if a.workers:
         rows = optimizer_placement(a.model, a.workers, 64, a.steps, a.rounds)
         print(f"the update with {a.workers} workers, batch 64: " + "; ".join(

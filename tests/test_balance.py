@@ -8,11 +8,12 @@ import warnings
 import numpy as np
 import pytest
 
-from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Flatten, Layer, MaxPool2D, Model
+from dpnn import BatchNorm2D, Layer
 from dpnn.engine import LocalEngine
-from dpnn.random import sample_keys
 from dpnn.workers import DataParallel
 from dpnn.workers.balance import SPREAD, ShardBalance
+
+from test_workers_lifecycle import batch, cnn
 
 
 def test_cuts_follow_the_rates_in_whole_samples():
@@ -40,19 +41,6 @@ class SlowOnWorker1(Layer):
         return grad
 
 
-def cnn(extra=(), seed=0):
-    m = Model([Conv2D(4, 3), Activation("relu"), *extra, MaxPool2D(2), Flatten(), Dense(10)], seed=seed)
-    m.compile(optimizer="adam", lr=0.01)
-    m.build((1, 8, 8, 1))
-    return m
-
-
-def batch(step, n=48):
-    rng = np.random.default_rng(step)
-    return (rng.random((n, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, n),
-            sample_keys(0, step, np.arange(n)))
-
-
 def test_the_slower_worker_gets_the_smaller_shard_and_the_result_stays_the_same():
     ref = cnn([SlowOnWorker1()])
     engine = LocalEngine(ref)
@@ -61,8 +49,8 @@ def test_the_slower_worker_gets_the_smaller_shard_and_the_result_stays_the_same(
         warnings.simplefilter("ignore", RuntimeWarning)
         with DataParallel(m, workers=2, balance=True) as dp:
             for s in range(8):
-                engine.train_step(*batch(s))
-                dp.train_step(*batch(s))
+                engine.train_step(*batch(s, 48))
+                dp.train_step(*batch(s, 48))
             cuts = dp._balance.cuts(48)
     assert cuts[1] > 24 + 4, cuts                          # worker 0 takes the larger share
     np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-6)
@@ -71,11 +59,11 @@ def test_the_slower_worker_gets_the_smaller_shard_and_the_result_stays_the_same(
 def test_per_shard_batchnorm_statistics_keep_equal_shards():
     m = cnn([BatchNorm2D()])
     with DataParallel(m, workers=2, balance=True) as dp:
-        dp.train_step(*batch(0))
+        dp.train_step(*batch(0, 48))
         assert dp._balance is None
     m = cnn()
     with DataParallel(m, workers=2) as dp:                 # the default: equal shards
-        dp.train_step(*batch(0))
+        dp.train_step(*batch(0, 48))
         assert dp._balance is None
     with pytest.raises(ValueError, match="balance"):
         DataParallel(cnn(), workers=2, balance="yes")

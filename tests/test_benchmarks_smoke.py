@@ -198,7 +198,7 @@ def test_ablation_runs_every_variant():
     cmd = [sys.executable, "-m", "benchmarks.ablation", "--batch-size", "4,70", "--steps", "1", "--rounds", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("relu before pool", "im2col input grad", "whole shard", "gradient norm", "sharded:"):
+    for name in ("relu before pool", "im2col input grad", "whole shard", "gradient norm", "Adam update", "sharded:"):
         assert name in proc.stdout
     assert "its x is the noise" in proc.stdout.splitlines()[1]         # shard 4 is never cut
     assert "its x is the noise" not in proc.stdout.splitlines()[2]     # shard 70 is

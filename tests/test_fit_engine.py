@@ -14,28 +14,18 @@ import psutil
 import pytest
 
 import launch.train as train_cli
-from dpnn import Activation, Conv2D, Dense, Flatten, MaxPool2D, Model
+from dpnn import Model
 from dpnn.datasets import FASHION_DIR, _has_mnist_files, load_dataset
 from dpnn.engine import EngineInfo, LocalEngine, make_engine
 from dpnn.errors import WorkerError
 from dpnn.janitor import segment_owner
 from launch.checkpoint import Terminated
 
+from test_any_model import blobs, tiny
 from test_mpi import HAVE_MPI, finish, launch_two_ranks
 
 HAVE_ENGINE = train_cli.engine_available()
 needs_engine = pytest.mark.skipif(not HAVE_ENGINE, reason="the data-parallel engine dpnn.workers is not available")
-
-
-def blobs(n, seed):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, 6, 6, 1)).astype(np.float32)
-    return X, (X.mean(axis=(1, 2, 3)) > 0).astype(np.int64)
-
-
-def tiny(seed=0):
-    return Model([Conv2D(2, (3, 3)), Activation("relu"), MaxPool2D((2, 2)), Flatten(), Dense(2)],
-                 seed=seed).compile("cce", "adam", lr=1e-2)
 
 
 def refuse_in_this_process(monkeypatch):

@@ -18,7 +18,7 @@ import os
 import platform
 import sys
 
-from dpnn.threads import usable_cores
+from dpnn.placement import usable_cores
 
 from . import measure, peak, profile, scaling_report, torch_ref
 from .args import add_run_flags, input_shape_arg, positive_int, positive_ints

@@ -3,7 +3,7 @@
 ``import dpnn`` gives the single-process library (Model, layers, losses, optimizers,
 data, I/O); ``dpnn.workers`` holds the shared-memory data-parallel engine.
 """
-from .threads import configure_threads
+from .placement import configure_threads
 
 configure_threads()   # must run before NumPy is imported to take effect
 
@@ -26,7 +26,8 @@ __all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dens
 # Submodules a user reaches as attributes (dpnn.datasets, dpnn.gradcheck, ...), imported on
 # first use so that ``import dpnn`` stays light (the MPI and worker modules pull in more).
 _LAZY = ("datasets", "gradcheck", "digits", "comm", "distributed", "workers", "io", "idx",
-         "engine", "recipe", "training", "threads", "callbacks", "preemption", "limits", "augment",
+         "engine", "recipe", "training", "placement", "callbacks", "signals", "limits", "augment",
+         "node", "step",
          "formats", "random", "errors", "flat", "im2col", "layers", "losses")
 
 

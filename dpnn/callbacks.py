@@ -7,8 +7,10 @@ import numpy as np
 
 
 class Callback:
-    """Override any hook; ``self.model`` is set before training starts."""
+    """Override any hook; ``self.model`` (the model) and ``self.session`` (the
+    :class:`dpnn.training.TrainingSession`: engine, callbacks, progress) are set before training."""
     model = None
+    session = None
 
     def on_train_begin(self, logs: dict) -> None: ...
     def on_epoch_begin(self, epoch: int, logs: dict) -> None: ...
@@ -96,7 +98,7 @@ class EarlyStopping(Callback):
 
     def on_train_end(self, logs):
         if self.restore_best and self.stopped_epoch is not None:
-            self.model.callbacks.best_weights.restore()
+            self.session.callbacks.best_weights.restore()
 
 
 class LRScheduler(Callback):
@@ -143,6 +145,10 @@ class CallbackList:
         self.callbacks = [self.best_weights] + list(callbacks)
         for cb in self.callbacks:
             cb.model = model
+
+    def set_session(self, session) -> None:
+        for cb in self.callbacks:
+            cb.session = session
 
     def __getattr__(self, hook: str):
         if not hook.startswith("on_"):

@@ -252,3 +252,27 @@ def load_mnist_gz(directory: str | os.PathLike, num_classes: int = 10) -> tuple[
         raise DataError(f"{directory}: train images are {train.X.shape[1:3]} but test images are "
                         f"{test.X.shape[1:3]}; both files must come from the same data set")
     return train, test
+
+
+def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
+    """Accept a Dataset (``.X``/``.y``), an (X, y) tuple, or X and y arrays."""
+    if y is None and hasattr(x, "X") and hasattr(x, "y"):
+        x, y = x.X, x.y
+    elif y is None and isinstance(x, (tuple, list)) and len(x) == 2:
+        x, y = x
+    if y is None:
+        raise ValueError("no labels: pass fit(dataset), fit((X, y)) or fit(X, y)")
+    x, y = np.asarray(x), np.asarray(y)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} inputs but {len(y)} labels; they must have the same length")
+    if x.dtype.kind not in "fiub":
+        raise TypeError(f"inputs must be a numeric array (N, ...), got dtype {x.dtype}; rows of "
+                        "different lengths or Python objects cannot be trained on")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise ValueError("the inputs contain NaN or infinite values; clean the data first")
+    if y.dtype.kind not in "iufb":
+        raise ValueError(f"labels must be numbers (class indices, one-hot rows or targets), "
+                         f"got dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError("the labels contain NaN or infinite values; clean the data first")
+    return x.astype(np.float32, copy=False), y

@@ -12,6 +12,7 @@ from .layers.base import Layer
 from .losses import get_loss
 from .optim import get_optimizer, regularize
 from .random import sample_keys as make_sample_keys
+from .recipe import evaluation_sums, run_shard
 
 AUTO_MICRO_BATCH = 64     # samples per forward/backward piece (python -m benchmarks.ablation measures it)
 
@@ -57,8 +58,7 @@ class Model:
         self._forward_calls = 0
         self.micro_batch: int | None = None    # see micro_batches(); set by compile()
         self._grad_scratch: np.ndarray | None = None
-        self.owner = None          # the DataParallel whose workers share this model's memory, if any
-        self.progress = None       # dpnn.training.Progress after each completed step of fit
+        self.owner = None          # the worker pool (PoolNode) sharing this model's memory, if any
 
     # -- structure ------------------------------------------------------------------------
     def add(self, layer: Layer) -> "Model":
@@ -129,13 +129,12 @@ class Model:
         clone = copy.copy(self)
         clone.layers = [layer.portable() for layer in self.layers]
         clone.params = clone.grads = clone.state = None
-        clone.optimizer = clone.owner = clone.progress = clone._grad_scratch = None
-        clone.callbacks = None
+        clone.optimizer = clone.owner = clone._grad_scratch = None
         return clone
 
     def check_not_owned(self, action: str) -> None:
         """Refuse ``action`` while an open DataParallel's workers share this model's memory."""
-        if self.owner is not None and not getattr(self.owner, "_closed", True):
+        if self.owner is not None and not self.owner.closed:
             raise RuntimeError(f"cannot {action}: this model belongs to an open DataParallel (its "
                                "workers share its parameters); train through it (dp.train_step) "
                                "or close it first (dp.close(), or leave its `with` block)")
@@ -163,7 +162,8 @@ class Model:
         self._forward_calls += 1
         return make_sample_keys(self.seed or 0, self._forward_calls, np.arange(n))
 
-    def _ensure_built(self, x: np.ndarray) -> None:
+    def ensure_built(self, x: np.ndarray) -> None:
+        """Build the model for batches like ``x`` unless it is built (a hint if x lacks an axis)."""
         if self.built:
             return
         try:
@@ -269,7 +269,7 @@ class Model:
         self.micro_batch = None if micro_batch is None else int(micro_batch)
         return self
 
-    def _require_compiled(self) -> None:
+    def require_compiled(self) -> None:
         if self.loss is None or self.optimizer is None:
             raise ValueError("call model.compile(loss=..., optimizer=...) before training")
 
@@ -280,15 +280,15 @@ class Model:
         return norm
 
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
-        """One optimizer step on (x, y); returns (mean loss, accuracy or nan)."""
-        from .engine import LocalEngine
+        """One optimizer step on (x, y) in this process; returns (mean loss, accuracy or nan)."""
         self.check_not_owned("call train_on_batch")
-        self._require_compiled()
-        x = self.check_input(x)
-        self._ensure_built(x)
-        stats = LocalEngine(self).train_step(x, np.asarray(y), sample_keys)
-        acc = stats.correct / stats.count if stats.correct >= 0 else float("nan")
-        return stats.loss_sum / stats.count, acc
+        self.require_compiled()
+        x, y = self.check_input(x), np.asarray(y)
+        self.ensure_built(x)
+        keys = self.next_sample_keys(len(x)) if sample_keys is None else sample_keys
+        sums = run_shard(self, 0, x, y, len(x), keys, None).sums
+        self.apply_gradients()
+        return sums.mean_loss(), sums.accuracy()
 
     def fit(self, x, y=None, **kwargs) -> dict:
         """Train; see :func:`dpnn.training.fit` for every option. Returns the history dict."""
@@ -299,18 +299,18 @@ class Model:
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Outputs (N, ...) in batches, inference mode (no dropout, running BatchNorm stats)."""
         x = self.check_input(x)
-        self._ensure_built(x)
+        self.ensure_built(x)
         outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.output_shape[1:]), np.float32)
 
     def evaluate(self, x, y=None, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; needs compile()."""
-        from .engine import evaluation_sums, mean_loss_and_accuracy   # the engines' recipe too
-        from .training import as_arrays
+        from .data import as_arrays
         x, y = as_arrays(x, y)
         if self.loss is None:
             self.loss = get_loss("categorical_crossentropy")
-        return mean_loss_and_accuracy(evaluation_sums(self, x, y, batch_size))
+        sums = evaluation_sums(self, x, y, batch_size)       # the engines' recipe too
+        return sums.mean_loss(), sums.accuracy()
 
     # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:

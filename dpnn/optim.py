@@ -8,6 +8,7 @@ operation is elementwise, so the result is bitwise the same as one pass over the
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -61,6 +62,33 @@ class Optimizer:
     def get_config(self) -> dict:
         return {"lr": self.lr}
 
+    # -- sharding: what the worker pool needs to step a chunk of the parameters ---------------
+    def sharded_slots(self) -> tuple[str, ...] | None:
+        """The per-parameter arrays of an elementwise update (``update_into`` on any chunk gives
+        that chunk of the whole update), or None: the step then runs whole, in one process.
+        Only dpnn's own SGD and Adam say so; a subclass may do anything in ``step``."""
+        return None
+
+    def hyperparameters(self) -> dict:
+        """The scalars a step reads (lr, t, betas...): sent to the workers' twins every step."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, (bool, int, float, str))}
+
+    def set_hyperparameters(self, values: dict) -> None:
+        for k, v in values.items():
+            setattr(self, k, v)
+
+    def twin(self) -> "Optimizer":
+        """A copy without arrays (slots, scratch): a worker's own instance for its chunk."""
+        twin = copy.copy(self)
+        for k, v in list(vars(twin).items()):
+            if isinstance(v, (np.ndarray, list, dict)):
+                setattr(twin, k, None if isinstance(v, np.ndarray) else type(v)())
+        return twin
+
+    def count_step(self) -> None:
+        """One step was taken outside :meth:`step` (every chunk of a sharded update is done)."""
+        self.t += 1
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays only (so it saves to HDF5/NPZ without pickle): step count, lr and every slot."""
         out = {"t": np.array(self.t, np.int64), "lr": np.array(self.lr, np.float64)}
@@ -86,6 +114,11 @@ class SGD(Optimizer):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
 
+    def sharded_slots(self) -> tuple[str, ...] | None:
+        if type(self) is not SGD:
+            return None
+        return ("v",) if self.momentum else ()
+
     def update(self, p, g, slot) -> None:
         if self.momentum:
             v = slot.get("v")
@@ -108,6 +141,9 @@ class Adam(Optimizer):
                  eps: float = 1e-8) -> None:
         super().__init__(lr)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+
+    def sharded_slots(self) -> tuple[str, ...] | None:
+        return ("m", "v") if type(self) is Adam else None
 
     def update(self, p, g, slot) -> None:
         if "m" not in slot:

@@ -10,14 +10,16 @@
     loss sum and hits added in slot order
     weight decay, global-norm clip, optimizer step   (Model.apply_gradients)
 
-``LocalEngine`` runs every shard in one process, ``DataParallel``'s workers each run theirs
-into shared-memory slots, ``DistributedEngine``'s ranks run theirs and all-gather the slots.
-All of them call :func:`run_shard` and :func:`combine_shards`, so they cannot drift apart.
+Every node backend (:mod:`dpnn.node`: this process, or the worker pool) calls
+:func:`run_shard` for each of its shards and :func:`combine_shards` to merge them, and the
+one :class:`dpnn.step.Step` decides which shards a node computes, so no two engines can drift
+apart. :class:`Sums` is the (loss, hits, count) triple every level adds up.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -26,6 +28,34 @@ import numpy as np
 from .augment import augment_batch
 
 DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
+
+
+class Sums(NamedTuple):
+    """Loss sum, argmax hits and sample count of some samples: shards, ranks and steps add up.
+
+    ``hits`` is -1 when the model is not a classifier, and stays -1 in any sum.
+    """
+    loss: float = 0.0
+    hits: int = 0
+    count: int = 0
+
+    def __add__(self, other: "Sums") -> "Sums":
+        hits = -1 if self.hits < 0 or other.hits < 0 else self.hits + other.hits
+        return Sums(self.loss + other.loss, hits, self.count + other.count)
+
+    def mean_loss(self) -> float:
+        return self.loss / self.count if self.count else math.nan
+
+    def accuracy(self) -> float:
+        return self.hits / self.count if self.hits >= 0 and self.count else math.nan
+
+    def as_array(self) -> np.ndarray:
+        """(3,) float64, for an all-reduce across ranks (exact for counts below 2**53)."""
+        return np.array(self, np.float64)
+
+    @classmethod
+    def of_array(cls, a: np.ndarray) -> "Sums":
+        return cls(float(a[0]), -1 if a[1] < 0 else int(a[1]), int(a[2]))
 
 
 @dataclass
@@ -37,13 +67,19 @@ class StepStats:
     grad_norm: float = 0.0           # global gradient norm before clipping
     times: dict = field(default_factory=dict)   # seconds: compute, wait, reduce, optimizer
 
+    @classmethod
+    def of(cls, sums: Sums, grad_norm: float = 0.0, times: dict | None = None) -> "StepStats":
+        return cls(sums.loss, sums.hits, sums.count, grad_norm, times or {})
+
+    @property
+    def sums(self) -> Sums:
+        return Sums(self.loss_sum, self.correct, self.count)
+
 
 class ShardResult(NamedTuple):
-    """One slot's sums: which slot, its loss sum, argmax hits (-1: no accuracy), samples."""
+    """One slot's part of a step: which slot, and its sums."""
     slot: int
-    loss_sum: float
-    correct: int
-    count: int
+    sums: Sums
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
@@ -70,11 +106,6 @@ def count_correct(logits: np.ndarray, y: np.ndarray) -> int:
     y = np.asarray(y)
     labels = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] == logits.shape[1] else y.reshape(-1)
     return int((logits.argmax(axis=1) == labels).sum())
-
-
-def add_correct(a: int, b: int) -> int:
-    """Accumulate argmax hits; -1 (not a classifier) is sticky."""
-    return -1 if a < 0 or b < 0 else a + b
 
 
 # -- the loss, whatever object the user passed -------------------------------------------------
@@ -117,7 +148,7 @@ def loss_gradient(loss, out: np.ndarray, y: np.ndarray, denominator: int) -> tup
 
 # -- one shard ----------------------------------------------------------------------------------
 def shard_gradients(model, x: np.ndarray, y: np.ndarray, denominator: int,
-                    keys: np.ndarray | None) -> tuple[float, int]:
+                    keys: np.ndarray | None) -> Sums:
     """Forward + backward on one shard; the model's grads get d(sum loss)/d(params) / denominator.
 
     The shard runs in the pieces :meth:`Model.micro_batches` gives (cache blocking); every
@@ -128,25 +159,24 @@ def shard_gradients(model, x: np.ndarray, y: np.ndarray, denominator: int,
         return _piece_gradients(model, x, y, denominator, keys)
     if keys is None:
         keys = model.next_sample_keys(len(x))
-    dest, total, correct = model.grads, 0.0, 0
+    dest, sums = model.grads, Sums()
     try:
         for k, (a, b) in enumerate(parts):
             if k == 1:                                 # later pieces: into scratch, then added
                 model.bind_grads(model.grad_scratch())
-            ls, c = _piece_gradients(model, x[a:b], y[a:b], denominator, keys[a:b])
+            sums += _piece_gradients(model, x[a:b], y[a:b], denominator, keys[a:b])
             if k:
                 dest += model.grads
-            total, correct = total + ls, add_correct(correct, c)
     finally:
         model.bind_grads(dest)
-    return total, correct
+    return sums
 
 
-def _piece_gradients(model, x, y, denominator, keys) -> tuple[float, int]:
+def _piece_gradients(model, x, y, denominator, keys) -> Sums:
     out = model.forward(x, training=True, sample_keys=keys)
     total, grad = loss_gradient(model.loss, out, y, denominator)
     model.backward(grad)
-    return total, count_correct(out, y)
+    return Sums(total, count_correct(out, y), len(x))
 
 
 def run_shard(model, slot: int, x: np.ndarray, y: np.ndarray, denominator: int,
@@ -162,12 +192,11 @@ def run_shard(model, slot: int, x: np.ndarray, y: np.ndarray, denominator: int,
         np.copyto(model.state, state0)       # every shard starts from the step's statistics
     if len(x) == 0:
         model.grads[...] = 0
-        return ShardResult(slot, 0.0, 0, 0)
+        return ShardResult(slot, Sums())
     if augment is not None:
         keys = model.next_sample_keys(len(x)) if keys is None else keys
         x = augment_batch(augment, x, keys)      # per-sample keys: the same for any shard cut
-    total, correct = shard_gradients(model, x, y, denominator, keys)
-    return ShardResult(slot, total, correct, len(x))
+    return ShardResult(slot, shard_gradients(model, x, y, denominator, keys))
 
 
 # -- the slots, in order -------------------------------------------------------------------------
@@ -197,15 +226,15 @@ def average_state(slots, counts, out: np.ndarray) -> np.ndarray:
 
 
 def combine_shards(results: list[ShardResult], grad_slots, state_slots, grads_out: np.ndarray | None,
-                   state_out: np.ndarray, same_state: bool = False) -> tuple[float, int]:
-    """Reduce the slots of one step into ``grads_out``/``state_out``; (loss sum, hits).
+                   state_out: np.ndarray, same_state: bool = False) -> Sums:
+    """Reduce the slots of one step into ``grads_out``/``state_out``; their added sums.
 
     ``results`` are in slot order and ``grad_slots[k]``/``state_slots[k]`` belong to
     ``results[k]``. ``grads_out=None`` leaves the gradient sum to someone else (the sharded
     optimizer). ``same_state``: every non-empty slot holds the same statistics (synchronised
     BatchNorm), so one is copied instead of averaged (which could round differently).
     """
-    counts = [r.count for r in results]
+    counts = [r.sums.count for r in results]
     if grads_out is not None:
         add_slots(grad_slots, grads_out)
     if state_out.size:
@@ -213,8 +242,23 @@ def combine_shards(results: list[ShardResult], grad_slots, state_slots, grads_ou
             np.copyto(state_out, state_slots[next(k for k, c in enumerate(counts) if c)])
         else:
             average_state(state_slots, counts, state_out)
-    total, correct = 0.0, 0
-    for r in results:
-        if r.count:
-            total, correct = total + r.loss_sum, add_correct(correct, r.correct)
-    return total, correct
+    return add_sums(r.sums for r in results)
+
+
+def add_sums(parts) -> Sums:
+    """The parts' sums added in order (empty parts add nothing, not even a -1 hit count)."""
+    total = Sums()
+    for part in parts:
+        if part.count:
+            total += part
+    return total
+
+
+def evaluation_sums(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
+    """The model's sums on (x, y) in inference mode, batch by batch."""
+    total = Sums()
+    for a in range(0, len(x), batch_size):
+        out = model.predict(x[a:a + batch_size], batch_size)
+        value = model.loss.forward(out, y[a:a + batch_size])
+        total += Sums(loss_sum(model.loss, value, len(out)), count_correct(out, y[a:a + batch_size]), len(out))
+    return total

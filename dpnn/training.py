@@ -11,35 +11,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .callbacks import CallbackList, EarlyStopping, LRScheduler
+from .data import as_arrays, epoch_permutation
 from .engine import Engine, make_engine
-from .preemption import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
-from .data import epoch_permutation
 from .random import fresh_seed, sample_keys
+from .recipe import Sums
+from .signals import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
 
 
 class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite; the model holds the best weights seen so far."""
-
-
-def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
-    """Accept a Dataset (``.X``/``.y``), an (X, y) tuple, or X and y arrays."""
-    if y is None and hasattr(x, "X") and hasattr(x, "y"):
-        x, y = x.X, x.y
-    elif y is None and isinstance(x, (tuple, list)) and len(x) == 2:
-        x, y = x
-    if y is None:
-        raise ValueError("no labels: pass fit(dataset), fit((X, y)) or fit(X, y)")
-    x, y = np.asarray(x), np.asarray(y)
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} inputs but {len(y)} labels; they must have the same length")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise ValueError("the inputs contain NaN or infinite values; clean the data first")
-    if y.dtype.kind not in "iufb":
-        raise ValueError(f"labels must be numbers (class indices, one-hot rows or targets), "
-                         f"got dtype {y.dtype}")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError("the labels contain NaN or infinite values; clean the data first")
-    return x.astype(np.float32, copy=False), y
 
 
 def check_labels(model, y: np.ndarray, num_classes: int | None) -> None:
@@ -119,40 +99,87 @@ def check_engine(model, engine: Engine | None, seed, workers, threads_per_worker
                          "(or to fit)")
 
 
-def run_epoch(model, engine: Engine, X, y, batch_size, seed, epoch, shuffle, bar,
-              signals: DeferredSignals, start: Progress | None = None) -> dict:
-    """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given; returns
-    {'loss', 'acc', 'samples_per_s', 'time', 'times'}. ``model.progress`` follows every step."""
-    n = len(X)
-    order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)   # as Dataset.batches
-    p = start or Progress(epoch)
-    t0 = time.perf_counter() - p.elapsed
-    times = {"compute": 0.0, "update": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
-    parallel = engine.describe().workers > 1            # once: describe() may query BLAS
-    if bar is not None and p.seen:
-        bar.update(p.seen)
-    for step, first in enumerate(range(0, n, batch_size)):
-        if step < p.step:
-            continue
-        signals.check(p)
-        idx = order[first:first + batch_size]
-        stats = engine.train_rows(idx, sample_keys(seed, epoch, idx))
-        if not math.isfinite(stats.loss_sum):
-            raise TrainingDiverged(f"the loss became {stats.loss_sum} at epoch {epoch + 1}, step "
-                                   f"{step + 1}; lower the learning rate or set clip_norm")
-        correct = -1 if stats.correct < 0 or p.correct < 0 else p.correct + stats.correct
-        p = Progress(epoch, step + 1, p.loss_sum + stats.loss_sum, correct, p.seen + stats.count,
-                     time.perf_counter() - t0)
-        model.progress = p
-        for k in times:
-            times[k] += stats.times.get(k, 0.0)
-        if bar is not None:
-            show_progress(bar, p, stats.count, times, parallel)
-        model.callbacks.on_batch_end(step, {"loss": stats.loss_sum / stats.count})
-    elapsed = time.perf_counter() - t0
-    seen = max(p.seen, 1)
-    return {"loss": p.loss_sum / seen, "acc": p.correct / seen if p.correct >= 0 and p.seen else math.nan,
-            "samples_per_s": p.seen / max(elapsed, 1e-9), "time": elapsed, "times": times}
+class TrainingSession:
+    """One run of ``fit``: the model, the engine it trains with, the callbacks, the progress.
+
+    ``Model`` stays the network; what only exists while training lives here. Callbacks reach it
+    as ``self.session`` (``self.model`` is the model, as in Keras); ``progress`` is where training
+    stands after each completed step (a checkpoint of it resumes bitwise).
+    """
+
+    def __init__(self, model, engine: Engine, callbacks: CallbackList, signals: DeferredSignals,
+                 verbose: int) -> None:
+        self.model, self.engine, self.callbacks = model, engine, callbacks
+        self.signals, self.verbose = signals, verbose
+        self.progress: Progress | None = None
+        callbacks.set_session(self)
+
+    def train(self, X, Y, val_data, epochs: int, batch_size: int, seed: int, shuffle: bool,
+              initial_epoch: int, history: dict, progress: Progress | None) -> None:
+        cbs, engine = self.callbacks, self.engine
+        cbs.on_train_begin(engine.describe().as_logs())
+        for epoch in range(initial_epoch, epochs):
+            cbs.on_epoch_begin(epoch, {})
+            bar = tqdm(total=len(X), desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
+                       leave=True, disable=not self.verbose, dynamic_ncols=True)
+            try:
+                logs = self.run_epoch(X, Y, batch_size, seed, epoch, shuffle, bar,
+                                      progress if epoch == initial_epoch else None)
+            except TrainingDiverged:
+                cbs.on_diverged()
+                raise
+            finally:
+                bar.close()
+            engine.sync_state()
+            if val_data is not None:
+                logs["val_loss"], logs["val_acc"] = engine.evaluate(*val_data)
+            logs["lr"] = self.model.optimizer.lr
+            for k in ("loss", "acc", "val_loss", "val_acc", "lr"):
+                history.setdefault(k, []).append(float(logs.get(k, float("nan"))))
+            if self.verbose:
+                extra = f", val_loss {logs['val_loss']:.4f}, val_acc {logs['val_acc']:.4f}" if val_data else ""
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, acc {logs['acc']:.4f}"
+                           f"{extra}, {logs['samples_per_s']:,.0f} samples/s")
+            cbs.on_epoch_end(epoch, logs)
+            self.progress = Progress(epoch + 1)
+            if self.model.stop_training:
+                break
+            if epoch + 1 < epochs:
+                self.signals.check(self.progress)
+        cbs.on_train_end({})
+
+    def run_epoch(self, X, y, batch_size, seed, epoch, shuffle, bar, start: Progress | None = None) -> dict:
+        """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given;
+        returns {'loss', 'acc', 'samples_per_s', 'time', 'times'}; ``progress`` follows every step."""
+        n, engine = len(X), self.engine
+        order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)   # as Dataset.batches
+        p = start or Progress(epoch)
+        t0 = time.perf_counter() - p.elapsed
+        times = {"compute": 0.0, "update": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
+        parallel = engine.describe().workers > 1            # once: describe() may query BLAS
+        if bar is not None and p.seen:
+            bar.update(p.seen)
+        for step, first in enumerate(range(0, n, batch_size)):
+            if step < p.step:
+                continue
+            self.signals.check(p)
+            idx = order[first:first + batch_size]
+            stats = engine.train_rows(idx, sample_keys(seed, epoch, idx))
+            if not math.isfinite(stats.loss_sum):
+                raise TrainingDiverged(f"the loss became {stats.loss_sum} at epoch {epoch + 1}, step "
+                                       f"{step + 1}; lower the learning rate or set clip_norm")
+            seen = Sums(p.loss_sum, p.correct, p.seen) + stats.sums
+            p = Progress(epoch, step + 1, seen.loss, seen.hits, seen.count, time.perf_counter() - t0)
+            self.progress = p
+            for k in times:
+                times[k] += stats.times.get(k, 0.0)
+            if bar is not None:
+                show_progress(bar, p, stats.count, times, parallel)
+            self.callbacks.on_batch_end(step, {"loss": stats.loss_sum / stats.count})
+        elapsed = time.perf_counter() - t0
+        sums = Sums(p.loss_sum, p.correct, p.seen)
+        return {"loss": sums.mean_loss(), "acc": sums.accuracy(),
+                "samples_per_s": p.seen / max(elapsed, 1e-9), "time": elapsed, "times": times}
 
 
 def show_progress(bar, p: Progress, count: int, times: dict, engine_parallel: bool) -> None:
@@ -164,8 +191,6 @@ def show_progress(bar, p: Progress, count: int, times: dict, engine_parallel: bo
         total = sum(times.values()) or 1.0
         post["step"] = " ".join(f"{k[:4]} {100 * v / total:.0f}%" for k, v in times.items())
     bar.set_postfix(post, refresh=False)
-
-
 def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes: int | None = None,
         val_data=None, validation_split: float = 0.0, shuffle: bool = True,
         early_stopping: bool = False, patience: int = 3, min_delta: float = 0.0,
@@ -200,7 +225,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
             raise TypeError("fit() got both val_data and validation_data; pass one of them")
         val_data = options.pop("val_data")
     check_engine(model, engine, seed, workers, threads_per_worker, deterministic, augment, options)
-    model._require_compiled()
+    model.require_compiled()
     if augment is not None and not callable(augment):
         raise TypeError(f"augment must be a function fn(x, keys) -> x, got {type(augment).__name__}")
     X, Y = as_arrays(x, y)
@@ -219,7 +244,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     if val_data is not None:
         val_data = as_arrays(val_data)
     X = model.check_input(X)
-    model._ensure_built(X[:1])
+    model.ensure_built(X[:1])
     check_labels(model, Y, num_classes)
     if val_data is not None:
         val_data = (model.check_input(val_data[0]), val_data[1])
@@ -231,7 +256,6 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         cbs.append(LRScheduler(lr_schedule, epochs, lr_factor, lr_patience, lr_min))
     if early_stopping:
         cbs.append(EarlyStopping(patience=patience, min_delta=min_delta))
-    model.callbacks = CallbackList(cbs, model)
     model.stop_training = False
     with DeferredSignals(verbose=bool(verbose)) as signals:
         opened = nullcontext(engine) if engine is not None else closing(     # the caller's stays open
@@ -246,41 +270,6 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
             if verbose:
                 tqdm.write(f"training {len(X):,} samples, {epochs - initial_epoch} "
                            f"epoch{'s' * (epochs - initial_epoch != 1)}, on {info}")
-            _train(model, engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
-                   initial_epoch, history, signals, progress)
+            session = TrainingSession(model, engine, CallbackList(cbs, model), signals, verbose)
+            session.train(X, Y, val_data, epochs, batch_size, seed, shuffle, initial_epoch, history, progress)
     return history
-
-
-def _train(model, engine: Engine, X, Y, val_data, epochs, batch_size, seed, shuffle, verbose,
-           initial_epoch, history, signals: DeferredSignals, progress: Progress | None) -> None:
-    cbs = model.callbacks
-    cbs.on_train_begin(engine.describe().as_logs())
-    for epoch in range(initial_epoch, epochs):
-        cbs.on_epoch_begin(epoch, {})
-        bar = tqdm(total=len(X), desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
-                   leave=True, disable=not verbose, dynamic_ncols=True)
-        try:
-            logs = run_epoch(model, engine, X, Y, batch_size, seed, epoch, shuffle, bar, signals,
-                             progress if epoch == initial_epoch else None)
-        except TrainingDiverged:
-            cbs.on_diverged()
-            raise
-        finally:
-            bar.close()
-        engine.sync_state()
-        if val_data is not None:
-            logs["val_loss"], logs["val_acc"] = engine.evaluate(*val_data)
-        logs["lr"] = model.optimizer.lr
-        for k in ("loss", "acc", "val_loss", "val_acc", "lr"):
-            history.setdefault(k, []).append(float(logs.get(k, float("nan"))))
-        if verbose:
-            extra = f", val_loss {logs['val_loss']:.4f}, val_acc {logs['val_acc']:.4f}" if val_data else ""
-            tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, acc {logs['acc']:.4f}"
-                       f"{extra}, {logs['samples_per_s']:,.0f} samples/s")
-        cbs.on_epoch_end(epoch, logs)
-        model.progress = Progress(epoch + 1)
-        if model.stop_training:
-            break
-        if epoch + 1 < epochs:
-            signals.check(model.progress)
-    cbs.on_train_end({})

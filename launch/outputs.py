@@ -10,7 +10,7 @@ import signal
 import stat
 import sys
 
-from dpnn import Callback, threads
+from dpnn import Callback, placement
 from dpnn.io import atomic_write
 from dpnn.training import TrainingInterrupted
 from launch import checkpoint as ckpt
@@ -120,7 +120,7 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
     times = h.get("time", [])
     per_epoch = sum(times) / len(times) if times else math.nan
     rate = sum(h.get("samples_per_s", [])) / len(times) if times else math.nan
-    blas = log.threads or (threads.current_blas_threads() if log.workers == 1 else "?")
+    blas = log.threads or (placement.current_blas_threads() if log.workers == 1 else "?")
     epochs = len(h["loss"])
     lines = [f"summary: {a.model} on {run.info['name']}, {epochs} epoch{'s' * (epochs != 1)}, "
              f"{len(run.train):,} training samples",

@@ -23,7 +23,7 @@ import sys
 from contextlib import closing
 from types import SimpleNamespace
 
-from dpnn import EarlyStopping, threads
+from dpnn import EarlyStopping, placement
 from dpnn.callbacks import LRScheduler
 from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.datasets import LOADERS, load_dataset
@@ -78,7 +78,7 @@ augment_arg = checked_text(parse_spec)               # --augment SPEC (grammar i
 
 def workers_arg(text: str):
     try:
-        return threads.parse_count(text, "--workers")
+        return placement.parse_count(text, "--workers")
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
 
@@ -236,7 +236,7 @@ def resolve_workers(args, note, comm=None) -> None:
     if args.worker_timeout is not None:
         args.engine_options["worker_timeout"] = args.worker_timeout
     try:                                    # the thread policy's limits, before any data is read
-        threads.resolve_workers(args.workers, comm.local_size if comm else 1, args.oversubscribe)
+        placement.resolve_workers(args.workers, comm.local_size if comm else 1, args.oversubscribe)
     except ValueError as e:
         raise UsageError(f"--workers: {e}") from None
     if engine_available():

@@ -3,9 +3,8 @@ import warnings
 
 import pytest
 
-from dpnn import threads
-from dpnn.workers import topology
-from dpnn.workers.topology import (cgroup_cpu_limit, physical_cores, plan_placement,
+from dpnn import placement
+from dpnn.placement import (cgroup_cpu_limit, physical_cores, plan_placement,
                                    resolve_workers, usable_cores)
 
 

@@ -326,9 +326,9 @@ def test_a_killed_coordinator_leaves_no_worker_and_no_shared_memory(tmp_path):
 
 
 def test_the_shared_barrier_waits_for_everyone_and_times_out_on_a_missing_worker():
-    """meet.SharedBarrier: nobody passes before all arrived; a worker that never arrives makes
+    """barrier.SharedBarrier: nobody passes before all arrived; a worker that never arrives makes
     the others' wait end in BrokenBarrierError; new workers continue the old count."""
-    from dpnn.workers.meet import SharedBarrier
+    from dpnn.workers.barrier import SharedBarrier
     entries = np.zeros(3, np.int64)
     a, b, c = (SharedBarrier(entries, k) for k in range(3))
     passed = []
@@ -387,7 +387,7 @@ def test_the_step_reports_the_span_in_which_some_worker_computes(no_leaks):
 def test_a_barrier_wait_ends_when_the_coordinator_is_gone():
     """A peer that died with its coordinator never arrives: the waiter notices the coordinator
     is gone (about every half second once it naps) and leaves, long before its timeout."""
-    from dpnn.workers.meet import SharedBarrier
+    from dpnn.workers.barrier import SharedBarrier
     entries = np.zeros(2, np.int64)
     waiter = SharedBarrier(entries, 0, alive=lambda: False)
     t0 = time.perf_counter()
@@ -399,14 +399,14 @@ def test_a_barrier_wait_ends_when_the_coordinator_is_gone():
 def test_the_barrier_fences_memory_on_cpus_that_reorder_it(monkeypatch):
     """x86 keeps stores in order (no fence); elsewhere a C11 fence (libatomic, or macOS's
     OSMemoryBarrier), or a lock round trip when neither library exists; each one callable."""
-    from dpnn.workers import meet
-    monkeypatch.setattr(meet.platform, "machine", lambda: "x86_64")
-    assert meet._fence() is None
-    monkeypatch.setattr(meet.platform, "machine", lambda: "aarch64")
-    fence = meet._fence()
+    from dpnn.workers import barrier
+    monkeypatch.setattr(barrier.platform, "machine", lambda: "x86_64")
+    assert barrier._fence() is None
+    monkeypatch.setattr(barrier.platform, "machine", lambda: "aarch64")
+    fence = barrier._fence()
     assert fence is not None
     fence()
-    monkeypatch.setattr(meet.ctypes.util, "find_library", lambda name: None)
-    fallback = meet._fence()
+    monkeypatch.setattr(barrier.ctypes.util, "find_library", lambda name: None)
+    fallback = barrier._fence()
     fallback()
     assert fallback is not fence

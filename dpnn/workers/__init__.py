@@ -1,13 +1,54 @@
 """The shared-memory data-parallel engine (see docs/engine.md).
 
-``DataParallel`` is the coordinator (a context manager with ``train_step``/``train_on_batch``);
-``resolve_workers``/``plan_placement`` decide how many workers run where; ``SharedArena`` is
-the shared-memory layout they all see.
+``PoolNode`` is the node backend whose shards run in worker processes; ``DataParallel`` is
+the engine a user opens on one machine, ``Step(PoolNode(...))``, a context manager with
+``train_step``/``train_on_batch``/``evaluate``/``predict``; ``SharedArena`` is the
+shared-memory layout they all see.
 """
 from ..errors import WorkerError
+from ..placement import Placement, cgroup_cpu_limit, plan_placement, resolve_workers, usable_cores
+from ..step import Step
 from .arena import SharedArena, SharedMemoryError, unlink_prefix
-from .coordinator import DataParallel
-from .topology import Placement, cgroup_cpu_limit, plan_placement, resolve_workers, usable_cores
+from .coordinator import PoolNode
 
-__all__ = ["DataParallel", "WorkerError", "SharedArena", "SharedMemoryError", "unlink_prefix",
+
+class DataParallel(Step):
+    """Train ``model`` with ``workers`` processes sharing its parameters: ``Step(PoolNode)``.
+
+    >>> with DataParallel(model, workers=4) as dp:
+    ...     loss, acc = dp.train_on_batch(x, y)
+
+    Every option is :class:`PoolNode`'s. The model must be compiled; it is built on the first
+    batch if needed. ``close`` copies parameters back, so the model stays usable afterwards.
+    """
+
+    def __init__(self, model, workers: int | str = "auto", deterministic: bool = False, **options) -> None:
+        super().__init__(PoolNode(model, workers, deterministic=deterministic, **options),
+                         deterministic=deterministic)
+        self.workers = self.node.workers
+        self.threads_per_worker = self.node.threads_per_worker
+
+    def __enter__(self) -> "DataParallel":
+        if self.model.built:
+            self.node.start()
+        return self
+
+    def start(self) -> None:
+        """Start the workers now (the model must be built) instead of on the first step."""
+        self.node.start()
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return self.node.worker_pids
+
+    @property
+    def restarts(self) -> list[int]:
+        return self.node.restarts
+
+    @property
+    def startup_time(self) -> float | None:
+        return self.node.startup_time
+
+
+__all__ = ["DataParallel", "PoolNode", "WorkerError", "SharedArena", "SharedMemoryError", "unlink_prefix",
            "resolve_workers", "plan_placement", "Placement", "usable_cores", "cgroup_cpu_limit"]

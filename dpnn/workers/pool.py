@@ -26,10 +26,10 @@ from multiprocessing.reduction import ForkingPickler
 import psutil
 
 from ..errors import WorkerError
-from . import protocol as P
-from ._env import blas_environment, deferred_signals, ensure_forkserver, forkserver_alive, forkserver_pid, \
-    start_context
-from .protocol import WorkerSpec
+from ..signals import blocked_signals
+from .liveness import process_gone, watch
+from .messages import REPLIES, Failed, Ready, Stop, WorkerSpec
+from .startup import blas_environment, ensure_forkserver, forkserver_alive, forkserver_pid, start_context
 from .worker import worker_main
 
 START_TIMEOUT_S = 120.0     # a worker must import, rebuild the model and attach within this
@@ -46,7 +46,7 @@ class WorkerPool:
     def __init__(self, spec: WorkerSpec, start_method: str, arrivals=None) -> None:
         self.spec, self.start_method = spec, start_method
         self.ctx = start_context(start_method)
-        # the workers meet inside a step (meet.py): synchronised BatchNorm, the sharded update
+        # the workers meet inside a step (barrier.py): synchronised BatchNorm, the sharded update
         self.meets = "meet" in spec.layout
         self.arrivals = arrivals        # () -> each worker's arrivals at that barrier, if any
         self.procs: list = [None] * spec.workers
@@ -66,11 +66,11 @@ class WorkerPool:
             parent, child = self.ctx.Pipe(duplex=True)
             proc = self.ctx.Process(target=worker_main, args=(k, self.spec, child),
                                     name=f"dpnn-worker-{k}", daemon=True)
-            with deferred_signals(), blas_environment(self.spec.threads, self.start_method == "spawn"):
+            with blocked_signals(), blas_environment(self.spec.threads, self.start_method == "spawn"):
                 proc.start()       # an interrupt waits until the worker is on our books
                 child.close()      # so the worker's death reads as EOF here
                 self.procs[k], self.conns[k], self.pids[k] = proc, parent, proc.pid
-                self.handles[k] = _handle(proc.pid)
+                self.handles[k] = watch(proc.pid)
                 self.servers[k] = forkserver_pid() if self.start_method == "forkserver" else None
                 self.stale.discard(k)
                 self.silent.pop(k, None)
@@ -90,9 +90,9 @@ class WorkerPool:
                                       f"({self.exit_reason(k)}). Workers import your main module: if "
                                       "your script trains at import time, put that code under "
                                       "`if __name__ == '__main__':`")
-                if msg is not None and msg[0] == P.ERROR:
-                    raise WorkerError(f"worker {k} (pid {self.pids[k]}) failed to start:\n{msg[2]}")
-                if msg is not None and msg[0] == P.READY:
+                if isinstance(msg, Failed):
+                    raise WorkerError(f"worker {k} (pid {self.pids[k]}) failed to start:\n{msg.traceback}")
+                if isinstance(msg, Ready):
                     pending.discard(k)
 
     def _waitables(self, ids) -> list:
@@ -134,7 +134,7 @@ class WorkerPool:
 
         When the workers meet inside a step (synchronised BatchNorm, the sharded update)
         every worker is replaced: the survivors may be stuck waiting for the dead one, and
-        the new ones start the barrier's count together (meet.py).
+        the new ones start the barrier's count together (barrier.py).
         """
         if self.meets:
             self.stop(graceful=False)
@@ -145,7 +145,7 @@ class WorkerPool:
         self.start(list(ids))
 
     # -- per step -------------------------------------------------------------------------
-    def send_all(self, msg: tuple) -> None:
+    def send_all(self, msg) -> None:
         """Send ``msg`` to every worker, the one pinned to the CPU we run on last.
 
         Waking that worker first would let it preempt us on our own CPU before the other
@@ -160,7 +160,7 @@ class WorkerPool:
                     self.conns[k].send_bytes(data)
 
     def gather(self, attempt: int, timeout: float | None = None) -> tuple[dict, set, dict]:
-        """Replies of ``attempt``: ({worker: 'done' msg}, {dead workers}, {worker: traceback}).
+        """Replies of ``attempt``: ({worker: its reply}, {dead workers}, {worker: traceback}).
 
         A worker silent for more than ``timeout`` seconds (None: no limit) is killed and
         counted dead. When the workers wait for each other inside a step (at a barrier),
@@ -175,15 +175,15 @@ class WorkerPool:
             ready = set(connection.wait(self._waitables(pending), max(0.0, left)))
             for k in sorted(pending):
                 msg = self._receive(k, ready)
-                if msg is None or (msg != GONE and msg[1] != attempt):
+                if msg is None or (msg != GONE and msg.attempt != attempt):
                     continue              # nothing yet, or a late reply to an abandoned attempt
                 pending.discard(k)
                 if msg == GONE:
                     dead.add(k)
-                elif msg[0] == P.DONE:
+                elif isinstance(msg, REPLIES):
                     done[k] = msg
-                elif msg[0] == P.ERROR:
-                    errors[k] = msg[2]
+                elif isinstance(msg, Failed):
+                    errors[k] = msg.traceback
                 else:
                     aborted.add(k)
             if pending and deadline is not None and time.monotonic() >= deadline:
@@ -213,12 +213,7 @@ class WorkerPool:
 
     def running(self, k: int) -> bool:
         """Whether worker k's process is alive (a zombie is not)."""
-        h = self.handles[k]
-        try:
-            return h is not None and h.is_running() and h.status() not in (psutil.STATUS_ZOMBIE,
-                                                                          psutil.STATUS_DEAD)
-        except psutil.Error:
-            return False
+        return not process_gone(self.handles[k])
 
     def dead_workers(self) -> list[int]:
         """Workers that died. Asked before every step, so cheap: one select on the sentinels of
@@ -255,7 +250,7 @@ class WorkerPool:
         """Ask idle workers to leave (``graceful``), then terminate and kill whatever remains."""
         ids = [k for k, p in enumerate(self.procs) if p is not None]
         if graceful:
-            self.send_all((P.STOP,))
+            self.send_all(Stop())
             self._wait_gone(ids, STOP_GRACE_S)
         for sig, grace in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 1.0)):
             live = [k for k in ids if self.running(k)]
@@ -288,13 +283,6 @@ class WorkerPool:
             with contextlib.suppress(ValueError):
                 proc.close()
         self.procs[k] = self.conns[k] = self.handles[k] = None
-
-
-def _handle(pid: int) -> psutil.Process | None:
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
 
 
 def _libc_getcpu():

@@ -5,7 +5,7 @@ import it; the forkserver preloads this module, so a fresh worker starts in mill
 Per step the worker reads its rows of the shared batch, runs forward + backward with the
 layers' parameters as views of the shared parameter buffer, and leaves d(sum loss)/dθ / N
 in its gradient slot; with the sharded update it then sums and updates its chunk of the
-parameters into the *other* parameter set (update.py). The set it computed with is never
+parameters into the *other* parameter set (sharded_update.py). The set it computed with is never
 written during a step, so a step can always be redone after a worker dies.
 """
 from __future__ import annotations
@@ -19,18 +19,18 @@ import traceback
 
 import cloudpickle
 import numpy as np
-import psutil
 
-from ..engine import evaluation_sums
-from ..recipe import run_shard, shard_bounds
-from ..threads import limit_process_threads
-from . import protocol as P
+from ..node import Finish
+from ..placement import limit_process_threads
+from ..recipe import Sums, evaluation_sums, run_shard, shard_bounds
 from .arena import SharedArena, unlink_prefix
+from .barrier import SharedBarrier
 from .batches import RowGatherer
-from .meet import SharedBarrier
-from .protocol import WorkerSpec, shard_slots
+from .liveness import process_gone, watch
+from .messages import (Aborted, Compute, Computed, Evaluate, Evaluated, Failed, Ready, Stop, Update, Updated,
+                       WorkerSpec)
+from .sharded_update import chunk_bounds, sum_chunk, update_chunk
 from .syncbn import ShardExchange, batchnorm_layers
-from .update import SUM_ONLY, chunk_bounds, sum_chunk, update_chunk
 
 COORDINATOR_POLL_S = 0.5    # how often an idle worker checks that its coordinator is alive
 EXIT_WAIT_S = 2.0           # after EOF on its pipe, how long a worker waits to see the coordinator gone
@@ -44,10 +44,9 @@ class ShardRunner:
         self.arena = SharedArena.attach(spec.layout, spec.prefix)
         model = cloudpickle.loads(spec.model_blob)        # the user's layers and loss, no arrays
         assert model.param_layout.size == self.arena["params"].shape[1], "model does not match the arena"
-        self.model, self.slots = model, shard_slots(spec, worker_id)
-        self.exchange = None
+        self.model, self.exchange = model, None
         coordinator = watch(spec.coordinator_pid)
-        barrier = SharedBarrier(self.arena["meet"], worker_id, lambda: not coordinator_gone(coordinator)) \
+        barrier = SharedBarrier(self.arena["meet"], worker_id, lambda: not process_gone(coordinator)) \
             if "meet" in spec.layout else None
         self.bn_layers = batchnorm_layers(model.layers)
         if spec.sync_batchnorm and self.bn_layers:
@@ -58,78 +57,70 @@ class ShardRunner:
         self.augment = cloudpickle.loads(spec.augment_blob) if spec.augment_blob else None
         self.rows = RowGatherer()
         self.barrier = barrier                  # meets the other workers (sync BN, sharded update)
-        self.handlers = {P.STEP: self.step, P.UPDATE: self.apply, P.EVAL: self.evaluate}
-        self.cur = 0
-        self._bind(self.slots[0])
+        self.handlers = {Compute: self.compute, Update: self.update, Evaluate: self.evaluate}
+        self.cur = self.slot = 0
+        self._bind(worker_id if not spec.deterministic else 0)
 
     def _bind(self, slot: int) -> None:
         """Point the layers at parameter set ``cur`` and at gradient/state slot ``slot``."""
-        a = self.arena
+        a, self.slot = self.arena, slot
         self.model.bind(a["params"][self.cur], a["grads"][slot], a["state"][1 + slot], copy=False)
 
-    def _shard(self, slot: int, a: int, b: int, denominator: int, rows: bool):
-        if self.spec.deterministic:
-            self._bind(slot)
-        arena = self.arena
-        x, y = self.rows.gather(arena, a, b) if rows else (arena["x"][a:b], arena["y"][a:b])
-        return run_shard(self.model, slot, x, y, denominator, arena["keys"][a:b], arena["state"][0],
-                         self.augment)
-
-    def step(self, attempt: int, n: int, denominator: int, layout, cur: int, rows: bool,
-             update: tuple | None, cuts: tuple | None) -> tuple:
-        """Fill this worker's gradient slots for a global batch of ``n`` samples (worker k's
-        shard: [cuts[k], cuts[k+1]), or an equal cut); with ``update`` (see update.py), then
-        sum and update this worker's chunk of the parameters."""
+    def compute(self, msg: Compute) -> Computed:
+        """Fill this worker's gradient slots, then finish as asked: add this worker's chunk of
+        the slots (SUM), and step the optimizer on it (UPDATE)."""
         start = time.perf_counter()           # the clock every process shares (CLOCK_MONOTONIC)
-        if layout is not None:
-            self.arena.refresh(layout)
+        if msg.layout is not None:
+            self.arena.refresh(msg.layout)
         t0 = time.perf_counter()
-        if cur != self.cur:
-            self.cur = cur
-            self._bind(self.slots[0])
-        bounds = shard_bounds(n, self.spec.slots) if cuts is None else list(zip(cuts, cuts[1:]))
+        if msg.cur != self.cur:
+            self.cur = msg.cur
+            self._bind(self.slot)
         if self.exchange is not None:
             self.exchange.start_step()
         shards = []
-        for slot in self.slots:
-            a, b = bounds[slot]
+        for slot in range(*msg.slots[self.worker_id]):
+            a, b = msg.bounds[slot]
             if b == a and self.exchange is not None:
                 self.exchange.take_part_empty(self.bn_layers)
-            shards.append(tuple(self._shard(slot, a, b, denominator, rows)))
+            shards.append(self._shard(slot, a, b, msg))
         compute = time.perf_counter() - t0
-        if update == SUM_ONLY:
-            times = self.sum_slots()
-        else:
-            times = self.update(cur, *update) if update is not None else None
-        return (P.DONE, attempt, shards, compute, times, (start, time.perf_counter()))
+        times = None
+        if msg.finish is not Finish.SLOTS:
+            count = len(msg.bounds)
+            times = self.sum_slots(count) if msg.finish is Finish.SUM else self.step_chunk(msg, count)
+        return Computed(msg.attempt, shards, compute, times, (start, time.perf_counter()))
 
-    def update(self, cur: int, keys: tuple, weight_decay: float, clip_norm: float | None,
-               scalars: dict) -> tuple[float, float]:
+    def _shard(self, slot: int, a: int, b: int, msg: Compute):
+        if slot != self.slot:
+            self._bind(slot)
+        arena = self.arena
+        x, y = self.rows.gather(arena, a, b) if msg.rows else (arena["x"][a:b], arena["y"][a:b])
+        return run_shard(self.model, slot, x, y, msg.denominator, arena["keys"][a:b], arena["state"][0],
+                         self.augment)
+
+    def step_chunk(self, msg: Compute, count: int) -> tuple[float, float]:
         """Once every slot is written: sum and update this worker's chunk of the flat vector
-        (dpnn/workers/update.py); (seconds waiting for the others, seconds updating)."""
+        (sharded_update.py); (seconds waiting for the others, seconds updating)."""
         t0 = time.perf_counter()
         self.wait()
         t1 = time.perf_counter()
-        vars(self.optimizer).update(scalars)
-        update_chunk(self.arena, *self.chunk(), cur, keys, weight_decay, clip_norm, self.optimizer, self.wait)
+        update_chunk(self.arena, *self.chunk(), msg.cur, msg.update, self.optimizer, self.wait, count)
         return t1 - t0, time.perf_counter() - t1
 
-    def sum_slots(self) -> tuple[float, float]:
+    def sum_slots(self, count: int) -> tuple[float, float]:
         """Once every slot is written: sum this worker's chunk of them into grads_sum."""
         t0 = time.perf_counter()
         self.wait()
         t1 = time.perf_counter()
-        sum_chunk(self.arena, *self.chunk())
+        sum_chunk(self.arena, *self.chunk(), count)
         return t1 - t0, time.perf_counter() - t1
 
-    def apply(self, attempt: int, cur: int, keys: tuple, weight_decay: float, clip_norm: float | None,
-              scalars: dict) -> tuple:
+    def update(self, msg: Update) -> Updated:
         """Update this worker's chunk from the gradient already in grads_sum (all-reduced)."""
         t0 = time.perf_counter()
-        vars(self.optimizer).update(scalars)
-        update_chunk(self.arena, *self.chunk(), cur, keys, weight_decay, clip_norm, self.optimizer, self.wait,
-                     sum_slots=False)
-        return (P.DONE, attempt, [], time.perf_counter() - t0)
+        update_chunk(self.arena, *self.chunk(), msg.cur, msg.args, self.optimizer, self.wait, None)
+        return Updated(msg.attempt, time.perf_counter() - t0)
 
     def chunk(self) -> tuple[int, int]:
         return chunk_bounds(self.arena["grads_sum"].size, self.spec.workers)[self.worker_id]
@@ -139,25 +130,25 @@ class ShardRunner:
         if self.spec.workers > 1:
             self.barrier.wait(self.spec.barrier_timeout)
 
-    def evaluate(self, attempt: int, n: int, layout, cur: int, batch_size: int, outputs: bool) -> tuple:
-        """[loss sum, hits, count] of this worker's slice of eval_x/eval_y (running BN statistics);
-        ``outputs``: its predictions into eval_out instead."""
-        if layout is not None:
-            self.arena.refresh(layout)
+    def evaluate(self, msg: Evaluate) -> Evaluated:
+        """Sums of this worker's slice of eval_x/eval_y (running BN statistics); with
+        ``outputs``, its predictions into eval_out instead."""
+        if msg.layout is not None:
+            self.arena.refresh(msg.layout)
         t0 = time.perf_counter()
         arena, m = self.arena, self.model
-        a, b = shard_bounds(n, self.spec.workers)[self.worker_id]
-        self.cur = cur
-        m.bind(arena["params"][cur], m.grads, arena["state"][0], copy=False)
+        a, b = shard_bounds(msg.n, self.spec.workers)[self.worker_id]
+        self.cur = msg.cur
+        m.bind(arena["params"][msg.cur], m.grads, arena["state"][0], copy=False)
         try:
-            if outputs:
-                np.copyto(arena["eval_out"][a:b], m.predict(arena["eval_x"][a:b], batch_size))
-                sums = np.zeros(3)
+            if msg.outputs:
+                np.copyto(arena["eval_out"][a:b], m.predict(arena["eval_x"][a:b], msg.batch_size))
+                sums = Sums()
             else:
-                sums = evaluation_sums(m, arena["eval_x"][a:b], arena["eval_y"][a:b], batch_size)
+                sums = evaluation_sums(m, arena["eval_x"][a:b], arena["eval_y"][a:b], msg.batch_size)
         finally:
-            self._bind(self.slots[0])
-        return (P.DONE, attempt, [float(sums[0]), int(sums[1]), int(sums[2])], time.perf_counter() - t0)
+            self._bind(self.slot)
+        return Evaluated(msg.attempt, sums, time.perf_counter() - t0)
 
 
 def pin(cpus) -> None:
@@ -168,39 +159,18 @@ def pin(cpus) -> None:
             pass
 
 
-def watch(pid: int) -> psutil.Process | None:
-    """A handle on process ``pid`` that notices if the pid is reused; None if it is gone."""
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
-
-
-def coordinator_gone(coordinator: psutil.Process | None) -> bool:
-    """True once the coordinator died (gone, pid reused, or a zombie nobody has reaped yet).
-
-    The coordinator itself is watched, not this process's parent: with ``forkserver`` the
-    parent is the fork server, which may die (and be replaced) while the coordinator trains on.
-    """
-    try:
-        return coordinator is None or not coordinator.is_running() or \
-            coordinator.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.Error:
-        return True
-
-
-def coordinator_lost(coordinator: psutil.Process | None) -> bool:
+def coordinator_lost(coordinator) -> bool:
     """After EOF on the pipe: True if the coordinator died (it may take a moment to finish
     exiting), False if it is alive and simply let this worker go."""
     deadline = time.monotonic() + EXIT_WAIT_S
-    while not coordinator_gone(coordinator):
+    while not process_gone(coordinator):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
     return True
 
 
-def _send(conn, msg: tuple) -> bool:
+def _send(conn, msg) -> bool:
     try:
         conn.send(msg)
         return True
@@ -214,21 +184,20 @@ def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
     while True:
         try:
             if not conn.poll(COORDINATOR_POLL_S):
-                if coordinator_gone(coordinator):
+                if process_gone(coordinator):
                     return True
                 continue
             msg = conn.recv()
         except (EOFError, OSError):
             return coordinator_lost(coordinator)
-        if msg[0] == P.STOP:
+        if isinstance(msg, Stop):
             return False
-        attempt = msg[1]
         try:
-            reply = runner.handlers[msg[0]](*msg[1:])
+            reply = runner.handlers[type(msg)](msg)
         except threading.BrokenBarrierError:
-            reply = (P.ABORTED, attempt)
+            reply = Aborted(msg.attempt)
         except Exception:
-            reply = (P.ERROR, attempt, traceback.format_exc())
+            reply = Failed(msg.attempt, traceback.format_exc())
         if not _send(conn, reply):
             return coordinator_lost(coordinator)
 
@@ -247,9 +216,9 @@ def worker_main(worker_id: int, spec: WorkerSpec, conn) -> None:
         pin(spec.cpus[worker_id])
         runner = ShardRunner(worker_id, spec)
     except Exception:
-        _send(conn, (P.ERROR, 0, traceback.format_exc()))
+        _send(conn, Failed(0, traceback.format_exc()))
         return
-    if _send(conn, (P.READY, os.getpid())):
+    if _send(conn, Ready(os.getpid())):
         orphaned = serve(conn, runner, spec)
     else:
         orphaned = coordinator_lost(watch(spec.coordinator_pid))

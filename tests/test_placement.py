@@ -1,4 +1,4 @@
-"""The one thread policy (dpnn/threads.py): explicit > the user's environment > dpnn's default,
+"""The one thread policy (dpnn/placement.py): explicit > the user's environment > dpnn's default,
 and ranks x workers x threads never above the cores."""
 import json
 import os
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from dpnn import Callback, Dense, Flatten, Model, threads
+from dpnn import Callback, Dense, Flatten, Model, placement
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def after_import(**env) -> dict:
     """The BLAS variables and OpenBLAS's actual thread count in a fresh ``import dpnn``."""
-    clean = {k: v for k, v in os.environ.items() if k not in threads.BLAS_THREAD_VARS
-             and k not in ("DPNN_DISABLE_AUTO_THREADS",) + threads.LOCAL_RANK_VARS}
+    clean = {k: v for k, v in os.environ.items() if k not in placement.BLAS_THREAD_VARS
+             and k not in ("DPNN_DISABLE_AUTO_THREADS",) + placement.LOCAL_RANK_VARS}
     code = ("import os, json, dpnn, numpy; from threadpoolctl import threadpool_info; "
             "blas = [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']; "
             f"print(json.dumps({{'env': {{k: os.environ.get(k) for k in {THREAD_VARS!r}}}, 'blas': blas}}))")
@@ -28,7 +28,7 @@ def after_import(**env) -> dict:
 
 
 def test_import_fills_in_the_usable_cores():
-    cores = str(threads.usable_cores())
+    cores = str(placement.usable_cores())
     got = after_import()
     assert got["env"] == {k: cores for k in THREAD_VARS}
     assert got["blas"] and set(got["blas"]) == {int(cores)}
@@ -45,7 +45,7 @@ def test_disabled_sets_nothing():
 
 
 def test_mpi_ranks_on_one_node_share_its_cores():
-    per_rank = str(max(1, threads.usable_cores() // 4))
+    per_rank = str(max(1, placement.usable_cores() // 4))
     assert after_import(MPI_LOCALNRANKS="4")["env"] == {k: per_rank for k in THREAD_VARS}
 
 
@@ -56,11 +56,11 @@ def cores(monkeypatch, n):
 def test_explicit_then_environment_then_default(monkeypatch):
     cores(monkeypatch, 8)
     monkeypatch.setattr(threads, "_user_threads", None)
-    assert threads.worker_threads(2, None, False) == (4, False)
-    assert threads.worker_threads(2, None, True) == (1, False)          # deterministic
+    assert placement.worker_threads(2, None, False) == (4, False)
+    assert placement.worker_threads(2, None, True) == (1, False)          # deterministic
     monkeypatch.setattr(threads, "_user_threads", 3)
-    assert threads.worker_threads(2, None, False) == (3, False)
-    assert threads.worker_threads(2, 2, False) == (2, False)
+    assert placement.worker_threads(2, None, False) == (3, False)
+    assert placement.worker_threads(2, 2, False) == (2, False)
 
 
 def test_ranks_times_workers_times_threads_never_exceed_the_cores(monkeypatch):
@@ -68,25 +68,25 @@ def test_ranks_times_workers_times_threads_never_exceed_the_cores(monkeypatch):
     monkeypatch.setattr(threads, "_user_threads", 2)        # e.g. OMP_NUM_THREADS=2 on every rank
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert threads.worker_threads(1, None, False, ranks=2) == (1, False)
+        assert placement.worker_threads(1, None, False, ranks=2) == (1, False)
         assert not caught
-        assert threads.worker_threads(1, None, False, ranks=4) == (1, True)
+        assert placement.worker_threads(1, None, False, ranks=4) == (1, True)
     assert len(caught) == 1 and "4 ranks x 1 workers x 1 BLAS threads" in str(caught[0].message)
 
 
 def test_auto_workers_split_the_cores_between_ranks(monkeypatch):
     cores(monkeypatch, 8)
-    assert threads.resolve_workers("auto") == 8
-    assert threads.resolve_workers("auto", ranks=4) == 2
-    assert threads.resolve_workers("auto", ranks=16) == 1
+    assert placement.resolve_workers("auto") == 8
+    assert placement.resolve_workers("auto", ranks=4) == 2
+    assert placement.resolve_workers("auto", ranks=16) == 1
 
 
 def test_a_thousand_workers_are_refused_unless_insisted_on(monkeypatch):
     cores(monkeypatch, 2)
     with pytest.raises(ValueError, match="would start 1000 processes.*oversubscribe"):
-        threads.resolve_workers(1000)
-    assert threads.resolve_workers(1000, oversubscribe=True) == 1000
-    assert threads.resolve_workers(8) == 8                   # 4 per core is allowed
+        placement.resolve_workers(1000)
+    assert placement.resolve_workers(1000, oversubscribe=True) == 1000
+    assert placement.resolve_workers(8) == 8                   # 4 per core is allowed
 
 
 def test_fit_in_process_honours_threads_per_worker():
@@ -110,7 +110,7 @@ def test_the_cli_refuses_a_thousand_workers_in_one_line(tmp_path):
                         "--epochs", "1", "--workers", "1000", "--checkpoint-dir", "none"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
-    if threads.usable_cores() * threads.MAX_WORKERS_PER_CORE >= 1000:
+    if placement.usable_cores() * placement.MAX_WORKERS_PER_CORE >= 1000:
         pytest.skip("this machine has enough cores for 1000 workers")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--oversubscribe" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -123,5 +123,5 @@ def test_only_the_first_rank_of_a_node_warns(monkeypatch):
         monkeypatch.setenv("MPI_LOCALRANKID", rank)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert threads.worker_threads(1, None, False, ranks=4) == (1, True)
+            assert placement.worker_threads(1, None, False, ranks=4) == (1, True)
         assert len(caught) == expected, rank

@@ -1,15 +1,13 @@
-"""Process start-up details: the start method, the fork server, the BLAS environment children
-inherit, and signals held while a process is being launched."""
+"""Process start-up details: the start method, the fork server and the BLAS environment
+children inherit."""
 from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
 import os
-import signal
 
-import psutil
-
-from ..threads import BLAS_THREAD_VARS
+from ..placement import BLAS_THREAD_VARS
+from .liveness import process_gone, watch
 
 START_METHODS = ("forkserver", "spawn")
 PRELOAD = ["dpnn.workers.worker"]      # imported once by the fork server, inherited by workers
@@ -61,11 +59,7 @@ def forkserver_pid() -> int | None:
 
 
 def forkserver_alive() -> bool:
-    pid = forkserver_pid()
-    try:
-        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    return not process_gone(watch(forkserver_pid()))
 
 
 def ensure_forkserver() -> int | None:
@@ -76,17 +70,3 @@ def ensure_forkserver() -> int | None:
     with blas_environment(1):
         forkserver.ensure_running()
     return forkserver_pid()
-
-
-@contextlib.contextmanager
-def deferred_signals(signals=(signal.SIGINT, signal.SIGTERM)):
-    """Hold ``signals`` until the block ends: an interrupt then never lands half-way through
-    launching a process (a child reading a truncated start-up message prints a traceback)."""
-    if not hasattr(signal, "pthread_sigmask"):      # Windows: no signal masks
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)

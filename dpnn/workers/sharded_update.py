@@ -30,36 +30,13 @@ optimizer creates its slots exactly as in one process.
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
 
-from ..optim import BLOCK, NORM_BLOCK, SGD, Adam, blocks, square_sums
+from ..optim import BLOCK, NORM_BLOCK, blocks, square_sums
 from ..recipe import add_slots, shard_bounds
-
-
-def slot_keys(optimizer) -> tuple[str, ...] | None:
-    """Per-parameter arrays an elementwise optimizer keeps; None if it is not elementwise."""
-    if type(optimizer) is Adam:
-        return ("m", "v")
-    if type(optimizer) is SGD:
-        return ("v",) if optimizer.momentum else ()
-    return None
-
-
-def scalars(optimizer) -> dict:
-    """The optimizer's hyper-parameters and step count (lr, t, betas...): what changes per step."""
-    return {k: v for k, v in vars(optimizer).items() if isinstance(v, (bool, int, float, str))}
-
-
-def optimizer_twin(optimizer):
-    """A copy without arrays (slots, scratch): a worker's own instance for its chunk."""
-    twin = copy.copy(optimizer)
-    for k, v in list(vars(twin).items()):
-        if isinstance(v, (np.ndarray, list, dict)):
-            setattr(twin, k, None if isinstance(v, np.ndarray) else type(v)())
-    return twin
+from .messages import UpdateArgs
 
 
 def norm_blocks(size: int) -> int:
@@ -77,19 +54,16 @@ def global_norm(norm_parts: np.ndarray) -> float:
     return math.sqrt(math.fsum(norm_parts))
 
 
-SUM_ONLY = "sum"     # a step's ``update`` that only sums the slots (the MPI engine all-reduces next)
-
-
-def sum_chunk(arena, a: int, b: int) -> None:
-    """Worker side, elements [a, b): grads_sum = sum of the slots, nothing else."""
+def sum_chunk(arena, a: int, b: int, count: int) -> None:
+    """Worker side, elements [a, b): grads_sum = sum of the first ``count`` slots, nothing else."""
     for lo, hi in blocks(a, b):
-        add_slots(arena["grads"][:, lo:hi], arena["grads_sum"][lo:hi])
+        add_slots(arena["grads"][:count, lo:hi], arena["grads_sum"][lo:hi])
 
 
-def update_chunk(arena, a: int, b: int, cur: int, keys: tuple[str, ...], weight_decay: float,
-                 clip_norm: float | None, optimizer, wait, sum_slots: bool = True) -> None:
-    """Worker side, elements [a, b): the gradient (the sum of the slots, into grads_sum; or,
-    with ``sum_slots=False``, grads_sum as it is, e.g. all-reduced across MPI ranks) plus weight
+def update_chunk(arena, a: int, b: int, cur: int, args: UpdateArgs, optimizer, wait,
+                 count: int | None) -> None:
+    """Worker side, elements [a, b): the gradient (the sum of the first ``count`` slots, into
+    grads_sum; or, with ``count=None``, grads_sum as it is, e.g. all-reduced across MPI ranks) plus weight
     decay, its block square sums into ``norm_parts``, then set 1-cur = the optimizer's update
     of set cur. What the step reads (slots, grads_sum as input, set cur) is never written, so
     running it again after a death gives the same result.
@@ -98,11 +72,14 @@ def update_chunk(arena, a: int, b: int, cur: int, keys: tuple[str, ...], weight_
     (the factor needs every chunk's square sums), so every worker calls it, even one whose
     chunk is empty. Without clipping each cache block is summed and updated in one go.
     """
+    keys, weight_decay, clip_norm = args.keys, args.weight_decay, args.clip_norm
+    optimizer.set_hyperparameters(args.hyperparameters)
+    sum_slots = count is not None
     scratch = None if sum_slots else np.empty(min(BLOCK, max(b - a, 0)), np.float32)
 
     def gradient(lo: int, hi: int) -> np.ndarray:
         if sum_slots:
-            g = add_slots(arena["grads"][:, lo:hi], arena["grads_sum"][lo:hi])
+            g = add_slots(arena["grads"][:count, lo:hi], arena["grads_sum"][lo:hi])
         else:                                       # the input stays as it is: work in scratch
             g = scratch[:hi - lo]
             np.copyto(g, arena["grads_sum"][lo:hi])
@@ -145,7 +122,7 @@ class ShardedUpdate:
     def ready(self) -> bool:
         """True if this step can run on the workers (else: ``Model.apply_gradients``)."""
         opt = self.model.optimizer
-        if slot_keys(opt) != self.keys or len(opt.slots) != 1:
+        if opt.sharded_slots() != self.keys or len(opt.slots) != 1:
             return False
         return all(k in opt.slots[0] for k in self.keys)
 
@@ -168,17 +145,16 @@ class ShardedUpdate:
         m = self.model
         m.bind(self._params[self.cur], m.grads, m.state, copy=False)
 
-    def message_args(self) -> tuple:
-        """(slot keys, weight decay, clip norm, optimizer scalars) for the workers: the scalars
-        of the step about to run (t + 1); the model's optimizer counts it only in ``flip``, so a
-        step that never completes leaves the optimizer as it was."""
+    def args(self) -> UpdateArgs:
+        """What the workers need for the step about to run (the optimizer's t + 1); the model's
+        optimizer counts it only in ``flip``, so a step that never completes leaves it as it was."""
         m, opt = self.model, self.model.optimizer
-        return self.keys, m.weight_decay, m.clip_norm, dict(scalars(opt), t=opt.t + 1)
+        return UpdateArgs(self.keys, m.weight_decay, m.clip_norm, dict(opt.hyperparameters(), t=opt.t + 1))
 
     def flip(self) -> None:
         """Every chunk is done: set 1-cur becomes current, for the model and its optimizer,
         which counts the step (what Optimizer.step does)."""
-        self.model.optimizer.t += 1
+        self.model.optimizer.count_step()
         self.cur = 1 - self.cur
         self.model.bind_params(self._params[self.cur])
         slot = self.model.optimizer.slots[0]

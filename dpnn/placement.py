@@ -1,4 +1,4 @@
-"""The one thread policy: how many cores, how many workers, how many BLAS threads each.
+"""Where work runs: how many cores, how many workers, how many BLAS threads each, which CPUs.
 
 Precedence for a process's BLAS threads (documented in the README, "Threads")::
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 BLAS_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -196,6 +197,35 @@ def local_threads(threads_per_worker: int | None, deterministic: bool) -> int | 
     if threads_per_worker is not None:
         return parse_count(threads_per_worker, "threads_per_worker", allow_auto=False)
     return 1 if deterministic else None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the workers run: ``cpus[k]`` are worker k's logical CPUs (None: not pinned)."""
+    workers: int
+    threads_per_worker: int                  # BLAS threads inside each worker
+    cpus: tuple[tuple[int, ...] | None, ...]
+    cores: int                               # physical cores usable by this process
+    oversubscribed: bool                     # workers * threads > cores
+
+
+def plan_placement(workers: int, threads_per_worker: int | None = None,
+                   deterministic: bool = False, pin: bool = True, ranks: int = 1) -> Placement:
+    """Give worker k cores [k*T, (k+1)*T) of the usable physical cores (with their siblings).
+
+    Hyperthread siblings share one core's floating-point units, so they go together. When the
+    cores are oversubscribed (it warns once) or several MPI ranks share the node, nothing is
+    pinned, so the OS can balance the load; ``pin=False`` never pins.
+    """
+    count = usable_cores()
+    cores = physical_cores(usable_cpus())[:count]
+    threads, over = worker_threads(workers, threads_per_worker, deterministic, ranks)
+    if over or not pin or ranks > 1:
+        cpus: tuple = (None,) * workers
+    else:
+        cpus = tuple(tuple(c for core in cores[k * threads:(k + 1) * threads] for c in core)
+                     for k in range(workers))
+    return Placement(workers, threads, cpus, count, over)
 
 
 # -- applying it ----------------------------------------------------------------------------------

@@ -1,4 +1,12 @@
-"""Stopping between steps: SIGINT/SIGTERM during ``fit`` end the current step, then training.
+"""Every way dpnn holds or turns a signal, in one place.
+
+- :class:`DeferredSignals`: during ``fit``, SIGINT/SIGTERM end the current step, then training;
+- :func:`held_signals`: hold them across a block (writing a checkpoint), then deliver;
+- :func:`blocked_signals`: block them at the thread level while a process is launched;
+- :func:`sigterm_as_interrupt`: while worker processes run, SIGTERM raises like Ctrl-C, so
+  every ``finally`` gets to clean up (:class:`Terminated`, a KeyboardInterrupt).
+
+Stopping between steps, in detail:
 
 A preemptible machine sends SIGTERM with ~30 s notice; Ctrl-C sends SIGINT. Either one,
 during ``fit``, is held until the step in flight has finished, so the parameters and the
@@ -9,6 +17,7 @@ progress=p)``). A second signal stops at once.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -84,3 +93,50 @@ class DeferredSignals:
         if self.pending is not None:
             signum, self.pending = self.pending, None
             raise TrainingInterrupted(signum, progress)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (stop, clean up) but known apart: a command exits with 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+
+def sigterm_as_interrupt():
+    """From now on SIGTERM raises :class:`Terminated`; returns the function that undoes it, or
+    None when nothing was changed (not the main thread, or the application has its own handler)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
+        return None
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def held_signals(deliver: bool = True):
+    """Hold SIGINT/SIGTERM back inside the block, then hand a held one to the handler that was
+    there before; with ``deliver=False`` (already stopping) a held one is dropped."""
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda sig, frame: held.append(sig)) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held and deliver:
+            signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
+def blocked_signals(signals=SIGNALS):
+    """Block ``signals`` for this thread until the block ends: an interrupt then never lands
+    half-way through launching a process (a child reading a truncated start-up message)."""
+    if not hasattr(signal, "pthread_sigmask"):      # Windows: no signal masks
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -31,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D
-from dpnn.engine import shard_gradients
+from dpnn.recipe import shard_gradients
 from dpnn.im2col import im2col_padded, windows
 from dpnn.optim import Adam, sum_of_squares
 from dpnn.random import sample_keys

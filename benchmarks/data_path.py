@@ -35,8 +35,8 @@ def measure(shape: tuple[int, int, int], batch: int, steps: int, workers: int) -
     copied, placed, data = [], [], {"copied": [], "placed": []}
     with DataParallel(model, workers=workers, threads_per_worker=1) as dp:
         dp.place_data(X, Y)
-        timed(dp.batches, "load_arrays", data["copied"])
-        timed(dp.batches, "load_rows", data["placed"])
+        timed(dp.node.batches, "load_arrays", data["copied"])
+        timed(dp.node.batches, "load_rows", data["placed"])
         for step in range(steps + 2):
             idx = rng.choice(len(X), batch, replace=False)
             keys = np.arange(batch, dtype=np.uint64)
@@ -53,7 +53,7 @@ def measure(shape: tuple[int, int, int], batch: int, steps: int, workers: int) -
                     ms = 1e3 * stats.times["scatter"]
                 if step >= 2:                          # the first steps grow the buffers
                     (copied if turn == 0 else placed).append(ms)
-        assert dp.batches.rows_copied == (steps + 2) * batch, "only the copied path copies rows"
+        assert dp.node.batches.rows_copied == (steps + 2) * batch, "only the copied path copies rows"
     return {"input": "x".join(map(str, shape)), "copied_ms": statistics.median(copied),
             "placed_ms": statistics.median(placed),
             "copied_data_ms": 1e3 * statistics.median(data["copied"][2:]),

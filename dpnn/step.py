@@ -6,7 +6,7 @@ machine). Per step, on every rank::
 
     keys (N,) of the global batch             Dropout and augmentation, alike everywhere
     this rank's shards of it                  one slice (deterministic: its micro-shards)
-    one rank:  node.run(..., UPDATE)          slots, their sum, the optimizer: all on the node
+    one process: node.run(..., UPDATE)        slots, their sum, the optimizer: all on the node
     ranks:     node.run(..., SUM)             the node's gradient in model.grads
                allreduce [grads | state x share] and the sums          (one buffer, in place)
                node.apply_update()            the same optimizer step on every rank
@@ -104,7 +104,7 @@ class Step:
     def place_data(self, X: np.ndarray, Y: np.ndarray) -> None:
         """The training set, identical on every rank; a worker pool keeps it in shared memory."""
         self._data = (X, Y)
-        if self.size > 1:
+        if not isinstance(self.comm, LocalComm):
             self._data_print = data_fingerprint(X, Y)
         self.node.place_data(X, Y)
 
@@ -118,7 +118,7 @@ class Step:
         n = len(batch)
         if keys is None:               # Dropout keys of the global batch, alike on every rank
             keys = self.model.next_sample_keys(n)
-        if self.size == 1:
+        if isinstance(self.comm, LocalComm):
             result = self.node.run(batch, self._shards(n), n, keys, Finish.UPDATE)
             sums, norm, times = add_sums(s.sums for s in result.shards), result.grad_norm, result.times
         else:
@@ -133,7 +133,7 @@ class Step:
             norm = self.node.apply_update()
             times = {**result.times, "reduce": t2 - t1, "optimizer": time.perf_counter() - t2}
         self.steps += 1
-        if self.size > 1 and (self.steps == 1 or self.steps % self.check_every == 0):
+        if not isinstance(self.comm, LocalComm) and (self.steps == 1 or self.steps % self.check_every == 0):
             self.check_in_sync(batch, keys)
         return StepStats.of(sums, norm, times)
 
@@ -232,7 +232,7 @@ class Step:
 
     def sync_state(self) -> None:
         """End of an epoch: across ranks, verify every rank agrees (one node is always current)."""
-        if self.size > 1:
+        if not isinstance(self.comm, LocalComm):
             self.check_in_sync()
 
 

@@ -235,7 +235,7 @@ class Checkpointer(Callback):
         self.every, self.steps_per_epoch = every, steps_per_epoch
 
     def _stateful(self) -> list:
-        return [cb for cb in self.model.callbacks.callbacks if type(cb) in (LRScheduler, EarlyStopping)]
+        return [cb for cb in self.session.callbacks.callbacks if type(cb) in (LRScheduler, EarlyStopping)]
 
     def on_train_begin(self, logs):
         state = self.resume_state
@@ -244,7 +244,7 @@ class Checkpointer(Callback):
         for cb, saved in zip(self._stateful(), state.get("callbacks", [])):
             for k, v in saved.items():
                 setattr(cb, k, -math.inf if v is None and k == "best" else v)
-        best = self.model.callbacks.best_weights
+        best = self.session.callbacks.best_weights
         best.best = -math.inf if state.get("best") is None else state["best"]
         if "best_params" in state:
             np.copyto(best.params, state["best_params"])
@@ -253,7 +253,7 @@ class Checkpointer(Callback):
     def on_batch_end(self, step, logs):
         if not (self.write and self.every):
             return
-        progress = self.model.progress
+        progress = self.session.progress
         if progress.step % self.every == 0 and (self.steps_per_epoch is None
                                                 or progress.step < self.steps_per_epoch):
             with deferred_interrupts():          # not the last step: its epoch checkpoint follows
@@ -277,7 +277,7 @@ class Checkpointer(Callback):
         """Write the checkpoint of ``epochs_done`` completed epochs (and ``progress.step`` steps
         of the next one); returns the weights path. Newer ones (an abandoned, damaged future)
         and all but the newest ``KEEP`` are deleted after it."""
-        model, best = self.model, self.model.callbacks.best_weights
+        model, best = self.model, self.session.callbacks.best_weights
         step = progress.step if progress is not None else 0
         info = {"format": FORMAT, "epoch": epochs_done, "step": step, "seed": self.seed,
                 "config": self.config, "history": json_safe(self.history),

@@ -51,7 +51,7 @@ def test_the_slower_worker_gets_the_smaller_shard_and_the_result_stays_the_same(
             for s in range(8):
                 engine.train_step(*batch(s, 48))
                 dp.train_step(*batch(s, 48))
-            cuts = dp._balance.cuts(48)
+            cuts = dp.node._balance.cuts(48)
     assert cuts[1] > 24 + 4, cuts                          # worker 0 takes the larger share
     np.testing.assert_allclose(m.params, ref.params, rtol=1e-4, atol=1e-6)
 
@@ -60,10 +60,10 @@ def test_per_shard_batchnorm_statistics_keep_equal_shards():
     m = cnn([BatchNorm2D()])
     with DataParallel(m, workers=2, balance=True) as dp:
         dp.train_step(*batch(0, 48))
-        assert dp._balance is None
+        assert dp.node._balance is None
     m = cnn()
     with DataParallel(m, workers=2) as dp:                 # the default: equal shards
         dp.train_step(*batch(0, 48))
-        assert dp._balance is None
+        assert dp.node._balance is None
     with pytest.raises(ValueError, match="balance"):
         DataParallel(cnn(), workers=2, balance="yes")

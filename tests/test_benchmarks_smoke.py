@@ -207,7 +207,7 @@ def test_ablation_runs_every_variant():
 def test_ablation_variants_compute_the_same_gradients():
     from benchmarks.ablation import variant
     from benchmarks.measure import synthetic_batch
-    from dpnn.engine import shard_gradients
+    from dpnn.recipe import shard_gradients
     from dpnn.random import sample_keys
     x, y = synthetic_batch(70)
     keys = sample_keys(0, 1, np.arange(70))                  # the same dropout masks for every variant

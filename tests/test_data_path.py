@@ -72,11 +72,11 @@ def test_rows_of_placed_data_train_like_copied_batches():
         dp.place_data(X, y)
         s1 = dp.train_rows(idx, keys)
         s2 = dp.train_rows(idx[::-1].copy(), keys)
-        assert dp.batches.rows_copied == 0
+        assert dp.node.batches.rows_copied == 0
     with DataParallel(b, workers=3, deterministic=True) as dp:
         t1 = dp.train_step(X[idx], y[idx], keys)
         t2 = dp.train_step(X[idx[::-1]], y[idx[::-1]], keys)
-        assert dp.batches.rows_copied == 2 * len(idx)
+        assert dp.node.batches.rows_copied == 2 * len(idx)
     np.testing.assert_array_equal(a.params, b.params)
     assert (s1.loss_sum, s2.loss_sum) == (t1.loss_sum, t2.loss_sum)
 

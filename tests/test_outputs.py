@@ -273,15 +273,6 @@ def test_oversubscribe_and_worker_timeout_reach_the_engine(in_tmp, monkeypatch):
     assert "oversubscribe" not in seen and "worker_timeout" not in seen   # the engine's defaults
 
 
-def engine_accepts(*names) -> bool:
-    if not train_cli.engine_available():
-        return False
-    from dpnn.workers import DataParallel
-    return set(names) <= set(inspect.signature(DataParallel).parameters)
-
-
-@pytest.mark.skipif(not engine_accepts("oversubscribe", "worker_timeout"),
-                    reason="dpnn.workers.DataParallel does not take oversubscribe/worker_timeout yet")
 def test_oversubscribe_and_worker_timeout_train(in_tmp, capsys):
     argv = TINY + ["--epochs", 1, "--checkpoint-dir", "none", "--workers", 2, "--threads-per-worker", 1,
                    "--oversubscribe", "--worker-timeout", "60"]

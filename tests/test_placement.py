@@ -50,22 +50,22 @@ def test_mpi_ranks_on_one_node_share_its_cores():
 
 
 def cores(monkeypatch, n):
-    monkeypatch.setattr(threads, "usable_cores", lambda: n)
+    monkeypatch.setattr(placement, "usable_cores", lambda: n)
 
 
 def test_explicit_then_environment_then_default(monkeypatch):
     cores(monkeypatch, 8)
-    monkeypatch.setattr(threads, "_user_threads", None)
+    monkeypatch.setattr(placement, "_user_threads", None)
     assert placement.worker_threads(2, None, False) == (4, False)
     assert placement.worker_threads(2, None, True) == (1, False)          # deterministic
-    monkeypatch.setattr(threads, "_user_threads", 3)
+    monkeypatch.setattr(placement, "_user_threads", 3)
     assert placement.worker_threads(2, None, False) == (3, False)
     assert placement.worker_threads(2, 2, False) == (2, False)
 
 
 def test_ranks_times_workers_times_threads_never_exceed_the_cores(monkeypatch):
     cores(monkeypatch, 2)
-    monkeypatch.setattr(threads, "_user_threads", 2)        # e.g. OMP_NUM_THREADS=2 on every rank
+    monkeypatch.setattr(placement, "_user_threads", 2)        # e.g. OMP_NUM_THREADS=2 on every rank
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert placement.worker_threads(1, None, False, ranks=2) == (1, False)
@@ -118,7 +118,7 @@ def test_the_cli_refuses_a_thousand_workers_in_one_line(tmp_path):
 
 def test_only_the_first_rank_of_a_node_warns(monkeypatch):
     cores(monkeypatch, 2)
-    monkeypatch.setattr(threads, "_user_threads", None)
+    monkeypatch.setattr(placement, "_user_threads", None)
     for rank, expected in (("1", 0), ("0", 1)):
         monkeypatch.setenv("MPI_LOCALRANKID", rank)
         with warnings.catch_warnings(record=True) as caught:

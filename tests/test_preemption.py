@@ -49,7 +49,7 @@ HELPER = textwrap.dedent('''
 
         class Kill(Callback):
             def on_batch_end(self, step, logs):
-                p = self.model.progress
+                p = self.session.progress
                 if plan["when"] == "step" and [p.epoch, p.step] == plan["at"]:
                     kill()
 

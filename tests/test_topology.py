@@ -4,8 +4,7 @@ import warnings
 import pytest
 
 from dpnn import placement
-from dpnn.placement import (cgroup_cpu_limit, physical_cores, plan_placement,
-                                   resolve_workers, usable_cores)
+from dpnn.placement import cgroup_cpu_limit, physical_cores, plan_placement, resolve_workers, usable_cores
 
 
 def write(path, text):
@@ -67,10 +66,9 @@ def test_no_cgroup_information_means_no_limit(tmp_path):
 
 def machine(monkeypatch, cpus, cores_of, limit=None):
     """Pretend this process may use ``cpus`` grouped into physical cores by ``cores_of``."""
-    for module in (threads, topology):      # the policy counts cores; placement pins to them
-        monkeypatch.setattr(module, "usable_cpus", lambda: list(cpus))
-        monkeypatch.setattr(module, "physical_cores", lambda c, sysfs=None: cores_of)
-        monkeypatch.setattr(module, "cgroup_cpu_limit", lambda *a: limit)
+    monkeypatch.setattr(placement, "usable_cpus", lambda: list(cpus))
+    monkeypatch.setattr(placement, "physical_cores", lambda c, sysfs=None: cores_of)
+    monkeypatch.setattr(placement, "cgroup_cpu_limit", lambda *a: limit)
 
 
 def test_auto_counts_physical_cores_and_the_quota(monkeypatch):

@@ -11,11 +11,31 @@ import numpy as np
 import pytest
 
 from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model)
-from dpnn.engine import LocalEngine, shard_gradients
+from dpnn.comm import Communicator
+from dpnn.engine import LocalEngine
+from dpnn.node import Batch, Finish
 from dpnn.random import sample_keys
+from dpnn.recipe import add_sums, shard_gradients
 from dpnn.workers import DataParallel
 
 pytestmark = pytest.mark.slow
+
+
+class OneRank(Communicator):
+    """A world of one MPI rank without MPI: the step takes its path across ranks, every
+    collective being the identity."""
+
+    def allreduce(self, buf):
+        return buf
+
+    def bcast(self, buf, root=0):
+        return buf
+
+    def allgather(self, buf):
+        return np.asarray(buf)[None]
+
+    def bcast_object(self, obj, root=0):
+        return obj
 
 
 def cnn(dropout=False, batchnorm=False, seed=0, hidden=0):
@@ -139,10 +159,11 @@ def test_compute_gradients_leaves_the_parameters_alone():
     m = cnn()
     before = m.params.copy()
     with DataParallel(m, workers=2) as dp:
-        stats = dp.compute_gradients(x, y, k, denominator=5)
+        result = dp.node.run(Batch(x, y), [(0, 10)], 5, k, Finish.SUM)      # what a rank asks of its node
+        sums = add_sums(s.sums for s in result.shards)
         assert np.array_equal(m.params, before)
         np.testing.assert_allclose(m.grads, ref.grads, rtol=1e-4, atol=1e-6)
-        assert stats.count == 10 and stats.loss_sum == pytest.approx(ref.loss.per_sample.sum())
+        assert sums.count == 10 and sums.loss == pytest.approx(ref.loss.per_sample.sum())
 
 
 def test_train_on_batch_reports_global_loss_and_accuracy():
@@ -193,7 +214,7 @@ def test_the_optimizer_step_on_the_workers_is_bitwise_the_single_process_step(op
                 warnings.simplefilter("ignore", RuntimeWarning)
                 with DataParallel(m, workers=workers, deterministic=True, shard_optimizer=True) as dp:
                     norms = [dp.train_step(*b).grad_norm for b in data]
-                    sharded = dp._sets is not None and dp._sets.ready()
+                    sharded = dp.node._sets is not None and dp.node._sets.ready()
             assert sharded
         models.append((m, norms))
     (ref, ref_norms), (m, norms) = models
@@ -219,11 +240,11 @@ def test_a_step_with_the_update_can_be_redone(options):
     with DataParallel(m, workers=2, deterministic=True, shard_optimizer=True) as dp:
         dp.train_step(*data[0])
         dp.train_step(*data[1])
-        dp._sets.adopt()
-        args = dp._sets.message_args()
-        for _ in range(2):                              # the step, then its redo
-            dp._gradients(*data[2], None, False, None, args)
-        dp._sets.flip()
+        sets = dp.node._sets
+        flip, sets.flip = sets.flip, lambda: None       # the first run is lost, as after a death
+        dp.train_step(*data[2])
+        sets.flip = flip
+        dp.train_step(*data[2])                         # the redo
     assert np.array_equal(m.params, ref.params)
 
 
@@ -249,7 +270,6 @@ def test_a_ranks_workers_sum_and_update_like_the_fused_step(options):
     """The MPI engine's node: the workers sum their chunk of the slots ("sum" step), the rank
     all-reduces model.grads, then the workers update their chunk from it (an "update"
     message). With one rank that is bitwise DataParallel's step, whose workers do both in one go."""
-    from dpnn.comm import LocalComm
     from dpnn.distributed import DistributedEngine
     data = batches([24] * 4)
     models = []
@@ -260,10 +280,10 @@ def test_a_ranks_workers_sum_and_update_like_the_fused_step(options):
             with DataParallel(m, workers=2) as dp:
                 train(dp, data)
         else:
-            e = DistributedEngine(m, LocalComm(), workers=2, seed=0)
+            e = DistributedEngine(m, OneRank(), workers=2, seed=0)
             try:
                 train(e, data)
-                assert e.local._sets is not None and e.local._sets.ready()      # the workers updated
+                assert e.node._sets is not None and e.node._sets.ready()      # the workers updated
             finally:
                 e.close()
         models.append(m)
@@ -274,22 +294,40 @@ def test_a_ranks_workers_sum_and_update_like_the_fused_step(options):
 def test_a_ranks_workers_score_its_slice(monkeypatch):
     """DistributedEngine.evaluate hands the rank's slice to the node's workers: scoring in this
     process is made to fail, and the result is still the one-process score."""
-    from dpnn import distributed, engine as engine_module
-    from dpnn.comm import LocalComm
     from dpnn.distributed import DistributedEngine
+    from dpnn.recipe import evaluation_sums
     x, y, _ = batches([40])[0]
     m = cnn(hidden=300)
-    e = DistributedEngine(m, LocalComm(), workers=2, seed=0)
+    e = DistributedEngine(m, OneRank(), workers=2, seed=0)
     try:
         e.train_step(*batches([24])[0])                       # start the pool
-        expected = engine_module.mean_loss_and_accuracy(engine_module.evaluation_sums(m, x, y, 256))
+        expected = evaluation_sums(m, x, y, 256)
 
         def here(*args, **kwargs):
             raise AssertionError("scored in the coordinator")
-        monkeypatch.setattr(distributed, "evaluation_sums", here)
+        monkeypatch.setattr("dpnn.node.evaluation_sums", here)
         monkeypatch.setattr("dpnn.workers.coordinator.evaluation_sums", here)
         loss, acc = e.evaluate(x, y)
     finally:
         e.close()
-    assert acc == expected[1]
-    assert loss == pytest.approx(expected[0], rel=1e-5)
+    assert acc == expected.accuracy()
+    assert loss == pytest.approx(expected.mean_loss(), rel=1e-5)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_deterministic_ranks_compute_on_their_nodes_workers(workers):
+    """Deterministic mode across ranks runs each rank's micro-shards on the node's workers, a slot
+    each; the slots are gathered and added in micro-shard order: bitwise one process."""
+    from dpnn.distributed import DistributedEngine
+    data = batches([24] * 3)
+    ref, _ = local(data, deterministic=True)
+    m = cnn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        e = DistributedEngine(m, OneRank(), workers=workers, deterministic=True, seed=0)
+        try:
+            train(e, data)
+            assert e.describe().workers == workers
+        finally:
+            e.close()
+    assert np.array_equal(m.params, ref.params)

@@ -150,7 +150,7 @@ def test_a_worker_that_raises_stops_everything_and_names_itself(no_leaks):
     text = str(info.value)
     assert re.match(r"worker [01] \(pid \d+\) raised", text), text     # both raise: the first one heard
     assert "Traceback" in text and "ValueError: boom from the Explode layer" in text
-    assert dp.pool is None or all(p is None for p in dp.pool.procs)
+    assert dp.node.pool is None or all(p is None for p in dp.node.pool.procs)
     assert m.predict(x).shape == (16, 10)        # the model left shared memory and still works
 
 
@@ -357,7 +357,7 @@ def test_a_step_that_fails_leaves_the_parameters_and_the_optimizer_as_they_were(
     with DataParallel(m, workers=2) as dp:
         dp.train_step(*batch(0))               # the first step: the coordinator's update
         dp.train_step(*batch(1))               # the workers' update
-        assert dp._sets is not None and dp._sets.ready()
+        assert dp.node._sets is not None and dp.node._sets.ready()
         params, t, moments = m.params.copy(), m.optimizer.t, m.optimizer.state_dict()
         x, y, k = batch(2)
         x[-1, 0, 0, 0] = 7                     # worker 1 raises, worker 0 waits at the barrier

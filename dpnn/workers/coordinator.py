@@ -126,7 +126,7 @@ class PoolNode:
         m = self.model
         m.require_compiled()
         if m.owner is not None and m.owner is not self and not m.owner.closed:
-            raise RuntimeError("this model already belongs to another open engine; close that "
+            raise RuntimeError("this model already belongs to another open DataParallel; close that "
                                "one first (two pools on one model would train two diverging copies)")
         if not m.built:
             if x is None:
@@ -262,17 +262,18 @@ class PoolNode:
             combine_shards(shards, a["grads"][:len(local)], a["state"][1:1 + len(local)],
                            m.grads if how is Finish.SLOTS else None, m.state, self.sync_batchnorm)
         t3 = time.perf_counter()
-        norm = None
+        norm, optimizer = None, 0.0            # the coordinator's optimizer time
         if fused:
             self._sets.flip()
             norm = global_norm(a["norm_parts"])
         elif finish is Finish.UPDATE:
             norm = m.apply_gradients()
+            optimizer = time.perf_counter() - t3
         if cuts is not None:
             self._balance.observe(cuts, [r.compute for r in replies])
         times = step_times(replies, how is not Finish.SLOTS)
         times.update(wait=max(0.0, t2 - t_sent - times.pop("handler")), reduce=t3 - t2,
-                     optimizer=time.perf_counter() - t3, scatter=t_sent - t0)
+                     optimizer=optimizer, scatter=t_sent - t0)
         return NodeResult(shards, norm, times)
 
     def _cut(self, bounds: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple | None]:

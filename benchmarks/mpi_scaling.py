@@ -72,7 +72,7 @@ def child(a) -> None:
         engine.close()
     if comm.rank == 0:
         step = statistics.median(walls)
-        row = {"ranks": comm.size, "workers": engine.workers, "threads": a.threads_per_worker,
+        row = {"ranks": comm.size, "workers": engine.describe().workers, "threads": a.threads_per_worker,
                "batch": a.batch_size, "step_s": step, "samples_per_s": a.batch_size / step,
                "reduce_s": reduce_s / a.steps, "compute_s": compute_s / a.steps,
                "grad_mb": engine.model.params.nbytes / 1e6}

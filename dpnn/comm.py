@@ -19,6 +19,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from . import janitor
+
 INSTALL_HINT = ("pip install mpi4py mpich   (a working MPI without a compiler; or, in a dpnn checkout, "
                 "pip install -e '.[mpi]')")
 DEFAULT_TIMEOUT_S = 600.0    # a collective blocked this long means a peer is stuck: abort the job
@@ -127,7 +129,6 @@ class MPIComm(Communicator):
         if self.size > 1 and os.path.isdir("/proc"):
             # when a peer dies, the launcher SIGKILLs this rank: the janitor then removes its
             # workers and shared memory (dpnn's and MPICH's own segments)
-            from . import janitor
             atexit.register(janitor.finish, janitor.start())
 
     @contextmanager

@@ -103,3 +103,14 @@ def get_loss(loss) -> Loss:
         return loss
     raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(sorted(LOSSES))} "
                      "or pass an object with forward(y_pred, y_true) and backward()")
+
+
+def check_metrics(metrics) -> None:
+    """Keras's ``metrics=['accuracy']`` is fine (dpnn always reports accuracy); nothing else exists."""
+    if metrics is None:
+        return
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in names if str(m).lower() not in ("accuracy", "acc", "categorical_accuracy")]
+    if unknown:
+        raise ValueError(f"compile(metrics=...): unknown metric(s) {unknown}; dpnn reports loss and "
+                         "accuracy (for classifiers) by itself, so pass metrics=['accuracy'] or nothing")

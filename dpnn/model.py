@@ -6,33 +6,19 @@ import time
 
 import numpy as np
 
+from . import io
+from .data import as_arrays
+from .errors import WeightsError
 from .flat import FlatLayout
+from .layers import execution_order
+from .layers.base import Layer, layer_from_config
 from .limits import check_model_memory
-from .layers.base import Layer
-from .losses import get_loss
+from .losses import check_metrics, get_loss
 from .optim import get_optimizer, regularize
 from .random import sample_keys as make_sample_keys
 from .recipe import evaluation_sums, run_shard
 
 AUTO_MICRO_BATCH = 64     # samples per forward/backward piece (python -m benchmarks.ablation measures it)
-
-
-def execution_order(layers: list[Layer]) -> list[int]:
-    """The order forward runs the layers in (backward runs it reversed): the model's order,
-    except that a ReLU directly followed by a max pool runs after the pool.
-
-    ReLU is monotone, so max(relu(z)) = relu(max(z)) and the gradients agree too (a window
-    whose maximum is <= 0 gets zero gradient either way); after the pool the ReLU touches 4x
-    fewer elements in both passes. Saved architectures keep the order the user wrote.
-    """
-    from .layers.pooling import MaxPool2D
-    from .layers.simple import Activation
-    order = list(range(len(layers)))
-    for k in range(len(layers) - 1):
-        a, b = layers[order[k]], layers[order[k + 1]]
-        if isinstance(a, Activation) and a.func == "relu" and isinstance(b, MaxPool2D):
-            order[k], order[k + 1] = order[k + 1], order[k]
-    return order
 
 
 class Model:
@@ -305,7 +291,6 @@ class Model:
 
     def evaluate(self, x, y=None, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; needs compile()."""
-        from .data import as_arrays
         x, y = as_arrays(x, y)
         if self.loss is None:
             self.loss = get_loss("categorical_crossentropy")
@@ -358,7 +343,6 @@ class Model:
         ``extra_arrays`` are stored too, under names with a '/' (a checkpoint's optimizer
         state); returns the weights path actually written.
         """
-        from . import io
         if not self.built:
             raise ValueError("the model is not built yet: call build(input_shape) or fit() before save()")
         arrays = {**io.model_arrays(self), **(extra_arrays or {})}
@@ -373,9 +357,6 @@ class Model:
         :meth:`load_weights`); a seed-format file, which stores no input shape, gets them on
         ``build``. Every problem raises one :class:`dpnn.WeightsError`.
         """
-        from . import io
-        from .errors import WeightsError
-        from .layers.base import layer_from_config
         architecture, input_shape, metadata = io.read_model_info(path)
         try:
             model = cls([layer_from_config(entry) for entry in architecture])
@@ -395,7 +376,6 @@ class Model:
 
     def save_weights(self, path: str) -> str:
         """Write only the weights (HDF5, NPZ for a .npz path or without h5py); returns the path."""
-        from . import io
         if not self.built:
             raise ValueError("the model is not built yet: call build(input_shape) or fit() first")
         attrs = io.model_attributes(self.input_shape[1:], self.metadata)
@@ -408,7 +388,6 @@ class Model:
         before any is read; arrays under a group (a checkpoint's optimizer state) go to
         ``self.extra_arrays``.
         """
-        from . import io
         if not self.built:
             raise ValueError("build the model before load_weights (model.build((1, 28, 28, 1))), "
                              "or load model and weights together with Model.load(path)")
@@ -418,14 +397,3 @@ class Model:
         self.extra_arrays = {k: v for k, v in arrays.items() if "/" in k}
         io.assign_weights(self, {k: v for k, v in arrays.items() if "/" not in k}, path)
         return self
-
-
-def check_metrics(metrics) -> None:
-    """Keras's ``metrics=['accuracy']`` is fine (dpnn always reports accuracy); nothing else exists."""
-    if metrics is None:
-        return
-    names = [metrics] if isinstance(metrics, str) else list(metrics)
-    unknown = [m for m in names if str(m).lower() not in ("accuracy", "acc", "categorical_accuracy")]
-    if unknown:
-        raise ValueError(f"compile(metrics=...): unknown metric(s) {unknown}; dpnn reports loss and "
-                         "accuracy (for classifiers) by itself, so pass metrics=['accuracy'] or nothing")

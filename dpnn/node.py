@@ -61,15 +61,8 @@ class EngineInfo:
 
 
 class Engine(Protocol):
-    """How ``fit`` trains, whoever computes (every engine is a :class:`dpnn.step.Step`).
-
-    ``model`` the model it trains; ``train_step(x, y, keys)`` one optimizer step on a global
-    batch (keys: (N,) uint64 per-sample keys for Dropout and augmentation) -> StepStats;
-    ``place_data(X, Y)`` + ``train_rows(indices, keys)`` the same step on rows of a training
-    set handed over once; ``evaluate(x, y, batch_size)`` -> (mean loss, accuracy);
-    ``sync_state()`` at an epoch's end, check every copy of the model agrees; ``close()`` stop
-    processes, free shared memory, leave the model usable here; ``describe()`` -> EngineInfo.
-    """
+    """How ``fit`` trains, whoever computes: every engine is a :class:`dpnn.step.Step`
+    (docs/engine.md tabulates the methods)."""
 
     model: Model
 
@@ -100,21 +93,16 @@ class Batch:
 
 @dataclass
 class NodeResult:
-    """What a node reports for its part of a step."""
     shards: list[ShardResult]        # one per slot, in slot order
     grad_norm: float | None          # after Finish.UPDATE: the global norm before clipping
     times: dict = field(default_factory=dict)   # seconds: compute, wait, reduce, optimizer...
 
 
 class NodeBackend(Protocol):
-    """One machine's part of a step (see the module docstring).
-
-    ``run(batch, bounds, denominator, keys, finish)``: shard j = samples ``bounds[j]`` of the
-    global batch, its gradient d(sum of its losses)/dθ / ``denominator`` into slot j, then
-    ``finish``; ``slot_arrays(count)`` -> (grad slots (count, P), state slots (count, S)) as
-    left by Finish.SLOTS; ``apply_update()`` the optimizer step on ``model.grads`` as it stands
-    -> the norm before clipping; ``evaluation_sums``/``predict`` inference on this machine.
-    """
+    """One machine's part of a step. ``run``: shard j = samples ``bounds[j]`` of the global
+    batch, d(sum of its losses)/dθ / ``denominator`` into slot j, then ``finish``;
+    ``slot_arrays(count)``: (grads (count, P), states (count, S)) as Finish.SLOTS left them;
+    ``apply_update``: the optimizer step on ``model.grads`` as it stands -> the norm before clipping."""
 
     model: Model
     kind: str

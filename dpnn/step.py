@@ -97,7 +97,7 @@ class Step:
         return self._step(Batch(x, y), keys)
 
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
-        """One step on (x, y); (mean loss, accuracy or nan), like ``Model.train_on_batch``."""
+        """(mean loss, accuracy or nan) of one step on (x, y), like ``Model.train_on_batch``."""
         sums = self.train_step(x, y, sample_keys).sums
         return sums.mean_loss(), sums.accuracy()
 
@@ -200,9 +200,8 @@ class Step:
             m.optimizer.load_state_dict(self.comm.bcast_object(m.optimizer.state_dict(), root))
 
     def checksum(self, batch: Batch | None = None, keys: np.ndarray | None = None) -> np.ndarray:
-        """(7,) uint64 fingerprints of this rank's parameters, state, optimizer step, batch, keys
-        and training data. Integer sums of the raw bits: exact and order-free, so equal arrays give
-        equal fingerprints on any CPU (a float sum could round differently elsewhere)."""
+        """(7,) uint64: parameters, state, optimizer step, batch, keys, training data. Integer sums
+        of raw bits, exact and order-free: equal arrays give equal fingerprints on any CPU."""
         m = self.model
         bits = m.params.view(np.uint32).astype(np.uint64)                      # (P,)
         weights = np.arange(1, bits.size + 1, dtype=np.uint64) % np.uint64(1009)

@@ -21,6 +21,8 @@ import pytest
 from dpnn import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model, Activation
 from dpnn.comm import LocalComm, get_communicator
 from dpnn.distributed import DistributedEngine, RanksDiverged, on_root
+from dpnn.node import Batch
+from dpnn.step import data_fingerprint
 from architectures import TINY_CNN
 
 
@@ -66,7 +68,8 @@ MODELS = textwrap.dedent('''
              ("bn-det", "bn", {"deterministic": True}),
              ("bn", "bn", {}),
              ("bn-sync", "bn", {"sync_batchnorm": True}),
-             ("plain-2workers", "plain", {"workers": 2})]
+             ("plain-2workers", "plain", {"workers": 2}),
+             ("bn-det-2workers", "bn", {"deterministic": True, "workers": 2})]
 
     def engine_available():
         try:
@@ -108,6 +111,11 @@ RUN = textwrap.dedent('''
 
     def main(mode, out, workers=1):
         comm = get_communicator("mpi")
+        if mode == "other-data":           # each node loaded a different file of the same size
+            X, y = data()
+            make("plain").fit(X + np.float32(comm.rank), y, epochs=1, batch_size=32, seed=5, verbose=0,
+                              backend=comm)
+            return
         if mode in ("raise", "kill", "hang"):
             make("plain").fit(*data(), epochs=1000, batch_size=16, seed=5, verbose=0, backend=comm,
                               workers=int(workers), callbacks=[Fail(mode, out, comm.rank)])
@@ -217,7 +225,7 @@ class SkewedComm(LocalComm):
         return rows
 
 
-@pytest.mark.parametrize("column, what", [(0, "parameters"), (4, "batches")])
+@pytest.mark.parametrize("column, what", [(0, "parameters"), (4, "batches"), (6, "training data")])
 def test_divergent_ranks_are_an_error(column, what):
     model = tiny_bn_model()
     model.build((1, 6, 6, 1))
@@ -225,12 +233,32 @@ def test_divergent_ranks_are_an_error(column, what):
     x = np.zeros((4, 6, 6, 1), np.float32)
     try:
         with pytest.raises(RanksDiverged, match=rf"ranks \[1\] hold different {what}"):
-            engine.check_in_sync(x, np.arange(4, dtype=np.uint64))
+            engine.check_in_sync(Batch(x, np.zeros(4)), np.arange(4, dtype=np.uint64))
     finally:
         engine.close()
 
 
+def test_the_data_fingerprint_sees_every_byte():
+    X, y = np.zeros((10, 4, 4, 1), np.float32), np.zeros(10, np.int64)
+    other = X.copy()
+    other[9, 3, 3, 0] = 1e-3
+    assert data_fingerprint(X, y) == data_fingerprint(X.copy(), y.copy())
+    assert data_fingerprint(X, y) != data_fingerprint(other, y)
+    assert data_fingerprint(X, y) != data_fingerprint(X, y + 1)
+
+
 # -- two ranks with mpiexec -------------------------------------------------------------------
+@needs_mpi
+def test_ranks_that_loaded_different_data_stop_at_the_first_step(tmp_path):
+    """Same row count, different bytes (another file on one node): RanksDiverged, not silent
+    training on two data sets."""
+    write_scripts(tmp_path)
+    code, out, err = finish(mpiexec(tmp_path, "run.py", "other-data", str(tmp_path)), timeout=60)
+    assert code != 0
+    assert "RanksDiverged" in err and "different training data" in err, err
+
+
+
 @needs_mpi
 def test_two_ranks_train_like_one_process(tmp_path):
     """2 ranks == 1 process (bitwise in deterministic mode) == 1 rank with 2 shared-memory workers."""

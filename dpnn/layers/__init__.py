@@ -5,6 +5,22 @@ from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .simple import Activation, Dropout, Flatten
 
+def execution_order(layers: list[Layer]) -> list[int]:
+    """The order forward runs the layers in (backward runs it reversed): the model's order,
+    except that a ReLU directly followed by a max pool runs after the pool.
+
+    ReLU is monotone, so max(relu(z)) = relu(max(z)) and the gradients agree too (a window
+    whose maximum is <= 0 gets zero gradient either way); after the pool the ReLU touches 4x
+    fewer elements in both passes. Saved architectures keep the order the user wrote.
+    """
+    order = list(range(len(layers)))
+    for k in range(len(layers) - 1):
+        a, b = layers[order[k]], layers[order[k + 1]]
+        if isinstance(a, Activation) and a.func == "relu" and isinstance(b, MaxPool2D):
+            order[k], order[k + 1] = order[k + 1], order[k]
+    return order
+
+
 __all__ = ["Layer", "register_layer", "layer_from_config", "LAYER_REGISTRY", "Conv2D", "Dense",
            "Activation", "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
-           "BatchNorm2D"]
+           "BatchNorm2D", "execution_order"]

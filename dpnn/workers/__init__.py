@@ -33,9 +33,10 @@ class DataParallel(Step):
             self.node.start()
         return self
 
-    def start(self) -> None:
-        """Start the workers now (the model must be built) instead of on the first step."""
-        self.node.start()
+    def start(self, x=None, y=None) -> None:
+        """Start the workers now instead of on the first step (``x``, ``y``: a first batch, which
+        builds the model if needed and sizes the batch buffers)."""
+        self.node.start(x, y)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -1,6 +1,6 @@
-"""PoolNode: the node backend whose shards are computed by worker processes sharing memory.
+"""PoolNode: the node whose shards are computed by worker processes sharing memory.
 
-One call of :meth:`PoolNode.run` (see docs/engine.md for the picture)::
+One :meth:`PoolNode.run` (docs/engine.md draws it)::
 
     write the batch (its rows of the placed data, or a copy) and its keys to shared memory
     send Compute to every worker; wait for every reply (or a death: respawn, send again)
@@ -53,19 +53,12 @@ WORKER_TIMEOUT_S = 300.0    # default: a worker silent this long in a step is st
 class PoolNode:
     """``workers`` processes computing the shards of ``model``'s steps in shared memory.
 
-    Options: ``threads_per_worker`` (BLAS threads; default cores // workers, 1 when
-    deterministic), ``deterministic`` (one slot per micro-shard: bitwise identical for 1..8
-    workers), ``sync_batchnorm`` (statistics over the node's whole batch), ``start_method``
-    ('forkserver' or 'spawn'), ``max_restarts`` (respawns per worker before giving up),
-    ``pin`` (each worker on its own cores), ``shard_optimizer`` (True: each worker updates its
-    chunk, see sharded_update.py; False: the coordinator updates; 'auto': from SHARD_FROM
-    workers), ``oversubscribe``, ``ranks`` (MPI ranks sharing this machine: the cores are
-    split between them), ``worker_timeout`` (seconds of silence before a worker counts as
-    hung), ``balance`` (shards sized to each worker's measured speed; only where the result
-    cannot depend on the cut: no per-shard BatchNorm statistics, not deterministic).
-
-    While the pool runs, the model's parameters and BatchNorm statistics live in shared
-    memory; ``close`` copies them back into private arrays, so the model stays usable.
+    The options are ``DataParallel``'s (README, "Data-parallel training"): ``threads_per_worker``,
+    ``deterministic`` (a slot per micro-shard), ``sync_batchnorm``, ``start_method``,
+    ``max_restarts``, ``pin``, ``shard_optimizer`` (True/False/'auto': from SHARD_FROM workers),
+    ``oversubscribe``, ``ranks`` (MPI ranks sharing this machine), ``worker_timeout``,
+    ``balance`` (balance.py). While the pool runs, the model's parameters and BatchNorm
+    statistics live in shared memory; ``close`` copies them back into private arrays.
     """
 
     kind = "shared-memory"

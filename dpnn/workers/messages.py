@@ -18,15 +18,13 @@ echoes it, so a reply from an abandoned attempt is recognised and ignored.
 """
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 
 import cloudpickle
 
 from ..node import Finish
-from ..recipe import Sums
 from .arena import Region
-
-
 
 @dataclass(frozen=True)
 class UpdateArgs:
@@ -74,15 +72,8 @@ class Evaluate:
     outputs: bool
 
 
-@dataclass(frozen=True)
-class Stop:
-    attempt: int = 0
-
-
-@dataclass(frozen=True)
-class Ready:
-    pid: int
-    attempt: int = 0
+Stop = namedtuple("Stop", "attempt", defaults=(0,))
+Ready = namedtuple("Ready", "pid attempt", defaults=(0,))
 
 
 @dataclass(frozen=True)
@@ -94,31 +85,10 @@ class Computed:
     span: tuple[float, float]        # perf_counter when it took the message and replied (system-wide)
 
 
-@dataclass(frozen=True)
-class Updated:
-    attempt: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Evaluated:
-    attempt: int
-    sums: Sums
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Failed:
-    attempt: int
-    traceback: str
-
-
-@dataclass(frozen=True)
-class Aborted:
-    """A peer died mid-step, so the barrier broke."""
-    attempt: int
-
-
+Updated = namedtuple("Updated", "attempt seconds")
+Evaluated = namedtuple("Evaluated", "attempt sums seconds")         # sums: recipe.Sums
+Failed = namedtuple("Failed", "attempt traceback")
+Aborted = namedtuple("Aborted", "attempt")       # a peer died mid-step, so the barrier broke
 REPLIES = (Computed, Updated, Evaluated)
 
 

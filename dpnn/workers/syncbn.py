@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layers.normalization import BatchNorm2D
+
 
 class ShardExchange:
     """The ``sync`` hook of every BatchNorm2D layer in one worker."""
@@ -49,5 +51,4 @@ def exchange_width(layers) -> int:
 
 
 def batchnorm_layers(layers) -> list:
-    from ..layers.normalization import BatchNorm2D
     return [layer for layer in layers if isinstance(layer, BatchNorm2D)]

@@ -34,7 +34,8 @@ import numpy as np
 
 from dpnn import Callback, EarlyStopping, Model
 from dpnn.callbacks import LRScheduler
-from dpnn.errors import WeightsError
+from dpnn.atomic import os_reason
+from dpnn.errors import OutputError, WeightsError
 from dpnn.io import architecture_path, atomic_write, save_model
 
 FORMAT = 1
@@ -44,14 +45,6 @@ _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.(hdf5|npz|hdf5\.npz)$")
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (stop, keep the last checkpoint) but exiting with 143."""
-
-
-class OutputError(Exception):
-    """An output or checkpoint could not be written (full disk...); what is already there is intact."""
-
-    def __init__(self, what: str, path: str, error: OSError) -> None:
-        self.what, self.path = what, path
-        super().__init__(f"cannot write {what} {path}: {error.strerror or error}")
 
 
 @contextlib.contextmanager
@@ -73,11 +66,13 @@ def deferred_interrupts(deliver: bool = True):
 
 @contextlib.contextmanager
 def writing(what: str, path: str):
-    """Turn an OSError (ENOSPC, EIO...) while writing ``path`` into one :class:`OutputError`."""
+    """Turn an OSError (ENOSPC, EIO...) while writing ``path`` into one :class:`OutputError`
+    naming ``what`` ("--out", "checkpoint"...)."""
     try:
         yield
     except OSError as e:
-        raise OutputError(what, path, e) from None
+        reason = e.reason if isinstance(e, OutputError) else os_reason(e)
+        raise OutputError(f"cannot write {what} {path}: {reason}", path, what, reason) from None
 
 
 # -- naming and finding -------------------------------------------------------------------------

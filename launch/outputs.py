@@ -11,6 +11,7 @@ import stat
 import sys
 
 from dpnn import Callback, threads
+from dpnn.errors import OutputError
 from dpnn.io import atomic_write
 from dpnn.training import TrainingInterrupted
 from launch import checkpoint as ckpt
@@ -103,7 +104,7 @@ def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
                 plot_history(run.history, a.plot, f"{a.model} on {run.info['name']}")
 
 
-def after_write_error(run, error: ckpt.OutputError, prog: str) -> str:
+def after_write_error(run, error: OutputError, prog: str) -> str:
     """What is left and what to do after ``error`` (the rest of its one-line message)."""
     d = run.args.checkpoint_dir
     resume = f"{prog} --resume --checkpoint-dir {shlex.quote(d)}" if d else None

@@ -28,7 +28,7 @@ from dpnn.callbacks import LRScheduler
 from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.datasets import LOADERS, load_dataset
 from dpnn.engine import Engine, make_engine
-from dpnn.errors import DataError, WeightsError, WorkerError
+from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import checkpoint as ckpt
 from launch import mpi
@@ -409,7 +409,7 @@ def execute(run, rank: int) -> int:
     except TrainingInterrupted as e:       # stopped between two steps: keep that step
         try:
             saved = saver.save_interrupted(e.progress)
-        except ckpt.OutputError as error:
+        except OutputError as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             saved = None
         return outputs.interrupted(run, log, e, PROG, saved)
@@ -418,7 +418,7 @@ def execute(run, rank: int) -> int:
     except (TrainingDiverged, WorkerError) as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
-    except ckpt.OutputError as e:
+    except OutputError as e:
         print(f"{PROG}: error: {e}; {outputs.after_write_error(run, e, PROG)}", file=sys.stderr)
         return 1
     if rank == 0:

@@ -36,10 +36,11 @@ numbers every send, so a reply from an abandoned attempt is recognised and ignor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cloudpickle
 
+from ..floatmode import flush_denormals_enabled
 from .arena import Region
 
 STEP, UPDATE, EVAL, STOP = "step", "update", "eval", "stop"
@@ -62,6 +63,7 @@ class WorkerSpec:
     coordinator_pid: int                # the process to watch
     barrier_timeout: float = 600.0      # seconds a worker waits for its peers (sync BN, update)
     augment_blob: bytes | None = None   # cloudpickle of fit's augment fn(x, keys), or None
+    flush_denormals: bool = field(default_factory=flush_denormals_enabled)   # the coordinator's mode
 
 
 def shard_slots(spec: WorkerSpec, worker_id: int) -> range:

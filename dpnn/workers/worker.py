@@ -22,6 +22,7 @@ import numpy as np
 import psutil
 
 from ..engine import evaluation_sums
+from ..floatmode import set_flush_denormals
 from ..recipe import run_shard, shard_bounds
 from ..threads import limit_process_threads
 from . import protocol as P
@@ -243,6 +244,7 @@ def worker_main(worker_id: int, spec: WorkerSpec, conn) -> None:
     if hasattr(signal, "pthread_sigmask"):            # the pool blocks SIGTERM while starting us
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
+        set_flush_denormals(spec.flush_denormals)     # the fork server's mode need not be the coordinator's
         limit_process_threads(spec.threads)
         pin(spec.cpus[worker_id])
         runner = ShardRunner(worker_id, spec)

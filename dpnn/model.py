@@ -298,6 +298,8 @@ class Model:
     # -- inference ------------------------------------------------------------------------
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Outputs (N, ...) in batches, inference mode (no dropout, running BatchNorm stats)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self.check_input(x)
         self._ensure_built(x)
         outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]

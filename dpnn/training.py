@@ -30,6 +30,8 @@ def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
     if y is None:
         raise ValueError("no labels: pass fit(dataset), fit((X, y)) or fit(X, y)")
     x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind not in "fiub":              # e.g. an object array of ragged rows
+        raise TypeError(f"inputs must be numeric arrays, got dtype {x.dtype}; stack them into one array")
     if len(x) != len(y):
         raise ValueError(f"{len(x)} inputs but {len(y)} labels; they must have the same length")
     if x.dtype.kind == "f" and not np.isfinite(x).all():

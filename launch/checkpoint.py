@@ -81,6 +81,12 @@ def checkpoint_name(epochs_done: int, step: int = 0) -> str:
     return f"epoch-{epochs_done:04d}" + (f"-step-{step:06d}" if step else "") + ".hdf5"
 
 
+def named_like_checkpoint(path: str) -> bool:
+    """Whether ``path``'s name is a checkpoint's weights or architecture file name."""
+    name = os.path.basename(path)
+    return bool(_NAME.match(name) or _NAME.match(name[:-5] + ".hdf5" if name.endswith(".json") else ""))
+
+
 def _position(path: str) -> tuple[int, int] | None:
     m = _NAME.match(os.path.basename(path))
     return (int(m.group(1)), int(m.group(2) or 0)) if m else None
@@ -108,7 +114,8 @@ def latest_checkpoint(directory: str, report=warn) -> str | None:
         try:
             load_checkpoint(path)
         except (ValueError, OSError) as e:       # WeightsError is a ValueError
-            report(f"skipping damaged checkpoint {path} ({e})")
+            reason = str(e).removeprefix(f"{path}: ")
+            report(f"skipping damaged checkpoint {path} ({reason})")
             continue
         return path
     return None
@@ -331,12 +338,57 @@ def load_checkpoint(path: str) -> tuple[Model, dict, dict]:
     if not isinstance(info, dict) or info.get("format") != FORMAT or "config" not in info:
         raise WeightsError(f"{path} is not a launch.train checkpoint (no checkpoint metadata); "
                            "point --checkpoint-dir at the directory a training run wrote")
+    info.setdefault("step", 0)
+    check_info(path, info)
     extra = model.extra_arrays
     info["optimizer"] = {k[len("optimizer/"):].replace(".", "/"): v
                          for k, v in extra.items() if k.startswith("optimizer/")}
-    info.setdefault("step", 0)
+    check_optimizer_state(path, info["optimizer"], model)
     state = {"best": info.get("best"), "callbacks": info.get("callbacks", [])}
     if "callbacks/best_params" in extra:
         state["best_params"] = extra["callbacks/best_params"]
         state["best_state"] = extra["callbacks/best_state"]
     return model, info, state
+
+
+def _whole(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _number(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _history(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(xs, list)
+                                       and all(x is None or _number(x) for x in xs) for k, xs in v.items())
+
+
+_PROGRESS = {"loss_sum": _number, "correct": _whole, "seen": _whole, "elapsed": _number}
+_FIELDS = {"epoch": (_whole, "a whole number >= 0"), "step": (_whole, "a whole number >= 0"),
+           "seed": (_whole, "a whole number >= 0"), "config": (lambda v: isinstance(v, dict), "an object"),
+           "history": (_history, "an object of lists of numbers"),
+           "best": (lambda v: v is None or _number(v), "a number"),
+           "callbacks": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
+                         "a list of objects"),
+           "progress": (lambda v: isinstance(v, dict) and set(v) == set(_PROGRESS)
+                        and all(ok(v[k]) for k, ok in _PROGRESS.items()), "the sums of an epoch")}
+
+
+def check_info(path: str, info: dict) -> None:
+    """Every field of a checkpoint's metadata has its type and range (a WeightsError otherwise)."""
+    for key, (ok, want) in _FIELDS.items():
+        if (key in info or key in ("epoch", "seed", "history") or key == "progress" and info.get("step"))\
+                and not ok(info.get(key)):
+            raise WeightsError(f"{path}: checkpoint.{key} is {str(repr(info.get(key)))[:60]}, not {want}; "
+                               "the checkpoint is damaged")
+
+
+def check_optimizer_state(path: str, state: dict[str, np.ndarray], model) -> None:
+    """The optimizer arrays fit the model: a step count, a learning rate, moments like its parameters."""
+    for key, v in state.items():
+        scalar = key in ("t", "lr") and v.shape == () and np.isfinite(v)
+        moment = key.startswith("0/") and v.shape == model.params.shape
+        if not (scalar or moment):
+            raise WeightsError(f"{path}: its optimizer state {key} (shape {v.shape}) does not fit this model "
+                               f"({model.params.size:,} parameters); the checkpoint is damaged")

@@ -124,7 +124,7 @@ def exit_code(argv) -> int:
 
 def test_missing_matplotlib_is_reported_before_training(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_cli, "matplotlib_available", lambda: False)
+    monkeypatch.setattr("launch.arguments.matplotlib_available", lambda: False)
     assert exit_code(["--dataset", "synthetic", "--plot", "c.png"]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
 

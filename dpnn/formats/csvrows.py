@@ -12,6 +12,7 @@ import csv
 import io
 import os
 import re
+import warnings
 import zlib
 
 import numpy as np
@@ -109,7 +110,8 @@ def _column_index(spec, header: list[str] | None, ncols: int, path: str) -> int:
 
 
 def _loadtxt(path: str, **kwargs) -> np.ndarray:
-    with _open(path) as f:
+    with _open(path) as f, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Input line .* contained no data")    # blank lines: skipped
         return np.loadtxt(io.TextIOWrapper(f, encoding="utf-8"), delimiter=",", **kwargs)
 
 

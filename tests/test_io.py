@@ -9,8 +9,7 @@ import pytest
 
 import dpnn.hdf5read
 import dpnn.io
-from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, Model,
-                  WeightsError)
+from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, Model, WeightsError
 
 
 def make_model(seed=0, units=3):

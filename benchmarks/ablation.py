@@ -31,10 +31,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D
-from dpnn.recipe import shard_gradients
 from dpnn.im2col import im2col_padded, windows
 from dpnn.optim import Adam, sum_of_squares
 from dpnn.random import sample_keys
+from dpnn.recipe import shard_gradients
 
 from .measure import DataParallelRunner, interleaved, synthetic_batch
 from .models import MODELS, build
@@ -134,7 +134,8 @@ def adam_times(size: int, repeats: int = 100) -> dict:
     p, g = rng.standard_normal(size, dtype=np.float32), rng.standard_normal(size, dtype=np.float32)
     opt, slot = Adam(), {"m": np.zeros(size, np.float32), "v": np.zeros(size, np.float32)}
     opt.t, tmp = 1, np.empty(size, np.float32)
-    whole = (np.float32(opt.lr * np.sqrt(1 - opt.beta2) / (1 - opt.beta1)), np.float32(opt.eps * np.sqrt(1 - opt.beta2)))
+    whole = (np.float32(opt.lr * np.sqrt(1 - opt.beta2) / (1 - opt.beta1)),
+             np.float32(opt.eps * np.sqrt(1 - opt.beta2)))
     m, v = slot["m"], slot["v"]
     ways = {"cache blocks (dpnn)": lambda: opt.update(p, g, slot),
             "whole vector per pass": lambda: opt._update_block(p, g, m, v, p, m, v, tmp, *whole)}

@@ -22,7 +22,6 @@ from dpnn.random import sample_keys
 
 from .models import build
 
-
 INPUT = (28, 28, 1)     # the reference workload's image shape (H, W, C)
 
 
@@ -133,7 +132,7 @@ def interleaved(runners: dict, steps: int, warmup: int, rounds: int = 5) -> dict
     from round to round, so whatever one runner leaves behind (cold caches, a thread pool
     still spinning) does not always land on the same next runner.
     """
-    for name, r in runners.items():
+    for r in runners.values():
         with r.turn():          # thread settings change once per turn, never inside the timing
             for i in range(warmup):
                 r.step(i)

@@ -11,7 +11,6 @@ from typing import Callable
 from dpnn import Conv2D, Dense, Layer, Model
 from launch.presets import PRESETS
 
-
 MODELS: dict[str, Callable[[int], list[Layer]]] = dict(PRESETS)
 
 

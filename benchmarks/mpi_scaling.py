@@ -47,9 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def child(a) -> None:
     """One configuration, inside mpiexec: rank 0 prints one JSON line."""
     import numpy as np
+
     from dpnn.comm import get_communicator
     from dpnn.distributed import DistributedEngine
     from dpnn.random import sample_keys
+
     from .measure import synthetic_batch
     from .models import build
 

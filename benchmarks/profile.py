@@ -35,9 +35,9 @@ from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D, Dense
 from dpnn.layers.conv import SHIFTED_DX_FROM
+from dpnn.placement import usable_cores
 from dpnn.random import sample_keys
 from dpnn.recipe import loss_gradient
-from dpnn.placement import usable_cores
 
 from . import peak, torch_ref
 from .measure import LocalRunner, TorchRunner, interleaved, synthetic_batch

@@ -10,7 +10,7 @@ The model follows the design that runs at each core count (one worker per core):
   o: its optimizer step over the whole vector, f1: everything else (signalling, batch
   indices) -- each measured in the 1-worker row.
 
-* **n >= 2 workers on one node** (the sharded step of ``dpnn/workers/update.py``)::
+* **n >= 2 workers on one node** (the sharded step of ``dpnn/workers/sharded_update.py``)::
 
       T(n) = c B / n (1 + w)                 compute, w = straggler wait / compute (measured at 2)
            + s                               barrier latency (measured at 2)
@@ -94,7 +94,8 @@ class StepModel:
         return 2 * (k - 1) * self.net_alpha + 2 * (k - 1) / k * s / self.net_beta
 
     def assumptions(self) -> list[str]:
-        ms = lambda s: f"{s * 1e3:.2f} ms"                 # noqa: E731
+        def ms(s):
+            return f"{s * 1e3:.2f} ms"
         return [
             f"measured: compute {self.compute_per_sample * 1e6:.0f} us/sample/core, straggler wait "
             f"{self.wait_fraction:.1%} of compute, barrier {ms(self.sync_s)}, slot copy {ms(self.copy_s)} and "

@@ -77,9 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_backend(backend: str) -> None:
     """Exit with a readable message when the engine (or the requested backend) is missing."""
     try:
-        from dpnn.workers import DataParallel  # noqa: F401  (is the engine importable?)
+        from dpnn.workers import DataParallel  # noqa: F401 -- imported only to learn whether it imports
     except ImportError as e:
-        raise SystemExit(f"error: the data-parallel engine is not available ({e})")
+        raise SystemExit(f"error: the data-parallel engine is not available ({e})") from None
 
 
 def calibrate(a, cores: int, log) -> tuple[int, int, list[dict]]:
@@ -129,7 +129,8 @@ def measure_batch(a, b: int, configs: list[tuple[int, int]], cores: int, has_tor
 
 
 def run(a) -> dict:
-    log = lambda s="": print(s, flush=True)                                # noqa: E731
+    def log(s=""):
+        print(s, flush=True)
     cores = usable_cores()
     check_backend(a.backend)
     probe = build(a.model, (1,) + a.input, seed=a.seed)
@@ -177,8 +178,8 @@ def run(a) -> dict:
     proj = _projection(a, rows, grad_bytes, cores, machine)
     res_load.append(load_note(cores))
     log(f"after: {res_load[1]}")
-    return {"model": a.model, "input": list(a.input), "flops_per_sample": flops, "params": probe.param_count(), "cores": cores,
-            "machine": platform.platform(), "python": sys.version.split()[0],
+    return {"model": a.model, "input": list(a.input), "flops_per_sample": flops, "params": probe.param_count(),
+            "cores": cores, "machine": platform.platform(), "python": sys.version.split()[0],
             "peak_gflops_per_core": pk, "all_core_scaling": machine, "torch": torch_note,
             "load": res_load, "auto": auto, "rows": rows,
             "local": [dict(v, batch=k[0], threads=k[1]) for k, v in local.items()],

@@ -3,25 +3,40 @@
 ``import dpnn`` gives the single-process library (Model, layers, losses, optimizers,
 data, I/O); ``dpnn.workers`` holds the shared-memory data-parallel engine.
 """
+from .floatmode import configure_denormals, flush_denormals_enabled, set_flush_denormals
 from .placement import configure_threads
 
-configure_threads()   # must run before NumPy is imported to take effect
+configure_threads()     # both must run before NumPy is imported to take effect:
+configure_denormals()   # OpenBLAS starts its threads when NumPy loads, and they inherit the mode
 
 from . import data, losses, optim  # noqa: E402
 from .callbacks import Callback, EarlyStopping  # noqa: E402
 from .data import Dataset, one_hot  # noqa: E402
 from .errors import DataError, WeightsError, WorkerError  # noqa: E402
-from .layers import (LAYER_REGISTRY, Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense,  # noqa: E402
-                     Dropout, Flatten, GlobalAvgPool2D, Layer, MaxPool2D, register_layer)
+from .layers import (  # noqa: E402
+    LAYER_REGISTRY,
+    Activation,
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    Layer,
+    MaxPool2D,
+    register_layer,
+)
 from .model import Model  # noqa: E402
-from .optim import Adam, Optimizer, SGD, adam, sgd  # noqa: E402
+from .optim import SGD, Adam, Optimizer, adam, sgd  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dense", "Activation",
            "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
            "Optimizer", "SGD", "Adam", "sgd", "adam", "Callback", "EarlyStopping", "Dataset",
-           "one_hot", "DataError", "WeightsError", "WorkerError", "data", "losses", "optim"]
+           "one_hot", "DataError", "WeightsError", "WorkerError", "data", "losses", "optim",
+           "set_flush_denormals", "flush_denormals_enabled"]
 
 # Submodules a user reaches as attributes (dpnn.datasets, dpnn.gradcheck, ...), imported on
 # first use so that ``import dpnn`` stays light (the MPI and worker modules pull in more).

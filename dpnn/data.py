@@ -18,7 +18,6 @@ from dpnn.idx import read_idx
 from dpnn.limits import check_allocation
 from dpnn.random import fresh_seed, sample_keys
 
-
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
     "train_labels": "train-labels-idx1-ubyte",
@@ -194,7 +193,7 @@ def find_mnist_file(directory: str, stem: str) -> str | None:
     dotted = stem.replace("-idx", ".idx")
     for name in (stem + ".gz", stem, dotted + ".gz", dotted):
         path = os.path.join(directory, name)
-        if os.path.isfile(path):
+        if os.path.lexists(path):       # a FIFO or a link loop too: read_idx refuses it as what it is
             return path
     return None
 
@@ -263,11 +262,10 @@ def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
     if y is None:
         raise ValueError("no labels: pass fit(dataset), fit((X, y)) or fit(X, y)")
     x, y = np.asarray(x), np.asarray(y)
+    if x.dtype.kind not in "fiub":              # e.g. an object array of ragged rows
+        raise TypeError(f"inputs must be numeric arrays, got dtype {x.dtype}; stack them into one array")
     if len(x) != len(y):
         raise ValueError(f"{len(x)} inputs but {len(y)} labels; they must have the same length")
-    if x.dtype.kind not in "fiub":
-        raise TypeError(f"inputs must be a numeric array (N, ...), got dtype {x.dtype}; rows of "
-                        "different lengths or Python objects cannot be trained on")
     if x.dtype.kind == "f" and not np.isfinite(x).all():
         raise ValueError("the inputs contain NaN or infinite values; clean the data first")
     if y.dtype.kind not in "iufb":

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from dpnn.data import MNIST_FILES, Dataset, find_mnist_file, load_mnist_gz
 from dpnn import formats
+from dpnn.data import MNIST_FILES, Dataset, find_mnist_file, load_mnist_gz
 from dpnn.errors import DataError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"

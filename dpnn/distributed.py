@@ -53,7 +53,7 @@ def on_root(comm: Communicator, fn, *args, root: int = 0):
     if comm.rank == root:
         try:
             result = fn(*args)
-        except Exception as e:         # noqa: BLE001 -- re-raised on every rank below
+        except Exception as e:
             error = e
     error, result = comm.bcast_object((error, result), root)
     if error is not None:

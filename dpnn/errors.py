@@ -14,8 +14,19 @@ class WorkerError(RuntimeError):
 
 
 class OutputError(WeightsError, OSError):
-    """An output file could not be written (full disk, a device or directory in its place...).
+    """An output file could not be written (full disk, a device or directory in its place...);
+    what was already there is intact.
 
     An OSError by nature; also a WeightsError so that every CLI which reports unusable
-    weights files with one line reports a failed write the same way.
+    weights files with one line reports a failed write the same way. ``path`` is the file,
+    ``what`` which output it is ("checkpoint", "--out", "--history"...; "output" by default),
+    ``reason`` why, in a few words ("No space left on device").
     """
+
+    def __new__(cls, message: str, *args, **kwargs):
+        return OSError.__new__(cls, message)         # OSError would read 3 arguments as errno...
+
+    def __init__(self, message: str, path: str | None = None, what: str = "output",
+                 reason: str | None = None) -> None:
+        super().__init__(message)
+        self.path, self.what, self.reason = path, what, reason or message

@@ -18,6 +18,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from dpnn.errors import DataError
+from dpnn.files import input_problem, open_regular
 from dpnn.limits import check_allocation, format_bytes
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -56,12 +57,13 @@ def _gzip_errors(path: str) -> Iterator[None]:
 
 def _open(path: str) -> tuple[BinaryIO, int, bool]:
     """(stream of the IDX bytes, size of the file on disk, whether it is gzip-compressed)."""
-    if not os.path.exists(path):
+    problem = input_problem(path)
+    if problem == "not found":
         raise _fail(path, "file not found", "check the path or download the file")
-    if not os.path.isfile(path):
-        raise _fail(path, "is not a regular file", "pass the path of an IDX file")
+    if problem is not None:
+        raise DataError(f"{path} {problem}; pass the path of an IDX file")
     try:
-        f = open(path, "rb")
+        f = open_regular(path)
         size, magic = os.fstat(f.fileno()).st_size, f.read(2)
         f.seek(0)
     except OSError as e:

@@ -14,106 +14,24 @@ unpickled. Writing goes to a temporary file renamed over the target, so a failed
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import stat
-import tempfile
 import zipfile
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
-from .errors import OutputError, WeightsError
+from .atomic import atomic_write, check_output_path, commit, temp_beside
+from .errors import WeightsError
+from .files import input_problem, open_regular
+from .hdf5read import MAX_ATTRIBUTE_BYTES, Listing, h5py, read_hdf5
 from .limits import MAX_JSON_BYTES, check_allocation, check_json_text, format_bytes
 
-try:
-    import h5py
-except ImportError:          # the NPZ fallback keeps the library usable without h5py
-    h5py = None
-
 FORMAT_VERSION = "1"
-MAX_ATTRIBUTE_BYTES = 16 << 20     # metadata (a checkpoint's history included) is far smaller
 MAX_INPUT_RANK = 4                 # (H, W, C) images or (D,) vectors; batch axis not stored
-
-Listing = dict[str, tuple[tuple[int, ...], np.dtype]]    # array name -> (shape, dtype)
 
 
 # -- writing ---------------------------------------------------------------------------------
-def check_output_path(path: str) -> None:
-    """Refuse a path naming a directory, device, socket or FIFO: a rename would replace it."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror}; nothing was written") from None
-    kinds = {stat.S_ISDIR: "a directory", stat.S_ISCHR: "a character device",
-             stat.S_ISBLK: "a block device", stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
-    for test, kind in kinds.items():
-        if test(mode):
-            raise OutputError(f"cannot write {path}: it is {kind}, not a regular file; "
-                              "pass the path of a file to create or replace")
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where /proc allows (other threads may create files)."""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        with open("/proc/self/status") as f:
-            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _final_mode(path: str) -> int:
-    """A replaced file keeps its mode; a new one gets 0666 & ~umask, as open() would give."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        return 0o666 & ~current_umask()
-
-
-@contextlib.contextmanager
-def _temp_beside(path: str) -> Iterator[str]:
-    """A temporary path in ``path``'s directory, removed at the end unless renamed onto ``path``.
-
-    Any OSError inside the block becomes one OutputError naming ``path`` and the reason.
-    """
-    tmp = None
-    try:
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-        os.close(fd)
-        yield tmp
-    except OutputError:
-        raise
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}; nothing was overwritten") from None
-    finally:
-        if tmp is not None and os.path.lexists(tmp):
-            os.unlink(tmp)
-
-
-def _commit(tmp: str, path: str) -> None:
-    os.chmod(tmp, _final_mode(path))
-    os.replace(tmp, path)
-
-
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``.
-
-    Refuses (OutputError) a ``path`` that is not a regular file before writing anything; on
-    any OSError the temporary file is removed, ``path`` is left as it was and one OutputError
-    says why. The new file gets the mode open() would give it.
-    """
-    check_output_path(path)
-    with _temp_beside(path) as tmp:
-        write(tmp)
-        _commit(tmp, path)
-
-
 def weights_path(path: str) -> str:
     """The file :func:`write_arrays` really writes: ``path``, or ``path.npz`` without h5py."""
     if path.endswith(".npz") or h5py is not None:
@@ -160,12 +78,12 @@ def write_model(path: str, architecture: list[dict], arrays: dict[str, np.ndarra
     check_output_path(arch_path)
     check_output_path(path)
     text = json.dumps(architecture, indent=2) + "\n"
-    with _temp_beside(arch_path) as arch_tmp, _temp_beside(path) as tmp:
+    with temp_beside(arch_path) as arch_tmp, temp_beside(path) as tmp:
         with open(arch_tmp, "w") as f:
             f.write(text)
         _array_writer(path, arrays, attrs)(tmp)
-        _commit(tmp, path)
-        _commit(arch_tmp, arch_path)
+        commit(tmp, path)
+        commit(arch_tmp, arch_path)
     return path
 
 
@@ -184,23 +102,31 @@ def architecture_path(path: str) -> str:
 def _load_json(text: str, name: str, max_bytes: int):
     try:
         check_json_text(text, name, max_bytes)
+    except ValueError as e:
+        raise WeightsError(str(e)) from None
+    try:
         return json.loads(text)
-    except ValueError as e:        # JSONDecodeError is a ValueError
-        raise WeightsError(f"{name} is not valid JSON ({e})" if isinstance(e, json.JSONDecodeError)
-                           else str(e)) from None
+    except (ValueError, RecursionError) as e:   # JSONDecodeError; a 5,000-digit integer
+        raise WeightsError(f"{name} is not valid JSON ({e}); pass what model.save() wrote") from None
 
 
 def read_architecture_file(arch_path: str) -> list[dict]:
     """The layer list of an architecture JSON (seed format: a list of {"class", "config"})."""
+    problem = input_problem(arch_path)
+    if problem is not None:
+        raise WeightsError(f"architecture file {arch_path} {problem}; pass the JSON file model.save() wrote")
     if os.path.getsize(arch_path) > MAX_JSON_BYTES:
         raise WeightsError(f"architecture file {arch_path} is {format_bytes(os.path.getsize(arch_path))}, "
                            f"more than the {format_bytes(MAX_JSON_BYTES)} an architecture can need; "
                            "pass the JSON file model.save() wrote")
     try:
-        with open(arch_path, encoding="utf-8") as f:
-            arch = _load_json(f.read(), f"architecture file {arch_path}", MAX_JSON_BYTES)
+        with open_regular(arch_path) as f:
+            text = f.read(MAX_JSON_BYTES + 1).decode("utf-8")
     except UnicodeDecodeError as e:
         raise WeightsError(f"architecture file {arch_path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise WeightsError(f"architecture file {arch_path} {e.strerror}") from None
+    arch = _load_json(text, f"architecture file {arch_path}", MAX_JSON_BYTES)
     if isinstance(arch, dict):
         arch = arch.get("layers")
     if not isinstance(arch, list) or not arch:
@@ -211,7 +137,7 @@ def read_architecture_file(arch_path: str) -> list[dict]:
 def read_architecture(path: str) -> list[dict]:
     """The architecture saved beside the weights file ``path``."""
     arch_path = architecture_path(path)
-    if not os.path.isfile(arch_path):
+    if input_problem(arch_path) == "not found":
         raise WeightsError(f"architecture file {arch_path} not found beside {path}; "
                            "model.save() writes both, keep them together")
     return read_architecture_file(arch_path)
@@ -249,19 +175,30 @@ def read_model_info(path: str) -> tuple[list[dict], tuple[int, ...] | None, dict
 
 # -- reading: arrays, checked before they are read -------------------------------------------
 def _resolve(path: str) -> str:
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+    if not os.path.lexists(path) and os.path.lexists(path + ".npz"):
         path = path + ".npz"
-    if not os.path.isfile(path):
+    problem = input_problem(path)
+    if problem == "not found":
         raise WeightsError(f"weights file {path!r} not found; train a model first "
                            "(python -m launch.train --out PATH) or check the path")
+    if problem is not None:
+        raise WeightsError(f"weights file {path} {problem}; pass the file model.save() wrote")
     return path
 
 
+def _object_kind(dtype: np.dtype) -> str:
+    """What an array of dtype object holds: HDF5 text or references, else pickled objects."""
+    if h5py is not None and h5py.check_string_dtype(dtype) is not None:
+        return "text (an HDF5 string dataset)"
+    if h5py is not None and h5py.check_ref_dtype(dtype) is not None:
+        return "HDF5 object references"
+    return "pickled Python objects (dpnn reads with allow_pickle=False: loading must not run code)"
+
+
 def _check_dtypes(path: str, listing: Listing) -> None:
-    for name, (shape, dtype) in listing.items():
+    for name, (_, dtype) in listing.items():
         if dtype.hasobject:
-            raise WeightsError(f"{path} contains pickled Python objects ({name}); dpnn never "
-                               "unpickles (allow_pickle=False: loading must not run code); "
+            raise WeightsError(f"{path}: array {name} holds {_object_kind(dtype)}, not numbers; "
                                "save weights with model.save()")
         if dtype.kind not in "fiub":
             raise WeightsError(f"{path}: array {name} has dtype {dtype}, not numbers; "
@@ -309,39 +246,6 @@ def _check_names(path: str, found: set[str], expected: set[str]) -> None:
                            + "; load weights saved from the same architecture")
 
 
-def _hdf5_attrs(path: str, f) -> dict[str, str]:
-    for k in f.attrs:
-        if f.attrs.get_id(k).get_storage_size() > MAX_ATTRIBUTE_BYTES:
-            raise WeightsError(f"{path}: attribute {k} is larger than "
-                               f"{format_bytes(MAX_ATTRIBUTE_BYTES)}; re-save the model")
-    return {k: str(v) for k, v in f.attrs.items()}
-
-
-def _hdf5_datasets(path: str, f) -> dict:
-    """Top-level datasets and those one group deep ('optimizer/t'), by name; nothing is read."""
-    out = {}
-    for k, item in f.items():
-        members = item.items() if isinstance(item, h5py.Group) else [(None, item)]
-        for sub, d in members:
-            if not isinstance(d, h5py.Dataset):
-                raise WeightsError(f"{path}: {k}/{sub} is a nested group; dpnn files hold "
-                                   "datasets at most one group deep")
-            out[k if sub is None else f"{k}/{sub}"] = d
-    return out
-
-
-def _read_hdf5(path: str, check: Callable[[Listing], None], with_arrays: bool):
-    if h5py is None:
-        raise WeightsError(f"{path} is HDF5 but h5py is not installed: pip install h5py")
-    with h5py.File(path, "r") as f:
-        datasets = _hdf5_datasets(path, f)
-        listing = {k: (tuple(d.shape), d.dtype) for k, d in datasets.items()}
-        attrs = _hdf5_attrs(path, f)
-        check(listing)
-        arrays = {k: np.array(d) for k, d in datasets.items()} if with_arrays else {}
-    return listing, arrays, attrs
-
-
 def _npy_header(path: str, z: zipfile.ZipFile, member: str) -> tuple[tuple, np.dtype]:
     if not member.endswith(".npy"):
         raise WeightsError(f"{path}: member {member} is not a .npy array; "
@@ -387,9 +291,12 @@ def _read(path: str, check: Callable[[Listing], None] | None, with_arrays: bool)
     """(listing, arrays, attrs) of an HDF5 or NPZ file (told apart by content)."""
     path = _resolve(path)
     check = check or (lambda listing: _check_dtypes(path, listing))
-    with open(path, "rb") as f:
-        head = f.read(8)
-    reader = _read_hdf5 if head.startswith(b"\x89HDF") else _read_npz if head.startswith(b"PK") else None
+    try:
+        with open_regular(path) as f:
+            head = f.read(8)
+    except OSError as e:
+        raise WeightsError(f"weights file {path} {e.strerror}; pass the file model.save() wrote") from None
+    reader = read_hdf5 if head.startswith(b"\x89HDF") else _read_npz if head.startswith(b"PK") else None
     if reader is None:
         raise WeightsError(f"{path} is neither an HDF5 nor an NPZ weights file; "
                            "pass the file written by model.save()")
@@ -416,7 +323,18 @@ def read_arrays(path: str, expected: dict[str, tuple] | None = None,
     """
     _, arrays, attrs = _read(path, lambda listing: check_arrays(path, listing, expected, extra_limit),
                              with_arrays=True)
+    check_finite(_resolve(path), arrays)
     return arrays, attrs
+
+
+def check_finite(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse weights holding NaN or infinity: every prediction from them would be NaN."""
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            bad = int(a.size - np.isfinite(a).sum())
+            raise WeightsError(f"{path}: {name} holds {bad} NaN or infinite value{'s' * (bad > 1)} "
+                               f"(of {a.size}); the weights are damaged (did training diverge?): "
+                               "load an earlier checkpoint or train again")
 
 
 # -- the seed's array names ------------------------------------------------------------------

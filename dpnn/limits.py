@@ -15,6 +15,9 @@ import numpy as np
 
 MAX_JSON_BYTES = 1 << 20    # an architecture JSON is a few KB; 1 MiB leaves ample room
 MAX_JSON_DEPTH = 32         # dpnn writes depth 4 (list > layer > config > kernel_size list)
+MAX_CLASSES = 1_000_000     # class indices (labels) a data set may use: ImageNet-21k has 21,841;
+#                             a class name and a Dense output per class are made from this count
+MAX_FLOAT_PIXEL = 1e4       # |float pixel| beyond this overflows float32 in a few layers' products
 FLOAT_BYTES = 4             # parameters and activations are float32
 PARAM_COPIES = 4            # weights, gradients and Adam's two moments
 ACTIVATION_COPIES = 2       # each layer output and its gradient in backward

@@ -103,14 +103,13 @@ class Model:
         self.params = params
 
     def bind_grads(self, grads: np.ndarray) -> None:
-        """Make the layers write their gradients into ``grads`` (a flat vector) from now on."""
+        """Make the layers write their gradients into ``grads`` from now on."""
         self.param_layout.bind(self.layers, grads, "grads", copy=False)
         self.grads = grads
 
     def portable(self) -> "Model":
-        """This model for a worker process: copies of the user's own layer and loss objects
-        (every attribute kept), without parameter arrays, optimizer or callbacks. The worker
-        binds it to shared memory with :meth:`bind`; nothing is re-created from a config."""
+        """This model for a worker process: copies of the user's own layer and loss objects (every
+        attribute kept), no arrays, no optimizer; the worker binds it to shared memory (:meth:`bind`)."""
         assert self.built, "build the model first"
         clone = copy.copy(self)
         clone.layers = [layer.portable() for layer in self.layers]
@@ -284,6 +283,8 @@ class Model:
     # -- inference ------------------------------------------------------------------------
     def predict(self, x, batch_size: int = 256) -> np.ndarray:
         """Outputs (N, ...) in batches, inference mode (no dropout, running BatchNorm stats)."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self.check_input(x)
         self.ensure_built(x)
         outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]

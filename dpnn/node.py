@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from . import placement
+from . import floatmode, placement
 from .recipe import ShardResult, StepStats, Sums, combine_shards, evaluation_sums, run_shard
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class EngineInfo:
     deterministic: bool = False
     rank: int = 0                    # this process's MPI rank (0 prints and writes files)
     seed: int | None = None          # MPI: the seed every rank uses (rank 0's); else None
+    denormals: str = field(default_factory=floatmode.describe)   # this process's mode (floatmode.py)
 
     def __str__(self) -> str:
         t = self.threads_per_worker
@@ -53,11 +54,11 @@ class EngineInfo:
         text = f"{where} x {blas}"
         if self.ranks > 1:
             text = f"{self.ranks} MPI ranks, each {text}"
-        return text + (", deterministic" if self.deterministic else "")
+        return text + (", deterministic" if self.deterministic else "") + f", {self.denormals}"
 
     def as_logs(self) -> dict:
         return {"engine": self.kind, "workers": self.workers,
-                "threads_per_worker": self.threads_per_worker, "ranks": self.ranks}
+                "threads_per_worker": self.threads_per_worker, "ranks": self.ranks, "denormals": self.denormals}
 
 
 class Engine(Protocol):

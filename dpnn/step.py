@@ -31,8 +31,16 @@ import numpy as np
 from .comm import Communicator, LocalComm
 from .layers.normalization import BatchNorm2D
 from .node import Batch, EngineInfo, Finish, NodeBackend
-from .recipe import (DETERMINISTIC_SHARDS, ShardResult, StepStats, Sums, add_sums, combine_shards,
-                     owned_slots, shard_bounds)
+from .recipe import (
+    DETERMINISTIC_SHARDS,
+    ShardResult,
+    StepStats,
+    Sums,
+    add_sums,
+    combine_shards,
+    owned_slots,
+    shard_bounds,
+)
 
 
 class RanksDiverged(RuntimeError):

@@ -26,64 +26,44 @@ import glob
 import math
 import os
 import re
-import signal
 import sys
 import time
 
 import numpy as np
 
 from dpnn import Callback, EarlyStopping, Model
+from dpnn.atomic import os_reason
 from dpnn.callbacks import LRScheduler
-from dpnn.errors import WeightsError
+from dpnn.errors import OutputError, WeightsError
 from dpnn.io import architecture_path, atomic_write, save_model
+from dpnn.signals import held_signals
 
 FORMAT = 1
 KEEP = 3                                     # newest checkpoints kept; older ones are deleted
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.(hdf5|npz|hdf5\.npz)$")
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C (stop, keep the last checkpoint) but exiting with 143."""
-
-
-class OutputError(Exception):
-    """An output or checkpoint could not be written (full disk...); what is already there is intact."""
-
-    def __init__(self, what: str, path: str, error: OSError) -> None:
-        self.what, self.path = what, path
-        super().__init__(f"cannot write {what} {path}: {error.strerror or error}")
-
-
-@contextlib.contextmanager
-def deferred_interrupts(deliver: bool = True):
-    """Hold SIGINT/SIGTERM back inside the block, then hand a held one to the handler that was
-    there before (Model.fit's own, which stops after the step, or one that raises); with
-    ``deliver=False`` (already stopping) a held one is dropped."""
-    held: list[int] = []
-    previous = {s: signal.signal(s, lambda sig, frame: held.append(sig))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if held and deliver:
-            signal.raise_signal(held[0])
-
-
 @contextlib.contextmanager
 def writing(what: str, path: str):
-    """Turn an OSError (ENOSPC, EIO...) while writing ``path`` into one :class:`OutputError`."""
+    """Turn an OSError (ENOSPC, EIO...) while writing ``path`` into one :class:`OutputError`
+    naming ``what`` ("--out", "checkpoint"...)."""
     try:
         yield
     except OSError as e:
-        raise OutputError(what, path, e) from None
+        reason = e.reason if isinstance(e, OutputError) else os_reason(e)
+        raise OutputError(f"cannot write {what} {path}: {reason}", path, what, reason) from None
 
 
 # -- naming and finding -------------------------------------------------------------------------
 def checkpoint_name(epochs_done: int, step: int = 0) -> str:
     """epoch-0003.hdf5 after 3 epochs; epoch-0003-step-000017.hdf5 17 steps into the 4th."""
     return f"epoch-{epochs_done:04d}" + (f"-step-{step:06d}" if step else "") + ".hdf5"
+
+
+def named_like_checkpoint(path: str) -> bool:
+    """Whether ``path``'s name is a checkpoint's weights or architecture file name."""
+    name = os.path.basename(path)
+    return bool(_NAME.match(name) or _NAME.match(name[:-5] + ".hdf5" if name.endswith(".json") else ""))
 
 
 def _position(path: str) -> tuple[int, int] | None:
@@ -113,7 +93,8 @@ def latest_checkpoint(directory: str, report=warn) -> str | None:
         try:
             load_checkpoint(path)
         except (ValueError, OSError) as e:       # WeightsError is a ValueError
-            report(f"skipping damaged checkpoint {path} ({e})")
+            reason = str(e).removeprefix(f"{path}: ")
+            report(f"skipping damaged checkpoint {path} ({reason})")
             continue
         return path
     return None
@@ -256,12 +237,12 @@ class Checkpointer(Callback):
         progress = self.session.progress
         if progress.step % self.every == 0 and (self.steps_per_epoch is None
                                                 or progress.step < self.steps_per_epoch):
-            with deferred_interrupts():          # not the last step: its epoch checkpoint follows
+            with held_signals():          # not the last step: its epoch checkpoint follows
                 self.save(progress.epoch, progress)
 
     def on_epoch_end(self, epoch, logs):
         if self.write:
-            with deferred_interrupts():
+            with held_signals():
                 self.save(epoch + 1)
 
     def save_interrupted(self, progress) -> str | None:
@@ -270,7 +251,7 @@ class Checkpointer(Callback):
         before it is that state) or nothing is written."""
         if not self.write or progress is None or progress.step == 0:
             return None
-        with deferred_interrupts(deliver=False):
+        with held_signals(deliver=False):
             return self.save(progress.epoch, progress)
 
     def save(self, epochs_done: int, progress=None) -> str:
@@ -336,12 +317,57 @@ def load_checkpoint(path: str) -> tuple[Model, dict, dict]:
     if not isinstance(info, dict) or info.get("format") != FORMAT or "config" not in info:
         raise WeightsError(f"{path} is not a launch.train checkpoint (no checkpoint metadata); "
                            "point --checkpoint-dir at the directory a training run wrote")
+    info.setdefault("step", 0)
+    check_info(path, info)
     extra = model.extra_arrays
     info["optimizer"] = {k[len("optimizer/"):].replace(".", "/"): v
                          for k, v in extra.items() if k.startswith("optimizer/")}
-    info.setdefault("step", 0)
+    check_optimizer_state(path, info["optimizer"], model)
     state = {"best": info.get("best"), "callbacks": info.get("callbacks", [])}
     if "callbacks/best_params" in extra:
         state["best_params"] = extra["callbacks/best_params"]
         state["best_state"] = extra["callbacks/best_state"]
     return model, info, state
+
+
+def _whole(v) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _number(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _history(v) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and isinstance(xs, list)
+                                       and all(x is None or _number(x) for x in xs) for k, xs in v.items())
+
+
+_PROGRESS = {"loss_sum": _number, "correct": _whole, "seen": _whole, "elapsed": _number}
+_FIELDS = {"epoch": (_whole, "a whole number >= 0"), "step": (_whole, "a whole number >= 0"),
+           "seed": (_whole, "a whole number >= 0"), "config": (lambda v: isinstance(v, dict), "an object"),
+           "history": (_history, "an object of lists of numbers"),
+           "best": (lambda v: v is None or _number(v), "a number"),
+           "callbacks": (lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
+                         "a list of objects"),
+           "progress": (lambda v: isinstance(v, dict) and set(v) == set(_PROGRESS)
+                        and all(ok(v[k]) for k, ok in _PROGRESS.items()), "the sums of an epoch")}
+
+
+def check_info(path: str, info: dict) -> None:
+    """Every field of a checkpoint's metadata has its type and range (a WeightsError otherwise)."""
+    for key, (ok, want) in _FIELDS.items():
+        if (key in info or key in ("epoch", "seed", "history") or key == "progress" and info.get("step"))\
+                and not ok(info.get(key)):
+            raise WeightsError(f"{path}: checkpoint.{key} is {str(repr(info.get(key)))[:60]}, not {want}; "
+                               "the checkpoint is damaged")
+
+
+def check_optimizer_state(path: str, state: dict[str, np.ndarray], model) -> None:
+    """The optimizer arrays fit the model: a step count, a learning rate, moments like its parameters."""
+    for key, v in state.items():
+        scalar = key in ("t", "lr") and v.shape == () and np.isfinite(v)
+        moment = key.startswith("0/") and v.shape == model.params.shape
+        if not (scalar or moment):
+            raise WeightsError(f"{path}: its optimizer state {key} (shape {v.shape}) does not fit this model "
+                               f"({model.params.size:,} parameters); the checkpoint is damaged")

@@ -22,8 +22,7 @@ import sys
 import numpy as np
 
 from dpnn.data import MNIST_FILES
-from dpnn.datasets import (FASHION_INSTALL, LOADERS, MNIST_ENV, available_datasets,
-                           load_dataset, mnist_dir_candidates)
+from dpnn.datasets import FASHION_INSTALL, LOADERS, MNIST_ENV, available_datasets, load_dataset, mnist_dir_candidates
 from dpnn.errors import DataError
 from dpnn.formats import layouts, parse_image_size
 

@@ -30,6 +30,7 @@ from dpnn.digits import digit_augmentation
 from dpnn.errors import DataError, WeightsError
 from dpnn.random import sample_keys
 from launch.gui import DEFAULT_WEIGHTS
+from launch.outputs import check_writable
 from launch.presets import PRESETS, build_model
 
 EPOCHS = {"mnist": 6, "mnist-5k": 20}   # ~3-6 minutes on 2 cores either way
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if name == "auto":
         name = "mnist" if find_mnist_dir() else "mnist-5k"
     try:
+        check_writable(args.out, "--out", ValueError)        # before minutes of training
         workers = resolve_workers(args.workers)
         train, test, info = load_dataset(name)
     except (DataError, ValueError) as e:
@@ -154,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         model.save(args.out)
-    except (OSError, WeightsError) as e:
-        print(f"error: cannot write {args.out}: {e}", file=sys.stderr)
+    except (OSError, WeightsError) as e:         # OutputError says which file and why
+        print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}; draw on it with: python -m launch.gui --weights {args.out}", flush=True)
     return 0

@@ -81,7 +81,7 @@ def class_names_for(metadata: dict, num_classes: int) -> list[str]:
 def load_classifier(path: str) -> Classifier:
     """Load ``path`` and check it classifies 28x28x1 images; raises WeightsError otherwise."""
     from dpnn import Model
-    if not os.path.exists(path) and not os.path.exists(path + ".npz"):
+    if not os.path.lexists(path) and not os.path.lexists(path + ".npz"):
         hint = ""
         if path == DEFAULT_WEIGHTS:
             hint = " (train it with `make digits` or `python -m launch.digits`)"

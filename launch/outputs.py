@@ -7,11 +7,13 @@ import math
 import os
 import shlex
 import signal
-import stat
 import sys
 
 from dpnn import Callback, placement
-from dpnn.io import atomic_write
+from dpnn.errors import OutputError
+from dpnn.files import input_problem
+from dpnn.io import architecture_path, atomic_write, weights_path
+from dpnn.signals import Terminated, held_signals
 from dpnn.training import TrainingInterrupted
 from launch import checkpoint as ckpt
 from launch.plot import plot_history
@@ -41,12 +43,14 @@ class EpochLog(Callback):
 
 def check_writable(path: str, flag: str, usage_error) -> None:
     """``path`` is a regular file or nothing yet, in a directory this process may write."""
-    if os.path.exists(path) and not os.path.isfile(path):
-        mode = os.stat(path).st_mode
-        kind = ("directory" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode)
-                else "socket" if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "special file")
-        raise usage_error(f"{flag} {path} is a {kind}, not a regular file; give a file path")
+    if path == "":
+        raise usage_error(f"{flag} is empty; give the path of a file to write")
+    if path.endswith((os.sep, "/")):
+        raise usage_error(f"{flag} {path} names a directory (it ends with /); give a file path "
+                          f"such as {os.path.join(path, 'weights.hdf5')}")
+    problem = input_problem(path)
+    if problem not in (None, "not found", "is a broken symbolic link"):   # a rename replaces a link
+        raise usage_error(f"{flag} {path} {problem}; give a file path")
     parent = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
@@ -54,12 +58,55 @@ def check_writable(path: str, flag: str, usage_error) -> None:
         raise usage_error(f"{flag} {path}: cannot create files in {parent}")
 
 
-def check_outputs(args, locks: ckpt.RunLocks, usage_error) -> None:
-    """Output paths are writable files, this run alone holds them, no earlier run is overwritten;
-    ``usage_error(message)`` is raised otherwise."""
+def planned_outputs(args) -> list[tuple[str, str, str]]:
+    """(label, description, path) of every file and lock this run writes, in a fixed order;
+    a label names the path as the user gave it, a description says what it is."""
+    found = []
+    if args.out:
+        weights = weights_path(args.out)
+        found += [(f"--out {args.out}", "--out", weights),
+                  (f"the architecture file of --out ({architecture_path(weights)})",
+                   "the architecture file of --out", architecture_path(weights))]
+    for flag, path in (("--history", args.history), ("--plot", args.plot)):
+        if path:
+            found.append((f"{flag} {path}", flag, path))
+    if args.checkpoint_dir:
+        found.append((f"--checkpoint-dir {args.checkpoint_dir}", "--checkpoint-dir", args.checkpoint_dir))
     for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
         if path:
+            found.append((f"the lock file of {flag} ({path}.lock)", f"the lock file of {flag}", path + ".lock"))
+    if args.checkpoint_dir:
+        lock = os.path.join(args.checkpoint_dir, ".lock")
+        found.append((f"the lock file of --checkpoint-dir ({lock})", "the lock file of --checkpoint-dir", lock))
+    return found
+
+
+def check_distinct(args, usage_error) -> None:
+    """Every output and lock of the run is a different file, and none inside --checkpoint-dir
+    is named like a checkpoint (pruning would delete it, or it would replace one)."""
+    seen: dict[str, str] = {}
+    for label, what, path in planned_outputs(args):
+        key = os.path.realpath(path)
+        if key in seen:
+            raise usage_error(f"{label} is also {seen[key]}; give each output its own path")
+        seen[key] = what
+    d = args.checkpoint_dir
+    if not d:
+        return
+    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
+        if path and os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(d) \
+                and ckpt.named_like_checkpoint(path):
+            raise usage_error(f"{flag} {path} is inside --checkpoint-dir {d} and named like a checkpoint, "
+                              "which pruning deletes or a later checkpoint replaces; choose another name")
+
+
+def check_outputs(args, locks: ckpt.RunLocks, usage_error) -> None:
+    """Output paths are writable files, distinct from each other and from the locks, this run
+    alone holds them, no earlier run is overwritten; ``usage_error(message)`` is raised otherwise."""
+    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
+        if path is not None:
             check_writable(path, flag, usage_error)
+    check_distinct(args, usage_error)
     d = args.checkpoint_dir
     if d is None:
         if args.resume:
@@ -69,8 +116,9 @@ def check_outputs(args, locks: ckpt.RunLocks, usage_error) -> None:
             raise usage_error(f"--checkpoint-dir {d} exists and is not a directory")
         check_writable(os.path.join(d, "epoch-0000.hdf5"), "--checkpoint-dir", usage_error)
         lock_checkpoints(args, locks, usage_error)
-    if args.out:
-        locks.acquire(args.out + ".lock", f"--out {args.out}", usage_error)
+    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
+        if path:
+            locks.acquire(path + ".lock", f"{flag} {path}", usage_error)
     found = ckpt.list_checkpoints(d) if d and os.path.isdir(d) else []
     if found and not args.resume:
         raise usage_error(f"{d} already holds checkpoints of an earlier run (up to epoch {found[-1][0]}); "
@@ -89,7 +137,7 @@ def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
                            "epochs": len(run.history["loss"])})
     report = {"config": config, "dataset": run.info["name"], "test_loss": test_loss,
               "test_accuracy": test_acc, "history": run.history}
-    with ckpt.deferred_interrupts():
+    with held_signals():
         if a.out:
             with ckpt.writing("--out", a.out):
                 os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
@@ -103,7 +151,7 @@ def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
                 plot_history(run.history, a.plot, f"{a.model} on {run.info['name']}")
 
 
-def after_write_error(run, error: ckpt.OutputError, prog: str) -> str:
+def after_write_error(run, error: OutputError, prog: str) -> str:
     """What is left and what to do after ``error`` (the rest of its one-line message)."""
     d = run.args.checkpoint_dir
     resume = f"{prog} --resume --checkpoint-dir {shlex.quote(d)}" if d else None
@@ -137,7 +185,7 @@ def exit_status(exc: KeyboardInterrupt) -> int:
     """128 + the signal: 130 for SIGINT (Ctrl-C), 143 for SIGTERM."""
     if isinstance(exc, TrainingInterrupted):
         return 128 + exc.signum
-    return 128 + (signal.SIGTERM if isinstance(exc, ckpt.Terminated) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str, saved: str | None = None) -> int:

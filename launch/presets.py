@@ -67,7 +67,7 @@ PRESETS: dict[str, Callable[[int], list[Layer]]] = {"seed-cnn": seed_cnn, "lenet
 
 def _layers_from_json(path: str) -> list[Layer]:
     """Layers from an architecture JSON (a list of {"class", "config"}, as model.save writes)."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):        # a FIFO too: read_architecture_file says what it is
         raise WeightsError(f"{path}: architecture file not found; pass a preset "
                            f"({', '.join(PRESETS)}) or a JSON file written by model.save()")
     arch = read_architecture_file(path)

@@ -24,145 +24,27 @@ from contextlib import closing
 from types import SimpleNamespace
 
 from dpnn import EarlyStopping, placement
+from dpnn.augment import parse_spec
 from dpnn.callbacks import LRScheduler
-from dpnn.augment import SPEC_HELP, parse_spec
-from dpnn.datasets import LOADERS, load_dataset
+from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
-from dpnn.errors import DataError, WeightsError, WorkerError
+from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
+from dpnn.signals import Terminated
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
+from launch import arguments, mpi, outputs
 from launch import checkpoint as ckpt
-from launch import mpi
-from launch import outputs
-from launch.data import checked_text, image_size_arg
-from launch.plot import INSTALL_HINT, matplotlib_available
-from launch.presets import PRESETS, build_model
+from launch.arguments import PROG, RUN_KEYS, UsageError, check_args, resolve_defaults
+from launch.presets import build_model
 
-PROG = "python -m launch.train"
-DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
-DEFAULT_MOMENTUM = 0.9
-# Settings that define the computation: --resume takes them from the checkpoint and refuses
-# a different value on the command line. Every other flag may change when resuming.
-RUN_KEYS = ("dataset", "image_size", "label_column", "model", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-            "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
-            "seed", "deterministic", "limit", "augment")
-
-
-class UsageError(ValueError):
-    """A bad command line; printed as one line, exit status 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Adds '(default: X)' to each option's help unless the help already says what the default is."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
-            return text
-        return text + " (default: %(default)s)"
-
-
-def finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
-
-
-augment_arg = checked_text(parse_spec)               # --augment SPEC (grammar in --help)
-
-
-def workers_arg(text: str):
-    try:
-        return placement.parse_count(text, "--workers")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
+try:
+    from dpnn.workers import SharedMemoryError
+except ImportError:                     # no data-parallel engine: nothing to run out of
+    class SharedMemoryError(OSError):
+        """Never raised without dpnn.workers."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog=PROG, description=__doc__, formatter_class=HelpFormatter,
-                      epilog="--augment " + SPEC_HELP)
-    g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="fashion-mnist", metavar="NAME|DIR",
-                   help=f"named data set ({', '.join(LOADERS)}) or a directory of your own data: "
-                        "four IDX files, train.npz, train.csv or train/<class>/*.png folders; "
-                        "'python -m launch.data' lists what is installed, 'python -m launch.data "
-                        "--inspect DIR' what a directory holds")
-    g.add_argument("--image-size", type=image_size_arg, default=None, metavar="HxW[xC]",
-                   help="--dataset DIR of image folders: resize every image to it; of CSV or flat npz "
-                        "rows: the image each row holds (default: images as they are, square "
-                        "grayscale rows)")
-    g.add_argument("--label-column", default=None, metavar="N|NAME",
-                   help="--dataset DIR of CSV files: the label column, an index (0 first, -1 last) or "
-                        "a header name (default: detected)")
-    g.add_argument("--model", default="seed-cnn", metavar="PRESET|FILE.json",
-                   help=f"preset ({', '.join(PRESETS)}) or an architecture JSON as model.save() writes it")
-    g.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="train on the first N training samples only (quick runs); the test set is kept whole "
-                        "(default: all samples)")
-    g.add_argument("--val-split", type=finite_float, default=0.0, metavar="F",
-                   help="hold out the last fraction F of the training samples for validation (0: none)")
-    g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=5, metavar="N", help="total number of epochs (also when resuming)")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="global batch size, split across the workers")
-    g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
-    g.add_argument("--lr", type=finite_float, default=None,
-                   help="learning rate (default: 0.001 for adam, 0.01 for sgd)")
-    g.add_argument("--momentum", type=finite_float, default=None, metavar="M",
-                   help=f"SGD momentum, only with --optimizer sgd (default: {DEFAULT_MOMENTUM})")
-    g.add_argument("--weight-decay", type=finite_float, default=0.0, metavar="WD",
-                   help="L2 weight decay added to the gradients")
-    g.add_argument("--clip-norm", type=finite_float, default=None, metavar="C",
-                   help="clip the global gradient norm to C (default: no clipping)")
-    g.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default="none",
-                   help="plateau: halve the lr after 2 epochs without improvement; cosine: decay to 1e-6 over --epochs")
-    g.add_argument("--early-stopping", action="store_true",
-                   help="stop when validation accuracy (training accuracy without --val-split) stops "
-                        "improving, and keep the best weights")
-    g.add_argument("--patience", type=int, default=None, metavar="N",
-                   help="epochs without improvement before early stopping (default: 3)")
-    g.add_argument("--min-delta", type=finite_float, default=None, metavar="D",
-                   help="smallest accuracy gain that counts as an improvement (default: 0.0)")
-    g.add_argument("--seed", type=int, default=0, metavar="N", help="seed for initialisation, shuffling and dropout")
-    g.add_argument("--augment", type=augment_arg, default="none", metavar="SPEC",
-                   help="augment every training batch inside the workers, e.g. shift=2,flip "
-                        "(grammar below; keyed per sample, so any worker count trains alike)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="bitwise reproducible results whatever the worker count (a little slower)")
-    g = p.add_argument_group("parallelism")
-    g.add_argument("--workers", type=workers_arg, default="auto", metavar="N|auto",
-                   help="data-parallel worker processes, which also score the validation and test sets; "
-                        "auto: one per usable core; 1: everything in this process")
-    g.add_argument("--threads-per-worker", type=int, default=None, metavar="T",
-                   help="BLAS threads per worker (default: chosen with --workers)")
-    g.add_argument("--backend", choices=("shm", "mpi"), default="shm",
-                   help="shm: shared memory on this machine; mpi: across the ranks of mpiexec, "
-                        "shared memory within each")
-    g.add_argument("--oversubscribe", action="store_true",
-                   help="allow more workers (x threads) than a sane multiple of the usable cores")
-    g.add_argument("--worker-timeout", type=finite_float, default=None, metavar="SECONDS",
-                   help="a worker silent for this long during a step counts as hung and is replaced "
-                        "(default: the engine's)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", default="weights.hdf5", metavar="PATH",
-                   help="trained weights (HDF5; the architecture JSON goes beside it), written once at the end")
-    g.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR",
-                   help=f"write a checkpoint after every epoch here (the newest {ckpt.KEEP} are kept); "
-                        "'none' disables checkpoints")
-    g.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="also write a checkpoint every N steps within an epoch (default: only after "
-                        "each epoch, and at the step where Ctrl-C or SIGTERM stopped training)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in --checkpoint-dir (an epoch's "
-                        "end or a step within one) with its saved settings; damaged ones are skipped")
-    g.add_argument("--history", default=None, metavar="PATH", help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
-    g.add_argument("--plot", default=None, metavar="PATH", help="write loss/accuracy curves as a PNG; needs matplotlib (default: none)")
-    g.add_argument("--quiet", action="store_true", help="print only the final summary")
-    return p
+    return arguments.build_parser(__doc__)
 
 
 def explicit_args(argv) -> dict:
@@ -171,49 +53,6 @@ def explicit_args(argv) -> dict:
     for action in parser._actions:
         action.default = argparse.SUPPRESS
     return vars(parser.parse_args(argv))
-
-
-# -- validation (right after parsing) ---------------------------------------------------------
-def check_args(args) -> None:
-    """Range checks; raises UsageError with a one-line message."""
-    checks = [
-        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
-        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (args.lr is None or args.lr > 0, f"--lr must be > 0, got {args.lr}"),
-        (args.momentum is None or 0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}"),
-        (args.momentum is None or args.optimizer == "sgd", "--momentum applies to --optimizer sgd only"),
-        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
-        (args.clip_norm is None or args.clip_norm > 0, f"--clip-norm must be > 0, got {args.clip_norm}"),
-        (0 <= args.val_split < 1, f"--val-split must be in [0, 1), got {args.val_split}"),
-        (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
-        (args.min_delta is None or args.min_delta >= 0, f"--min-delta must be >= 0, got {args.min_delta}"),
-        (args.early_stopping or (args.patience is None and args.min_delta is None),
-         "--patience and --min-delta need --early-stopping"),
-        (args.limit is None or args.limit >= 1, f"--limit must be >= 1, got {args.limit}"),
-        (args.threads_per_worker is None or args.threads_per_worker >= 1,
-         f"--threads-per-worker must be >= 1, got {args.threads_per_worker}"),
-        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
-        (args.worker_timeout is None or args.worker_timeout > 0,
-         f"--worker-timeout must be > 0 seconds, got {args.worker_timeout}"),
-        (args.checkpoint_every is None or args.checkpoint_every >= 1,
-         f"--checkpoint-every must be >= 1, got {args.checkpoint_every}"),
-        (args.plot is None or matplotlib_available(), f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UsageError(message)
-
-
-def resolve_defaults(args) -> None:
-    """Fill the defaults that depend on other flags, so the saved configuration is explicit."""
-    args.lr = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-    if args.optimizer == "sgd" and args.momentum is None:
-        args.momentum = DEFAULT_MOMENTUM
-    if args.early_stopping:
-        args.patience = 3 if args.patience is None else args.patience
-        args.min_delta = 0.0 if args.min_delta is None else args.min_delta
-    if args.checkpoint_dir in ("", "none"):
-        args.checkpoint_dir = None
 
 
 def engine_available() -> bool:
@@ -268,6 +107,7 @@ def merge_checkpoint_config(args, explicit: dict, comm=None):
                          "start a new run without --resume (or point --checkpoint-dir at the old one)")
     path, model, info, state = mpi.newest_checkpoint(args.checkpoint_dir, comm, missing)   # rank 0 reads
     saved = info["config"]
+    arguments.check_config(saved, path)
     for key in RUN_KEYS:
         if key in explicit and explicit[key] != saved.get(key):
             flag = "--" + key.replace("_", "-")
@@ -317,7 +157,11 @@ def make_model(args, train, info, resumed):
     model.compile(loss="categorical_crossentropy", optimizer=args.optimizer, lr=args.lr,
                   weight_decay=args.weight_decay, clip_norm=args.clip_norm, **extra)
     if resumed:
-        model.optimizer.load_state_dict(resumed.info["optimizer"])
+        try:
+            model.optimizer.load_state_dict(resumed.info["optimizer"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise UsageError(f"{resumed.path}: its optimizer state does not fit this model ({e}); "
+                             "the checkpoint is damaged") from None
     model.metadata.update({"class_names": list(info["class_names"]), "dataset": info["name"],
                            "preset": args.model})
     return model
@@ -409,7 +253,7 @@ def execute(run, rank: int) -> int:
     except TrainingInterrupted as e:       # stopped between two steps: keep that step
         try:
             saved = saver.save_interrupted(e.progress)
-        except ckpt.OutputError as error:
+        except OutputError as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             saved = None
         return outputs.interrupted(run, log, e, PROG, saved)
@@ -418,7 +262,10 @@ def execute(run, rank: int) -> int:
     except (TrainingDiverged, WorkerError) as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
-    except ckpt.OutputError as e:
+    except SharedMemoryError as e:         # the machine cannot hold this model on these workers
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OutputError as e:
         print(f"{PROG}: error: {e}; {outputs.after_write_error(run, e, PROG)}", file=sys.stderr)
         return 1
     if rank == 0:
@@ -427,7 +274,7 @@ def execute(run, rank: int) -> int:
 
 
 def raise_terminated(signum, frame):
-    raise ckpt.Terminated()
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,10 @@ import warnings
 import numpy as np
 import pytest
 
-from dpnn import Activation, Conv2D, Dense, EarlyStopping, Flatten, Layer, MaxPool2D, Model
+from dpnn import Dense, EarlyStopping, Flatten, Layer, Model
 from dpnn.workers import DataParallel
 
-from test_mpi import HAVE_MPI, MPIEXEC, mpi_env
+from conftest import MPIEXEC, blobs, mpi_env, needs_mpi, tiny
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "user_model_script.py")
@@ -39,8 +39,7 @@ def test_custom_everything_is_bitwise_the_same_on_any_worker_count(tmp_path):
         assert r["loss"] == reference["loss"], config
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec not installed (pip install mpi4py mpich)")
+@needs_mpi
 def test_custom_everything_over_two_mpi_ranks_is_bitwise_the_in_process_run(tmp_path):
     local = run_script(tmp_path, "local")["local"]
     mpi = run_script(tmp_path, "mpi", launcher=(MPIEXEC, "-n", "2"))["mpi"]
@@ -48,17 +47,6 @@ def test_custom_everything_over_two_mpi_ranks_is_bitwise_the_in_process_run(tmp_
 
 
 # -- small models for the API checks ---------------------------------------------------------------
-def blobs(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, 6, 6, 1)).astype(np.float32)
-    return X, (X.mean(axis=(1, 2, 3)) > 0).astype(np.int64)
-
-
-def tiny(seed=0):
-    return Model([Conv2D(2, (3, 3)), Activation("relu"), MaxPool2D((2, 2)), Flatten(), Dense(2)],
-                 seed=seed).compile("cce", "adam", lr=1e-2)
-
-
 class Doubler(Layer):
     def __init__(self, factor=2.0):
         super().__init__()
@@ -165,7 +153,8 @@ def test_fit_says_what_it_runs_before_training(capsys):
 
 
 def test_submodules_are_attributes_of_the_package():
-    code = "import dpnn; print(dpnn.datasets.__name__, dpnn.gradcheck.__name__, dpnn.digits.__name__, dpnn.comm.__name__)"
+    code = ("import dpnn; "
+            "print(dpnn.datasets.__name__, dpnn.gradcheck.__name__, dpnn.digits.__name__, dpnn.comm.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["dpnn.datasets", "dpnn.gradcheck", "dpnn.digits", "dpnn.comm"], out.stderr
 

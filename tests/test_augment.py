@@ -4,9 +4,23 @@ import pickle
 import numpy as np
 import pytest
 
-from dpnn.augment import (SPEC_HELP, TOKENS, BrightnessContrast, Clip, Compose, Cutout, RandomAffine,
-                          RandomCrop, RandomFlip, RandomShift, StrokeWidth, augment_batch, op_keys,
-                          parse_spec, shift_images)
+from dpnn.augment import (
+    SPEC_HELP,
+    TOKENS,
+    BrightnessContrast,
+    Clip,
+    Compose,
+    Cutout,
+    RandomAffine,
+    RandomCrop,
+    RandomFlip,
+    RandomShift,
+    StrokeWidth,
+    augment_batch,
+    op_keys,
+    parse_spec,
+    shift_images,
+)
 from dpnn.random import sample_keys
 
 FULL_SPEC = "shift=2,flip,rotate=10,scale=0.1,cutout=8,crop=4,brightness=0.2,contrast=0.2"
@@ -130,7 +144,9 @@ def test_shift_moves_content_by_the_drawn_amount(op):
 
 def test_shift_images_modes():
     x = np.arange(5, dtype=np.float32).reshape(1, 1, 5, 1)  # one row: 0 1 2 3 4
-    row = lambda mode, dx: shift_images(x, np.array([0]), np.array([dx]), mode)[0, 0, :, 0]  # noqa: E731
+
+    def row(mode, dx):
+        return shift_images(x, np.array([0]), np.array([dx]), mode)[0, 0, :, 0]
     np.testing.assert_array_equal(row("constant", 2), [0, 0, 0, 1, 2])
     np.testing.assert_array_equal(row("edge", 2), [0, 0, 0, 1, 2])
     np.testing.assert_array_equal(row("edge", -2), [2, 3, 4, 4, 4])

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 import dpnn
-from dpnn import (Activation, BatchNorm2D, Callback, Conv2D, Dense, Dropout, Flatten, MaxPool2D,
-                  Model)
+from dpnn import Activation, BatchNorm2D, Callback, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
 from dpnn.errors import DataError
 from dpnn.training import TrainingDiverged
+
+from conftest import cnn
 
 
 def images(n=12, seed=0):
@@ -14,12 +15,13 @@ def images(n=12, seed=0):
     return rng.uniform(0, 1, (n, 8, 8, 1)).astype(np.float32), rng.integers(0, 3, n)
 
 
-def cnn(seed=0):
-    return Model([Conv2D(4, 3), Activation("relu"), MaxPool2D(2), Flatten(), Dense(3)], seed=seed)
+def bare_cnn(seed=0):
+    """The suite's CNN with 3 classes, neither compiled nor built."""
+    return cnn(classes=3, seed=seed, lr=None, input_shape=None)
 
 
 def compiled(**kwargs):
-    return cnn().compile("cce", kwargs.pop("optimizer", "adam"), **kwargs)
+    return bare_cnn().compile("cce", kwargs.pop("optimizer", "adam"), **kwargs)
 
 
 # -- architecture and shapes --------------------------------------------------------------------
@@ -51,13 +53,13 @@ def test_valid_window_larger_than_the_input():
     ((5, 8, 8, 3), r"expects \(N, 8, 8, 1\)"),
 ])
 def test_predict_input_shape_mismatch(bad_shape, message):
-    model = cnn().build((1, 8, 8, 1))
+    model = bare_cnn().build((1, 8, 8, 1))
     with pytest.raises(ValueError, match=message):
         model.predict(np.zeros(bad_shape, np.float32))
 
 
 def test_predict_non_numeric_input():
-    model = cnn().build((1, 8, 8, 1))
+    model = bare_cnn().build((1, 8, 8, 1))
     with pytest.raises(TypeError, match=r"inputs must be numeric arrays, got dtype <U1"):
         model.predict(np.full((2, 8, 8, 1), "a"))
 
@@ -70,7 +72,7 @@ def test_fit_input_shape_mismatch_on_a_built_model():
 
 
 def test_build_of_a_built_model_for_another_shape():
-    model = cnn().build((1, 8, 8, 1))
+    model = bare_cnn().build((1, 8, 8, 1))
     with pytest.raises(ValueError,
                        match=r"built for inputs \(8, 8, 1\), not \(9, 9, 1\); create a new Model"):
         model.build((1, 9, 9, 1))
@@ -81,7 +83,7 @@ def test_model_structure_mistakes():
         Model().add("Dense")
     with pytest.raises(ValueError, match=r"the model has no layers"):
         Model().build((1, 4))
-    model = cnn().build((1, 8, 8, 1))
+    model = bare_cnn().build((1, 8, 8, 1))
     with pytest.raises(ValueError, match=r"cannot add layers to a built model"):
         model.add(Dense(2))
 
@@ -135,7 +137,7 @@ def test_fractional_labels():
 
 def test_mse_targets_of_the_wrong_shape():
     X, _ = images()
-    model = cnn().compile("mse", "sgd")
+    model = bare_cnn().compile("mse", "sgd")
     with pytest.raises(ValueError,
                        match=r"mse targets of shape \(12, 2\) do not match predictions \(12, 3\)"):
         model.train_on_batch(X, np.zeros((12, 2)))
@@ -149,18 +151,18 @@ def test_missing_labels():
 # -- names and settings --------------------------------------------------------------------------
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match=r"unknown optimizer 'rmsprop'; choose 'sgd' or 'adam'"):
-        cnn().compile("cce", "rmsprop")
+        bare_cnn().compile("cce", "rmsprop")
 
 
 def test_optimizer_arguments_it_does_not_take():
     with pytest.raises(TypeError, match=r"bad optimizer arguments for 'sgd'.*beta1"):
-        cnn().compile("cce", "sgd", beta1=0.9)
+        bare_cnn().compile("cce", "sgd", beta1=0.9)
 
 
 def test_unknown_loss():
     with pytest.raises(ValueError,
                        match=r"unknown loss 'hinge'; choose one of .*categorical_crossentropy.*mse"):
-        cnn().compile("hinge", "adam")
+        bare_cnn().compile("hinge", "adam")
 
 
 def test_unknown_activation():
@@ -208,7 +210,7 @@ def test_bad_fit_settings(fit_kwargs, message):
 
 def test_fit_before_compile():
     with pytest.raises(ValueError, match=r"call model.compile\(loss=..., optimizer=...\) before training"):
-        cnn().fit(*images(), verbose=0)
+        bare_cnn().fit(*images(), verbose=0)
 
 
 # -- NaN data and divergence ---------------------------------------------------------------------
@@ -228,7 +230,7 @@ def test_nan_in_labels():
     X, y = images()
     one_hot = np.eye(3)[y]
     one_hot[2, 1] = np.nan
-    for model in (compiled(), cnn().compile("mse", "sgd")):
+    for model in (compiled(), bare_cnn().compile("mse", "sgd")):
         with pytest.raises(ValueError, match=r"the labels contain NaN or infinite values"):
             model.fit(X, one_hot, verbose=0)
     with pytest.raises(ValueError, match=r"the labels contain NaN or infinite values"):

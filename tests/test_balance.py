@@ -13,7 +13,7 @@ from dpnn.engine import LocalEngine
 from dpnn.workers import DataParallel
 from dpnn.workers.balance import SPREAD, ShardBalance
 
-from test_workers_lifecycle import batch, cnn
+from conftest import batch, cnn
 
 
 def test_cuts_follow_the_rates_in_whole_samples():
@@ -42,9 +42,9 @@ class SlowOnWorker1(Layer):
 
 
 def test_the_slower_worker_gets_the_smaller_shard_and_the_result_stays_the_same():
-    ref = cnn([SlowOnWorker1()])
+    ref = cnn(SlowOnWorker1())
     engine = LocalEngine(ref)
-    m = cnn([SlowOnWorker1()])
+    m = cnn(SlowOnWorker1())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with DataParallel(m, workers=2, balance=True) as dp:
@@ -57,7 +57,7 @@ def test_the_slower_worker_gets_the_smaller_shard_and_the_result_stays_the_same(
 
 
 def test_per_shard_batchnorm_statistics_keep_equal_shards():
-    m = cnn([BatchNorm2D()])
+    m = cnn(BatchNorm2D())
     with DataParallel(m, workers=2, balance=True) as dp:
         dp.train_step(*batch(0, 48))
         assert dp.node._balance is None

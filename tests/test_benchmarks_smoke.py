@@ -1,6 +1,7 @@
 """The scaling benchmark runs end to end with tiny settings (it measures nothing here)."""
 import contextlib
 import importlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_takes_colour_input_with_pytorch_beside(tmp_path):
     """--input 32x32x3: dpnn and (when installed) PyTorch train seed-cnn on colour images."""
     out = tmp_path / "out.json"
@@ -26,6 +28,7 @@ def test_scaling_benchmark_takes_colour_input_with_pytorch_beside(tmp_path):
     assert {r["batch"] for r in res["rows"]} == {8} and all(r["samples_per_s"] > 0 for r in res["rows"])
 
 
+@pytest.mark.slow
 def test_data_path_benchmark_compares_copied_and_placed_batches():
     cmd = [sys.executable, "-m", "benchmarks.data_path", "--inputs", "8x8x1,8x8x3", "--batch-size", "16",
            "--steps", "2"]
@@ -35,6 +38,7 @@ def test_data_path_benchmark_compares_copied_and_placed_batches():
     assert "copied: data" in lines[1] and [line.split()[0] for line in lines[2:]] == ["8x8x1", "8x8x3"]
 
 
+@pytest.mark.slow
 def test_scaling_benchmark_writes_table_json_and_png(tmp_path):
     pytest.importorskip("matplotlib")
     out, png = tmp_path / "out.json", tmp_path / "scaling.png"
@@ -142,6 +146,7 @@ def test_configurations_take_turns_in_rounds():
     assert res["a"]["times"]["compute"] == pytest.approx(0.001)
 
 
+@pytest.mark.slow
 def test_pytorch_baseline_runs_when_installed():
     pytest.importorskip("torch", reason="PyTorch is the optional reference: pip install torch==2.13.0")
     from benchmarks.measure import TorchRunner, interleaved
@@ -149,6 +154,7 @@ def test_pytorch_baseline_runs_when_installed():
     assert res["t"]["samples_per_s"] > 0 and res["t"]["threads"] == 1
 
 
+@pytest.mark.slow
 def test_profile_reports_layers_gemms_and_concurrency(tmp_path):
     out = tmp_path / "profile.json"
     cmd = [sys.executable, "-m", "benchmarks.profile", "--batch-size", "4", "--steps", "2", "--json", str(out)]
@@ -194,6 +200,7 @@ def test_projection_models_the_sharded_step_from_the_measured_phases():
                                 + 0.0003 + 2 * 16 * 0.0002)
 
 
+@pytest.mark.slow
 def test_ablation_runs_every_variant():
     cmd = [sys.executable, "-m", "benchmarks.ablation", "--batch-size", "4,70", "--steps", "1", "--rounds", "1"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -207,8 +214,8 @@ def test_ablation_runs_every_variant():
 def test_ablation_variants_compute_the_same_gradients():
     from benchmarks.ablation import variant
     from benchmarks.measure import synthetic_batch
-    from dpnn.recipe import shard_gradients
     from dpnn.random import sample_keys
+    from dpnn.recipe import shard_gradients
     x, y = synthetic_batch(70)
     keys = sample_keys(0, 1, np.arange(70))                  # the same dropout masks for every variant
     grads = {}
@@ -218,3 +225,27 @@ def test_ablation_variants_compute_the_same_gradients():
         grads[name] = m.grads.copy()
     for name, g in grads.items():
         np.testing.assert_allclose(g, grads["default"], rtol=1e-3, atol=1e-6, err_msg=name)
+
+
+def test_steady_state_benchmark_runs_every_contestant_in_its_own_mode(tmp_path):
+    """benchmarks.steady_state, tiny: every contestant trains in its own process, in turns; dpnn
+    flushes denormals unless told to keep them, PyTorch (when installed) only when told to."""
+    out = tmp_path / "steady.json"
+    cmd = [sys.executable, "-m", "benchmarks.steady_state", "--dataset", "synthetic", "--epochs", "1",
+           "--limit", "192", "--test-limit", "64", "--repeats", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    rows = res["contestants"]
+    have_torch = importlib.util.find_spec("torch") is not None
+    expected = {"dpnn-workers": "flushed", "dpnn-process": "flushed", "dpnn-workers-ieee": "IEEE",
+                **({"torch": "IEEE", "torch-flush": "flushed"} if have_torch else {})}
+    assert {k: r["denormals"] for k, r in rows.items()} == expected
+    for r in rows.values():
+        assert len(r["samples_per_s"]) == len(r["test_acc"]) == 1 and r["train_s"] > 0
+        assert 0 <= r["test_acc"][0] <= 1 and r["last_over_first"] == 1.0
+    assert res["data"] == {"name": "synthetic", "train": 192, "test": 64, "input": [28, 28, 1]}
+    assert len(res["load_before"]) == len(res["load_after"]) == 3
+    assert set(res["denormal_moments"]["step"]) == {"flush, denormal moments", "flush, zeroed",
+                                                    "IEEE, denormal moments", "IEEE, zeroed"}
+    assert "targets (issue 22):" in proc.stdout and "last/1st" in proc.stdout

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import launch.train as train_cli
-from benchmarks.models import build as build_bench, flops_per_sample
+from benchmarks.models import build as build_bench
+from benchmarks.models import flops_per_sample
 from dpnn import Model
 from dpnn.datasets import load
 from dpnn.errors import WeightsError

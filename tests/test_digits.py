@@ -27,7 +27,9 @@ def bbox(img, level=0.0):
 def seven(canvas_size=280, top=40, left=60, scale=1.0):
     """A thick hand-drawn-like '7' on a float canvas (ink = 1)."""
     c = np.zeros((canvas_size, canvas_size))
-    s = lambda v: int(round(v * scale))  # noqa: E731
+
+    def s(v):
+        return int(round(v * scale))
     c[top:top + s(20), left:left + s(120)] = 1.0  # the bar
     for i in range(s(160)):  # the diagonal stroke, 20 px wide
         x = left + s(120) - s(20) - i * 0.5

@@ -9,7 +9,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["launch.train", "launch.data", "launch.digits", "launch.gui", "benchmarks.scaling",
-            "benchmarks.mpi_scaling", "benchmarks.profile", "benchmarks.ablation", "benchmarks.data_path"]
+            "benchmarks.mpi_scaling", "benchmarks.profile", "benchmarks.ablation", "benchmarks.data_path",
+            "benchmarks.steady_state"]
 
 
 def section(command: str) -> str:

@@ -6,11 +6,11 @@ against the plain layer-by-layer, whole-shard computation.
 import numpy as np
 import pytest
 
-from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model)
-from dpnn.recipe import shard_gradients
+from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
 from dpnn.im2col import scratch
 from dpnn.model import execution_order
 from dpnn.random import sample_keys
+from dpnn.recipe import shard_gradients
 
 
 def cnn(seed=0, bn=False):

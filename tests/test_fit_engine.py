@@ -18,11 +18,9 @@ from dpnn import Model
 from dpnn.datasets import FASHION_DIR, _has_mnist_files, load_dataset
 from dpnn.engine import EngineInfo, LocalEngine, make_engine
 from dpnn.errors import WorkerError
-from dpnn.janitor import segment_owner
-from launch.checkpoint import Terminated
+from dpnn.signals import Terminated
 
-from test_any_model import blobs, tiny
-from test_mpi import HAVE_MPI, finish, launch_two_ranks
+from conftest import blobs, finish, launch_two_ranks, needs_mpi, our_segments, tiny
 
 HAVE_ENGINE = train_cli.engine_available()
 needs_engine = pytest.mark.skipif(not HAVE_ENGINE, reason="the data-parallel engine dpnn.workers is not available")
@@ -34,10 +32,6 @@ def refuse_in_this_process(monkeypatch):
         raise AssertionError("scored in the coordinator, not on the workers")
     monkeypatch.setattr(Model, "predict", refuse)
     monkeypatch.setattr(Model, "evaluate", refuse)
-
-
-def our_segments() -> set:
-    return {n for n in os.listdir("/dev/shm") if (segment_owner(n) or (0,))[0] == os.getpid()}
 
 
 def gone(pids) -> bool:
@@ -202,9 +196,8 @@ def test_every_way_out_of_the_test_pass_closes_the_pool(in_tmp, monkeypatch, cap
     assert not os.path.exists("weights.hdf5")
 
 
-@pytest.mark.slow
+@needs_mpi
 @needs_engine
-@pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec not installed (pip install mpi4py mpich)")
 def test_the_test_pass_over_two_ranks_with_workers_scores_like_one_process(tmp_path):
     argv = TINY + ["--backend", "mpi", "--workers", "2", "--oversubscribe", "--history", "h.json",
                    "--checkpoint-dir", "none"]

@@ -4,8 +4,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dpnn import (Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
-                  GlobalAvgPool2D, MaxPool2D)
+from dpnn import Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
 from dpnn.gradcheck import GradientMismatch, check_layer, check_loss, max_error, separated_values
 
 

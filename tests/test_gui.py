@@ -412,6 +412,7 @@ def test_unusable_weights_without_display_exit_2(kind, launch_gui, digit_weights
     assert stderr.startswith("error: ") and "Traceback" not in stderr
 
 
+@slow
 @needs_x
 @pytest.mark.parametrize("kind", ["missing", "corrupt"])
 def test_unusable_weights_under_xvfb_without_a_terminal_exit_2_without_a_dialog(
@@ -449,6 +450,7 @@ def small_model_file(tmp_path: Path, input_shape=(28, 28, 1), metadata=None) -> 
 
 def test_metadata_that_is_not_an_object_is_a_clear_error(tmp_path):
     import h5py
+
     from dpnn.errors import WeightsError
     path = small_model_file(tmp_path)
     with h5py.File(path, "a") as f:
@@ -461,6 +463,7 @@ def test_metadata_that_is_not_an_object_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("shape", [(32, 32, 1), (28, 28, 3), (100000, 100000, 1)])
 def test_a_model_for_other_inputs_is_refused_before_it_is_built(tmp_path, shape, monkeypatch):
     import h5py
+
     from dpnn.errors import WeightsError
     path = small_model_file(tmp_path, (28, 28, 1) if shape[0] > 1000 else shape)
     with h5py.File(path, "a") as f:                  # a huge shape is only ever declared, never built

@@ -7,9 +7,9 @@ import h5py
 import numpy as np
 import pytest
 
+import dpnn.hdf5read
 import dpnn.io
-from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, Model,
-                  WeightsError)
+from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Flatten, MaxPool2D, Model, WeightsError
 
 
 def make_model(seed=0, units=3):
@@ -90,7 +90,7 @@ def test_fused_activations_survive_save_and_load(tmp_path):
 
 
 def test_hdf5_file_without_h5py_says_how_to_install_it(saved, monkeypatch):
-    monkeypatch.setattr(dpnn.io, "h5py", None)
+    monkeypatch.setattr(dpnn.hdf5read, "h5py", None)
     with pytest.raises(WeightsError, match="pip install h5py"):
         Model.load(saved[1])
 

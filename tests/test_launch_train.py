@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import psutil
@@ -22,10 +21,10 @@ from dpnn.datasets import FASHION_DIR, _has_mnist_files, make_synthetic, mnist_5
 from dpnn.idx import write_idx
 from dpnn.io import read_arrays
 from launch.checkpoint import list_checkpoints
-from architectures import TINY_CNN
+
+from conftest import TINY_CNN, finish, subprocess_env, wait_until
 
 pytestmark = pytest.mark.slow
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_ENGINE = train_cli.engine_available()
 FLAGS = ["--workers", "--threads-per-worker", "--dataset", "--model", "--epochs", "--batch-size",
          "--optimizer", "--lr", "--momentum", "--weight-decay", "--clip-norm", "--val-split",
@@ -35,7 +34,7 @@ FLAGS = ["--workers", "--threads-per-worker", "--dataset", "--model", "--epochs"
 
 
 def run_cli(*args, cwd, timeout=90):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "launch.train", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -125,7 +124,7 @@ def exit_code(argv) -> int:
 
 def test_missing_matplotlib_is_reported_before_training(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(train_cli, "matplotlib_available", lambda: False)
+    monkeypatch.setattr("launch.arguments.matplotlib_available", lambda: False)
     assert exit_code(["--dataset", "synthetic", "--plot", "c.png"]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
 
@@ -213,7 +212,7 @@ def test_presets_train_on_images(tmp_path, monkeypatch, capsys, idx_dir):
 # -- Ctrl-C -----------------------------------------------------------------------------------
 def start_cli(*args, cwd):
     """Popen in its own session, with SIGINT at its default even if pytest runs in the background."""
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = subprocess_env()
     return subprocess.Popen([sys.executable, "-m", "launch.train", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True,
@@ -227,10 +226,8 @@ def live_session_processes(sid: int, wait: float = 5.0) -> list:
             return os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE
         except (OSError, psutil.Error):
             return False
-    deadline = time.monotonic() + wait
-    while (left := [p for p in psutil.process_iter() if alive(p)]) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
+    wait_until(lambda: not any(alive(p) for p in psutil.process_iter()), wait)
+    return [p for p in psutil.process_iter() if alive(p)]
 
 
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.skipif(
@@ -239,15 +236,11 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_it(tmp_path, idx_d
     (tmp_path / "weights.hdf5").write_bytes(b"an earlier model")
     common = ["--dataset", idx_dir, "--model", tiny_cnn, "--batch-size", 16, "--deterministic"]
     proc = start_cli(*common, "--epochs", 50, "--workers", workers, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while not list_checkpoints(str(tmp_path / "checkpoints")) and proc.poll() is None:
-        assert time.monotonic() < deadline, "no checkpoint after 60 s"
-        time.sleep(0.05)
-    sent = time.monotonic()
+    assert wait_until(lambda: list_checkpoints(str(tmp_path / "checkpoints")) or proc.poll() is not None, 60), \
+        "no checkpoint after 60 s"
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
-    assert time.monotonic() - sent < 10
-    assert proc.returncode == 130, err
+    code, out, err = finish(proc, timeout=10)        # stops within 10 s of Ctrl-C, or fails
+    assert code == 130, err
     assert "Traceback" not in err, err[err.index("Traceback") - 200:]   # also no engine noise
     assert re.search(r"interrupted (during epoch \d+/50, after step \d+|between epochs)", err), err
     assert "resume with: python -m launch.train --resume --checkpoint-dir checkpoints" in err

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import dpnn
-from dpnn import (Activation, BatchNorm2D, Callback, Conv2D, Dense, Dropout, Flatten, Layer,
-                  MaxPool2D, Model)
+from dpnn import Activation, BatchNorm2D, Callback, Conv2D, Dense, Flatten, Layer, MaxPool2D, Model
 from dpnn.data import Dataset
+
+from conftest import cnn
 
 
 def blobs(n, size=8, classes=3, seed=0):
@@ -25,11 +26,9 @@ def blobs(n, size=8, classes=3, seed=0):
 
 
 def small_cnn(classes=3, seed=0, dropout=False, batchnorm=False):
-    layers = [Conv2D(4, 3), Activation("relu")]
-    layers += [BatchNorm2D()] if batchnorm else []
-    layers += [MaxPool2D(2), Flatten(), Dense(16), Activation("relu")]
-    layers += [Dropout(0.25)] if dropout else []
-    return Model(layers + [Dense(classes)], seed=seed)
+    """The suite's CNN with a Dense(16) hidden layer [and Dropout(0.25)], neither compiled nor built."""
+    return cnn(classes=classes, hidden=16, dropout=0.25 if dropout else 0.0, batchnorm=batchnorm,
+               seed=seed, lr=None, input_shape=None)
 
 
 class Recorder(Callback):
@@ -202,8 +201,9 @@ def test_callback_hooks_are_called_in_order():
     model = small_cnn().compile("cce", "sgd", lr=0.01)
     rec = Recorder()
     model.fit(blobs(20), epochs=2, batch_size=8, callbacks=[rec], verbose=0)
-    epoch = lambda e: [f"epoch_begin {e}", "batch_end 0", "batch_end 1", "batch_end 2",  # noqa: E731
-                       f"epoch_end {e}"]
+
+    def epoch(e):
+        return [f"epoch_begin {e}", "batch_end 0", "batch_end 1", "batch_end 2", f"epoch_end {e}"]
     assert rec.calls == ["train_begin", *epoch(0), *epoch(1), "train_end"]
     assert rec.model is model
 

@@ -5,44 +5,32 @@ main module) and compare what rank 0 saved with an in-process run of the same tr
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
-from dpnn import BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model, Activation
+from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
 from dpnn.comm import LocalComm, get_communicator
 from dpnn.distributed import DistributedEngine, RanksDiverged, on_root
 from dpnn.node import Batch
 from dpnn.step import data_fingerprint
-from architectures import TINY_CNN
+
+from conftest import MPIEXEC, TINY_CNN, finish, launch_two_ranks, mpi_env, needs_mpi, wait_until
 
 
 def workers_available() -> bool:
     try:
-        from dpnn.workers import DataParallel  # noqa: F401
+        from dpnn.workers import DataParallel  # noqa: F401 -- imported only to learn whether it imports
     except ImportError:
         return False
     return True
 
-
-def find_mpiexec() -> str | None:
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return here if os.access(here, os.X_OK) else shutil.which("mpiexec")
-
-
-MPIEXEC = find_mpiexec()
-HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and MPIEXEC is not None
-needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec not found; install them with "
-                                                    "pip install mpi4py mpich (make test does)")
 
 # -- the workload: tiny models, 90 samples, 3 steps per epoch ---------------------------------
 MODELS = textwrap.dedent('''
@@ -145,28 +133,10 @@ def write_scripts(tmp_path):
     return models
 
 
-def mpi_env(tmp_path) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
-               HYDRA_LAUNCHER="fork", DPNN_MPI_TIMEOUT="60")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), root, env.get("PYTHONPATH", "")])
-    return env
-
-
 def mpiexec(tmp_path, *args, n: int = 2, timeout: float = 60, **popen):
     cmd = [MPIEXEC, "-n", str(n), sys.executable, *args]
     return subprocess.Popen(cmd, cwd=tmp_path, env=mpi_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **popen)
-
-
-def finish(proc, timeout: float) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the MPI job did not end within {timeout} s:\n{out}\n{err}")
-    return proc.returncode, out, err
 
 
 def our_shm(prefix: str = "dpnn") -> set[str]:
@@ -191,8 +161,8 @@ def test_missing_mpi4py_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py", None)      # "import mpi4py" now raises ImportError
     with pytest.raises(ImportError, match=r"pip install mpi4py mpich"):
         get_communicator("mpi")
-    time.sleep(0.3)
-    assert not any(t.name == "dpnn-mpi-watchdog" for t in threading.enumerate()), "the watchdog outlived it"
+    assert wait_until(lambda: not any(t.name == "dpnn-mpi-watchdog" for t in threading.enumerate()), 5), \
+        "the watchdog outlived it"
 
 
 def tiny_bn_model():
@@ -293,10 +263,8 @@ def job_shm(pids) -> set[str]:
 
 
 def wait_until_clean(pids, segments=(), timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout     # the janitors clean up right after the job ends
-    while (alive(pids) or job_shm(pids) or any(os.path.exists(f"/dev/shm/{n}") for n in segments)) \
-            and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not (alive(pids) or job_shm(pids) or any(os.path.exists(f"/dev/shm/{n}") for n in segments)),
+               timeout)                   # the janitors clean up right after the job ends
     assert alive(pids) == [], "processes of the job survived it"
     assert job_shm(pids) == set(), "the job's shared memory was left in /dev/shm"
     left = [n for n in segments if os.path.exists(f"/dev/shm/{n}")]
@@ -340,12 +308,10 @@ def test_a_killed_rank_ends_the_job_and_leaves_nothing(tmp_path, workers):
     write_scripts(tmp_path)
     proc = mpiexec(tmp_path, "run.py", "kill", str(tmp_path), str(workers))
     ready = [tmp_path / f"ready-{r}" for r in (0, 1)]
-    deadline = time.monotonic() + 40
-    while not all(p.exists() for p in ready):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            finish(proc, 5)
-            pytest.fail(f"the ranks did not start training: {proc.returncode}")
-        time.sleep(0.1)
+    if not wait_until(lambda: all(p.exists() for p in ready) or proc.poll() is not None, 40) \
+            or not all(p.exists() for p in ready):
+        finish(proc, 5)
+        pytest.fail(f"the ranks did not start training: {proc.returncode}")
     ranks = [int(p.read_text()) for p in ready]
     family = ranks + [c.pid for r in ranks for c in psutil.Process(r).children(recursive=True)]
     mpich = mapped_segments(ranks[0], "mpich_shm_")
@@ -358,17 +324,6 @@ def test_a_killed_rank_ends_the_job_and_leaves_nothing(tmp_path, workers):
 
 
 # -- launch.train over two ranks --------------------------------------------------------------
-def launch_two_ranks(tmp_path, *args):
-    """mpiexec with rank 0 in tmp/r0 and rank 1 in tmp/r1: relative paths name different dirs."""
-    cmd = [MPIEXEC]
-    for r in (0, 1):
-        (tmp_path / f"r{r}").mkdir(exist_ok=True)
-        cmd += [":"] * (r > 0) + ["-n", "1", "-wdir", str(tmp_path / f"r{r}"),
-                                  sys.executable, "-m", "launch.train", *map(str, args)]
-    return subprocess.Popen(cmd, env=mpi_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-
-
 @needs_mpi
 def test_launch_train_over_two_ranks_resumes_bitwise(tmp_path):
     from dpnn.datasets import make_synthetic

@@ -6,14 +6,12 @@ samples) except the two-runs-at-once test, which needs a second process holding 
 """
 import errno
 import fcntl
-import inspect
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -24,8 +22,9 @@ from dpnn.engine import LocalEngine
 from dpnn.io import read_arrays
 from launch.checkpoint import list_checkpoints
 
+from conftest import subprocess_env, wait_until
+
 pytestmark = pytest.mark.slow
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "synthetic", "--limit", "64", "--model", "mlp", "--batch-size", "32",
         "--workers", "1", "--quiet", "--deterministic"]
 h5py = pytest.importorskip("h5py")
@@ -84,14 +83,12 @@ def test_a_file_in_use_by_another_run_is_refused_naming_its_pid(in_tmp, capsys, 
 
 
 def test_two_runs_in_one_directory_second_exits_2(in_tmp, capsys):
-    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = subprocess_env()
     first = subprocess.Popen([sys.executable, "-m", "launch.train", *TINY, "--epochs", "500"],
                              cwd=in_tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not list_checkpoints("checkpoints") and first.poll() is None:
-            assert time.monotonic() < deadline, "the first run wrote no checkpoint in 60 s"
-            time.sleep(0.05)
+        assert wait_until(lambda: list_checkpoints("checkpoints") or first.poll() is not None, 60), \
+            "the first run wrote no checkpoint in 60 s"
         assert exit_code(["--dataset", "synthetic", "--limit", "64", "--model", "mlp", "--workers", 1,
                           "--quiet", "--resume"]) == 2
         one_line(capsys, "in use by another run", f"(pid {first.pid})")

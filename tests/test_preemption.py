@@ -19,10 +19,10 @@ import launch.train as train_cli
 from dpnn import Model
 from dpnn.io import read_arrays
 from launch.checkpoint import checkpoint_name, list_checkpoints
-from architectures import TINY_CNN
+
+from conftest import TINY_CNN, subprocess_env
 
 pytestmark = pytest.mark.slow
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_ENGINE = train_cli.engine_available()
 EPOCHS, STEPS = 3, 6                          # 96 samples / batch 16
 SETTINGS = {
@@ -76,10 +76,6 @@ HELPER = textwrap.dedent('''
 ''')
 
 
-def env():
-    return {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-
-
 def common(tmp_path, settings):
     arch = tmp_path / "tiny.json"
     arch.write_text(json.dumps(TINY_CNN))
@@ -88,7 +84,7 @@ def common(tmp_path, settings):
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "launch.train", *map(str, args)], cwd=cwd, env=env(),
+    return subprocess.run([sys.executable, "-m", "launch.train", *map(str, args)], cwd=cwd, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)
 
 
@@ -96,7 +92,7 @@ def kill_at(plan: dict, *args, cwd):
     helper = cwd / "kill_at.py"
     helper.write_text(HELPER)
     return subprocess.run([sys.executable, str(helper), json.dumps(plan), *map(str, args)], cwd=cwd,
-                          env=env(), capture_output=True, text=True, timeout=120,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120,
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 

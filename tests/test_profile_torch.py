@@ -63,6 +63,7 @@ def run_profile(tmp_path, *args, prelude: str = "") -> tuple[str, dict]:
     return proc.stdout, json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_profile_prints_and_writes_both_frameworks(tmp_path):
     pytest.importorskip("torch", reason=NO_TORCH)
     stdout, res = run_profile(tmp_path)
@@ -82,6 +83,7 @@ def test_profile_prints_and_writes_both_frameworks(tmp_path):
     assert len(res["step"]["comparison"]["layers"]) == 11
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, prelude, args, note", [
     ("torch absent", "sys.modules['torch'] = None; ", (), "pip install torch"),
     ("no PyTorch twin", "", ("--model", "mlp"), None),

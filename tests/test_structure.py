@@ -38,27 +38,29 @@ def resolve(current: str, is_package: bool, node: ast.ImportFrom | ast.Import, k
     return found or [target]
 
 
-def import_edges() -> dict[str, set[str]]:
-    """module -> modules it imports anywhere, minus TYPE_CHECKING blocks and the allowed exceptions."""
-    known, edges = modules(), {}
-    for name, path in known.items():
-        tree = ast.parse(path.read_text())
-        out = edges.setdefault(name, set())
+def imports_of(name: str, path: Path, known) -> set[str]:
+    """The dpnn modules ``name`` imports anywhere, minus TYPE_CHECKING blocks and the exceptions."""
+    found: set[str] = set()
 
-        def visit(node, where: str) -> None:
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                return
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and (name, where) not in ALLOWED_UPWARD:
-                out.update(t for t in resolve(name, path.name == "__init__.py", node, known) if t != name)
-            for child in ast.iter_child_nodes(node):
-                inner = where
-                if isinstance(child, ast.ClassDef):
-                    inner = child.name
-                elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    inner = f"{where}.{child.name}" if where else child.name
-                visit(child, inner)
-        visit(tree, "")
-    return edges
+    def visit(node, where: str) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and (name, where) not in ALLOWED_UPWARD:
+            found.update(t for t in resolve(name, path.name == "__init__.py", node, known) if t != name)
+        for child in ast.iter_child_nodes(node):
+            inner = where
+            if isinstance(child, ast.ClassDef):
+                inner = child.name
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = f"{where}.{child.name}" if where else child.name
+            visit(child, inner)
+    visit(ast.parse(path.read_text()), "")
+    return found
+
+
+def import_edges() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports_of(name, path, known) for name, path in known.items()}
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

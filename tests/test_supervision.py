@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 
 from dpnn.janitor import run_prefix, segment_owner, sweep_stale
-from test_mpi import HAVE_MPI, MPIEXEC
+
+from conftest import HAVE_MPI, MPIEXEC, ROOT, SHM, TINY_CNN, finish, our_segments, subprocess_env, wait_until
 
 pytestmark = pytest.mark.slow
-SHM = "/dev/shm"
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 # -- helpers ----------------------------------------------------------------------------------
 def session_members(sid: int) -> list[int]:
@@ -51,36 +51,10 @@ def session_members(sid: int) -> list[int]:
     return out
 
 
-def segments_of(pid: int) -> set[str]:
-    return {n for n in os.listdir(SHM) if (segment_owner(n) or (0,))[0] == pid}
-
-
-def wait_until(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
-def env() -> dict:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-
-
-def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"the run did not end within {timeout} s:\n{out}\n{err}")
-    return proc.returncode, out, err
-
-
 def assert_nothing_left(proc: subprocess.Popen) -> None:
     assert wait_until(lambda: not session_members(proc.pid), 10), \
         f"processes left: {session_members(proc.pid)}"
-    assert wait_until(lambda: not segments_of(proc.pid), 5), f"segments left: {segments_of(proc.pid)}"
+    assert wait_until(lambda: not our_segments(proc.pid), 5), f"segments left: {our_segments(proc.pid)}"
 
 
 # -- training-level faults --------------------------------------------------------------------
@@ -164,7 +138,7 @@ COORDINATOR = textwrap.dedent('''
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A --dataset directory of tiny synthetic IDX files and a tiny model JSON."""
-    from architectures import TINY_CNN
+
     from dpnn.datasets import make_synthetic
     from dpnn.idx import write_idx
     d = tmp_path_factory.mktemp("toy")
@@ -191,7 +165,7 @@ def wait_for_fork_server(proc: subprocess.Popen, timeout: float = 60) -> None:
 
 # -- the runs: each returns (process, exit status, stdout, stderr) ------------------------------
 def start(args, cwd, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(args, cwd=cwd, env=kwargs.pop("env", env()), text=True, stdout=subprocess.PIPE,
+    return subprocess.Popen(args, cwd=cwd, env=kwargs.pop("env", subprocess_env()), text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True, **kwargs)
 
 
@@ -211,12 +185,12 @@ def run_killed_group_then_next(tmp_path, toy, _):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(10)
     assert wait_until(lambda: not session_members(first.pid), 10)
-    if not segments_of(first.pid):        # a pool started meanwhile by another job on this machine
+    if not our_segments(first.pid):        # a pool started meanwhile by another job on this machine
         pytest.skip("another process swept the killed run's segments first")
     nxt = start([sys.executable, "-c", "from dpnn.workers import SharedArena\n"
                  "SharedArena.create({'params': ((4,), 'float32')}).unlink()"], tmp_path)
     code, out, err = finish(nxt)
-    if not re.search(rf"\b{first.pid}\b", err) and not segments_of(first.pid):
+    if not re.search(rf"\b{first.pid}\b", err) and not our_segments(first.pid):
         pytest.skip("another process swept the killed run's segments first")
     return first, code, out, re.sub(rf"\b{first.pid}\b", "FIRST", err)
 
@@ -237,12 +211,12 @@ def run_mpi_bad_argument(tmp_path, toy, flag):
     rank's check fails): the job aborts."""
     common = ["-m", "launch.train", "--dataset", str(toy), "--model", str(toy / "tiny.json"),
               "--workers", "1", "--epochs", "1", "--quiet", "--checkpoint-dir", "ck"]
-    earlier = subprocess.run([sys.executable, *common, "--out", "a.hdf5"], cwd=tmp_path, env=env(),
+    earlier = subprocess.run([sys.executable, *common, "--out", "a.hdf5"], cwd=tmp_path, env=subprocess_env(),
                              capture_output=True, text=True, timeout=60)
     assert earlier.returncode == 0, earlier.stderr
     before = mpich_segments()
     proc = start([MPIEXEC, "-n", "2", sys.executable, *common, "--backend", "mpi", "--out", "b.hdf5",
-                  *(flag or [])], tmp_path, env=dict(env(), HYDRA_LAUNCHER="fork"))
+                  *(flag or [])], tmp_path, env=dict(subprocess_env(), HYDRA_LAUNCHER="fork"))
     result = (proc, *finish(proc))
     assert wait_until(lambda: not unmapped(mpich_segments() - before), 5), \
         f"MPICH's segments were left: {unmapped(mpich_segments() - before)}"
@@ -265,7 +239,8 @@ def unmapped(names: set[str]) -> set[str]:
 # -- the table --------------------------------------------------------------------------------
 WORKER_LINE = r"dpnn: worker 1 \(pid \d+\) died \({}\); respawned as pid \d+(, step redone)?"
 SERVER_LINE = r"dpnn: the fork server \(pid \d+\) died; started a new one \(pid \d+\)"
-SWEPT_LINE = r"dpnn: removed \d+ shared-memory segment\(s\) left in /dev/shm by dead process\(es\) (\d+, )*FIRST(, \d+)*"
+SWEPT_LINE = (r"dpnn: removed \d+ shared-memory segment\(s\) left in /dev/shm by dead process\(es\) "
+              r"(\d+, )*FIRST(, \d+)*")
 MPI_LINE = r"python -m launch\.train: error: ck already holds checkpoints of an earlier run .*"
 FLAG_LINE = r"python -m launch\.train: error: --lr must be > 0, got -1\.0"
 MPICH_ABORT = r"Abort\(\d+\) on node \d+ \(rank 0 in comm 0\)"  # MPICH's own notice, when it gets out

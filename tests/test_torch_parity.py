@@ -3,15 +3,13 @@ and the whole seed-cnn. Layers run in float64 here (they compute in their input'
 import numpy as np
 import pytest
 
+import dpnn
+from dpnn import Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
+from dpnn.losses import get_loss
+from dpnn.optim import SGD, Adam, regularize
+
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-
-import dpnn  # noqa: E402
-from dpnn import (Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten,  # noqa: E402
-                  GlobalAvgPool2D, MaxPool2D)
-from dpnn.losses import get_loss  # noqa: E402
-from dpnn.optim import Adam, SGD, regularize  # noqa: E402
-
 torch.set_num_threads(1)
 
 
@@ -308,7 +306,8 @@ class TorchSeedCNN(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         conv1, conv2, dense1, dense2 = (model.layers[i] for i in (0, 3, 7, 9))
-        as_t = lambda a: torch.nn.Parameter(torch.tensor(np.array(a, np.float64)))  # noqa: E731
+        def as_t(a):
+            return torch.nn.Parameter(torch.tensor(np.array(a, np.float64)))
         self.w1, self.b1 = as_t(conv1.params["W"].transpose(3, 2, 0, 1)), as_t(conv1.params["b"])
         self.w2, self.b2 = as_t(conv2.params["W"].transpose(3, 2, 0, 1)), as_t(conv2.params["b"])
         self.w3, self.b3 = as_t(dense1.params["W"].T), as_t(dense1.params["b"])
@@ -343,7 +342,8 @@ def test_seed_cnn_forward_backward():
 
     near(logits, lt)
     assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
-    to_nhwc = lambda t: t.permute(2, 3, 1, 0)        # noqa: E731  (F, C, KH, KW) -> (KH, KW, C, F)
+    def to_nhwc(t):
+        return t.permute(2, 3, 1, 0)                  # (F, C, KH, KW) -> (KH, KW, C, F)
     expected = {0: (to_nhwc(ref.w1.grad), ref.b1.grad), 3: (to_nhwc(ref.w2.grad), ref.b2.grad),
                 7: (ref.w3.grad.T, ref.b3.grad), 9: (ref.w4.grad.T, ref.b4.grad)}
     for i, (dw, db) in expected.items():

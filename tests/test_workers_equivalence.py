@@ -10,13 +10,14 @@ import warnings
 import numpy as np
 import pytest
 
-from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model)
 from dpnn.comm import Communicator
 from dpnn.engine import LocalEngine
 from dpnn.node import Batch, Finish
 from dpnn.random import sample_keys
 from dpnn.recipe import add_sums, shard_gradients
 from dpnn.workers import DataParallel
+
+from conftest import cnn
 
 pytestmark = pytest.mark.slow
 
@@ -36,18 +37,6 @@ class OneRank(Communicator):
 
     def bcast_object(self, obj, root=0):
         return obj
-
-
-def cnn(dropout=False, batchnorm=False, seed=0, hidden=0):
-    """Conv2D(4, 3) -> ReLU [-> BN] -> MaxPool -> Flatten [-> Dropout] [-> Dense(hidden) -> ReLU]
-    -> Dense(10), on 8x8x1."""
-    layers = [Conv2D(4, 3), Activation("relu")] + ([BatchNorm2D()] if batchnorm else [])
-    layers += [MaxPool2D(2), Flatten()] + ([Dropout(0.3)] if dropout else [])
-    layers += ([Dense(hidden), Activation("relu")] if hidden else []) + [Dense(10)]
-    m = Model(layers, seed=seed)
-    m.compile(loss="categorical_crossentropy", optimizer="adam", lr=0.01)
-    m.build((1, 8, 8, 1))
-    return m
 
 
 def batches(sizes, seed=0, one_hot=False):
@@ -104,8 +93,8 @@ def test_deterministic_mode_is_bitwise_identical_for_any_worker_count(workers):
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_deterministic_with_dropout_and_batchnorm(workers):
     data = batches([24] * 4)
-    ref, ref_losses = local(data, deterministic=True, dropout=True, batchnorm=True)
-    m, losses = parallel(data, workers, deterministic=True, dropout=True, batchnorm=True)
+    ref, ref_losses = local(data, deterministic=True, dropout=0.3, batchnorm=True)
+    m, losses = parallel(data, workers, deterministic=True, dropout=0.3, batchnorm=True)
     assert np.array_equal(m.params, ref.params)
     assert np.array_equal(m.state, ref.state), "BatchNorm running statistics differ"
     assert not np.array_equal(m.state, cnn(batchnorm=True).state), "the statistics were updated"
@@ -184,7 +173,7 @@ def test_fit_with_two_workers_matches_fit_in_one_process():
     X, y = rng.random((45, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 45)
     histories, models = [], []
     for workers in (1, 2):
-        m = cnn(dropout=True, batchnorm=True)
+        m = cnn(dropout=0.3, batchnorm=True)
         histories.append(m.fit(X, y, epochs=2, batch_size=10, seed=5, verbose=0,
                                workers=workers, deterministic=True))
         models.append(m)

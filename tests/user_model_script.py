@@ -19,11 +19,11 @@ from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer
 
 class Scale(Layer):   # the seed's section 10 example, verbatim (only the import differs)
     def __init__(self, factor):
-        super().__init__(); self.factor=factor
+        super().__init__(); self.factor=factor  # noqa: E702 -- the seed's text, kept verbatim
     def build(self, input_shape):
-        self.output_shape = input_shape; self.built=True
+        self.output_shape = input_shape; self.built=True  # noqa: E702
     def forward(self, x, training=False):
-        self.last_x = x; return x * self.factor
+        self.last_x = x; return x * self.factor  # noqa: E702
     def backward(self, grad):
         return grad * self.factor
     def to_config(self):

@@ -14,7 +14,8 @@ import numpy as np
 
 from dpnn.data import Dataset
 from dpnn.errors import DataError
-from dpnn.limits import check_allocation
+from dpnn.files import input_problem
+from dpnn.limits import MAX_CLASSES, MAX_FLOAT_PIXEL, check_allocation
 
 HOLDOUT_FRACTION = 0.1      # of train, held out as the test set when a directory has no test split
 HOLDOUT_SEED = 20240601     # fixed: the same directory always gives the same split
@@ -67,6 +68,13 @@ def row_image_shape(values: int, size: ImageSize | None, path: str) -> tuple[int
     return h, w, c
 
 
+def check_input(path: str, todo: str = "pass a regular file") -> None:
+    """DataError when ``path`` is not a regular file ("is a FIFO, not a regular file"); nothing is opened."""
+    problem = input_problem(path)
+    if problem is not None:
+        raise DataError(f"{path} {problem}; {todo}")
+
+
 def check_memory(path: str, nbytes: int, what: str) -> None:
     """DataError naming ``path`` when ``nbytes`` for ``what`` do not fit in free memory."""
     try:
@@ -80,6 +88,11 @@ def to_unit_float(x: np.ndarray, path: str) -> np.ndarray:
     floats are kept as they are (assumed already scaled)."""
     check_memory(path, x.size * FLOAT_BYTES, f"its {x.shape} pixels as float32")
     if x.dtype.kind == "f":
+        peak = max(-float(x.min()), float(x.max())) if x.size else 0.0
+        if peak > MAX_FLOAT_PIXEL:
+            raise DataError(f"{path}: float pixels reach {peak:.3g}; they are taken as they are "
+                            f"(at most {MAX_FLOAT_PIXEL:g} in size, usually [0, 1]) and these would "
+                            "overflow in training: rescale them")
         return x.astype(np.float32, copy=False)
     if x.dtype.kind not in "iub":
         raise DataError(f"{path}: pixels have dtype {x.dtype}, not numbers; store them as uint8 "
@@ -97,6 +110,9 @@ def check_labels(y: np.ndarray, path: str) -> np.ndarray:
                         "store one class index per sample")
     if y.size and y.min() < 0:
         raise DataError(f"{path}: labels must be >= 0, found {y.min()}")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(f"{path}: label {y.max()} is more than the {MAX_CLASSES:,} classes dpnn "
+                        "accepts; labels are class indices 0..K-1")
     return y.astype(np.int64, copy=False)
 
 

@@ -9,17 +9,18 @@ convention). Rows and columns are counted, streamed, before anything is parsed.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import os
 import re
+import warnings
 import zlib
 
 import numpy as np
 
 from dpnn.errors import DataError
+from dpnn.files import open_maybe_gzip
 
-from .common import FLOAT_BYTES, ImageSize, Splits, check_memory, row_image_shape
+from .common import FLOAT_BYTES, ImageSize, Splits, check_input, check_memory, row_image_shape
 
 NAME = "csv"
 LAYOUT = "DIR/train.csv[.gz] [DIR/test.csv[.gz]], one image per row, the label first or last"
@@ -32,7 +33,7 @@ def files(directory: str) -> dict[str, str]:
     out = {}
     for split in ("train", "test"):
         for name in (f"{split}.csv", f"{split}.csv.gz"):
-            if os.path.isfile(os.path.join(directory, name)):
+            if os.path.lexists(os.path.join(directory, name)):     # a FIFO too: refused as one
                 out.setdefault(split, os.path.join(directory, name))
     return out
 
@@ -42,12 +43,8 @@ def detect(directory: str) -> bool:
 
 
 def _open(path: str) -> io.BufferedIOBase:
-    f = open(path, "rb")
-    if f.read(2) == b"\x1f\x8b":
-        f.seek(0)
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    f.seek(0)
-    return f
+    """The file's text bytes; a .gz stream is bounded in how far it may expand (no header says)."""
+    return open_maybe_gzip(path)
 
 
 def _first_lines(path: str, f, n: int = 2) -> list[list[str]]:
@@ -58,7 +55,7 @@ def _first_lines(path: str, f, n: int = 2) -> list[list[str]]:
             raise DataError(f"{path}: a line is longer than {MAX_LINE_BYTES >> 20} MB; "
                             "store one image per line, values separated by commas")
         if line.strip():
-            rows.append(next(csv.reader([line.decode("utf-8", "replace")])))
+            rows.append(next(csv.reader([line.decode("utf-8", "replace")]), []))
     return rows
 
 
@@ -79,13 +76,15 @@ def _is_number(text: str) -> bool:
 
 def scan(path: str) -> tuple[list[str] | None, int, int]:
     """(header or None, number of data rows, number of columns), streamed without parsing."""
+    check_input(path, "pass a CSV file")
     try:
         with _open(path) as f:
             first = _first_lines(path, f)
             f.seek(0)
             lines = _count_lines(f)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: cannot be read ({e}); check the file or re-create it") from None
+    except (OSError, EOFError, zlib.error, csv.Error) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise DataError(f"{path}: cannot be read ({reason}); check the file or re-create it") from None
     if not first:
         raise DataError(f"{path}: is empty; put one image per row, with its label")
     row, numeric = first[0], [_is_number(v) for v in first[0]]
@@ -111,7 +110,8 @@ def _column_index(spec, header: list[str] | None, ncols: int, path: str) -> int:
 
 
 def _loadtxt(path: str, **kwargs) -> np.ndarray:
-    with _open(path) as f:
+    with _open(path) as f, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Input line .* contained no data")    # blank lines: skipped
         return np.loadtxt(io.TextIOWrapper(f, encoding="utf-8"), delimiter=",", **kwargs)
 
 
@@ -158,6 +158,17 @@ def _pixels(values: np.ndarray, path: str) -> np.ndarray:
 
 def read_split(path: str, size: ImageSize | None, label_column, names: list[str] | None = None):
     """(x (N, H, W, C), labels (N,) as text or int64, label column, how it was found)."""
+    try:
+        return _read_split(path, size, label_column)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zlib.error, csv.Error) as e:    # UnicodeDecodeError too
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+        raise DataError(f"{path}: not a CSV of numbers ({reason}); store one image per row, "
+                        "values separated by commas") from None
+
+
+def _read_split(path: str, size: ImageSize | None, label_column):
     header, rows, ncols = scan(path)
     if ncols < 2:
         raise DataError(f"{path}: one column only; each row needs its pixels and a label")
@@ -173,9 +184,10 @@ def read_split(path: str, size: ImageSize | None, label_column, names: list[str]
         values = _loadtxt(path, skiprows=skip, usecols=pixel_cols, dtype=np.float32, ndmin=2)
         labels = _read_column(path, col, skip)
     except (ValueError, OSError, EOFError, zlib.error) as e:
-        raise DataError(f"{path}: {e}; every row needs {ncols} numeric values "
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+        raise DataError(f"{path}: {reason}; every row needs {ncols} numeric values "
                         "(the label may be text)") from None
-    return _pixels(values, path).reshape(shape), labels, col, how
+    return _pixels(values, path).reshape((-1,) + shape[1:]), labels, col, how   # blank lines skipped
 
 
 def label_indices(labels: np.ndarray, names: list[str] | None, path: str) -> tuple[np.ndarray, list | None]:

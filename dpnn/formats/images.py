@@ -13,8 +13,9 @@ import os
 import numpy as np
 
 from dpnn.errors import DataError
+from dpnn.files import open_regular
 
-from .common import FLOAT_BYTES, ImageSize, Splits, check_memory
+from .common import FLOAT_BYTES, ImageSize, Splits, check_input, check_memory
 
 NAME = "images"
 LAYOUT = "DIR/train/<class>/*.png|jpg [DIR/test/<class>/*], grayscale or RGB"
@@ -66,6 +67,8 @@ def list_images(split_dir: str, class_names: list[str] | None = None) -> tuple[l
         if not os.path.isdir(folder):
             continue
         files = [os.path.join(folder, f) for f in _visible(folder) if f.lower().endswith(EXTENSIONS)]
+        for path in files:                   # before any is opened: a FIFO would block in open()
+            check_input(path, "remove it or put an image there")
         if not files and class_names is None:
             raise DataError(f"{folder}: no images ({', '.join(EXTENSIONS)}); put the class's "
                             "images in it or remove the folder")
@@ -80,7 +83,7 @@ def _probe(path: str) -> tuple[int, int, str]:
     """(height, width, Pillow mode) from the image's header; nothing is decoded."""
     Image = _pil()
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
             return im.size[1], im.size[0], im.mode
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({e}); remove or re-save it") from None
@@ -99,7 +102,7 @@ def _read_one(path: str, shape: tuple[int, int, int], resize: bool, first: str) 
     Image = _pil()
     h, w, c = shape
     try:
-        with Image.open(path) as im:
+        with open_regular(path) as f, Image.open(f) as im:
             if im.size != (w, h):
                 if not resize:
                     raise DataError(f"{path} is {im.size[1]}x{im.size[0]} but {first} is {h}x{w}; "

@@ -12,8 +12,9 @@ import zipfile
 import numpy as np
 
 from dpnn.errors import DataError
+from dpnn.files import open_regular
 
-from .common import FLOAT_BYTES, ImageSize, Splits, check_memory, row_image_shape
+from .common import FLOAT_BYTES, ImageSize, Splits, check_input, check_memory, row_image_shape
 
 NAME = "npz"
 LAYOUT = "DIR/train.npz [DIR/test.npz], arrays x (N, H, W[, C]) or (N, H*W[*C]) and y (N,)"
@@ -23,7 +24,7 @@ MAX_NAMES_BYTES = 1 << 20          # class names are a few hundred bytes
 def files(directory: str) -> dict[str, str]:
     """{split: path} of the npz files present; 'train' is required to recognise the format."""
     found = {s: os.path.join(directory, f"{s}.npz") for s in ("train", "test")}
-    return {s: p for s, p in found.items() if os.path.isfile(p)}
+    return {s: p for s, p in found.items() if os.path.lexists(p)}    # a FIFO too: refused as one
 
 
 def detect(directory: str) -> bool:
@@ -70,8 +71,9 @@ def _image_shape(path: str, shape: tuple, size: ImageSize | None) -> tuple[int, 
 
 def read_split(path: str, size: ImageSize | None) -> tuple[np.ndarray, np.ndarray, list | None]:
     """(x (N, H, W, C), y (N,), class names or None) of one npz file, headers checked first."""
+    check_input(path, "save the arrays with np.savez")
     try:
-        with zipfile.ZipFile(path) as z:
+        with open_regular(path) as f, zipfile.ZipFile(f) as z:
             members = {name[:-4]: name for name in z.namelist() if name.endswith(".npy")}
             missing = [k for k in ("x", "y") if k not in members]
             if missing:

@@ -5,6 +5,7 @@ from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 from .simple import Activation, Dropout, Flatten
 
+
 def execution_order(layers: list[Layer]) -> list[int]:
     """The order forward runs the layers in (backward runs it reversed): the model's order,
     except that a ReLU directly followed by a max pool runs after the pool.

@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..im2col import (col2im, conv_input_grad_cols, conv_input_grad_taps, conv_output_size,
-                      flip_kernel, im2col_padded, pad_nhwc, scratch)
+from ..im2col import (
+    col2im,
+    conv_input_grad_cols,
+    conv_input_grad_taps,
+    conv_output_size,
+    flip_kernel,
+    im2col_padded,
+    pad_nhwc,
+    scratch,
+)
 from .base import Layer, check_rank, register_layer
 
 FUSED_ACTIVATIONS = (None, "linear", "relu")

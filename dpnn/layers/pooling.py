@@ -100,7 +100,7 @@ class AvgPool2D(_Pool2D):
         oh, ow, pads = self._geometry(x.shape)
         xp = pad_nhwc(x, pads)
         out = None
-        for k, sh, sw in self._offsets(oh, ow):
+        for _, sh, sw in self._offsets(oh, ow):
             out = xp[:, sh, sw, :].copy() if out is None else out + xp[:, sh, sw, :]
         self._x_shape, self._pads = x.shape, pads
         return out * x.dtype.type(1.0 / (self.pool_size[0] * self.pool_size[1]))
@@ -111,7 +111,7 @@ class AvgPool2D(_Pool2D):
         oh, ow = grad.shape[1:3]
         g = grad * grad.dtype.type(1.0 / (self.pool_size[0] * self.pool_size[1]))
         dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), grad.dtype)
-        for k, sh, sw in self._offsets(oh, ow):
+        for _, sh, sw in self._offsets(oh, ow):
             dxp[:, sh, sw, :] += g
         return dxp[:, pt:pt + H, pl:pl + W, :]
 

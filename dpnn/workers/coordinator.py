@@ -28,9 +28,9 @@ import numpy as np
 
 from ..errors import WorkerError
 from ..node import Batch, Finish, NodeResult
+from ..placement import plan_placement, resolve_workers
 from ..recipe import DETERMINISTIC_SHARDS, Sums, combine_shards, evaluation_sums, owned_slots, shard_bounds
 from ..signals import sigterm_as_interrupt
-from ..placement import plan_placement, resolve_workers
 from .arena import SharedArena, SharedMemoryError
 from .balance import ShardBalance
 from .batches import BatchLoader

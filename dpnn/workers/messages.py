@@ -19,12 +19,14 @@ echoes it, so a reply from an abandoned attempt is recognised and ignored.
 from __future__ import annotations
 
 from collections import namedtuple
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cloudpickle
 
+from ..floatmode import flush_denormals_enabled
 from ..node import Finish
 from .arena import Region
+
 
 @dataclass(frozen=True)
 class UpdateArgs:
@@ -108,6 +110,7 @@ class WorkerSpec:
     coordinator_pid: int                # the process to watch
     barrier_timeout: float = 600.0      # seconds a worker waits for its peers (sync BN, update)
     augment_blob: bytes | None = None   # cloudpickle of fit's augment fn(x, keys), or None
+    flush_denormals: bool = field(default_factory=flush_denormals_enabled)   # the coordinator's mode
 
 
 def step_times(replies: list[Computed], updated: bool) -> dict:
@@ -130,18 +133,17 @@ def portable_blob(model) -> bytes:
     """cloudpickle of ``model.portable()``; a layer or loss that cannot travel is named."""
     try:
         return cloudpickle.dumps(model.portable())
-    except Exception as e:       # noqa: BLE001 -- find the culprit for the message
+    except Exception as whole:
         parts = [(f"layer {i} ({type(layer).__name__})", layer.portable())
                  for i, layer in enumerate(model.layers)] + [(f"loss ({type(model.loss).__name__})", model.loss)]
+        culprit, error = "the model", whole
         for name, obj in parts:
             try:
                 cloudpickle.dumps(obj)
-            except Exception as inner:     # noqa: BLE001
-                e = inner
+            except Exception as e:
+                culprit, error = name, e
                 break
-        else:
-            name = "the model"
-        raise TypeError(f"{name} cannot be sent to the worker processes ({type(e).__name__}: {e}); "
+        raise TypeError(f"{culprit} cannot be sent to the worker processes ({type(error).__name__}: {error}); "
                         "keep only picklable attributes on it (arrays, numbers, strings), or train "
                         "with workers=1") from None
 
@@ -154,6 +156,6 @@ def augment_blob(augment) -> bytes | None:
         raise TypeError(f"augment must be a callable fn(x, keys) -> x, got {type(augment).__name__}")
     try:
         return cloudpickle.dumps(augment)
-    except Exception as e:       # noqa: BLE001
+    except Exception as e:
         raise TypeError(f"augment ({augment!r}) cannot be sent to the worker processes "
                         f"({type(e).__name__}: {e}); use a module-level function or class") from None

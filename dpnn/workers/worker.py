@@ -20,6 +20,7 @@ import traceback
 import cloudpickle
 import numpy as np
 
+from ..floatmode import set_flush_denormals
 from ..node import Finish
 from ..placement import limit_process_threads
 from ..recipe import Sums, evaluation_sums, run_shard, shard_bounds
@@ -27,8 +28,7 @@ from .arena import SharedArena, unlink_prefix
 from .barrier import SharedBarrier
 from .batches import RowGatherer
 from .liveness import process_gone, watch
-from .messages import (Aborted, Compute, Computed, Evaluate, Evaluated, Failed, Ready, Stop, Update, Updated,
-                       WorkerSpec)
+from .messages import Aborted, Compute, Computed, Evaluate, Evaluated, Failed, Ready, Stop, Update, Updated, WorkerSpec
 from .sharded_update import chunk_bounds, sum_chunk, update_chunk
 from .syncbn import ShardExchange, batchnorm_layers
 
@@ -212,6 +212,7 @@ def worker_main(worker_id: int, spec: WorkerSpec, conn) -> None:
     if hasattr(signal, "pthread_sigmask"):            # the pool blocks SIGTERM while starting us
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
+        set_flush_denormals(spec.flush_denormals)     # the fork server's mode need not be the coordinator's
         limit_process_threads(spec.threads)
         pin(spec.cpus[worker_id])
         runner = ShardRunner(worker_id, spec)

@@ -201,7 +201,7 @@ RANK_PROBE = textwrap.dedent('''
 
 @pytest.mark.parametrize("keep", [False, True], ids=["default", "keep"])
 def test_every_mpi_rank_and_its_workers_run_in_the_mode(tmp_path, keep):
-    from test_mpi import HAVE_MPI, MPIEXEC, mpi_env
+    from conftest import HAVE_MPI, MPIEXEC, mpi_env
     if not HAVE_MPI:
         pytest.skip("mpi4py or mpiexec not found; pip install mpi4py mpich")
     (tmp_path / "rank.py").write_text(RANK_PROBE)

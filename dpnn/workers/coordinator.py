@@ -301,35 +301,34 @@ class PoolNode:
         return global_norm(self.arena["norm_parts"])
 
     def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
-        """Sums on (x, y), each worker scoring a slice, added in worker order; in this process
-        when no pool is open or /dev/shm has no room (the same arrays again are not copied)."""
-        if self.pool is None or self.closed:
-            return evaluation_sums(self.model, x, y, batch_size)
-        x, y = self.model.check_input(x), np.asarray(y)
-        try:
-            self._layout_changed |= self.batches.place_eval(x, y)
-        except SharedMemoryError:
-            self._layout_changed = True
-            return evaluation_sums(self.model, x, y, batch_size)
-        done, _ = self._exchange(Evaluate(0, len(x), self._new_layout(), self._cur(), batch_size, False))
-        total = Sums()
-        for k in sorted(done):                       # worker order: the same sum every time
-            total += done[k].sums
-        return total
+        """Sums on (x, y), each worker scoring a slice, added in worker order."""
+        done = self._evaluate(x, y, batch_size)
+        if done is None:
+            return evaluation_sums(self.model, self.model.check_input(x), np.asarray(y), batch_size)
+        return sum((done[k].sums for k in sorted(done)), Sums())     # worker order: the same sum every time
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Outputs (N, ...) of the current parameters, each worker predicting a slice."""
+        done = self._evaluate(x, None, batch_size)
+        return self.model.predict(x, batch_size) if done is None else self.arena["eval_out"][:len(x)].copy()
+
+    def _evaluate(self, x, y, batch_size: int) -> dict | None:
+        """The workers score (x, y), or with ``y=None`` predict x into eval_out; None when no pool
+        is open or /dev/shm has no room (the caller then works here). The same arrays again
+        are not copied."""
         m = self.model
         if self.pool is None or self.closed:
-            return m.predict(x, batch_size)
+            return None
         x = m.check_input(x)
         try:
-            self._layout_changed |= self.batches.place_eval(x, None, m.output_shape[1:])
+            placed = self.batches.place_eval(x, np.asarray(y)) if y is not None else \
+                self.batches.place_eval(x, None, m.output_shape[1:])
+            self._layout_changed |= placed
         except SharedMemoryError:
             self._layout_changed = True
-            return m.predict(x, batch_size)
-        self._exchange(Evaluate(0, len(x), self._new_layout(), self._cur(), batch_size, True))
-        return self.arena["eval_out"][:len(x)].copy()
+            return None
+        msg = Evaluate(0, len(x), self._new_layout(), self._cur(), batch_size, y is None)
+        return self._exchange(msg)[0]
 
     # -- talking to the workers -----------------------------------------------------------
     def _cur(self) -> int:

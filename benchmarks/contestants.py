@@ -12,8 +12,12 @@ Pipe protocol, one JSON object per line::
     driver -> contestant   {"epoch": e}          train epoch e, then score the test set
                            {"stop": true}
     contestant -> driver   {"ready": true, "startup_s", "denormals", "engine"}
-                           {"epoch", "train_s", "samples_per_s", "loss", "acc", "test_acc", "test_s"}
+                           {"epoch", "train_s", "samples_per_s", "step_median_s", "loss", "acc",
+                            "test_acc", "test_s"}
                            {"error": traceback}
+
+``step_median_s`` is the epoch's median step (wall time from one step's end to the next): a
+burst of other load on a shared machine stretches the epoch's wall time, much less its median.
 """
 from __future__ import annotations
 
@@ -58,6 +62,27 @@ def contestant_env(c: Contestant, user_env: dict) -> dict:
     return env
 
 
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    return (v[(len(v) - 1) // 2] + v[len(v) // 2]) / 2
+
+
+def step_clock():
+    """A dpnn Callback that keeps each step's wall time (``steps``) of the epoch being trained."""
+    import dpnn
+
+    class StepClock(dpnn.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.steps, self.last = [], time.perf_counter()
+
+        def on_batch_end(self, step, logs=None):
+            now = time.perf_counter()
+            self.steps.append(now - self.last)
+            self.last = now
+
+    return StepClock()
+
+
 class DpnnTrainer:
     """seed-cnn with ``fit`` on an engine left open between epochs (workers > 1: a worker pool)."""
 
@@ -70,11 +95,12 @@ class DpnnTrainer:
         self.engine = make_engine(self.model, workers=c.workers, seed=seed)
         self.engine.place_data(self.X, self.y)          # a pool starts here (start-up, not training)
         self.engine_text = str(self.engine.describe())
+        self.clock = step_clock()
 
     def epoch(self, e: int) -> dict:
         h = self.model.fit(self.X, self.y, epochs=e + 1, initial_epoch=e, batch_size=self.batch,
-                           seed=self.seed, engine=self.engine, verbose=0)
-        return {"loss": h["loss"][-1], "acc": h["acc"][-1]}
+                           seed=self.seed, engine=self.engine, verbose=0, callbacks=[self.clock])
+        return {"loss": h["loss"][-1], "acc": h["acc"][-1], "step_median_s": median(self.clock.steps)}
 
     def test(self, x, y) -> float:
         return self.engine.evaluate(x, y)[1]
@@ -110,16 +136,20 @@ class TorchTrainer:
     def epoch(self, e: int) -> dict:
         self.net.train()
         loss_sum = hits = n = 0
+        steps, last = [], time.perf_counter()
         for xb, yb in self.loader:
             self.opt.zero_grad()
             out = self.net(xb)
             loss = self.loss_fn(out, yb)
             loss.backward()
             self.opt.step()
-            loss_sum += float(loss) * len(yb)
+            loss_sum += loss.item() * len(yb)
             hits += int((out.argmax(1) == yb).sum())
             n += len(yb)
-        return {"loss": loss_sum / n, "acc": hits / n}
+            now = time.perf_counter()
+            steps.append(now - last)
+            last = now
+        return {"loss": loss_sum / n, "acc": hits / n, "step_median_s": median(steps)}
 
     def test(self, x, y) -> float:
         import numpy as np

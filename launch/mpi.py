@@ -22,6 +22,8 @@ from dpnn.janitor import SHM_DIR, mapped_segments
 from launch import checkpoint as ckpt
 
 ABORT_WAIT_S = 30.0     # how long the other ranks wait for rank 0 to abort after its check failed
+REPORT_WAIT_S = 3.0     # how long a rank waits before reporting an error rank 0 may share (a bad
+#                         flag): rank 0 aborts ABORT_GRACE_S after reaching it, if it has it too
 
 
 def launched_ranks(environ=os.environ) -> int:
@@ -117,10 +119,11 @@ def from_root(comm: Communicator, fn, *args):
 
 
 def report_once(comm: Communicator | None, text: str) -> None:
-    """Print ``text``, an error every rank hits alike (a bad flag), on rank 0 alone: the other
-    ranks wait for rank 0's abort (``finish``) and print it only if that does not come."""
+    """Print ``text``, an error every rank usually hits alike (a bad flag), on rank 0 alone: the
+    other ranks wait REPORT_WAIT_S for rank 0's abort (``finish``) and print it themselves only
+    if that does not come (the flag was bad on their command line alone), then abort the job."""
     if comm is not None and comm.size > 1 and comm.rank != 0:
-        time.sleep(ABORT_WAIT_S)
+        time.sleep(REPORT_WAIT_S)
     print(text, file=sys.stderr)
 
 

@@ -256,9 +256,9 @@ def execute(run, rank: int) -> int:
         except OutputError as error:
             print(f"{PROG}: error: {error}", file=sys.stderr)
             saved = None
-        return outputs.interrupted(run, log, e, PROG, saved)
+        return outputs.interrupted(run, log, e, PROG, saved) if rank == 0 else outputs.exit_status(e)
     except KeyboardInterrupt as e:         # a second signal, or one outside fit's steps
-        return outputs.interrupted(run, log, e, PROG)
+        return outputs.interrupted(run, log, e, PROG) if rank == 0 else outputs.exit_status(e)
     except (TrainingDiverged, WorkerError) as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, WeightsError) as e:   # may differ per rank: each says its own
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return mpi.finish(comm, 2)
-    except KeyboardInterrupt as e:
-        print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt as e:         # mpiexec signals every rank: one notice for the job
+        if rank == 0:
+            print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
         return mpi.finish(comm, outputs.exit_status(e))
     finally:
         locks.release()

@@ -23,6 +23,8 @@ import pytest
 import dpnn
 from dpnn import floatmode
 
+from conftest import MPIEXEC, mpi_env, needs_mpi
+
 pytestmark = pytest.mark.skipif(not floatmode.available(), reason="flush-to-zero is not available here")
 
 DENORMAL_BITS = 0x00100000          # the float32 2**-129: a denormal made without arithmetic
@@ -199,11 +201,9 @@ RANK_PROBE = textwrap.dedent('''
 ''')
 
 
+@needs_mpi
 @pytest.mark.parametrize("keep", [False, True], ids=["default", "keep"])
 def test_every_mpi_rank_and_its_workers_run_in_the_mode(tmp_path, keep):
-    from conftest import HAVE_MPI, MPIEXEC, mpi_env
-    if not HAVE_MPI:
-        pytest.skip("mpi4py or mpiexec not found; pip install mpi4py mpich")
     (tmp_path / "rank.py").write_text(RANK_PROBE)
     env = {k: v for k, v in mpi_env(tmp_path).items() if k != floatmode.ENV_VAR}
     env.update(OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2", **({floatmode.ENV_VAR: "keep"} if keep else {}))

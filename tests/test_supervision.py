@@ -153,14 +153,13 @@ def tiny_run(tmp_path_factory):
 def wait_for_fork_server(proc: subprocess.Popen, timeout: float = 60) -> None:
     """Wait until ``proc`` has started its fork server: the pool's start-up has begun."""
     import psutil
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and time.monotonic() < deadline:
+
+    def started() -> bool:
         try:
-            if any("forkserver" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children()):
-                return
+            return any("forkserver" in " ".join(c.cmdline()) for c in psutil.Process(proc.pid).children())
         except psutil.Error:
-            pass
-        time.sleep(0.005)
+            return False
+    wait_until(lambda: proc.poll() is not None or started(), timeout, interval=0.005)
 
 
 # -- the runs: each returns (process, exit status, stdout, stderr) ------------------------------

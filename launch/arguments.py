@@ -18,7 +18,8 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 DEFAULT_MOMENTUM = 0.9
 # Settings that define the computation: --resume takes them from the checkpoint and refuses
 # a different value on the command line. Every other flag may change when resuming.
-RUN_KEYS = ("dataset", "image_size", "label_column", "model", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+RUN_KEYS = ("dataset", "image_size", "label_column", "model", "batch_size", "optimizer", "lr", "momentum",
+            "weight_decay",
             "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
             "seed", "deterministic", "limit", "augment")
 
@@ -85,7 +86,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="hold out the last fraction F of the training samples for validation (0: none)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=5, metavar="N", help="total number of epochs (also when resuming)")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="global batch size, split across the workers")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="global batch size, split across the workers")
     g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
     g.add_argument("--lr", type=finite_float, default=None,
                    help="learning rate (default: 0.001 for adam, 0.01 for sgd)")
@@ -136,8 +138,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --checkpoint-dir (an epoch's "
                         "end or a step within one) with its saved settings; damaged ones are skipped")
-    g.add_argument("--history", default=None, metavar="PATH", help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
-    g.add_argument("--plot", default=None, metavar="PATH", help="write loss/accuracy curves as a PNG; needs matplotlib (default: none)")
+    g.add_argument("--history", default=None, metavar="PATH",
+                   help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
+    g.add_argument("--plot", default=None, metavar="PATH",
+                   help="write loss/accuracy curves as a PNG; needs matplotlib (default: none)")
     g.add_argument("--quiet", action="store_true", help="print only the final summary")
     return p
 
@@ -166,7 +170,8 @@ def check_args(args) -> None:
          f"--worker-timeout must be > 0 seconds, got {args.worker_timeout}"),
         (args.checkpoint_every is None or args.checkpoint_every >= 1,
          f"--checkpoint-every must be >= 1, got {args.checkpoint_every}"),
-        (args.plot is None or matplotlib_available(), f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}"),
+        (args.plot is None or matplotlib_available(),
+         f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -20,16 +20,43 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from hostile_makers import (
+    TINY,
+    architecture_fifo,
+    architecture_text,
+    checkpoint,
+    ck_external_storage,
+    csv_blank_lines,
+    csv_gzip_bomb,
+    csv_labels_99_million,
+    csv_random_bytes,
+    edit_hdf5,
+    epoch_negative,
+    epoch_text,
+    existing_dir_for,
+    external_link,
+    external_storage,
+    history_text,
+    image_folder_with_fifo,
+    inf_weights,
+    inspect,
+    lr_text,
+    model_json_fifo,
+    nan_weights,
+    npz_float_pixels_2_5e32,
+    npz_labels_2_40,
+    optimizer_wrong_size,
+    outputs,
+    plugin_filter,
+    soft_link,
+    special_in_place_of,
+    string_dataset,
+    train_on,
+    virtual_dataset,
+    weights_as,
+)
 
 from dpnn import Dense, Flatten, Model
-
-from hostile_makers import (TINY, edit_hdf5, external_storage, external_link, soft_link, virtual_dataset,
-                            plugin_filter, string_dataset, nan_weights, inf_weights, weights_as,
-                            architecture_fifo, architecture_text, model_json_fifo, inspect, train_on,
-                            image_folder_with_fifo, special_in_place_of, npz_labels_2_40,
-                            npz_float_pixels_2_5e32, csv_labels_99_million, csv_random_bytes, csv_blank_lines,
-                            csv_gzip_bomb, outputs, existing_dir_for, checkpoint, lr_text, epoch_negative,
-                            epoch_text, history_text, optimizer_wrong_size, ck_external_storage)
 
 h5py = pytest.importorskip("h5py")
 ROOT = Path(__file__).resolve().parents[1]

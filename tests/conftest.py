@@ -8,6 +8,7 @@ makes the checkout's ``launch`` and ``benchmarks`` importable, as ``python -m`` 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import signal
@@ -88,6 +89,34 @@ TINY_CNN = [{"class": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3], 
             {"class": "Activation", "config": {"func": "relu"}},
             {"class": "Dropout", "config": {"rate": 0.25}},
             {"class": "Dense", "config": {"units": 10}}]
+
+
+def ellipse(cx, cy, rx, ry, n=16):
+    """A closed stroke starting at the top, clockwise."""
+    return [(cx + rx * math.sin(2 * math.pi * k / n), cy - ry * math.cos(2 * math.pi * k / n))
+            for k in range(n + 1)]
+
+
+# Digits as polylines in the GUI's drawing buffer (280 x 280), shaped the way people draw them.
+DIGITS = {
+    "1": [[(150, 40), (140, 140), (140, 245)]],
+    "0": [ellipse(140, 140, 62, 95)],
+    "7": [[(70, 50), (210, 50), (165, 140), (125, 240)]],
+    "4": [[(85, 40), (75, 160), (215, 160)], [(180, 45), (180, 245)]],
+    "3": [[(80, 60), (140, 40), (195, 70), (190, 115), (130, 135), (195, 160), (200, 210),
+           (140, 240), (80, 220)]],
+}
+
+
+def draw_through(view, strokes):
+    """The DrawingBuffer after a user drew ``strokes`` (buffer coordinates) on a widget seen
+    through ``view`` (a ``launch.drawing.Viewport``)."""
+    from launch.drawing import DrawingBuffer
+    buf = DrawingBuffer()
+    for stroke in strokes:
+        widget = [view.to_widget(x, y) for x, y in stroke]
+        buf.draw_polyline([view.to_buffer(round(x), round(y)) for x, y in widget])
+    return buf
 
 
 # -- subprocesses -------------------------------------------------------------------------------

@@ -211,6 +211,7 @@ def test_ablation_runs_every_variant():
     assert "its x is the noise" not in proc.stdout.splitlines()[2]     # shard 70 is
 
 
+@pytest.mark.slow
 def test_ablation_variants_compute_the_same_gradients():
     from benchmarks.ablation import variant
     from benchmarks.measure import synthetic_batch
@@ -227,6 +228,7 @@ def test_ablation_variants_compute_the_same_gradients():
         np.testing.assert_allclose(g, grads["default"], rtol=1e-3, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.slow
 def test_steady_state_benchmark_runs_every_contestant_in_its_own_mode(tmp_path):
     """benchmarks.steady_state, tiny: every contestant trains in its own process, in turns; dpnn
     flushes denormals unless told to keep them, PyTorch (when installed) only when told to."""

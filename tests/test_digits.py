@@ -216,6 +216,7 @@ def test_batches_yield_what_fit_trains_on():
 
 # ---- python -m launch.digits -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_launch_digits_trains_in_one_fit(tmp_path, capsys, monkeypatch):
     from dpnn.model import Model
     from launch import digits

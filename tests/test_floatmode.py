@@ -118,6 +118,7 @@ def run_probe(tmp_path, how: str, env: dict, method: str, threads: int = 4) -> d
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_process_and_thread_runs_in_the_coordinators_mode(tmp_path, case):
     how, env, method, flushed = CASES[case]

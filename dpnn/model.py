@@ -33,8 +33,7 @@ class Model:
         self.layers: list[Layer] = []
         for layer in layers or []:
             self.add(layer)
-        self.seed = seed
-        self.built = False
+        self.seed, self.built = seed, False
         self.input_shape: tuple | None = None
         self.loss = self.optimizer = None
         self.weight_decay, self.clip_norm = 0.0, None
@@ -239,8 +238,7 @@ class Model:
         try:
             self.optimizer = get_optimizer(optimizer, **optimizer_kwargs)
         except TypeError as e:
-            known = ", ".join(("loss", "optimizer", "lr", "weight_decay", "clip_norm", "micro_batch",
-                               "metrics"))
+            known = "loss, optimizer, lr, weight_decay, clip_norm, micro_batch, metrics"
             raise TypeError(f"compile(): bad optimizer arguments for {optimizer!r}: {e} (compile's own "
                             f"arguments are {known}; the rest go to the optimizer)") from None
         if weight_decay < 0 or (clip_norm is not None and clip_norm <= 0):
@@ -290,6 +288,11 @@ class Model:
         outs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
         return np.concatenate(outs) if outs else np.zeros((0,) + tuple(self.output_shape[1:]), np.float32)
 
+    def export_onnx(self, path: str, opset: int = 17) -> str:
+        """Write this model as ONNX; its input ``input_nhwc`` is the array predict takes (dpnn.onnx_export)."""
+        from .onnx_export import export_onnx
+        return export_onnx(self, path, opset)
+
     def evaluate(self, x, y=None, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; needs compile()."""
         x, y = as_arrays(x, y)
@@ -301,10 +304,7 @@ class Model:
     # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every parameter and state array, in layer order (params first per layer)."""
-        out = []
-        for layer in self.layers:
-            out += [p.copy() for p in layer.params.values()] + [s.copy() for s in layer.state.values()]
-        return out
+        return [a.copy() for layer in self.layers for a in (*layer.params.values(), *layer.state.values())]
 
     def set_weights(self, weights: list[np.ndarray]) -> None:
         """Assign arrays in :meth:`get_weights` order (shapes must match)."""

@@ -94,14 +94,18 @@ class Dataset:
         if n < 2:
             raise DataError(f"cannot split a data set of {n} samples; it needs at least 2")
         n_val = min(max(int(round(n * fraction)), 1), n - 1)
-        perm = np.random.default_rng(seed).permutation(n)
-        return self._take(np.sort(perm[n_val:])), self._take(np.sort(perm[:n_val]))
+        keep, held = stratified_split(self.y, n_val / n, seed)
+        return self._take(keep), self._take(held)
 
-    def subset(self, n: int) -> "Dataset":
-        """The first ``n`` samples (all of them when ``n >= len(self)``)."""
+    def subset(self, n: int, seed: int = 0) -> "Dataset":
+        """``n`` samples drawn by ``seed``, stratified by class (every sample when ``n >= len(self)``);
+        order is kept."""
         if n < 0:
             raise ValueError(f"subset size must be >= 0, got {n}")
-        return Dataset(self.X[:n], self.y[:n])
+        if n >= len(self):
+            return self
+        keep, _ = stratified_split(self.y, 1.0 - n / len(self), seed)
+        return self._take(keep)
 
     def batches(self, batch_size: int, shuffle: bool = True, preprocess: Augment | None = None,
                 num_threads: int | None = None, seed: int | None = None,
@@ -150,6 +154,57 @@ def _prefetch(jobs: Iterator[tuple], num_threads: int) -> Iterator[tuple[np.ndar
         for fut in pending:
             fut.cancel()
         pool.shutdown(wait=True)
+
+
+def class_labels(y: np.ndarray) -> np.ndarray | None:
+    """The class of each sample: integer labels (N,) as they are, one-hot rows (N, K) by argmax;
+    None for anything else (regression targets): those are split without strata."""
+    y = np.asarray(y)
+    if y.ndim == 1 and y.dtype.kind in "iub":
+        return y
+    if y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind in "iufb":
+        return np.argmax(y, axis=1)
+    return None
+
+
+def sorted_by_class(y: np.ndarray) -> bool:
+    """Whether the samples arrive grouped by class (each class in one run, >= 2 classes): then the
+    last fraction or the first N would hold some classes only."""
+    labels = class_labels(y)
+    if labels is None or len(labels) < 2:
+        return False
+    runs = 1 + int(np.count_nonzero(labels[1:] != labels[:-1]))
+    return 1 < runs == len(np.unique(labels))
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held) (N - M,), (M,) int64, each in ascending order, M = round(N * fraction):
+    a seeded shuffle within each class, every class held out in proportion to its size.
+
+    One function for every split and subset dpnn takes (``fit(validation_split=)``, ``--val-split``,
+    ``--limit``, the held-out test split), so none of them depends on the order the data arrive in.
+    The classes' shares are rounded by largest remainder (ties: the lower class), so the total is
+    exact; the result depends only on the labels and ``seed``.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"split fraction must be in [0, 1], got {fraction}")
+    n = len(y)
+    n_held = int(round(n * fraction))
+    labels = class_labels(y)
+    if labels is None:                                 # no classes: one stratum
+        labels = np.zeros(n, dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)   # (K,), (K,)
+    quota = counts * (n_held / max(n, 1))               # (K,) float shares
+    take = np.floor(quota).astype(np.int64)
+    extra = np.argsort(-(quota - take), kind="stable")[:n_held - int(take.sum())]
+    take[extra] += 1
+    held = []
+    for k, c in enumerate(classes):
+        members = np.flatnonzero(labels == c)
+        held.append(np.random.default_rng([seed, k]).permutation(members)[:take[k]])
+    mask = np.zeros(n, dtype=bool)
+    mask[np.concatenate(held) if held else []] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:

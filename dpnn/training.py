@@ -11,7 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .callbacks import CallbackList, EarlyStopping, LRScheduler
-from .data import as_arrays, epoch_permutation
+from .data import as_arrays, epoch_permutation, stratified_split
 from .engine import Engine, make_engine
 from .random import fresh_seed, sample_keys
 from .recipe import Sums
@@ -237,8 +237,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         raise ValueError(f"progress is inside epoch {progress.epoch}, but initial_epoch={initial_epoch}")
     warn_unscaled(raw_inputs(x, y))
     if val_data is None and validation_split:
-        cut = len(X) - int(round(len(X) * validation_split))
-        X, Y, val_data = X[:cut], Y[:cut], (X[cut:], Y[cut:])
+        # a seeded shuffle stratified by class, not the last fraction: data sorted by class
+        # would otherwise validate on the last classes alone (the same split as --val-split)
+        keep, held = stratified_split(Y, validation_split, 0 if seed is None else int(seed))
+        X, Y, val_data = X[keep], Y[keep], (X[held], Y[held])
     if len(X) == 0:
         raise ValueError("no training samples")
     if val_data is not None:

@@ -80,10 +80,11 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--model", default="seed-cnn", metavar="PRESET|FILE.json",
                    help=f"preset ({', '.join(PRESETS)}) or an architecture JSON as model.save() writes it")
     g.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="train on the first N training samples only (quick runs); the test set is kept whole "
-                        "(default: all samples)")
+                   help="train on N training samples only (quick runs): a sample stratified by class, "
+                        "drawn by --seed; the test set is kept whole (default: all samples)")
     g.add_argument("--val-split", type=finite_float, default=0.0, metavar="F",
-                   help="hold out the last fraction F of the training samples for validation (0: none)")
+                   help="hold out a fraction F of the training samples for validation, stratified by "
+                        "class and drawn by --seed (0: none)")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=5, metavar="N", help="total number of epochs (also when resuming)")
     g.add_argument("--batch-size", type=int, default=64, metavar="N",

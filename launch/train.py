@@ -134,8 +134,11 @@ def load_data(args, note):
     train, test, info = load_dataset(args.dataset, args.image_size, args.label_column)
     for line in info.get("notes", []):
         note(f"note: {line}")
+    if info.get("sorted_by_class") and (args.limit or args.val_split):
+        note(f"note: {info['files']['train']} is sorted by class: validation and "
+             "--limit take a stratified, seeded sample")
     if args.limit:
-        train = train.subset(args.limit)
+        train = train.subset(args.limit, seed=args.seed)      # stratified, as --val-split
     n_val = int(round(len(train) * args.val_split))
     if len(train) - n_val < 1:
         raise UsageError(f"--val-split {args.val_split} leaves no training samples out of {len(train)}")

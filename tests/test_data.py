@@ -68,7 +68,9 @@ def test_split_rejects_bad_fraction(fraction):
 
 def test_subset():
     ds = make(10)
-    np.testing.assert_array_equal(ds.subset(3).y, ds.y[:3])
+    sub = ds.subset(3, seed=1)                  # a seeded, stratified sample (tests/test_splits.py)
+    assert len(sub) == 3 and set(sub.X[:, 0, 0, 0].tolist()) <= set(ds.X[:, 0, 0, 0].tolist())
+    np.testing.assert_array_equal(sub.X, ds.subset(3, seed=1).X)
     assert len(ds.subset(50)) == 10
     with pytest.raises(ValueError):
         ds.subset(-1)

@@ -9,7 +9,7 @@ import pytest
 
 import dpnn
 from dpnn import Activation, BatchNorm2D, Callback, Conv2D, Dense, Flatten, Layer, MaxPool2D, Model
-from dpnn.data import Dataset
+from dpnn.data import Dataset, stratified_split
 
 from conftest import cnn
 
@@ -186,15 +186,16 @@ def test_fit_without_validation_records_nan():
     assert len(history["loss"]) == 2
 
 
-def test_validation_split_holds_out_the_last_samples():
+def test_validation_split_holds_out_a_stratified_sample():
     model = small_cnn().compile("cce", "adam", lr=1e-2)
     X, y = blobs(50)
     rec = Recorder()
     history = model.fit(X, y, epochs=2, batch_size=10, validation_split=0.2, callbacks=[rec],
                         seed=0, verbose=0)
     assert rec.calls.count("batch_end 3") == 2 and "batch_end 4" not in rec.calls   # 40 samples
-    assert history["val_loss"][-1] == pytest.approx(model.evaluate(X[40:], y[40:])[0], rel=1e-6)
-    assert history["val_acc"][-1] == pytest.approx(model.evaluate(X[40:], y[40:])[1])
+    held = stratified_split(y, 0.2, 0)[1]                   # 10 samples, as many of each class
+    assert history["val_loss"][-1] == pytest.approx(model.evaluate(X[held], y[held])[0], rel=1e-6)
+    assert history["val_acc"][-1] == pytest.approx(model.evaluate(X[held], y[held])[1])
 
 
 def test_callback_hooks_are_called_in_order():

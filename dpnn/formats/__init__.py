@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from dpnn.data import Dataset
+from dpnn.data import Dataset, sorted_by_class
 from dpnn.errors import DataError
 
 from . import csvrows, idxdir, images, npz
@@ -69,7 +69,8 @@ def _splits_to_datasets(splits: Splits, directory: str) -> tuple[Dataset, Datase
         return train, to_dataset(*splits.test, splits.files["test"]), []
     train, test = hold_out(train)
     note = (f"{directory} has no test split: holding out {HOLDOUT_FRACTION:.0%} of its training "
-            f"samples ({len(test):,} of {len(train) + len(test):,}, fixed seed) as the test set")
+            f"samples ({len(test):,} of {len(train) + len(test):,}, stratified by class, fixed seed) "
+            "as the test set")
     return train, test, [note]
 
 
@@ -81,7 +82,9 @@ def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
     and flat npz rows are read as it; IDX and image-shaped npz data must already match it.
     ``label_column`` (CSV only): an index (negative from the end) or a header name.
     ``info`` holds ``name``, ``class_names``, ``source``, ``format``, ``source_dtype``,
-    ``details`` (how it was read) and ``notes`` (what a user should be told, e.g. a held-out split).
+    ``details`` (how it was read), ``notes`` (what a user should be told, e.g. a held-out split) and
+    ``sorted_by_class`` (the training samples arrive grouped by class: every split dpnn takes of
+    them is stratified anyway, :func:`dpnn.data.stratified_split`).
     """
     directory = os.fspath(directory)
     size = parse_image_size(image_size)
@@ -99,7 +102,8 @@ def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
     info = {"name": os.path.basename(os.path.normpath(directory)) or directory,
             "class_names": _class_names(splits, train, test, directory), "source": directory,
             "format": fmt.NAME, "files": splits.files, "source_dtype": source_dtype,
-            "details": splits.details, "notes": notes}
+            "details": splits.details, "notes": notes,
+            "sorted_by_class": sorted_by_class(splits.train[1])}
     return train, test, info
 
 

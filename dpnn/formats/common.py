@@ -127,5 +127,5 @@ def to_dataset(x: np.ndarray, y: np.ndarray, path: str) -> Dataset:
 
 
 def hold_out(train: Dataset) -> tuple[Dataset, Dataset]:
-    """(train, test): HOLDOUT_FRACTION of ``train`` (fixed seed) becomes the test set."""
+    """(train, test): HOLDOUT_FRACTION of ``train``, stratified by class (fixed seed), becomes the test set."""
     return train.split(HOLDOUT_FRACTION, seed=HOLDOUT_SEED)

@@ -25,6 +25,7 @@ from .layers import (  # noqa: E402
     GlobalAvgPool2D,
     Layer,
     MaxPool2D,
+    Residual,
     register_layer,
 )
 from .model import Model  # noqa: E402
@@ -34,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dense", "Activation",
            "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
-           "Optimizer", "SGD", "Adam", "sgd", "adam", "Callback", "EarlyStopping", "Dataset",
+           "Residual", "Optimizer", "SGD", "Adam", "sgd", "adam", "Callback", "EarlyStopping", "Dataset",
            "one_hot", "DataError", "WeightsError", "WorkerError", "data", "losses", "optim",
            "set_flush_denormals", "flush_denormals_enabled"]
 

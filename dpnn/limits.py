@@ -78,21 +78,31 @@ def dry_build(layer, input_shape: tuple) -> tuple[dict[str, tuple], tuple]:
 
     Returns ({array name: shape}, output shape); ``layer`` itself is left untouched.
     """
-    probe = copy.copy(layer)
-    probe.params, probe.grads, probe.state = {}, {}, {}
     shapes: dict[str, tuple] = {}
-
-    def record_param(name, shape, *args, **kwargs):
-        shapes[name] = tuple(int(d) for d in shape)
-        return np.broadcast_to(np.float32(0), shapes[name])      # a view: no memory behind it
-
-    def record_state(name, value):
-        shapes[name] = np.shape(value)
-        return np.broadcast_to(np.float32(0), shapes[name])
-
-    probe.add_param, probe.add_state = record_param, record_state
+    probe = _recording_copy(layer, shapes, "")
     probe.build(input_shape)
     return shapes, tuple(probe.output_shape)
+
+
+def _recording_copy(layer, shapes: dict[str, tuple], prefix: str):
+    """A shallow copy of ``layer`` (and of the layers a container holds) whose add_param and
+    add_state record shapes into ``shapes`` under ``prefix`` instead of allocating."""
+    probe = copy.copy(layer)
+    probe.params, probe.grads, probe.state = {}, {}, {}
+
+    def record_param(name, shape, *args, **kwargs):
+        shapes[prefix + name] = tuple(int(d) for d in shape)
+        return np.broadcast_to(np.float32(0), shapes[prefix + name])      # a view: no memory behind it
+
+    def record_state(name, value):
+        shapes[prefix + name] = np.shape(value)
+        return np.broadcast_to(np.float32(0), shapes[prefix + name])
+
+    probe.add_param, probe.add_state = record_param, record_state
+    inside = layer.named_sublayers()
+    if inside:
+        probe = probe.with_sublayers([_recording_copy(child, shapes, f"{prefix}{tag}/") for tag, child in inside])
+    return probe
 
 
 def _elements(shape) -> int:

@@ -11,7 +11,7 @@ from .data import as_arrays
 from .errors import WeightsError
 from .flat import FlatLayout
 from .layers import execution_order
-from .layers.base import Layer, layer_from_config
+from .layers.base import Layer, layer_from_config, summary_rows
 from .limits import check_model_memory
 from .losses import check_metrics, get_loss
 from .optim import get_optimizer, regularize
@@ -326,9 +326,8 @@ class Model:
         if not self.built:
             raise ValueError("build the model first: model.build((1, 28, 28, 1))")
         rows = [f"{'#':>3}  {'Layer':<28}{'Output shape':<22}{'Params':>10}", "-" * 63]
-        for i, layer in enumerate(self.layers):
-            shape = "(None, " + ", ".join(map(str, layer.output_shape[1:])) + ")"
-            rows.append(f"{i:>3}  {type(layer).__name__:<28}{shape:<22}{layer.param_count():>10,}")
+        for i, layer in enumerate(self.layers):         # a container's layers indented below it
+            rows += summary_rows(str(i), layer)
         rows += ["-" * 63, f"Total params: {self.param_count():,}"]
         text = "\n".join(rows)
         if print_fn:

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from .comm import Communicator, LocalComm
-from .layers.normalization import BatchNorm2D
+from .layers.normalization import batchnorm_layers
 from .node import Batch, EngineInfo, Finish, NodeBackend
 from .recipe import (
     DETERMINISTIC_SHARDS,
@@ -64,7 +64,7 @@ class Step:
         self.check_every, self.steps = max(int(check_every), 1), 0
         self._data: tuple[np.ndarray, np.ndarray] | None = None
         self._data_print = 0
-        self._bn = [layer for layer in self.model.layers if isinstance(layer, BatchNorm2D)]
+        self._bn = batchnorm_layers(self.model.layers)
         self.seed = None
         if isinstance(self.comm, LocalComm):
             return

@@ -11,13 +11,28 @@ loss, not the model). MFLOP per training sample are for 28x28x1 input.
 - ``fashion-bn``: Conv-BatchNorm-ReLU blocks 32-32-pool-64-64-pool, Dense(128) head with Dropout;
   meant for >= 93 % on Fashion-MNIST in 20 epochs with shift and flip augmentation
   (~111 MFLOP per training sample, 0.47 M parameters).
+- ``resnet``:     a ResNet-8: a Conv-BN-ReLU stem, three stages of one basic residual block
+  (24, 48, 96 channels; the second and third halve the image through a stride-2 projection
+  shortcut), global average pooling, Dense(K); ~126 MFLOP per training sample, 0.17 M
+  parameters. ``resnet(blocks=(3, 3, 3), widths=(16, 32, 64))`` is the classic ResNet-20.
 """
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
+from dpnn import (
+    Activation,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    Model,
+    Residual,
+)
 from dpnn.errors import WeightsError
 from dpnn.io import read_architecture_file
 from dpnn.layers import Layer, layer_from_config
@@ -61,8 +76,36 @@ def fashion_bn(num_classes: int = 10) -> list[Layer]:
             Flatten(), Dense(128), Activation("relu"), Dropout(0.3), Dense(num_classes)]
 
 
+def basic_block(filters: int, stride: int = 1, project: bool = False) -> Residual:
+    """ResNet's basic block: relu(CB(CBR(x)) + x), CB = Conv2D 3x3 (no bias) -> BatchNorm2D.
+
+    ``project``: the shortcut is Conv2D 1x1 (``stride``) -> BatchNorm2D, for a change of stride
+    or channels; otherwise the identity.
+    """
+    main = [Conv2D(filters, 3, stride=stride, use_bias=False), BatchNorm2D(), Activation("relu"),
+            Conv2D(filters, 3, use_bias=False), BatchNorm2D()]
+    shortcut = [Conv2D(filters, 1, stride=stride, use_bias=False), BatchNorm2D()] if project else None
+    return Residual(main, shortcut=shortcut, activation="relu")
+
+
+def resnet(num_classes: int = 10, blocks: tuple[int, ...] = (1, 1, 1),
+           widths: tuple[int, ...] = (24, 48, 96)) -> list[Layer]:
+    """CBR(widths[0]) stem, then per stage ``blocks[s]`` basic blocks of ``widths[s]`` channels (every
+    stage after the first starts with a stride-2 block and a projection shortcut), global
+    average pooling, Dense(K). Defaults: a ResNet-8 (~126 MFLOP per training sample at
+    28x28x1, the cost of fashion-bn); ``blocks=(3, 3, 3), widths=(16, 32, 64)`` is He et al.'s CIFAR ResNet-20.
+    """
+    layers, channels = [*conv_bn_relu(widths[0])], widths[0]
+    for stage, (n, width) in enumerate(zip(blocks, widths)):
+        for b in range(n):
+            stride = 2 if stage > 0 and b == 0 else 1
+            layers.append(basic_block(width, stride, project=stride != 1 or width != channels))
+            channels = width
+    return layers + [GlobalAvgPool2D(), Dense(num_classes)]
+
+
 PRESETS: dict[str, Callable[[int], list[Layer]]] = {"seed-cnn": seed_cnn, "lenet5": lenet5, "mlp": mlp,
-                                                    "fashion-bn": fashion_bn}
+                                                    "fashion-bn": fashion_bn, "resnet": resnet}
 
 
 def _layers_from_json(path: str) -> list[Layer]:
@@ -87,4 +130,4 @@ def build_model(spec: str, num_classes: int, seed: int | None = None) -> Model:
                      "or an architecture JSON file (FILE.json)")
 
 
-__all__ = ["PRESETS", "build_model", "seed_cnn", "lenet5", "mlp", "fashion_bn"]
+__all__ = ["PRESETS", "build_model", "seed_cnn", "lenet5", "mlp", "fashion_bn", "basic_block", "resnet"]

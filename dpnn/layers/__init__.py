@@ -1,8 +1,9 @@
 """Layers (NHWC, float32). Register your own with ``@register_layer``."""
-from .base import LAYER_REGISTRY, Layer, layer_from_config, register_layer
+from .base import LAYER_REGISTRY, Layer, layer_from_config, register_layer, walk_layers
 from .conv import Conv2D, Dense
 from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
+from .residual import Residual
 from .simple import Activation, Dropout, Flatten
 
 
@@ -12,7 +13,8 @@ def execution_order(layers: list[Layer]) -> list[int]:
 
     ReLU is monotone, so max(relu(z)) = relu(max(z)) and the gradients agree too (a window
     whose maximum is <= 0 gets zero gradient either way); after the pool the ReLU touches 4x
-    fewer elements in both passes. Saved architectures keep the order the user wrote.
+    fewer elements in both passes. Saved architectures keep the order the user wrote. Only the
+    model's own list is reordered: a container (Residual) runs its layers as written.
     """
     order = list(range(len(layers)))
     for k in range(len(layers) - 1):
@@ -24,4 +26,4 @@ def execution_order(layers: list[Layer]) -> list[int]:
 
 __all__ = ["Layer", "register_layer", "layer_from_config", "LAYER_REGISTRY", "Conv2D", "Dense",
            "Activation", "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
-           "BatchNorm2D", "execution_order"]
+           "BatchNorm2D", "Residual", "walk_layers", "execution_order"]

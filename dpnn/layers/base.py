@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -139,9 +139,40 @@ class Layer:
     def param_count(self) -> int:
         return int(sum(p.size for p in self.params.values()))
 
+    # -- containers (dpnn.layers.residual.Residual) ----------------------------------------
+    def named_sublayers(self) -> list[tuple[str, "Layer"]]:
+        """The layers this one holds, each with its tag ('0', 'shortcut0', ...); [] for most."""
+        return []
+
+    def sublayers(self) -> list["Layer"]:
+        return [layer for _, layer in self.named_sublayers()]
+
+    def with_sublayers(self, layers: list["Layer"]) -> "Layer":
+        """A shallow copy holding ``layers`` (in :meth:`sublayers` order) instead of its own."""
+        assert not layers, f"{type(self).__name__} holds no layers"
+        return copy.copy(self)
+
     def __repr__(self) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({cfg})"
+
+
+def walk_layers(layers) -> Iterator[Layer]:
+    """Every layer of ``layers`` and, right after a container, the layers inside it (depth first:
+    the order forward runs them, when the model's execution order is its own)."""
+    for layer in layers:
+        yield layer
+        yield from walk_layers(layer.sublayers())
+
+
+def summary_rows(label: str, layer: Layer, depth: int = 0) -> list[str]:
+    """``Model.summary``'s row of ``layer`` and, indented below it, those of the layers it holds."""
+    shape = "(None, " + ", ".join(map(str, layer.output_shape[1:])) + ")"
+    name = "  " * depth + ("shortcut: " if label.startswith("shortcut") else "") + type(layer).__name__
+    rows = [f"{label if depth == 0 else '':>3}  {name:<28}{shape:<22}{layer.param_count():>10,}"]
+    for tag, child in layer.named_sublayers():
+        rows += summary_rows(tag, child, depth + 1)
+    return rows
 
 
 def check_rank(layer: Layer, input_shape: tuple, ranks: tuple[int, ...], hint: str) -> None:

@@ -5,7 +5,7 @@ from typing import Callable
 
 import numpy as np
 
-from .base import Layer, check_rank, register_layer
+from .base import Layer, check_rank, register_layer, walk_layers
 
 
 @register_layer
@@ -90,3 +90,8 @@ class BatchNorm2D(Layer):
 
     def get_config(self) -> dict:
         return {"momentum": self.momentum, "eps": self.eps}
+
+
+def batchnorm_layers(layers) -> list[BatchNorm2D]:
+    """Every BatchNorm2D of ``layers``, those inside containers too, in the order forward runs them."""
+    return [layer for layer in walk_layers(layers) if isinstance(layer, BatchNorm2D)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layers.normalization import BatchNorm2D
+from ..layers.normalization import batchnorm_layers
 
 
 class ShardExchange:
@@ -50,5 +50,4 @@ def exchange_width(layers) -> int:
     return max((2 * layer.params["gamma"].size + 1 for layer in batchnorm_layers(layers)), default=0)
 
 
-def batchnorm_layers(layers) -> list:
-    return [layer for layer in layers if isinstance(layer, BatchNorm2D)]
+__all__ = ["ShardExchange", "exchange_width", "batchnorm_layers"]

@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
     parser = OneLineParser(prog=PROG, description=doc[0], epilog="\n\n".join(doc[1:]),
                            formatter_class=HelpFormatter)
-    parser.add_argument("weights", metavar="WEIGHTS", help="weights written by model.save() or launch.train "
-                        "--out (HDF5 or NPZ), with its architecture JSON beside it")
+    parser.add_argument("weights", metavar="WEIGHTS", help="a model written by model.save() or launch.train "
+                        "--out (HDF5 or NPZ)")
     parser.add_argument("out", metavar="OUT", help="the file to write (replaced atomically if it exists)")
     parser.add_argument("--onnx", action="store_true",
                         help="write ONNX (the one format so far; an OUT ending in .onnx implies it)")

@@ -4,7 +4,18 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from dpnn import Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
+from dpnn import (
+    Activation,
+    AvgPool2D,
+    BatchNorm2D,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAvgPool2D,
+    MaxPool2D,
+    Residual,
+)
 from dpnn.gradcheck import GradientMismatch, check_layer, check_loss, max_error, separated_values
 
 
@@ -62,6 +73,16 @@ LAYER_CASES = [
     ("batchnorm-2d-train", lambda: BatchNorm2D(), (6, 4), True),
     ("batchnorm-4d-inference", lambda: bn_with_running_stats((3, 3, 2, 4)), (3, 3, 2, 4), False),
     ("batchnorm-2d-inference", lambda: bn_with_running_stats((6, 4)), (6, 4), False),
+    ("residual-identity", lambda: Residual([Conv2D(2, 3), Activation("tanh"), Conv2D(2, 3)]), (2, 4, 4, 2), True),
+    ("residual-projection-bn", lambda: Residual(
+        [Conv2D(3, 3, stride=2), BatchNorm2D(), Activation("tanh"), Conv2D(3, 3, use_bias=False)],
+        shortcut=[Conv2D(3, 1, stride=2), BatchNorm2D()], activation="sigmoid"), (3, 5, 5, 2), True),
+    ("residual-projection-bn-inference", lambda: Residual(
+        [Conv2D(3, 3, stride=2), BatchNorm2D()], shortcut=[Conv2D(3, 1, stride=2), BatchNorm2D()],
+        activation="tanh"), (2, 5, 5, 2), False),
+    ("residual-dropout-dense", lambda: Residual([Dense(4), Dropout(0.3)], shortcut=[Dense(4)], activation="tanh"),
+     (4, 5), True),
+    ("residual-nested", lambda: Residual([Residual([Dense(3)], activation="tanh"), Dense(3)]), (3, 3), True),
 ]
 
 LABELS = np.array([2, 0, 4, 1, 4])

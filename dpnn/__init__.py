@@ -13,6 +13,7 @@ from . import data, losses, optim  # noqa: E402
 from .callbacks import Callback, EarlyStopping  # noqa: E402
 from .data import Dataset, one_hot  # noqa: E402
 from .errors import DataError, WeightsError, WorkerError  # noqa: E402
+from .keras import Input, Sequential, utils  # noqa: E402  (Keras's names: see dpnn/keras.py)
 from .layers import (  # noqa: E402
     LAYER_REGISTRY,
     Activation,
@@ -37,7 +38,7 @@ __all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dens
            "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
            "Residual", "Optimizer", "SGD", "Adam", "sgd", "adam", "Callback", "EarlyStopping", "Dataset",
            "one_hot", "DataError", "WeightsError", "WorkerError", "data", "losses", "optim",
-           "set_flush_denormals", "flush_denormals_enabled"]
+           "set_flush_denormals", "flush_denormals_enabled", "Sequential", "Input", "utils"]
 
 # Submodules a user reaches as attributes (dpnn.datasets, dpnn.gradcheck, ...), imported on
 # first use so that ``import dpnn`` stays light (the MPI and worker modules pull in more).

@@ -1,4 +1,21 @@
-"""Keras-like callbacks, plus the two built into fit: early stopping and LR schedules."""
+"""Keras-like callbacks: the history fit returns, early stopping and LR schedules.
+
+The loop (:class:`dpnn.training.TrainingSession`) calls every hook with Keras-style ``logs``:
+
+================  ==========================================================================
+on_train_begin    the engine (``engine``, ``workers``, ``ranks``, ``rank``...), ``samples``,
+                  ``epochs``, ``initial_epoch``, ``batch_size``, ``steps``, ``validation``
+on_epoch_begin    ``lr``, ``epochs``, ``samples``, ``steps``, ``batch_size``
+on_batch_end      ``batch``, ``size``, ``loss`` and ``acc`` of that batch, ``lr``
+on_epoch_end      ``loss``, ``acc``, ``val_loss``/``val_acc`` (only with validation data),
+                  ``lr``, ``samples_per_s``, ``time``
+on_train_end      ``epochs_run`` (counting earlier runs), ``stopped_epoch`` (1-based, or None)
+================  ==========================================================================
+
+What a callback wants the user to know (early stopping, weights restored, a learning-rate cut)
+goes through ``self.session.announce``: printed when fit is verbose, recorded in
+``History.events`` either way. Printing itself is a callback too (:mod:`dpnn.reporting`).
+"""
 from __future__ import annotations
 
 import math
@@ -37,18 +54,80 @@ def monitored(logs: dict, monitor: str | None = None) -> tuple[str, float]:
     return key, -float(logs[key])
 
 
+class History(dict, Callback):
+    """What ``fit`` returns: ``history.history['loss']`` as in Keras, and the same lists as
+    ``history['loss']`` (it is the dict itself). Keys: ``loss``, ``acc``, ``lr`` and, with
+    validation data only, ``val_loss``, ``val_acc``; Keras's ``accuracy``/``val_accuracy`` read
+    the same lists. ``events``: what the callbacks announced, e.g.
+    ``{'epoch': 3, 'event': 'early_stopping', 'message': 'Epoch 3: early stopping'}``;
+    ``epoch``: the (0-based) epochs recorded.
+
+    ``fit(history=d)`` continues the lists of a dict ``d`` (an earlier run's): they are the
+    same list objects, so ``d`` follows too.
+    """
+    KEYS = ("loss", "acc", "val_loss", "val_acc", "lr")
+    ALIASES = {"accuracy": "acc", "val_accuracy": "val_acc", "learning_rate": "lr"}
+
+    def __init__(self, history: dict | None = None) -> None:
+        super().__init__(history or {})
+        self._mirror = history
+        self.epoch: list[int] = []
+        self.events: list[dict] = []
+
+    @property
+    def history(self) -> "History":
+        return self
+
+    def __missing__(self, key):
+        if key in self.ALIASES and self.ALIASES[key] in self:
+            return self[self.ALIASES[key]]
+        raise KeyError(key)
+
+    def expect(self, keys) -> None:
+        """Start these lists (empty) unless they exist, in the caller's dict too."""
+        for key in keys:
+            values = self.setdefault(key, [])
+            if self._mirror is not None:
+                self._mirror[key] = values
+
+    def on_epoch_end(self, epoch, logs):
+        self.epoch.append(epoch)
+        self.expect(key for key in self.KEYS if key in logs)
+        for key in self.KEYS:
+            if key in logs:
+                self[key].append(float(logs[key]))
+
+    def record(self, epoch: int, event: str, message: str) -> None:
+        self.events.append({"epoch": epoch + 1, "event": event, "message": message})
+
+
+def best_in_history(history: dict, best: float, monitor: str | None = None) -> int | None:
+    """The first (0-based) epoch of ``history`` whose monitored figure is ``best``, or None."""
+    n = len(history.get("loss", []))
+    for epoch in range(n):
+        logs = {k: v[epoch] for k, v in history.items() if isinstance(v, list) and len(v) == n}
+        if monitored(logs, monitor)[1] == best:
+            return epoch
+    return None
+
+
 class BestWeights(Callback):
     """Remembers the parameters of the best epoch so far (and the start, before any epoch),
-    with the optimizer state that goes with them (restored only after a divergence)."""
+    with the optimizer state that goes with them (restored only after a divergence).
+    ``monitor`` as :class:`EarlyStopping`'s; ``best_epoch`` is 0-based (None: none yet)."""
+
+    def __init__(self, monitor: str | None = None) -> None:
+        self.monitor = monitor
 
     def on_train_begin(self, logs):
         self.best, self.params, self.state = -math.inf, self.model.params.copy(), self.model.state.copy()
         self.optimizer_state = self._optimizer_state()
+        self.best_epoch = None
 
     def on_epoch_end(self, epoch, logs):
-        _, value = monitored(logs)
+        _, value = monitored(logs, self.monitor)
         if value > self.best:
-            self.best = value
+            self.best, self.best_epoch = value, epoch
             np.copyto(self.params, self.model.params)
             np.copyto(self.state, self.model.state)
             self.optimizer_state = self._optimizer_state()
@@ -84,9 +163,16 @@ class EarlyStopping(Callback):
         self.monitor = monitor
 
     def on_train_begin(self, logs):
-        self.best, self.wait, self.stopped_epoch = -math.inf, 0, None
+        self.best, self.wait, self.stopped_epoch, self.restored_epoch = -math.inf, 0, None, None
+        self.tracker = self.session.callbacks.best_weights     # the loop's (it monitors the default)
+        if self.monitor is not None:                           # its own figure: its own snapshot
+            self.tracker = BestWeights(self.monitor)
+            self.tracker.model = self.model
+            self.tracker.on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs):
+        if self.tracker is not self.session.callbacks.best_weights:
+            self.tracker.on_epoch_end(epoch, logs)
         _, value = monitored(logs, self.monitor)
         if value > self.best + self.min_delta:
             self.best, self.wait = value, 0
@@ -95,10 +181,19 @@ class EarlyStopping(Callback):
             if self.wait >= self.patience:
                 self.stopped_epoch = epoch
                 self.model.stop_training = True
+                self.session.announce(epoch, "early_stopping", f"Epoch {epoch + 1}: early stopping")
 
     def on_train_end(self, logs):
-        if self.restore_best and self.stopped_epoch is not None:
-            self.session.callbacks.best_weights.restore()
+        if not (self.restore_best and self.stopped_epoch is not None):
+            return
+        self.tracker.restore()
+        best = self.tracker.best_epoch
+        if best is None:          # a resumed run's best came before it: find it in the history
+            best = best_in_history(self.session.history, self.tracker.best, self.monitor)
+        self.restored_epoch = best
+        self.session.announce(self.stopped_epoch if best is None else best, "restored_best_weights",
+                              "Restoring model weights from the end of the best epoch"
+                              + (f": {best + 1}." if best is not None else "."))
 
 
 class LRScheduler(Callback):
@@ -134,15 +229,21 @@ class LRScheduler(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             opt = self.model.optimizer
-            opt.lr, self.wait = max(opt.lr * self.factor, self.lr_min), 0
+            lr, self.wait = max(opt.lr * self.factor, self.lr_min), 0
+            if lr < opt.lr:
+                opt.lr = lr
+                self.session.announce(epoch, "reduce_lr", f"Epoch {epoch + 1}: ReduceLROnPlateau "
+                                      f"reducing learning rate to {lr:.4g}.")
 
 
 class CallbackList:
-    """Calls each hook on every callback, after the built-in best-weights tracker."""
+    """Calls each hook on every callback, after the built-in best-weights tracker and the
+    history (so that the others, a checkpoint writer among them, see this epoch recorded)."""
 
-    def __init__(self, callbacks: list[Callback], model) -> None:
+    def __init__(self, callbacks: list[Callback], model, history: History | None = None) -> None:
         self.best_weights = BestWeights()
-        self.callbacks = [self.best_weights] + list(callbacks)
+        self.history = history if history is not None else History()
+        self.callbacks = [self.best_weights, self.history] + list(callbacks)
         for cb in self.callbacks:
             cb.model = model
 
@@ -163,3 +264,11 @@ class CallbackList:
         """The loss went NaN/inf: put the best weights seen so far back into the model, and the
         optimizer state of that moment (its moments now hold NaN/inf too)."""
         self.best_weights.restore(optimizer=True)
+
+
+# Reporting and TensorBoard live in their own modules; reachable here too, as in keras.callbacks.
+from .reporting import EpochLogger, ProgressBar  # noqa: E402
+from .tensorboard import TensorBoard  # noqa: E402
+
+__all__ = ["Callback", "History", "BestWeights", "EarlyStopping", "LRScheduler", "CallbackList",
+           "EpochLogger", "ProgressBar", "TensorBoard"]

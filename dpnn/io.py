@@ -2,8 +2,11 @@
 
 Format (the seed's): ``weights.json`` is a list of ``{"class": ..., "config": {...}}``;
 the weights file holds one dataset per array named ``<layer index>_<Class>_<name>``
-(``7_Dense_W``, ``2_BatchNorm2D_running_mean``). dpnn adds attributes ``dpnn_input_shape``
-and ``dpnn_metadata`` (JSON text), and checkpoints add arrays in groups (``optimizer/t``).
+(``7_Dense_W``, ``2_BatchNorm2D_running_mean``). dpnn adds attributes ``dpnn_input_shape``,
+``dpnn_metadata`` and ``dpnn_architecture`` (the JSON's text, so that the weights file alone is a
+whole model), and checkpoints add arrays in groups (``optimizer/t``). The JSON beside the
+file is read when it exists (``save`` writes both); without it, the attribute. A file without
+the attribute (the seed's, dpnn before 2026-12) needs its JSON.
 
 This module reads and writes layer configs, named arrays and attributes; it never imports
 the model, which builds itself from them (:meth:`dpnn.Model.load`, :meth:`dpnn.Model.save`).
@@ -61,10 +64,13 @@ def write_arrays(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str]
     return path
 
 
-def model_attributes(input_shape: tuple, metadata: dict) -> dict[str, str]:
+def model_attributes(input_shape: tuple, metadata: dict, architecture: list[dict] | None = None) -> dict[str, str]:
     """The attributes dpnn stores beside the arrays; ``input_shape`` has no batch axis."""
-    return {"dpnn_format": FORMAT_VERSION, "dpnn_input_shape": json.dumps(list(input_shape)),
-            "dpnn_metadata": json.dumps(metadata)}
+    attrs = {"dpnn_format": FORMAT_VERSION, "dpnn_input_shape": json.dumps(list(input_shape)),
+             "dpnn_metadata": json.dumps(metadata)}
+    if architecture is not None:
+        attrs["dpnn_architecture"] = json.dumps(architecture)
+    return attrs
 
 
 def write_model(path: str, architecture: list[dict], arrays: dict[str, np.ndarray],
@@ -110,6 +116,14 @@ def _load_json(text: str, name: str, max_bytes: int):
         raise WeightsError(f"{name} is not valid JSON ({e}); pass what model.save() wrote") from None
 
 
+def _layer_list(arch, name: str) -> list[dict]:
+    if isinstance(arch, dict):
+        arch = arch.get("layers")
+    if not isinstance(arch, list) or not arch:
+        raise WeightsError(f"{name} must hold a non-empty list of {{'class', 'config'}} objects")
+    return arch
+
+
 def read_architecture_file(arch_path: str) -> list[dict]:
     """The layer list of an architecture JSON (seed format: a list of {"class", "config"})."""
     problem = input_problem(arch_path)
@@ -126,12 +140,7 @@ def read_architecture_file(arch_path: str) -> list[dict]:
         raise WeightsError(f"architecture file {arch_path} is not valid JSON ({e})") from None
     except OSError as e:
         raise WeightsError(f"architecture file {arch_path} {e.strerror}") from None
-    arch = _load_json(text, f"architecture file {arch_path}", MAX_JSON_BYTES)
-    if isinstance(arch, dict):
-        arch = arch.get("layers")
-    if not isinstance(arch, list) or not arch:
-        raise WeightsError(f"{arch_path} must hold a non-empty list of {{'class', 'config'}} objects")
-    return arch
+    return _layer_list(_load_json(text, f"architecture file {arch_path}", MAX_JSON_BYTES), arch_path)
 
 
 def read_architecture(path: str) -> list[dict]:
@@ -166,10 +175,15 @@ def _metadata(path: str, attrs: dict[str, str]) -> dict:
 def read_model_info(path: str) -> tuple[list[dict], tuple[int, ...] | None, dict]:
     """(architecture, input shape without batch axis or None, metadata) of a saved model.
 
-    Reads the JSON and the weights file's attributes only, no arrays.
+    Reads the weights file's attributes only, no arrays, and the JSON beside it when there is
+    one (else the file's ``dpnn_architecture``).
     """
-    architecture = read_architecture(path)
     _, _, attrs = _read(path, None, with_arrays=False)
+    if "dpnn_architecture" in attrs and input_problem(architecture_path(path)) == "not found":
+        name = f"{path}: dpnn_architecture"
+        architecture = _layer_list(_load_json(attrs["dpnn_architecture"], name, MAX_JSON_BYTES), name)
+    else:
+        architecture = read_architecture(path)
     return architecture, _input_shape(path, attrs), _metadata(path, attrs)
 
 

@@ -1,4 +1,4 @@
-"""Losses: softmax cross-entropy from logits and mean squared error.
+"""Losses: softmax cross-entropy (from logits, or fused with a softmax output) and mean squared error.
 
 ``forward(y_pred, y_true)`` returns the mean loss and keeps what ``backward`` needs;
 ``backward(denominator=None)`` returns d(sum of per-sample losses)/d(y_pred) divided by
@@ -8,6 +8,14 @@ batch size, so the shard gradients simply add up to the full-batch gradient.
 from __future__ import annotations
 
 import numpy as np
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in z's dtype: the one formula of the Activation layer, the
+    fused activation of Dense/Conv2D and the cross-entropy (so both ways of writing a softmax
+    classifier train bitwise alike)."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Loss:
@@ -42,22 +50,40 @@ def _labels_to_index(y_true: np.ndarray, K: int) -> np.ndarray:
 
 
 class CategoricalCrossentropy(Loss):
-    """Softmax + cross-entropy on logits (N, K); labels are integers (N,) or one-hot (N, K)."""
+    """Cross-entropy of a softmax over K classes; labels are integers (N,) or one-hot (N, K).
+
+    ``from_logits``: None (the default) lets ``Model.compile`` decide from the last layer: a
+    model ending in a softmax (``Activation('softmax')`` or ``activation='softmax'``) outputs
+    probabilities, any other outputs logits. On probabilities the gradient is the fused
+    softmax-cross-entropy one, p - onehot, handed to the softmax's input (the softmax layer
+    passes it through), so both ways train alike; True/False insist and are checked there.
+    """
     name = "categorical_crossentropy"
+    TINY = np.float32(np.finfo(np.float32).tiny)      # log(0) guard for a probability output
+
+    def __init__(self, from_logits: bool | None = None) -> None:
+        self.from_logits = from_logits
+        self.on_probabilities = from_logits is False   # the decision compile made
 
     def forward(self, y_pred: np.ndarray, y_true: np.ndarray) -> float:
         N, K = y_pred.shape
         if len(y_true) != N:
             raise ValueError(f"got {len(y_true)} labels for {N} samples")
         labels = _labels_to_index(y_true, K)
-        z = y_pred - y_pred.max(axis=1, keepdims=True)               # (N, K)
-        logsum = np.log(np.exp(z).sum(axis=1, keepdims=True))         # (N, 1)
-        logp = z - logsum                                             # (N, K) log-softmax
-        self._probs, self._labels = np.exp(logp), labels
-        self.per_sample = -logp[np.arange(N), labels]                 # (N,)
+        rows = np.arange(N)
+        if self.on_probabilities:
+            self._probs = y_pred                                      # (N, K) the softmax's output
+            self.per_sample = -np.log(np.maximum(y_pred[rows, labels], self.TINY))   # (N,)
+        else:
+            z = y_pred - y_pred.max(axis=1, keepdims=True)           # (N, K)
+            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (N, K) log-softmax
+            self._probs = softmax(y_pred)                             # (N, K)
+            self.per_sample = -logp[rows, labels]                     # (N,)
+        self._labels = labels
         return float(self.per_sample.mean()) if N else 0.0
 
     def backward(self, denominator: float | None = None) -> np.ndarray:
+        """d(sum of losses)/d(logits) / denominator: on probabilities too, the softmax's input."""
         N = self._probs.shape[0]
         g = self._probs.copy()                                        # (N, K)
         g[np.arange(N), self._labels] -= 1
@@ -103,6 +129,35 @@ def get_loss(loss) -> Loss:
         return loss
     raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(sorted(LOSSES))} "
                      "or pass an object with forward(y_pred, y_true) and backward()")
+
+
+def fit_loss_to_output(loss, last_layer) -> None:
+    """Match the loss to what the model outputs (``Model.compile``), or refuse the pair.
+
+    Cross-entropy on a softmax output reads probabilities, and the softmax layer is told to pass
+    the loss's gradient (taken w.r.t. its input) straight through; on any other output it reads
+    logits. A pair that cannot train right is one ValueError naming both.
+    """
+    act = last_layer.output_activation if last_layer is not None else None
+    fused = False
+    if isinstance(loss, CategoricalCrossentropy):
+        where = f"the model ends in {type(last_layer).__name__}" + (f"({act!r})" if act else "")
+        if act == "softmax":
+            if loss.from_logits:
+                raise ValueError(f"compile(): {where}, so it outputs probabilities, but the loss was "
+                                 "given from_logits=True (a second softmax); use "
+                                 "CategoricalCrossentropy() or drop the softmax")
+            fused = True
+        elif loss.from_logits is False:
+            raise ValueError(f"compile(): CategoricalCrossentropy(from_logits=False) needs probabilities, "
+                             f"but {where}; end the model with activation='softmax' or use from_logits=None")
+        elif act in ("sigmoid", "tanh", "relu"):
+            raise ValueError(f"compile(): categorical_crossentropy needs logits or a softmax output, but "
+                             f"{where}, whose outputs are neither; end the model with Dense(K) (logits) "
+                             "or Dense(K, activation='softmax')")
+        loss.on_probabilities = fused
+    if last_layer is not None:
+        last_layer.fused_with_loss = fused
 
 
 def check_metrics(metrics) -> None:

@@ -6,14 +6,13 @@ import time
 
 import numpy as np
 
-from . import io
+from . import saving
 from .data import as_arrays
-from .errors import WeightsError
 from .flat import FlatLayout
 from .layers import execution_order
-from .layers.base import Layer, layer_from_config, summary_rows
+from .layers.base import Layer, summary_rows
 from .limits import check_model_memory
-from .losses import check_metrics, get_loss
+from .losses import check_metrics, fit_loss_to_output, get_loss, softmax
 from .optim import get_optimizer, regularize
 from .random import sample_keys as make_sample_keys
 from .recipe import evaluation_sums, run_shard
@@ -233,6 +232,7 @@ class Model:
         """
         check_metrics(metrics)
         self.loss = get_loss(loss)
+        fit_loss_to_output(self.loss, self.layers[-1] if self.layers else None)   # or refuse the pair
         if lr is not None:
             optimizer_kwargs["lr"] = lr
         try:
@@ -273,14 +273,21 @@ class Model:
         self.apply_gradients()
         return sums.mean_loss(), sums.accuracy()
 
-    def fit(self, x, y=None, **kwargs) -> dict:
-        """Train; see :func:`dpnn.training.fit` for every option. Returns the history dict."""
+    def fit(self, x, y=None, **kwargs):
+        """Train; see :func:`dpnn.training.fit` for every option. Returns a
+        :class:`dpnn.callbacks.History` (``history.history['loss']``, or ``history['loss']``)."""
         from .training import fit
         return fit(self, x, y, **kwargs)
 
     # -- inference ------------------------------------------------------------------------
-    def predict(self, x, batch_size: int = 256) -> np.ndarray:
-        """Outputs (N, ...) in batches, inference mode (no dropout, running BatchNorm stats)."""
+    def predict(self, x, batch_size: int = 256, verbose: int = 0, probabilities: bool = False) -> np.ndarray:
+        """Outputs (N, ...) in batches, inference mode (no dropout, running BatchNorm stats).
+
+        ``probabilities``: class probabilities (N, K), the softmax of the logits (a model that
+        ends in a softmax already outputs them). ``verbose`` (Keras's) prints nothing here.
+        """
+        if probabilities:
+            return self.predict_proba(x, batch_size)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         x = self.check_input(x)
@@ -293,12 +300,30 @@ class Model:
         from .onnx_export import export_onnx
         return export_onnx(self, path, opset)
 
-    def evaluate(self, x, y=None, batch_size: int = 256) -> tuple[float, float]:
-        """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; needs compile()."""
+    def predict_proba(self, x, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N, K): the softmax of the outputs, unless the model ends in one."""
+        out = self.predict(x, batch_size)
+        return out if self.layers[-1].output_activation == "softmax" else softmax(out)
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The names of the output classes (``metadata['class_names']``, saved with the model;
+        launch.train sets them from the data set), or None; ``names[predict(x).argmax(1)]``."""
+        return self.metadata.get("class_names")
+
+    @class_names.setter
+    def class_names(self, names) -> None:
+        self.metadata["class_names"] = [str(n) for n in names]
+
+    def evaluate(self, x, y=None, batch_size: int = 256, verbose: int = 0) -> tuple[float, float]:
+        """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; ``verbose`` prints them."""
         x, y = as_arrays(x, y)
         if self.loss is None:
             self.loss = get_loss("categorical_crossentropy")
+            fit_loss_to_output(self.loss, self.layers[-1])
         sums = evaluation_sums(self, x, y, batch_size)       # the engines' recipe too
+        if verbose:
+            print(f"loss {sums.mean_loss():.4f}, acc {sums.accuracy():.4f} ({sums.count:,} samples)")
         return sums.mean_loss(), sums.accuracy()
 
     # -- weights --------------------------------------------------------------------------
@@ -338,62 +363,25 @@ class Model:
         return [layer.to_config() for layer in self.layers]
 
     def save(self, path: str, extra_arrays: dict[str, np.ndarray] | None = None) -> str:
-        """Write ``path`` (HDF5, or NPZ without h5py) and the architecture JSON beside it.
-
-        ``extra_arrays`` are stored too, under names with a '/' (a checkpoint's optimizer
-        state); returns the weights path actually written.
-        """
-        if not self.built:
-            raise ValueError("the model is not built yet: call build(input_shape) or fit() before save()")
-        arrays = {**io.model_arrays(self), **(extra_arrays or {})}
-        attrs = io.model_attributes(self.input_shape[1:], self.metadata)
-        return io.write_model(path, self.get_config(), arrays, attrs)
+        """Write ``path`` (HDF5, or NPZ without h5py): weights, and inside it the architecture and
+        metadata, so the file alone is the model; the architecture JSON is written beside it too.
+        ``extra_arrays`` go under names with a '/' (a checkpoint's optimizer state); returns the
+        weights path actually written (see :mod:`dpnn.saving`)."""
+        return saving.save(self, path, extra_arrays)
 
     @classmethod
     def load(cls, path: str) -> "Model":
-        """Read a model written by :meth:`save`: its architecture, metadata and weights.
+        """Read a model written by :meth:`save` (one file, or the older file + JSON pair).
 
-        Weights are checked by name, shape and dtype before any is read (see
-        :meth:`load_weights`); a seed-format file, which stores no input shape, gets them on
-        ``build``. Every problem raises one :class:`dpnn.WeightsError`.
-        """
-        architecture, input_shape, metadata = io.read_model_info(path)
-        try:
-            model = cls([layer_from_config(entry) for entry in architecture])
-        except ValueError as e:
-            raise WeightsError(f"{io.architecture_path(path)}: {e}") from None
-        model.metadata = metadata
-        if input_shape is None:
-            io.list_arrays(path)            # a corrupt or pickled file is refused now, not on build
-            model._pending_weights = path
-            return model
-        try:
-            model.build((1, *input_shape))
-        except ValueError as e:
-            raise WeightsError(f"{path}: {e}") from None
-        model.load_weights(path)
-        return model
+        Weights are checked by name, shape and dtype before any is read; a seed-format file,
+        which stores no input shape, gets them on ``build``. Every problem raises one
+        :class:`dpnn.WeightsError`; nothing in the file is run as code."""
+        return saving.load(cls, path)
 
     def save_weights(self, path: str) -> str:
         """Write only the weights (HDF5, NPZ for a .npz path or without h5py); returns the path."""
-        if not self.built:
-            raise ValueError("the model is not built yet: call build(input_shape) or fit() first")
-        attrs = io.model_attributes(self.input_shape[1:], self.metadata)
-        return io.write_arrays(path, io.model_arrays(self), attrs)
+        return saving.save_weights(self, path)
 
     def load_weights(self, path: str) -> "Model":
-        """Copy the weights in ``path`` into this built model.
-
-        Every array is checked by name, shape and dtype against this model's architecture
-        before any is read; arrays under a group (a checkpoint's optimizer state) go to
-        ``self.extra_arrays``.
-        """
-        if not self.built:
-            raise ValueError("build the model before load_weights (model.build((1, 28, 28, 1))), "
-                             "or load model and weights together with Model.load(path)")
-        expected = {k: v.shape for k, v in io.model_arrays(self).items()}
-        limit = max(self.params.size, self.state.size)
-        arrays, _ = io.read_arrays(path, expected, extra_limit=limit)
-        self.extra_arrays = {k: v for k, v in arrays.items() if "/" in k}
-        io.assign_weights(self, {k: v for k, v in arrays.items() if "/" not in k}, path)
-        return self
+        """Copy the weights in ``path`` into this built model (checked before any is read)."""
+        return saving.load_weights(self, path)

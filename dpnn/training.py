@@ -8,9 +8,9 @@ import warnings
 from contextlib import closing, nullcontext
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from .callbacks import CallbackList, EarlyStopping, LRScheduler
+from . import reporting
+from .callbacks import CallbackList, EarlyStopping, History, LRScheduler, TensorBoard
 from .data import as_arrays, epoch_permutation, stratified_split
 from .engine import Engine, make_engine
 from .random import fresh_seed, sample_keys
@@ -104,61 +104,73 @@ class TrainingSession:
 
     ``Model`` stays the network; what only exists while training lives here. Callbacks reach it
     as ``self.session`` (``self.model`` is the model, as in Keras); ``progress`` is where training
-    stands after each completed step (a checkpoint of it resumes bitwise).
+    stands after each completed step (a checkpoint of it resumes bitwise); ``step_times`` sums
+    the engine's split of this epoch's steps; ``history`` is what fit returns.
     """
 
     def __init__(self, model, engine: Engine, callbacks: CallbackList, signals: DeferredSignals,
                  verbose: int) -> None:
         self.model, self.engine, self.callbacks = model, engine, callbacks
         self.signals, self.verbose = signals, verbose
+        self.history = callbacks.history
         self.progress: Progress | None = None
+        self.step_times: dict[str, float] = {}
         callbacks.set_session(self)
 
-    def train(self, X, Y, val_data, epochs: int, batch_size: int, seed: int, shuffle: bool,
-              initial_epoch: int, history: dict, progress: Progress | None) -> None:
-        cbs, engine = self.callbacks, self.engine
-        cbs.on_train_begin(engine.describe().as_logs())
-        for epoch in range(initial_epoch, epochs):
-            cbs.on_epoch_begin(epoch, {})
-            bar = tqdm(total=len(X), desc=f"epoch {epoch + 1}/{epochs}", unit="sample",
-                       leave=True, disable=not self.verbose, dynamic_ncols=True)
-            try:
-                logs = self.run_epoch(X, Y, batch_size, seed, epoch, shuffle, bar,
-                                      progress if epoch == initial_epoch else None)
-            except TrainingDiverged:
-                cbs.on_diverged()
-                raise
-            finally:
-                bar.close()
-            engine.sync_state()
-            if val_data is not None:
-                logs["val_loss"], logs["val_acc"] = engine.evaluate(*val_data)
-            logs["lr"] = self.model.optimizer.lr
-            for k in ("loss", "acc", "val_loss", "val_acc", "lr"):
-                history.setdefault(k, []).append(float(logs.get(k, float("nan"))))
-            if self.verbose:
-                extra = f", val_loss {logs['val_loss']:.4f}, val_acc {logs['val_acc']:.4f}" if val_data else ""
-                tqdm.write(f"epoch {epoch + 1}/{epochs}: loss {logs['loss']:.4f}, acc {logs['acc']:.4f}"
-                           f"{extra}, {logs['samples_per_s']:,.0f} samples/s")
-            cbs.on_epoch_end(epoch, logs)
-            self.progress = Progress(epoch + 1)
-            if self.model.stop_training:
-                break
-            if epoch + 1 < epochs:
-                self.signals.check(self.progress)
-        cbs.on_train_end({})
+    def announce(self, epoch: int, event: str, message: str) -> None:
+        """Something the user should know (early stopping...): recorded in ``history.events``
+        (``epoch`` 0-based), printed when verbose."""
+        self.history.record(epoch, event, message)
+        if self.verbose:
+            reporting.write(message)
 
-    def run_epoch(self, X, y, batch_size, seed, epoch, shuffle, bar, start: Progress | None = None) -> dict:
+    def train(self, X, Y, val_data, epochs: int, batch_size: int, seed: int, shuffle: bool,
+              initial_epoch: int, progress: Progress | None) -> None:
+        cbs, engine, info = self.callbacks, self.engine, self.engine.describe()
+        steps = -(-len(X) // batch_size)
+        cbs.on_train_begin({**info.as_logs(), "rank": info.rank, "engine_text": str(info),
+                            "samples": len(X), "epochs": epochs, "initial_epoch": initial_epoch,
+                            "batch_size": batch_size, "steps": steps, "validation": val_data is not None})
+        try:
+            for epoch in range(initial_epoch, epochs):
+                cbs.on_epoch_begin(epoch, {"lr": self.model.optimizer.lr, "epochs": epochs,
+                                           "samples": len(X), "steps": steps, "batch_size": batch_size})
+                try:
+                    logs = self.run_epoch(X, Y, batch_size, seed, epoch, shuffle,
+                                          progress if epoch == initial_epoch else None)
+                except TrainingDiverged:
+                    cbs.on_diverged()
+                    raise
+                engine.sync_state()
+                if val_data is not None:
+                    logs["val_loss"], logs["val_acc"] = engine.evaluate(*val_data)
+                logs["lr"] = self.model.optimizer.lr
+                cbs.on_epoch_end(epoch, logs)
+                self.progress = Progress(epoch + 1)
+                if self.model.stop_training:
+                    break
+                if epoch + 1 < epochs:
+                    self.signals.check(self.progress)
+        finally:
+            for cb in cbs.callbacks:          # a bar or event file left by Ctrl-C, a divergence...
+                if isinstance(cb, (reporting.ProgressBar, TensorBoard)):
+                    cb.close()
+        cbs.on_train_end(self.end_logs(epoch if epochs > initial_epoch else initial_epoch - 1))
+
+    def end_logs(self, last_epoch: int) -> dict:
+        """on_train_end's logs: the epochs run so far (1-based) and where early stopping stopped."""
+        stopped = next((e["epoch"] for e in self.history.events if e["event"] == "early_stopping"), None)
+        return {"stopped_epoch": stopped, "epochs_run": last_epoch + 1}
+
+    def run_epoch(self, X, y, batch_size, seed, epoch, shuffle, start: Progress | None = None) -> dict:
         """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given;
-        returns {'loss', 'acc', 'samples_per_s', 'time', 'times'}; ``progress`` follows every step."""
+        returns {'loss', 'acc', 'samples_per_s', 'time'}; ``progress`` follows every step."""
         n, engine = len(X), self.engine
         order = epoch_permutation(n, seed, epoch) if shuffle else np.arange(n)   # as Dataset.batches
         p = start or Progress(epoch)
         t0 = time.perf_counter() - p.elapsed
-        times = {"compute": 0.0, "update": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
-        parallel = engine.describe().workers > 1            # once: describe() may query BLAS
-        if bar is not None and p.seen:
-            bar.update(p.seen)
+        times = self.step_times = {"compute": 0.0, "update": 0.0, "wait": 0.0, "reduce": 0.0, "optimizer": 0.0}
+        self.progress = p
         for step, first in enumerate(range(0, n, batch_size)):
             if step < p.step:
                 continue
@@ -173,24 +185,18 @@ class TrainingSession:
             self.progress = p
             for k in times:
                 times[k] += stats.times.get(k, 0.0)
-            if bar is not None:
-                show_progress(bar, p, stats.count, times, parallel)
-            self.callbacks.on_batch_end(step, {"loss": stats.loss_sum / stats.count})
+            logs = {"batch": step, "size": stats.count, "loss": stats.loss_sum / stats.count,
+                    "lr": self.model.optimizer.lr}
+            if stats.correct >= 0:
+                logs["acc"] = stats.correct / stats.count
+            self.callbacks.on_batch_end(step, logs)
         elapsed = time.perf_counter() - t0
         sums = Sums(p.loss_sum, p.correct, p.seen)
-        return {"loss": sums.mean_loss(), "acc": sums.accuracy(),
-                "samples_per_s": p.seen / max(elapsed, 1e-9), "time": elapsed, "times": times}
+        logs = {"loss": sums.mean_loss(), "acc": sums.accuracy(),
+                "samples_per_s": p.seen / max(elapsed, 1e-9), "time": elapsed}
+        return logs
 
 
-def show_progress(bar, p: Progress, count: int, times: dict, engine_parallel: bool) -> None:
-    bar.update(count)
-    post = {"loss": f"{p.loss_sum / p.seen:.4f}", "samples/s": f"{p.seen / max(p.elapsed, 1e-9):,.0f}"}
-    if p.correct >= 0:
-        post["acc"] = f"{p.correct / p.seen:.4f}"
-    if engine_parallel:
-        total = sum(times.values()) or 1.0
-        post["step"] = " ".join(f"{k[:4]} {100 * v / total:.0f}%" for k, v in times.items())
-    bar.set_postfix(post, refresh=False)
 def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes: int | None = None,
         val_data=None, validation_split: float = 0.0, shuffle: bool = True,
         early_stopping: bool = False, patience: int = 3, min_delta: float = 0.0,
@@ -198,8 +204,16 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         lr_min: float = 1e-6, callbacks=None, seed: int | None = None, verbose: int = 1,
         workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
         initial_epoch: int = 0, history: dict | None = None, progress: Progress | None = None,
-        augment=None, engine: Engine | None = None, **engine_options) -> dict:
-    """Train ``model``; returns ``{'loss', 'acc', 'val_loss', 'val_acc', 'lr'}`` lists per epoch.
+        augment=None, engine: Engine | None = None, show_step_times: bool = False,
+        **engine_options) -> History:
+    """Train ``model``; returns a :class:`dpnn.callbacks.History`: lists per epoch of ``loss``,
+    ``acc``, ``lr`` and, with validation data, ``val_loss``, ``val_acc`` (``history.history[k]``
+    as in Keras, or ``history[k]``), and ``history.events`` (early stopping...).
+
+    ``verbose``: 0 silent, 1 a progress bar per epoch on a terminal and one line per epoch, 2
+    the lines alone (see :mod:`dpnn.reporting`; pass your own ``ProgressBar``/``EpochLogger``
+    in ``callbacks`` to replace fit's); ``show_step_times`` adds the engine's split of a step.
+    ``seed`` (shuffling, dropout, augmentation) defaults to the model's ``Model(seed=...)``.
 
     ``workers=N`` (or ``'auto'``) trains with the shared-memory data-parallel engine;
     ``workers=1`` stays in this process. With the same ``seed`` and ``batch_size`` the
@@ -220,6 +234,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     options) then go to make_engine, and fit refuses them with a TypeError.
     """
     options = check_options(engine_options)
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    if seed is None:
+        seed = model.seed                  # Model(seed=0) alone makes fit reproducible
     if "val_data" in options:
         if val_data is not None:
             raise TypeError("fit() got both val_data and validation_data; pass one of them")
@@ -252,7 +270,8 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         val_data = (model.check_input(val_data[0]), val_data[1])
         check_labels(model, val_data[1], num_classes)
     seed = fresh_seed() if seed is None else int(seed)
-    history = history if history is not None else {k: [] for k in ("loss", "acc", "val_loss", "val_acc", "lr")}
+    hist = history if isinstance(history, History) else History(history)
+    hist.expect(("loss", "acc", "lr") + (("val_loss", "val_acc") if val_data is not None else ()))
     cbs = list(callbacks or [])
     if lr_schedule:
         cbs.append(LRScheduler(lr_schedule, epochs, lr_factor, lr_patience, lr_min))
@@ -269,9 +288,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
             if info.seed is not None:                  # MPI: every rank uses rank 0's seed
                 seed = info.seed
             verbose = verbose if info.rank == 0 else 0    # rank 0 alone prints
-            if verbose:
-                tqdm.write(f"training {len(X):,} samples, {epochs - initial_epoch} "
-                           f"epoch{'s' * (epochs - initial_epoch != 1)}, on {info}")
-            session = TrainingSession(model, engine, CallbackList(cbs, model), signals, verbose)
-            session.train(X, Y, val_data, epochs, batch_size, seed, shuffle, initial_epoch, history, progress)
-    return history
+            reporter = None if any(isinstance(cb, reporting.EpochLogger) for cb in cbs) \
+                else reporting.default_reporter(verbose, show_step_times)
+            cbs = ([reporter] if reporter else []) + cbs      # first: its line before the others speak
+            session = TrainingSession(model, engine, CallbackList(cbs, model, hist), signals, verbose)
+            session.train(X, Y, val_data, epochs, batch_size, seed, shuffle, initial_epoch, progress)
+    hist.session = None                   # the engine is closed; the history outlives it
+    return hist

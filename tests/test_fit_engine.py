@@ -101,11 +101,13 @@ def test_fit_over_ranks_needs_a_seed_they_share():
         def describe(self):
             return EngineInfo("mpi", 1, 1, ranks=2)
     X, y = blobs(16, 0)
-    model = tiny()
+    model = tiny(seed=None)
     with closing(TwoRanks(model)) as engine:
         with pytest.raises(ValueError, match="pass seed= to make_engine"):
             model.fit(X, y, engine=engine, verbose=0)
         model.fit(X, y, engine=engine, verbose=0, seed=1)      # the same seed given on every rank
+        model.seed = 2
+        model.fit(X, y, engine=engine, verbose=0)              # Model(seed=...) is fit's seed too
 
 
 def test_a_misspelt_engine_is_a_type_error_naming_it():

@@ -24,6 +24,16 @@ def execution_order(layers: list[Layer]) -> list[int]:
     return order
 
 
+# Keras's names for the same classes (``from dpnn import layers; layers.MaxPooling2D(...)``), also
+# accepted as class names in an architecture file; a saved model names the dpnn class.
+KERAS_ALIASES = {"MaxPooling2D": MaxPool2D, "AveragePooling2D": AvgPool2D,
+                 "GlobalAveragePooling2D": GlobalAvgPool2D, "BatchNormalization": BatchNorm2D}
+MaxPooling2D, AveragePooling2D = MaxPool2D, AvgPool2D
+GlobalAveragePooling2D, BatchNormalization = GlobalAvgPool2D, BatchNorm2D
+for _name, _cls in KERAS_ALIASES.items():
+    register_layer(_cls, name=_name)
+
 __all__ = ["Layer", "register_layer", "layer_from_config", "LAYER_REGISTRY", "Conv2D", "Dense",
            "Activation", "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
-           "BatchNorm2D", "Residual", "walk_layers", "execution_order"]
+           "BatchNorm2D", "Residual", "walk_layers", "execution_order", "MaxPooling2D",
+           "AveragePooling2D", "GlobalAveragePooling2D", "BatchNormalization"]

@@ -70,6 +70,9 @@ class Layer:
     # True when one sample's output depends on the other samples of the batch (BatchNorm's
     # batch statistics): such a model's shards are never cut into micro-batches.
     batch_coupled = False
+    # Set by Model.compile on the last layer when it ends in a softmax and the loss is the
+    # cross-entropy: backward then gets d(loss)/d(softmax input) and passes it through.
+    fused_with_loss = False
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -138,6 +141,11 @@ class Layer:
 
     def param_count(self) -> int:
         return int(sum(p.size for p in self.params.values()))
+
+    @property
+    def output_activation(self) -> str | None:
+        """The activation this layer ends in ('softmax', 'relu'...), None for none or unknown."""
+        return None
 
     # -- containers (dpnn.layers.residual.Residual) ----------------------------------------
     def named_sublayers(self) -> list[tuple[str, "Layer"]]:

@@ -1,4 +1,4 @@
-"""Conv2D via im2col -> GEMM, and Dense; both may fuse a ReLU into the bias add."""
+"""Conv2D via im2col -> GEMM, and Dense; both may end in an activation (a ReLU is fused into the bias add)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +14,8 @@ from ..im2col import (
     scratch,
 )
 from .base import Layer, check_rank, register_layer
+from .simple import ACTIVATIONS, activate, activation_grad
 
-FUSED_ACTIVATIONS = (None, "linear", "relu")
 FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
 SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses one GEMM per window
                          # offset, added at its shift (python -m benchmarks.ablation measures both)
@@ -30,9 +30,8 @@ def _pair(v, name: str) -> tuple[int, int]:
 
 
 def _check_activation(activation) -> str | None:
-    if activation not in FUSED_ACTIVATIONS:
-        raise ValueError(f"activation must be None, 'linear' or 'relu' (fused into the layer), got "
-                         f"{activation!r}; use a separate Activation layer for the others")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be None or one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     return None if activation == "linear" else activation
 
 
@@ -52,7 +51,9 @@ class Conv2D(Layer):
     """2-D convolution on NHWC input; weights W (KH, KW, C, F), bias b (F,).
 
     ``activation='relu'`` applies the ReLU in place on the GEMM output (one pass fewer
-    than a separate Activation layer, and no extra (N, OH, OW, F) array).
+    than a separate Activation layer, and no extra (N, OH, OW, F) array); any other name of
+    :data:`dpnn.layers.simple.ACTIVATIONS` is applied as an Activation layer would (Keras's
+    ``activation=``). ``padding`` defaults to 'same' (the seed's), where Keras's is 'valid'.
     """
     shifted_dx_from: int | None = SHIFTED_DX_FROM   # None: always im2col for the input gradient
     backward_chunk: int | None = BACKWARD_CHUNK     # None: the shifted backward on the whole batch
@@ -113,11 +114,15 @@ class Conv2D(Layer):
         if self.activation == "relu":
             np.maximum(out, 0, out=out)
             self._y = out
+        elif self.activation is not None:
+            out = self._y = activate(self.activation, out.reshape(N, oh, ow, F)).reshape(-1, F)
         return out.reshape(N, oh, ow, F)                                   # (N, OH, OW, F)
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
         F = self.filters
         g2 = grad.reshape(-1, F)                                           # (N*OH*OW, F)
+        if self.activation not in (None, "relu"):
+            g2 = activation_grad(self.activation, g2, self._y, self.fused_with_loss)
         if self.needs_input_grad and self.stride == 1 and self.shifted_dx_from is not None \
                 and F >= self.shifted_dx_from:
             return self._backward_shifted(g2)
@@ -193,6 +198,10 @@ class Conv2D(Layer):
     def _fold_bias(self, K: int) -> bool:
         return self.use_bias and K < FOLD_BIAS_BELOW
 
+    @property
+    def output_activation(self) -> str | None:
+        return self.activation
+
     def get_config(self) -> dict:
         cfg = {"filters": self.filters, "kernel_size": list(self.kernel_size), "stride": self.stride,
                "padding": self.padding, "use_bias": self.use_bias}
@@ -203,7 +212,7 @@ class Conv2D(Layer):
 
 @register_layer
 class Dense(Layer):
-    """Fully connected layer on (N, D) input; W (D, units), b (units,); optional fused ReLU."""
+    """Fully connected layer on (N, D) input; W (D, units), b (units,); ``activation`` as Conv2D's."""
 
     def __init__(self, units: int, use_bias: bool = True, activation: str | None = None) -> None:
         super().__init__()
@@ -230,17 +239,25 @@ class Dense(Layer):
         if self.activation == "relu":
             np.maximum(out, 0, out=out)
             self._y = out
+        elif self.activation is not None:
+            out = self._y = activate(self.activation, out)
         return out
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
         if self.activation == "relu":
             grad = relu_grad(grad, self._y)
+        elif self.activation is not None:
+            grad = activation_grad(self.activation, grad, self._y, self.fused_with_loss)
         np.matmul(self._x.T, grad, out=self.grads["W"])                    # (D, units)
         if self.use_bias:
             sum_rows(grad, self.grads["b"])
         if not self.needs_input_grad:
             return None
         return grad @ self.params["W"].T                                   # (N, D)
+
+    @property
+    def output_activation(self) -> str | None:
+        return self.activation
 
     def get_config(self) -> dict:
         cfg = {"units": self.units, "use_bias": self.use_bias}

@@ -3,10 +3,44 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..losses import softmax
 from ..random import keyed_uniform
 from .base import Layer, register_layer
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax", "linear")
+
+
+def check_activation(func) -> str:
+    if func not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {func!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return func
+
+
+def activate(func: str, x: np.ndarray) -> np.ndarray:
+    """The activation ``func`` of ``x`` (softmax over the last axis)."""
+    if func == "relu":
+        return np.maximum(x, 0)
+    if func == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-x))
+    if func == "tanh":
+        return np.tanh(x)
+    if func == "softmax":
+        return softmax(x)
+    return x
+
+
+def activation_grad(func: str, grad: np.ndarray, y: np.ndarray, fused_with_loss: bool = False) -> np.ndarray:
+    """d(loss)/d(input) of activation ``func`` from its output ``y``; a softmax fused with the
+    cross-entropy already got the gradient w.r.t. its input (see :class:`dpnn.losses.CategoricalCrossentropy`)."""
+    if func == "relu":
+        return np.multiply(grad, y > 0)       # bool mask: grad's dtype, no float64 upcast
+    if func == "sigmoid":
+        return grad * y * (1 - y)
+    if func == "tanh":
+        return grad * (1 - y * y)
+    if func == "softmax" and not fused_with_loss:
+        return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
+    return grad
 
 
 @register_layer
@@ -15,37 +49,18 @@ class Activation(Layer):
 
     def __init__(self, func: str = "relu") -> None:
         super().__init__()
-        if func not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {func!r}; choose one of {', '.join(ACTIVATIONS)}")
-        self.func = func
+        self.func = check_activation(func)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        f = self.func
-        if f == "relu":
-            out = np.maximum(x, 0)
-        elif f == "sigmoid":
-            out = 1.0 / (1.0 + np.exp(-x))
-        elif f == "tanh":
-            out = np.tanh(x)
-        elif f == "softmax":
-            e = np.exp(x - x.max(axis=-1, keepdims=True))
-            out = e / e.sum(axis=-1, keepdims=True)
-        else:
-            out = x
-        self._out = out
-        return out
+        self._out = activate(self.func, x)
+        return self._out
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
-        f, y = self.func, self._out
-        if f == "relu":
-            return np.multiply(grad, y > 0)       # bool mask: grad's dtype, no float64 upcast
-        if f == "sigmoid":
-            return grad * y * (1 - y)
-        if f == "tanh":
-            return grad * (1 - y * y)
-        if f == "softmax":
-            return y * (grad - (grad * y).sum(axis=-1, keepdims=True))
-        return grad
+        return activation_grad(self.func, grad, self._out, self.fused_with_loss)
+
+    @property
+    def output_activation(self) -> str:
+        return self.func
 
     def get_config(self) -> dict:
         return {"func": self.func}

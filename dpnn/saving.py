@@ -1,0 +1,71 @@
+"""Model files: what :meth:`dpnn.Model.save`, ``load``, ``save_weights`` and ``load_weights`` do.
+
+A saved model is one HDF5 (or NPZ) file: the weights, and as attributes the input shape, the
+metadata (class names, data set...) and the architecture, so copying that file alone copies the
+model. ``save`` also writes the architecture JSON beside it (the seed's format, for tools that
+read it); ``load`` reads the JSON when it is there, else the file's own copy, and files written
+before the architecture moved inside need their JSON. Nothing here runs code from a file: the
+architecture is JSON naming registered layer classes, the arrays are checked before they are
+read (:mod:`dpnn.io`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import io
+from .errors import WeightsError
+from .layers.base import layer_from_config
+
+
+def save(model, path: str, extra_arrays: dict[str, np.ndarray] | None = None) -> str:
+    """Write ``model`` to ``path`` (and its JSON beside it); returns the weights path written."""
+    if not model.built:
+        raise ValueError("the model is not built yet: call build(input_shape) or fit() before save()")
+    arrays = {**io.model_arrays(model), **(extra_arrays or {})}
+    config = model.get_config()
+    attrs = io.model_attributes(model.input_shape[1:], model.metadata, config)
+    return io.write_model(path, config, arrays, attrs)
+
+
+def load(cls, path: str):
+    """A ``cls`` (a Model class) read from ``path``: architecture, metadata and weights."""
+    architecture, input_shape, metadata = io.read_model_info(path)
+    try:
+        model = cls([layer_from_config(entry) for entry in architecture])
+    except ValueError as e:
+        source = io.architecture_path(path) if os.path.exists(io.architecture_path(path)) else path
+        raise WeightsError(f"{source}: {e}") from None
+    model.metadata = metadata
+    if input_shape is None:
+        io.list_arrays(path)            # a corrupt or pickled file is refused now, not on build
+        model._pending_weights = path
+        return model
+    try:
+        model.build((1, *input_shape))
+    except ValueError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    return load_weights(model, path)
+
+
+def save_weights(model, path: str) -> str:
+    """Only the weights (and input shape, metadata): ``load_weights`` reads them into a built model."""
+    if not model.built:
+        raise ValueError("the model is not built yet: call build(input_shape) or fit() first")
+    attrs = io.model_attributes(model.input_shape[1:], model.metadata)
+    return io.write_arrays(path, io.model_arrays(model), attrs)
+
+
+def load_weights(model, path: str):
+    """Copy the weights in ``path`` into the built ``model``; every array is checked by name,
+    shape and dtype before any is read; arrays under a group go to ``model.extra_arrays``."""
+    if not model.built:
+        raise ValueError("build the model before load_weights (model.build((1, 28, 28, 1))), "
+                         "or load model and weights together with Model.load(path)")
+    expected = {k: v.shape for k, v in io.model_arrays(model).items()}
+    limit = max(model.params.size, model.state.size)
+    arrays, _ = io.read_arrays(path, expected, extra_limit=limit)
+    model.extra_arrays = {k: v for k, v in arrays.items() if "/" in k}
+    io.assign_weights(model, {k: v for k, v in arrays.items() if "/" not in k}, path)
+    return model

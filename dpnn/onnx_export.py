@@ -36,12 +36,8 @@ from .layers import (
     GlobalAvgPool2D,
     Layer,
     MaxPool2D,
+    Residual,
 )
-
-try:                                     # the residual block, where this version of dpnn has it
-    from .layers.residual import Residual
-except ImportError:                      # pragma: no cover - older trees
-    Residual = None
 
 OPSET = 17                # the default: read by every runtime from 2022 on
 MIN_OPSET = 15            # every operator below has had its current form since opset 13-15
@@ -175,7 +171,7 @@ def _activation_layer(g: GraphBuilder, layer: Activation, t: Tensor, where: str)
     return _activation(g, t, layer.func, where)
 
 
-def _residual(g: GraphBuilder, layer, t: Tensor, where: str) -> Tensor:
+def _residual(g: GraphBuilder, layer: Residual, t: Tensor, where: str) -> Tensor:
     main = _sequence(g, layer.layers, t, f"{where}.main")
     short = t if layer.shortcut is None else _sequence(g, layer.shortcut, t, f"{where}.shortcut")
     short = g.to_layout(short, main.layout, where)          # both in the main path's layout
@@ -185,14 +181,12 @@ def _residual(g: GraphBuilder, layer, t: Tensor, where: str) -> Tensor:
 
 EXPORTERS = {Conv2D: _conv, Dense: _dense, Activation: _activation_layer, Flatten: _flatten,
              MaxPool2D: _pool, AvgPool2D: _pool, GlobalAvgPool2D: _global_avg_pool,
-             BatchNorm2D: _batch_norm, Dropout: _dropout}
-if Residual is not None:
-    EXPORTERS[Residual] = _residual
+             BatchNorm2D: _batch_norm, Dropout: _dropout, Residual: _residual}
 
 
 def _children(layer: Layer) -> list[tuple[str, list[Layer]]]:
     """The named layer lists a container holds (a residual block's main path and shortcut)."""
-    if Residual is not None and type(layer) is Residual:
+    if type(layer) is Residual:
         return [("main", layer.layers)] + ([("shortcut", layer.shortcut)] if layer.shortcut else [])
     return []
 

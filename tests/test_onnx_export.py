@@ -20,18 +20,14 @@ from dpnn import (
     Layer,
     MaxPool2D,
     Model,
+    Residual,
 )
 from dpnn.datasets import available_datasets, load_dataset
+from dpnn.layers import walk_layers
 from launch import export
 from launch.presets import PRESETS
 
 from conftest import ROOT
-
-try:                                    # the residual block (issue 20), where this tree has it
-    from dpnn.layers.residual import Residual
-except ImportError:
-    Residual = None
-needs_residual = pytest.mark.skipif(Residual is None, reason="dpnn.layers.residual is not in this tree")
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -62,18 +58,10 @@ def images(digits, shape):
     return np.ascontiguousarray(np.concatenate([chans[c % 3] for c in range(C)], axis=-1))
 
 
-def layers_of(layers):
-    """Every layer, those inside residual blocks too."""
-    for layer in layers:
-        yield layer
-        if Residual is not None and isinstance(layer, Residual):
-            yield from layers_of(layer.layers + (layer.shortcut or []))
-
-
 def unusual_batchnorm(model, x, seed=0):
     """Every BatchNorm2D's running statistics set from the data ``x`` (a training forward with
     momentum 0), then moved off them, and gamma and beta far from their defaults."""
-    bns = [layer for layer in layers_of(model.layers) if isinstance(layer, BatchNorm2D)]
+    bns = [layer for layer in walk_layers(model.layers) if isinstance(layer, BatchNorm2D)]
     momenta = [bn.momentum for bn in bns]
     for bn in bns:
         bn.momentum = 0.0
@@ -215,7 +203,6 @@ def resnet_like(classes=10):
             GlobalAvgPool2D(), Dense(classes)]
 
 
-@needs_residual
 @pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)], ids=["28x28x1", "32x32x3"])
 def test_residual_model_matches_onnxruntime(shape, digits, tmp_path):
     x, y = images(digits, shape), digits[1]
@@ -228,7 +215,6 @@ def test_residual_model_matches_onnxruntime(shape, digits, tmp_path):
     assert ops.count("Add") == 4
 
 
-@needs_residual
 def test_residual_blocks_on_raw_input_and_on_vectors(digits, tmp_path):
     """A block first (its identity shortcut is the NHWC input itself), softmax after a sum, and a
     block of Dense layers with BatchNorm on (N, C)."""
@@ -255,7 +241,6 @@ class MyConv(Conv2D):
     """A subclass of a built-in layer may compute something else: refused too."""
 
 
-@needs_residual
 def test_a_user_layer_is_refused_in_one_error(digits, tmp_path):
     x = images(digits, (28, 28, 1))
     model = built([Conv2D(4, (3, 3)), Scale(), Residual([MyConv(4, (3, 3)), Scale()]), Flatten(), Dense(10)], x)

@@ -35,9 +35,17 @@ def workers_available() -> bool:
 # -- the workload: tiny models, 90 samples, 3 steps per epoch ---------------------------------
 MODELS = textwrap.dedent('''
     import numpy as np
-    from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, Model
+    from dpnn import (Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D,
+                      Model, Residual)
 
     def make(kind):
+        if kind == "residual":   # BatchNorm and Dropout inside blocks, a projection shortcut
+            block = [Conv2D(4, (3, 3), use_bias=False), BatchNorm2D(), Activation("relu"), Dropout(0.25),
+                     Conv2D(4, (3, 3)), BatchNorm2D()]
+            down = Residual([Conv2D(6, (3, 3), stride=2), BatchNorm2D()],
+                            shortcut=[Conv2D(6, (1, 1), stride=2), BatchNorm2D()], activation="relu")
+            layers = [Conv2D(4, (3, 3)), Residual(block, activation="relu"), down, GlobalAvgPool2D(), Dense(3)]
+            return Model(layers, seed=1).compile(optimizer="adam", lr=1e-2, clip_norm=1.0)
         if kind == "bn":     # BatchNorm + Dropout, Adam, decay and clipping: every path of a step
             layers = [Conv2D(4, (3, 3), padding="same"), BatchNorm2D(), Activation("relu"),
                       MaxPool2D((2, 2)), Flatten(), Dense(16), Activation("relu"), Dropout(0.25), Dense(3)]
@@ -57,7 +65,9 @@ MODELS = textwrap.dedent('''
              ("bn", "bn", {}),
              ("bn-sync", "bn", {"sync_batchnorm": True}),
              ("plain-2workers", "plain", {"workers": 2}),
-             ("bn-det-2workers", "bn", {"deterministic": True, "workers": 2})]
+             ("bn-det-2workers", "bn", {"deterministic": True, "workers": 2}),
+             ("residual-det", "residual", {"deterministic": True}),
+             ("residual-det-2workers", "residual", {"deterministic": True, "workers": 2})]
 
     def engine_available():
         try:

@@ -15,11 +15,16 @@ unchanged. Each layer becomes a few standard operators (opset 17):
 - ``BatchNorm2D`` -> BatchNormalization with the running statistics; ``Dropout`` -> Identity
 - ``Residual`` -> its main path and its shortcut (or the identity), Add, then its activation
 
+The model's metadata (class names, data set...) goes into ``metadata_props``, each value as
+it is if it is a string, else as JSON text.
+
 A layer of any other class (a user's own, or a subclass of dpnn's that may compute something
 else) cannot be exported: :func:`export_onnx` names every such layer in one ``TypeError``
 before anything is written. Needs the ``onnx`` package (``pip install -e '.[onnx]'``).
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -247,7 +252,8 @@ def to_onnx(model, opset: int = OPSET):
     opsets = [helper.make_opsetid("", int(opset))]
     proto = helper.make_model(graph, producer_name="dpnn", opset_imports=opsets)
     proto.ir_version = helper.find_min_ir_version_for(opsets)    # the oldest IR: more runtimes read it
-    helper.set_model_props(proto, {str(k): str(v) for k, v in (model.metadata or {}).items()})
+    helper.set_model_props(proto, {str(k): v if isinstance(v, str) else json.dumps(v)    # class names...
+                                   for k, v in (model.metadata or {}).items()})
     onnx.checker.check_model(proto)
     return proto
 

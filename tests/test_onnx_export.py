@@ -1,6 +1,7 @@
 """ONNX export: for every preset, every layer and its options, and residual blocks, onnx's checker
 accepts the exported model and onnxruntime's predictions on real images equal ``model.predict``
 within 1e-5; a layer without a translation is refused in one error; ``python -m launch.export``."""
+import json
 import os
 import subprocess
 import sys
@@ -182,11 +183,12 @@ def test_dropout_is_exported_as_identity(digits, tmp_path):
 def test_export_writes_metadata_and_a_free_batch_size(digits, tmp_path):
     x = images(digits, (28, 28, 1))
     model = built(PRESETS["lenet5"](10), x)
-    model.metadata = {"class_names": "a,b"}
+    model.metadata = {"class_names": list("abcdefghij"), "dataset": "fashion-mnist"}
     proto = onnx.load(model.export_onnx(str(tmp_path / "m.onnx")))
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["N", 28, 28, 1]
-    assert {p.key: p.value for p in proto.metadata_props} == {"class_names": "a,b"}
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props == {"class_names": json.dumps(list("abcdefghij")), "dataset": "fashion-mnist"}
     assert onnx_predict(str(tmp_path / "m.onnx"), x[:1]).shape == (1, 10)
 
 

@@ -294,3 +294,76 @@ def test_resnet20_is_a_call_away():
     assert sum(conv.kernel_size == (3, 3) for conv in convs) == 19       # 1 + 3 stages x 3 blocks x 2
     assert sum(conv.kernel_size == (1, 1) for conv in convs) == 2        # the projections
     assert 0.26e6 < model.param_count() < 0.29e6                        # He et al.: 0.27 M
+
+
+# -- PyTorch -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("training", [True, False])
+def test_the_block_matches_pytorch(training):
+    """The same projection block in torch.nn, weights copied (HWCF <-> FCHW), NHWC <-> NCHW, float64."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    block = Residual([Conv2D(4, 3, stride=2, use_bias=False), BatchNorm2D(), Activation("relu"),
+                      Conv2D(4, 3), BatchNorm2D()],
+                     shortcut=[Conv2D(4, 1, stride=2, use_bias=False), BatchNorm2D()], activation="relu")
+    block.rng = np.random.default_rng(0)
+    block.build((None, 7, 7, 2))              # 7 -> 4 with stride 2: 'same' pads 1 on each side
+    rng = np.random.default_rng(1)
+    for arrays in (block.params, block.grads, block.state):
+        for key in list(arrays):
+            arrays[key] = np.array(arrays[key], np.float64)
+    for value in block.params.values():
+        value[...] = rng.standard_normal(value.shape)
+    for bn in batchnorm_layers([block]):
+        bn.state["running_mean"][...] = rng.standard_normal(4)
+        bn.state["running_var"][...] = rng.uniform(0.5, 2.0, 4)
+
+    def bn(layer):           # dpnn: new = m old + (1-m) batch; torch: new = (1-m') old + m' batch
+        ref = nn.BatchNorm2d(4, eps=layer.eps, momentum=1 - layer.momentum, dtype=torch.float64)
+        with torch.no_grad():
+            pairs = ((ref.weight, layer.params["gamma"]), (ref.bias, layer.params["beta"]),
+                     (ref.running_mean, layer.state["running_mean"]), (ref.running_var, layer.state["running_var"]))
+            for t, a in pairs:
+                t.copy_(torch.tensor(a))
+        return ref
+
+    def conv(layer, c_in):
+        kh, kw = layer.kernel_size
+        ref = nn.Conv2d(c_in, layer.filters, (kh, kw), layer.stride, padding=kh // 2, bias=layer.use_bias,
+                        dtype=torch.float64)
+        with torch.no_grad():
+            ref.weight.copy_(torch.tensor(layer.params["W"].transpose(3, 2, 0, 1)))   # (F, C, KH, KW)
+            if layer.use_bias:
+                ref.bias.copy_(torch.tensor(layer.params["b"]))
+        return ref
+
+    c1, b1, _, c2, b2 = block.layers
+    s1, s2 = block.shortcut
+    main = nn.Sequential(conv(c1, 2), bn(b1), nn.ReLU(), conv(c2, 4), bn(b2))
+    skip = nn.Sequential(conv(s1, 2), bn(s2))
+    main.train(training)
+    skip.train(training)
+
+    x = rng.standard_normal((3, 7, 7, 2)) * 2 + 0.5
+    block.needs_input_grad = True
+    out = block.forward(x, training)
+    g = rng.standard_normal(out.shape)
+    dx = block.backward(g.copy())
+
+    xt = torch.tensor(x.transpose(0, 3, 1, 2).copy(), requires_grad=True)
+    yt = torch.relu(main(xt) + skip(xt))
+    yt.backward(torch.tensor(g.transpose(0, 3, 1, 2).copy()))
+
+    def close(got, want):
+        np.testing.assert_allclose(got, np.asarray(want), rtol=1e-10, atol=1e-10)
+
+    close(out, yt.detach().numpy().transpose(0, 2, 3, 1))
+    close(dx, xt.grad.numpy().transpose(0, 2, 3, 1))
+    for layer, ref in ((c1, main[0]), (c2, main[3]), (s1, skip[0])):
+        close(layer.grads["W"], ref.weight.grad.numpy().transpose(2, 3, 1, 0))
+        if layer.use_bias:
+            close(layer.grads["b"], ref.bias.grad)
+    for layer, ref in ((b1, main[1]), (b2, main[4]), (s2, skip[1])):
+        close(layer.grads["gamma"], ref.weight.grad)
+        close(layer.grads["beta"], ref.bias.grad)
+        close(layer.state["running_mean"], ref.running_mean)
+        close(layer.state["running_var"], ref.running_var)

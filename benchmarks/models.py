@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from dpnn import Conv2D, Dense, Layer, Model
+from dpnn.layers import walk_layers
 from launch.presets import PRESETS
 
 MODELS: dict[str, Callable[[int], list[Layer]]] = dict(PRESETS)
@@ -44,8 +45,9 @@ def layer_flops(layer: Layer, first: bool) -> tuple[int, int]:
 def flops_per_sample(model: Model) -> dict[str, int]:
     """Training FLOPs per sample of a built model: {'forward', 'backward', 'total'}."""
     fwd = bwd = 0
-    first = next((i for i, layer in enumerate(model.layers) if layer.params), 0)
-    for i, layer in enumerate(model.layers):
+    layers = list(walk_layers(model.layers))            # a residual block's layers too
+    first = next((i for i, layer in enumerate(layers) if layer.params and not layer.sublayers()), 0)
+    for i, layer in enumerate(layers):
         f, b = layer_flops(layer, i == first)
         fwd, bwd = fwd + f, bwd + b
     return {"forward": fwd, "backward": bwd, "total": fwd + bwd}

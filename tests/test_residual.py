@@ -201,6 +201,24 @@ def test_save_and_load_round_trip(tmp_path, suffix):
     assert set(model_arrays(loaded)) == set(model_arrays(model))
 
 
+def test_get_and_set_weights_reach_inside_blocks():
+    model, other = res_model(seed=0), res_model(seed=1)
+    assert not np.array_equal(model.params, other.params)
+    other.set_weights(model.get_weights())
+    assert np.array_equal(other.params, model.params) and np.array_equal(other.state, model.state)
+
+
+def test_an_unknown_layer_inside_a_saved_block_is_named(tmp_path):
+    path = Model([Residual([Shift()])], seed=0).build((1, 3, 4)).save(str(tmp_path / "m.npz"))
+    with pytest.raises(dpnn.WeightsError, match="unknown layer class 'Shift'.*register_layer"):
+        Model.load(path)
+
+
+def test_memory_is_checked_inside_blocks_before_allocating():
+    with pytest.raises(ValueError, match="Residual.*needs .* of parameters"):
+        Model([Residual([Conv2D(2_000_000, 3), Conv2D(4, 3)], shortcut=[Conv2D(4, 1)])]).build((1, 8, 8, 4096))
+
+
 def test_the_config_nests_the_layers():
     config = projection_block(5).to_config()
     assert config["class"] == "Residual" and config["config"]["activation"] == "relu"

@@ -143,7 +143,17 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
     g.add_argument("--plot", default=None, metavar="PATH",
                    help="write loss/accuracy curves as a PNG; needs matplotlib (default: none)")
-    g.add_argument("--quiet", action="store_true", help="print only the final summary")
+    g.add_argument("--quiet", action="store_true", help="print only the final summary (as --verbose 0)")
+    g.add_argument("--verbose", type=int, choices=(0, 1, 2), default=None,
+                   help="0: only the final summary; 1: a progress bar while an epoch runs (on a terminal) "
+                        "and one line per epoch; 2: the lines alone, no bar (default: 1)")
+    g.add_argument("--show-step-times", action="store_true",
+                   help="add the engine's split of a step (compute, update, wait, reduce, optimizer) to "
+                        "the progress bar and the epoch lines")
+    g.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="write TensorBoard curves (loss, accuracy, validation, lr, samples/s) per epoch and "
+                        "every 10 steps under DIR/train and DIR/validation; needs tensorboardX "
+                        "(default: none)")
     return p
 
 

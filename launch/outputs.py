@@ -20,14 +20,17 @@ from launch.plot import plot_history
 
 
 class EpochLog(Callback):
-    """Adds time and throughput to the history; remembers the parallel layout for the summary."""
+    """Adds time and throughput to the history; remembers the parallel layout for the summary
+    and what the callbacks announced (``events``: early stopping, restored weights, lr cuts)."""
 
     def __init__(self, history: dict) -> None:
         self.history, self.workers, self.threads, self.epoch = history, 1, None, None
         self.ranks = 1                 # MPI ranks (--backend mpi), each with `workers` workers
         self.stage = "training"        # then "evaluating", then "writing" (for the Ctrl-C notice)
+        self.events: list[dict] = []
 
     def on_train_begin(self, logs):
+        self.events = self.session.history.events      # fit's list: filled as training goes
         self.workers = logs.get("workers", 1)
         self.threads = logs.get("threads_per_worker")
         self.ranks = logs.get("ranks", 1)
@@ -130,13 +133,25 @@ def lock_checkpoints(args, locks: ckpt.RunLocks, usage_error) -> None:
     locks.acquire(os.path.join(d, ".lock"), f"--checkpoint-dir {d}", usage_error)
 
 
-def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
-    """--out, --history and --plot, each atomically, with Ctrl-C held back until they are done."""
+def history_report(history: dict, events: list[dict]) -> tuple[dict, dict]:
+    """(the history without lists that stayed empty (val_* without validation data), the early
+    stopping summary: ``stopped_epoch`` and ``restored_epoch``, 1-based, None when not)."""
+    kept = {k: v for k, v in history.items() if not (isinstance(v, list) and not v)}
+    found = {e["event"]: e["epoch"] for e in events}
+    return kept, {"stopped_epoch": found.get("early_stopping"),
+                  "restored_epoch": found.get("restored_best_weights")}
+
+
+def write_outputs(run, config: dict, test_loss: float, test_acc: float, events: list[dict] = ()) -> None:
+    """--out, --history and --plot, each atomically, with Ctrl-C held back until they are done.
+    ``events``: what fit's callbacks announced (in the history JSON, marked on the plot)."""
     a, model = run.args, run.model
     model.metadata.update({"test_accuracy": test_acc, "test_loss": test_loss,
                            "epochs": len(run.history["loss"])})
+    history, stopping = history_report(run.history, list(events))
     report = {"config": config, "dataset": run.info["name"], "test_loss": test_loss,
-              "test_accuracy": test_acc, "history": run.history}
+              "test_accuracy": test_acc, "history": history, "early_stopping": stopping,
+              "events": list(events)}
     with held_signals():
         if a.out:
             with ckpt.writing("--out", a.out):
@@ -148,7 +163,7 @@ def write_outputs(run, config: dict, test_loss: float, test_acc: float) -> None:
                 atomic_write(a.history, lambda tmp: _write_text(tmp, text))
         if a.plot:
             with ckpt.writing("--plot", a.plot):
-                plot_history(run.history, a.plot, f"{a.model} on {run.info['name']}")
+                plot_history(history, a.plot, f"{a.model} on {run.info['name']}", list(events))
 
 
 def after_write_error(run, error: OutputError, prog: str) -> str:
@@ -176,6 +191,11 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
              f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
              f"  workers         {f'{log.ranks} MPI ranks x ' if log.ranks > 1 else ''}"
              f"{log.workers} x {blas} thread{'s' * (blas != 1)}"]
+    _, stopping = history_report(h, log.events)
+    if stopping["stopped_epoch"]:
+        restored = stopping["restored_epoch"]
+        lines.append(f"  early stopping  after epoch {stopping['stopped_epoch']}"
+                     + (f"; weights of epoch {restored} restored" if restored else ""))
     outputs = [(a.out, "weights"), (a.history, "history"), (a.plot, "plot")]
     lines += [f"  {name:<15} {path}" for path, name in outputs if path]
     return "\n".join(lines)

@@ -22,10 +22,19 @@ def _series(history: dict, key: str) -> list[float]:
     return [math.nan if v is None else float(v) for v in history.get(key, [])]
 
 
-def plot_history(history: dict, path: str, title: str = "") -> None:
+def event_marks(events: list[dict]) -> list[tuple[int, str, str]]:
+    """(1-based epoch, label, line style) of each event drawn on the curves: where early stopping
+    stopped (dashed) and whose weights were restored (dotted)."""
+    labels = {"early_stopping": ("early stopping", "--"), "restored_best_weights": ("weights restored", ":")}
+    return [(e["epoch"], *labels[e["event"]]) for e in events if e.get("event") in labels]
+
+
+def plot_history(history: dict, path: str, title: str = "", events: list[dict] = ()) -> None:
     """Write ``path`` (PNG, atomically): loss on the left, accuracy on the right, per epoch.
 
-    ``history`` is the dict ``fit`` returns: lists ``loss``, ``acc``, ``val_loss``, ``val_acc``.
+    ``history`` is the dict ``fit`` returns: lists ``loss``, ``acc``, ``val_loss``, ``val_acc``;
+    ``events`` (``History.events``) mark the epoch early stopping stopped at and the one whose
+    weights were restored, with a vertical line each.
     """
     if not matplotlib_available():
         raise PlotUnavailable(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}")
@@ -40,6 +49,8 @@ def plot_history(history: dict, path: str, title: str = "") -> None:
             ys = _series(history, prefix + key)
             if ys and not all(math.isnan(v) for v in ys):
                 ax.plot(range(1, len(ys) + 1), ys, style, label=("validation " if prefix else "train ") + label)
+        for epoch, label, style in event_marks(list(events)):
+            ax.axvline(epoch, color="grey", linestyle=style, label=f"{label} (epoch {epoch})")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)

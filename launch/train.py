@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 from dpnn import EarlyStopping, placement
 from dpnn.augment import parse_spec
-from dpnn.callbacks import LRScheduler
+from dpnn.callbacks import LRScheduler, TensorBoard
 from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
 from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
@@ -214,6 +214,11 @@ def make_callbacks(run, rank: int) -> tuple[outputs.EpochLog, ckpt.Checkpointer,
         cbs.append(LRScheduler(a.lr_schedule, a.epochs))
     if a.early_stopping:
         cbs.append(EarlyStopping(patience=a.patience, min_delta=a.min_delta))
+    if a.tensorboard:
+        try:
+            cbs.append(TensorBoard(a.tensorboard, update_freq=10))      # rank 0 alone writes
+        except ImportError as e:
+            raise UsageError(f"--tensorboard: {e}") from None
     n_train = len(run.train) - int(round(len(run.train) * a.val_split))     # as fit splits it
     saver = ckpt.Checkpointer(a.checkpoint_dir, config_of(a), a.seed, run.history,
                               resume_state=run.resume_state, write=rank == 0, every=a.checkpoint_every,
@@ -237,7 +242,8 @@ def open_engine(run) -> Engine:
 def fit(run, callbacks, engine: Engine) -> None:
     a = run.args
     kwargs = dict(epochs=a.epochs, batch_size=a.batch_size, validation_split=a.val_split,
-                  callbacks=callbacks, seed=a.seed, verbose=0 if a.quiet else 1, engine=engine,
+                  callbacks=callbacks, seed=a.seed, verbose=0 if a.quiet else 1 if a.verbose is None else a.verbose,
+                  show_step_times=a.show_step_times, engine=engine,
                   initial_epoch=run.initial_epoch, progress=run.progress, history=run.history)
     run.model.fit(run.train.X, run.train.y, **kwargs)
 
@@ -252,7 +258,7 @@ def execute(run, rank: int) -> int:
             test_loss, test_acc = engine.evaluate(run.test.X, run.test.y)
         log.stage = "writing"
         if rank == 0:
-            outputs.write_outputs(run, config_of(run.args), test_loss, test_acc)
+            outputs.write_outputs(run, config_of(run.args), test_loss, test_acc, log.events)
     except TrainingInterrupted as e:       # stopped between two steps: keep that step
         try:
             saved = saver.save_interrupted(e.progress)
@@ -283,7 +289,7 @@ def raise_terminated(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank = mpi_rank(args)
-    quiet = args.quiet or rank != 0
+    quiet = args.quiet or args.verbose == 0 or rank != 0
     previous = signal.signal(signal.SIGTERM, raise_terminated)
     comm = None            # --backend mpi: a rank that fails aborts them all (mpi.finish)
     locks = ckpt.RunLocks()

@@ -114,10 +114,11 @@ def best_in_history(history: dict, best: float, monitor: str | None = None) -> i
 class BestWeights(Callback):
     """Remembers the parameters of the best epoch so far (and the start, before any epoch),
     with the optimizer state that goes with them (restored only after a divergence).
-    ``monitor`` as :class:`EarlyStopping`'s; ``best_epoch`` is 0-based (None: none yet)."""
+    ``monitor`` and ``min_delta`` as :class:`EarlyStopping`'s; ``best_epoch`` is 0-based (None:
+    none yet)."""
 
-    def __init__(self, monitor: str | None = None) -> None:
-        self.monitor = monitor
+    def __init__(self, monitor: str | None = None, min_delta: float = 0.0) -> None:
+        self.monitor, self.min_delta = monitor, min_delta
 
     def on_train_begin(self, logs):
         self.best, self.params, self.state = -math.inf, self.model.params.copy(), self.model.state.copy()
@@ -126,7 +127,7 @@ class BestWeights(Callback):
 
     def on_epoch_end(self, epoch, logs):
         _, value = monitored(logs, self.monitor)
-        if value > self.best:
+        if value > self.best + self.min_delta:
             self.best, self.best_epoch = value, epoch
             np.copyto(self.params, self.model.params)
             np.copyto(self.state, self.model.state)
@@ -165,8 +166,8 @@ class EarlyStopping(Callback):
     def on_train_begin(self, logs):
         self.best, self.wait, self.stopped_epoch, self.restored_epoch = -math.inf, 0, None, None
         self.tracker = self.session.callbacks.best_weights     # the loop's (it monitors the default)
-        if self.monitor is not None:                           # its own figure: its own snapshot
-            self.tracker = BestWeights(self.monitor)
+        if self.monitor is not None or self.min_delta:         # its own figure: its own snapshot
+            self.tracker = BestWeights(self.monitor, self.min_delta)
             self.tracker.model = self.model
             self.tracker.on_train_begin(logs)
 

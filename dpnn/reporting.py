@@ -76,9 +76,9 @@ class ProgressBar(EpochLogger):
     the running loss, accuracy and samples/s (one speed figure), refreshed a few times a second.
     Without a terminal it is the EpochLogger alone."""
 
-    def __init__(self, show_step_times: bool = False, stream=None) -> None:
+    def __init__(self, show_step_times: bool = False, stream=None, mininterval: float = 0.2) -> None:
         super().__init__(show_step_times)
-        self.stream = stream
+        self.stream, self.mininterval = stream, mininterval
         self.bar = None
 
     def on_epoch_begin(self, epoch, logs):
@@ -86,13 +86,13 @@ class ProgressBar(EpochLogger):
         if not (is_terminal(stream) and (self.stream is not None or is_terminal(sys.stdout))):
             return
         self.bar = tqdm(total=logs["samples"], desc=f"epoch {epoch + 1}/{logs['epochs']}", unit="sample",
-                        leave=False, file=stream, dynamic_ncols=True, bar_format=BAR_FORMAT, mininterval=0.2)
+                        leave=False, file=stream, dynamic_ncols=True, bar_format=BAR_FORMAT,
+                        mininterval=self.mininterval)
 
     def on_batch_end(self, step, logs):
         p, bar = self.session.progress, self.bar
         if bar is None or p is None or not p.seen:
             return
-        bar.update(p.seen - bar.n)
         post = {"loss": f"{p.loss_sum / p.seen:.4f}"}
         if p.correct >= 0:
             post["acc"] = f"{p.correct / p.seen:.4f}"
@@ -100,6 +100,7 @@ class ProgressBar(EpochLogger):
         if self.show_step_times:
             post["step"] = step_split(self.session.step_times)
         bar.set_postfix(post, refresh=False)
+        bar.update(p.seen - bar.n)                 # redraws (with the postfix) when it is time
 
     def on_epoch_end(self, epoch, logs):
         self.close()

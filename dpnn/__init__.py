@@ -31,6 +31,7 @@ from .layers import (  # noqa: E402
 )
 from .model import Model  # noqa: E402
 from .optim import SGD, Adam, Optimizer, adam, sgd  # noqa: E402
+from .tensorboard import TensorBoard  # noqa: E402  (tensorboardX is imported when used)
 
 __version__ = "0.1.0"
 
@@ -38,7 +39,7 @@ __all__ = ["Model", "Layer", "register_layer", "LAYER_REGISTRY", "Conv2D", "Dens
            "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "BatchNorm2D",
            "Residual", "Optimizer", "SGD", "Adam", "sgd", "adam", "Callback", "EarlyStopping", "Dataset",
            "one_hot", "DataError", "WeightsError", "WorkerError", "data", "losses", "optim",
-           "set_flush_denormals", "flush_denormals_enabled", "Sequential", "Input", "utils"]
+           "set_flush_denormals", "flush_denormals_enabled", "Sequential", "Input", "utils", "TensorBoard"]
 
 # Submodules a user reaches as attributes (dpnn.datasets, dpnn.gradcheck, ...), imported on
 # first use so that ``import dpnn`` stays light (the MPI and worker modules pull in more).

@@ -266,10 +266,3 @@ class CallbackList:
         optimizer state of that moment (its moments now hold NaN/inf too)."""
         self.best_weights.restore(optimizer=True)
 
-
-# Reporting and TensorBoard live in their own modules; reachable here too, as in keras.callbacks.
-from .reporting import EpochLogger, ProgressBar  # noqa: E402
-from .tensorboard import TensorBoard  # noqa: E402
-
-__all__ = ["Callback", "History", "BestWeights", "EarlyStopping", "LRScheduler", "CallbackList",
-           "EpochLogger", "ProgressBar", "TensorBoard"]

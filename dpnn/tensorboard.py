@@ -2,7 +2,7 @@
 
 ::
 
-    model.fit(x, y, epochs=5, callbacks=[dpnn.callbacks.TensorBoard("runs/fashion", update_freq=50)])
+    model.fit(x, y, epochs=5, callbacks=[dpnn.TensorBoard("runs/fashion", update_freq=50)])
     python -m launch.train --tensorboard runs/fashion         # the same from the shell
     tensorboard --logdir runs                                 # then watch
 

@@ -10,12 +10,13 @@ from contextlib import closing, nullcontext
 import numpy as np
 
 from . import reporting
-from .callbacks import CallbackList, EarlyStopping, History, LRScheduler, TensorBoard
+from .callbacks import CallbackList, EarlyStopping, History, LRScheduler
 from .data import as_arrays, epoch_permutation, stratified_split
 from .engine import Engine, make_engine
 from .random import fresh_seed, sample_keys
 from .recipe import Sums
 from .signals import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
+from .tensorboard import TensorBoard
 
 
 class TrainingDiverged(FloatingPointError):

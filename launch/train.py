@@ -25,11 +25,12 @@ from types import SimpleNamespace
 
 from dpnn import EarlyStopping, placement
 from dpnn.augment import parse_spec
-from dpnn.callbacks import LRScheduler, TensorBoard
+from dpnn.callbacks import LRScheduler
 from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
 from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
 from dpnn.signals import Terminated
+from dpnn.tensorboard import TensorBoard
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import arguments, mpi, outputs
 from launch import checkpoint as ckpt

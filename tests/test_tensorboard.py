@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from dpnn.callbacks import TensorBoard
+from dpnn import TensorBoard
 
 from conftest import blobs, tiny
 

@@ -205,7 +205,7 @@ class ContestantProcess:
                 "serve(json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))")
         self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(asdict(c)), data_path, str(batch),
                                       str(seed)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=contestant_env(c, user_env))
+                                     env=contestant_env(c, user_env), start_new_session=True)
         self.ready = self._reply()
 
     def _reply(self) -> dict:

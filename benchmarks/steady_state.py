@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import tempfile
 import time
@@ -120,8 +121,10 @@ def load_data(a: argparse.Namespace, path: str) -> dict:
     return {"name": info.get("name", a.dataset), "train": len(x), "test": len(xt), "input": list(x.shape[1:])}
 
 
-def run(a: argparse.Namespace, chosen: dict[str, Contestant], data_path: str) -> tuple[dict, list]:
-    """Start every contestant (one after another), then epochs in turns; {key: result}, load log."""
+def run(a: argparse.Namespace, chosen: dict[str, Contestant], data_path: str) -> tuple[dict, list, int]:
+    """Start every contestant (one after another), then epochs in turns; ({key: result}, load log,
+    epochs done). Ctrl-C or SIGTERM ends the run early: the report covers the epochs every
+    contestant finished."""
     procs, rows, loads = {}, {k: [] for k in chosen}, []
     try:
         for k, c in chosen.items():
@@ -136,11 +139,18 @@ def run(a: argparse.Namespace, chosen: dict[str, Contestant], data_path: str) ->
                 row["load"] = os.getloadavg()[0]
                 rows[k].append(row)
                 print(f"epoch {e + 1}/{a.epochs} {chosen[k].label:<30} {row['samples_per_s']:8,.0f} samples/s "
-                      f"{row['train_s']:7.1f} s  test acc {row['test_acc']:.4f}  load {row['load']:.2f}", flush=True)
+                      f"{row['train_s']:7.1f} s  median step {a.batch_size / row['step_median_s']:6,.0f}/s  "
+                      f"test acc {row['test_acc']:.4f}  load {row['load']:.2f}", flush=True)
+    except KeyboardInterrupt:
+        if min(map(len, rows.values())) == 0:
+            raise
+        print("interrupted: the report covers the epochs every contestant finished", flush=True)
     finally:
         for p in procs.values():
             p.close()
-    return {k: summarize(chosen[k], procs[k].ready, rows[k], a.target_accuracy, a.batch_size) for k in chosen}, loads
+    done = min(map(len, rows.values()))
+    return ({k: summarize(chosen[k], procs[k].ready, rows[k][:done], a.target_accuracy, a.batch_size)
+             for k in chosen}, loads, done)
 
 
 def summarize(c: Contestant, ready: dict, rows: list[dict], target: float, batch: int) -> dict:
@@ -238,8 +248,13 @@ def plot(path: str, res: dict, target: float) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv=None) -> int:
     a = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)     # like Ctrl-C: report the epochs measured so far
     from dpnn.placement import usable_cores
 
     from .torch_ref import available
@@ -259,10 +274,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="dpnn-steady-") as tmp:
         data_path = os.path.join(tmp, "data.npz")
         meta["data"] = load_data(a, data_path)
-        res, loads = run(a, chosen, data_path)
+        res, loads, done = run(a, chosen, data_path)
     meta["load_after"], meta["load_per_round"] = list(os.getloadavg()), [list(v) for v in loads]
+    if done < a.epochs:
+        meta["epochs"] = done
+        notes.append(f"interrupted: {done} of {a.epochs} epochs measured for every contestant")
     denormal = None
-    if a.repeats:
+    if a.repeats and done == a.epochs:           # interrupted: report at once
         from .denormals import denormal_costs
         denormal = denormal_costs(a.repeats, a.batch_size)
     tgts = targets(res)

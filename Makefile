@@ -52,8 +52,9 @@ data: install
 
 train: data
 	$(PY) -m launch.train --workers $(WORKERS) --dataset $(DATASET) --epochs $(EPOCHS) \
-	    --val-split 0.1 --out weights.hdf5 --history training.json --plot training.png \
-	    --checkpoint-dir checkpoints/$$(date +%Y%m%d-%H%M%S)
+	    --val-split 0.1 --out weights.hdf5 --history training.json --plot training.png
+#	checkpoints: a new folder per run, checkpoints/<date-time>/; continue the newest with
+#	$(PY) -m launch.train --resume --checkpoint-dir checkpoints
 
 test: dev system-deps
 	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi

@@ -130,15 +130,18 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", default="weights.hdf5", metavar="PATH",
                    help="trained weights (HDF5; the architecture JSON goes beside it), written once at the end")
-    g.add_argument("--checkpoint-dir", default="checkpoints", metavar="DIR",
+    g.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                    help=f"write a checkpoint after every epoch here (the newest {ckpt.KEEP} are kept); "
-                        "'none' disables checkpoints")
+                        f"'none' disables checkpoints (default: a new folder per run, {ckpt.RUNS_ROOT}/"
+                        f"<date-time>/; with --resume: DIR itself if it holds checkpoints, else its "
+                        f"newest run folder, {ckpt.RUNS_ROOT}/ when not given)")
     g.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also write a checkpoint every N steps within an epoch (default: only after "
                         "each epoch, and at the step where Ctrl-C or SIGTERM stopped training)")
     g.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in --checkpoint-dir (an epoch's "
-                        "end or a step within one) with its saved settings; damaged ones are skipped")
+                   help="continue from the newest complete checkpoint in --checkpoint-dir or in its newest "
+                        "run folder (an epoch's end or a step within one) with its saved settings; "
+                        "damaged ones are skipped")
     g.add_argument("--history", default=None, metavar="PATH",
                    help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
     g.add_argument("--plot", default=None, metavar="PATH",
@@ -212,7 +215,8 @@ def check_config(config: dict, path: str) -> None:
         if isinstance(action, argparse._StoreTrueAction):
             ok, want = type(v) is bool, "true or false"
         elif action.choices is not None:
-            ok, want = v in action.choices, f"one of {', '.join(map(str, action.choices))}"
+            ok = v in action.choices or v is None and action.default is None      # None: not given
+            want = f"one of {', '.join(map(str, action.choices))}"
         elif action.type is int:
             ok, want = v is None or type(v) is int, "a whole number"
         elif action.type is finite_float:

@@ -21,13 +21,11 @@ identically, after it), and SIGINT/SIGTERM are held back while a checkpoint is w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import math
 import os
 import re
 import sys
-import time
 
 import numpy as np
 
@@ -37,9 +35,11 @@ from dpnn.callbacks import LRScheduler
 from dpnn.errors import OutputError, WeightsError
 from dpnn.io import architecture_path, atomic_write, save_model
 from dpnn.signals import held_signals
+from launch.locks import RunLocks  # noqa: F401  (launch.train and launch.outputs take it from here)
 
 FORMAT = 1
 KEEP = 3                                     # newest checkpoints kept; older ones are deleted
+RUNS_ROOT = "checkpoints"                    # without --checkpoint-dir: one folder per run in it
 _NAME = re.compile(r"^epoch-(\d{4,})(?:-step-(\d{6,}))?\.(hdf5|npz|hdf5\.npz)$")
 
 
@@ -100,88 +100,29 @@ def latest_checkpoint(directory: str, report=warn) -> str | None:
     return None
 
 
-# -- one run per file ---------------------------------------------------------------------------
-class RunLocks:
-    """Exclusive ``flock`` locks on lock files holding this run's PID (``weights.hdf5.lock``,
-    ``checkpoints/.lock``), so two runs never write the same files.
-
-    The kernel drops a lock when its process dies, so a file left by a killed run is no
-    obstacle. ``release`` (every exit path of ``launch.train``) deletes the lock files and the
-    directories that were created for them and stayed empty.
-    """
-
-    def __init__(self) -> None:
-        self._held: dict[str, int] = {}        # lock file -> open descriptor
-        self._created: list[str] = []          # directories made for the lock files, outer first
-
-    def acquire(self, lock_path: str, what: str, error=RuntimeError) -> None:
-        """Lock ``lock_path``; ``error(message)`` is raised when another run holds it."""
-        lock_path = os.path.abspath(lock_path)
-        while lock_path not in self._held:
-            self._make_parents(os.path.dirname(lock_path))
-            try:
-                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except FileNotFoundError:          # a finishing run removed the directory: again
-                continue
-            except OSError as e:
-                raise error(f"{what}: cannot create the lock file {lock_path}: {e.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = _holder(fd)
-                os.close(fd)
-                raise error(f"{what} is in use by another run (pid {pid}); wait for it to "
-                            "finish or choose another path") from None
-            except OSError as e:               # a file system without locks: say so, go on
-                warn(f"{what}: cannot lock {lock_path} ({e.strerror}); nothing stops another "
-                     "run from writing the same files")
-                os.close(fd)
-                return
-            if _still_linked(fd, lock_path):   # else its holder deleted it as we opened it
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-                self._held[lock_path] = fd
-            else:
-                os.close(fd)
-
-    def _make_parents(self, directory: str) -> None:
-        missing = []
-        while not os.path.exists(directory):
-            missing.append(directory)
-            directory = os.path.dirname(directory)
-        for d in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(d)
-                self._created.append(d)
-
-    def release(self) -> None:
-        """Unlock (deleting each lock file first, while still holding it) and tidy up."""
-        for path, fd in self._held.items():
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            os.close(fd)
-        self._held.clear()
-        for d in reversed(self._created):       # innermost first; only if left empty
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
-        self._created.clear()
+def _newest_file_time(directory: str) -> float:
+    return max(os.path.getmtime(p) for _, p in list_checkpoints(directory))
 
 
-def _holder(fd: int) -> str:
-    """The PID written in a lock file by the run holding it (it writes it just after locking)."""
-    for _ in range(20):
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text:
-            return text
-        time.sleep(0.01)
-    return "unknown"
-
-
-def _still_linked(fd: int, path: str) -> bool:
+def run_folders(root: str) -> list[str]:
+    """The folders directly in ``root`` (runs' checkpoint folders, e.g. ``checkpoints/<date-time>``)."""
     try:
-        return os.path.samestat(os.fstat(fd), os.stat(path))
-    except FileNotFoundError:
-        return False
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    return [os.path.join(root, n) for n in names if not n.startswith(".") and os.path.isdir(os.path.join(root, n))]
+
+
+def find_run(root: str) -> tuple[str | None, list[str]]:
+    """(folder to resume, folders looked in): ``root`` itself when it holds checkpoints, else the
+    run folder in it whose newest checkpoint was written last (None when none holds one)."""
+    if list_checkpoints(root):
+        return root, [root]
+    runs = [d for d in run_folders(root) if list_checkpoints(d)]
+    looked = [root] + run_folders(root)
+    if not runs:
+        return None, looked
+    return max(runs, key=lambda d: (_newest_file_time(d), d)), looked
 
 
 def json_safe(value):

@@ -123,6 +123,20 @@ def merge_checkpoint_config(args, explicit: dict, comm=None):
     return argparse.Namespace(**merged), SimpleNamespace(path=path, model=model, info=info, state=state)
 
 
+def resume_folder(root: str) -> tuple[str, str]:
+    """(--resume's folder, how it was chosen): ``root`` if it holds checkpoints, else its newest run
+    folder; a UsageError naming the folders looked in when none holds one."""
+    found, looked = ckpt.find_run(root)
+    if found is None and len(looked) > 1:
+        shown = ", ".join(looked[1:6]) + (f" and {len(looked) - 6} more" if len(looked) > 6 else "")
+        raise UsageError(f"--resume: no checkpoint in {root} or in its run folders ({shown}); start a "
+                         "new run without --resume (or point --checkpoint-dir at the old one)")
+    runs = len(looked) - 1
+    if found is not None and found != root:
+        return found, f"; the newest of {runs} run folder{'s' * (runs != 1)} in {root}"
+    return root, ""
+
+
 def done(info: dict) -> str:
     """'3 epochs' or '3 epochs and 17 steps' of a checkpoint."""
     return f"{info['epoch']} epochs" + (f" and {info['step']} steps" if info["step"] else "")
@@ -175,16 +189,20 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
     """Everything between parsing and training: validate, lock the outputs, resume, load data,
     build the model."""
     check_args(args)
-    resumed = None
+    resumed, per_run = None, args.checkpoint_dir is None     # not given: a folder per run
+    args.checkpoint_dir = ckpt.RUNS_ROOT if per_run else args.checkpoint_dir
     if args.resume:
         resolve_defaults(args)
         if args.checkpoint_dir is None:
             raise UsageError("--resume needs --checkpoint-dir DIR")
+        args.checkpoint_dir, how = mpi.rank0_only(comm, resume_folder, args.checkpoint_dir)
         mpi.rank0_only(comm, outputs.lock_checkpoints, args, locks, UsageError)   # before reading it
         args, resumed = merge_checkpoint_config(args, explicit_args(argv), comm)
-        note(f"resuming from {resumed.path} ({done(resumed.info)} done)")
+        note(f"resuming from {resumed.path} ({done(resumed.info)} done{how})")
         check_args(args)
     resolve_defaults(args)
+    if per_run and not args.resume:
+        args.checkpoint_dir = mpi.rank0_only(comm, locks.new_run_folder, ckpt.RUNS_ROOT)
     mpi.check_backend(comm, args.backend, UsageError)
     mpi.rank0_only(comm, outputs.check_outputs, args, locks, UsageError)     # only rank 0 writes files
     resolve_workers(args, note, comm)

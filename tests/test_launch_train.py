@@ -84,7 +84,7 @@ def test_help_explains_every_flag_with_its_default(tmp_path):
     for flag in FLAGS:
         assert flag in text, flag
     for default in ("(default: fashion-mnist)", "(default: seed-cnn)", "(default: 5)", "(default: 64)",
-                    "(default: auto)", "(default: weights.hdf5)", "(default: checkpoints)", "(default: shm)"):
+                    "(default: auto)", "(default: weights.hdf5)", "checkpoints/<date-time>/", "(default: shm)"):
         assert default in text, default
     assert "0.001 for adam" in text and "--resume" in text
 
@@ -112,6 +112,18 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, monkeypatch, capsys, argv,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "weights.hdf5").exists()
+
+
+def run_folder(tmp_path, missing=AssertionError):
+    """The one run folder launch.train made in tmp_path/checkpoints (relative: checkpoints/<date-time>)."""
+    root = tmp_path / "checkpoints"
+    found = sorted(os.listdir(root)) if root.is_dir() else []
+    found = [f for f in found if (root / f).is_dir()]
+    if len(found) != 1:
+        if missing is None:
+            return None
+        raise missing(f"{root} holds {found}, not one run folder")
+    return os.path.join("checkpoints", found[0])
 
 
 def exit_code(argv) -> int:
@@ -156,7 +168,7 @@ def test_trains_on_an_idx_directory_and_writes_every_output(tmp_path, idx_dir):
     import matplotlib.image
     height, width, _ = matplotlib.image.imread(str(tmp_path / "curves.png")).shape
     assert height >= 200 and width >= 400
-    assert [e for e, _ in list_checkpoints(str(tmp_path / "checkpoints"))] == [1, 2]
+    assert [e for e, _ in list_checkpoints(str(tmp_path / run_folder(tmp_path)))] == [1, 2]   # checkpoints/<date-time>
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
 
 
@@ -190,9 +202,10 @@ def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path, idx_dir, tiny_cnn, 
 
 def test_resume_keeps_the_run_settings(tmp_path, idx_dir):
     common = ["--dataset", idx_dir, "--model", "mlp", "--workers", 1, "--quiet"]
-    assert run_cli(*common, "--epochs", 1, cwd=tmp_path).returncode == 0
-    again = run_cli(*common, "--epochs", 1, cwd=tmp_path)
-    assert_one_line_error(again, "already holds checkpoints", "--resume")
+    assert run_cli(*common, "--epochs", 1, "--checkpoint-dir", "ck", cwd=tmp_path).returncode == 0
+    again = run_cli(*common, "--epochs", 1, "--checkpoint-dir", "ck", cwd=tmp_path)
+    assert_one_line_error(again, "already holds checkpoints", "--resume")    # a folder given is that folder
+    assert run_cli(*common, "--epochs", 1, cwd=tmp_path).returncode == 0     # checkpoints/<date-time>
     changed = run_cli("--resume", "--lr", "0.5", "--epochs", 2, cwd=tmp_path)
     assert_one_line_error(changed, "--lr 0.5 differs from the checkpoint's 0.001")
     shorter = run_cli("--resume", "--epochs", 1, "--out", "final.hdf5", cwd=tmp_path)
@@ -236,19 +249,21 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_it(tmp_path, idx_d
     (tmp_path / "weights.hdf5").write_bytes(b"an earlier model")
     common = ["--dataset", idx_dir, "--model", tiny_cnn, "--batch-size", 16, "--deterministic"]
     proc = start_cli(*common, "--epochs", 50, "--workers", workers, cwd=tmp_path)
-    assert wait_until(lambda: list_checkpoints(str(tmp_path / "checkpoints")) or proc.poll() is not None, 60), \
+    assert wait_until(lambda: run_folder(tmp_path, None) and list_checkpoints(str(tmp_path / run_folder(tmp_path)))
+                      or proc.poll() is not None, 60), \
         "no checkpoint after 60 s"
     proc.send_signal(signal.SIGINT)
     code, out, err = finish(proc, timeout=10)        # stops within 10 s of Ctrl-C, or fails
     assert code == 130, err
     assert "Traceback" not in err, err[err.index("Traceback") - 200:]   # also no engine noise
     assert re.search(r"interrupted (during epoch \d+/50, after step \d+|between epochs)", err), err
-    assert "resume with: python -m launch.train --resume --checkpoint-dir checkpoints" in err
+    folder = run_folder(tmp_path)                                             # checkpoints/<date-time>
+    assert f"resume with: python -m launch.train --resume --checkpoint-dir {folder}" in err
     assert live_session_processes(proc.pid) == []
     assert (tmp_path / "weights.hdf5").read_bytes() == b"an earlier model"    # --out untouched
-    assert not [f for f in os.listdir(tmp_path / "checkpoints") if f.startswith(".tmp-")]
-    done, latest = list_checkpoints(str(tmp_path / "checkpoints"))[-1]
-    assert f"last complete checkpoint: checkpoints/{os.path.basename(latest)}" in err
+    assert not [f for f in os.listdir(tmp_path / folder) if f.startswith(".tmp-")]
+    done, latest = list_checkpoints(str(tmp_path / folder))[-1]
+    assert f"last complete checkpoint: {folder}/{os.path.basename(latest)}" in err
     Model.load(latest)                                                        # intact
 
     resumed = run_cli("--resume", "--epochs", done + 1, "--quiet", cwd=tmp_path)

@@ -26,7 +26,7 @@ from conftest import subprocess_env, wait_until
 
 pytestmark = pytest.mark.slow
 TINY = ["--dataset", "synthetic", "--limit", "64", "--model", "mlp", "--batch-size", "32",
-        "--workers", "1", "--quiet", "--deterministic"]
+        "--workers", "1", "--quiet", "--deterministic", "--checkpoint-dir", "checkpoints"]
 h5py = pytest.importorskip("h5py")
 
 

@@ -80,7 +80,7 @@ def common(tmp_path, settings):
     arch = tmp_path / "tiny.json"
     arch.write_text(json.dumps(TINY_CNN))
     return ["--dataset", "synthetic", "--limit", "96", "--model", str(arch), "--batch-size", "16",
-            "--deterministic", "--quiet", "--seed", "3", *SETTINGS[settings]]
+            "--deterministic", "--quiet", "--seed", "3", "--checkpoint-dir", "checkpoints", *SETTINGS[settings]]
 
 
 def cli(*args, cwd):

@@ -9,6 +9,7 @@ from dpnn import placement
 from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.datasets import LOADERS
 from launch import checkpoint as ckpt
+from launch import plugins
 from launch.data import checked_text, image_size_arg
 from launch.plot import INSTALL_HINT, matplotlib_available
 from launch.presets import PRESETS
@@ -79,6 +80,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "a header name (default: detected)")
     g.add_argument("--model", default="seed-cnn", metavar="PRESET|FILE.json",
                    help=f"preset ({', '.join(PRESETS)}) or an architecture JSON as model.save() writes it")
+    plugins.add_arguments(g)
     g.add_argument("--limit", type=int, default=None, metavar="N",
                    help="train on N training samples only (quick runs): a sample stratified by class, "
                         "drawn by --seed; the test set is kept whole (default: all samples)")
@@ -217,6 +219,8 @@ def check_config(config: dict, path: str) -> None:
         elif action.choices is not None:
             ok = v in action.choices or v is None and action.default is None      # None: not given
             want = f"one of {', '.join(map(str, action.choices))}"
+        elif isinstance(action, argparse._AppendAction):
+            ok, want = v is None or isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of text"
         elif action.type is int:
             ok, want = v is None or type(v) is int, "a whole number"
         elif action.type is finite_float:

@@ -3,6 +3,7 @@
     python -m launch.digits                          # train the default digit model first
     python -m launch.gui                             # weights/digits.hdf5 (+ weights/digits.json)
     python -m launch.gui --weights runs/x/model.hdf5 # any model saved by launch.train/Model.save
+    python -m launch.gui --plugin my_layers.py --weights custom.hdf5   # a model with your own layers
 
 Draw with the left mouse button; a prediction follows every stroke. Keys: ``c`` clear,
 ``p``/Return predict, ``q``/Escape quit. Every prediction is also printed to stdout as
@@ -29,7 +30,9 @@ from dpnn.datasets import DIGIT_CLASSES, FASHION_CLASSES
 from dpnn.digits import preprocess_drawing
 from dpnn.errors import WeightsError
 from dpnn.io import read_model_info
+from launch import plugins
 from launch.drawing import BUFFER_SIZE, DrawingBuffer, Viewport
+from launch.predict import class_probabilities
 
 DEFAULT_WEIGHTS = os.path.join("weights", "digits.hdf5")   # written by `python -m launch.digits`
 INPUT_SHAPE = (28, 28, 1)
@@ -46,9 +49,7 @@ class Classifier:
 
     def rank(self, x: np.ndarray, k: int = TOP_K) -> list[tuple[str, float]]:
         """Model input (1, 28, 28, 1) -> the k most probable (class, probability), best first."""
-        logits = self.model.predict(x)[0].astype(np.float64)  # (K,)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        probs = class_probabilities(self.model, x)[0]  # (K,): a softmax output is not applied twice
         order = np.argsort(-probs, kind="stable")[:k]
         return [(self.class_names[i], float(probs[i])) for i in order]
 
@@ -76,6 +77,14 @@ def class_names_for(metadata: dict, num_classes: int) -> list[str]:
     if num_classes == len(DIGIT_CLASSES):
         return list(DIGIT_CLASSES)
     return [str(i) for i in range(num_classes)]
+
+
+def window_title(classifier: Classifier, weights: str) -> str:
+    """'dpnn digit predictor - digits.hdf5' for digits; else named after the model's data set
+    ('dpnn fashion-mnist predictor - weights.hdf5') or, without one, 'dpnn image predictor'."""
+    metadata = classifier.model.metadata if isinstance(classifier.model.metadata, dict) else {}
+    what = "digit" if classifier.class_names == DIGIT_CLASSES else str(metadata.get("dataset") or "image")
+    return f"dpnn {what} predictor - {os.path.basename(weights)}"
 
 
 def load_classifier(path: str) -> Classifier:
@@ -322,6 +331,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "terminal and the display is not xvfb-run's, always, or never")
     parser.add_argument("--brush", type=float, default=None,
                         help="brush radius in pixels of the 280x280 drawing (default: 11)")
+    plugins.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.brush is not None and not 1 <= args.brush <= 40:
         parser.error(f"--brush must be between 1 and 40, got {args.brush}")
@@ -331,6 +341,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        plugins.load(args)                  # the layers of a custom model, before its JSON is read
         classifier = load_classifier(args.weights)
     except (ValueError, OSError) as e:   # WeightsError is a ValueError
         return fail(str(e), args.error_dialog)
@@ -346,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr, flush=True)
         return EXIT_ERROR
     buffer = DrawingBuffer(BUFFER_SIZE, args.brush) if args.brush else DrawingBuffer()
-    app = DigitApp(root, classifier, buffer, title=f"{TITLE} - {os.path.basename(args.weights)}")
+    app = DigitApp(root, classifier, buffer, title=window_title(classifier, args.weights))
     names = ", ".join(classifier.class_names)
     print(f"model: {args.weights} ({len(classifier.class_names)} classes: {names})", flush=True)
     return app.run()

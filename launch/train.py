@@ -32,7 +32,7 @@ from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
 from dpnn.signals import Terminated
 from dpnn.tensorboard import TensorBoard
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
-from launch import arguments, mpi, outputs
+from launch import arguments, mpi, outputs, plugins
 from launch import checkpoint as ckpt
 from launch.arguments import PROG, RUN_KEYS, UsageError, check_args, resolve_defaults
 from launch.presets import build_model
@@ -137,6 +137,14 @@ def resume_folder(root: str) -> tuple[str, str]:
     return root, ""
 
 
+def load_plugins(args) -> None:
+    """Import --plugin files and --import modules (their @register_layer layers); UsageError if one fails."""
+    try:
+        plugins.load(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def done(info: dict) -> str:
     """'3 epochs' or '3 epochs and 17 steps' of a checkpoint."""
     return f"{info['epoch']} epochs" + (f" and {info['step']} steps" if info["step"] else "")
@@ -189,6 +197,7 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
     """Everything between parsing and training: validate, lock the outputs, resume, load data,
     build the model."""
     check_args(args)
+    load_plugins(args)                  # before any architecture is read: its layers register
     resumed, per_run = None, args.checkpoint_dir is None     # not given: a folder per run
     args.checkpoint_dir = ckpt.RUNS_ROOT if per_run else args.checkpoint_dir
     if args.resume:

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ["launch.train", "launch.data", "launch.digits", "launch.gui", "launch.export", "benchmarks.scaling",
+COMMANDS = ["launch.train", "launch.data", "launch.digits", "launch.gui", "launch.export", "launch.predict",
+            "benchmarks.scaling",
             "benchmarks.mpi_scaling", "benchmarks.profile", "benchmarks.ablation", "benchmarks.data_path",
             "benchmarks.steady_state"]
 

@@ -95,6 +95,7 @@ def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
     splits = fmt.load(directory, size, label_column)
     source_dtype = splits.source_dtype or str(splits.train[0].dtype)
     train, test, notes = _splits_to_datasets(splits, directory)
+    notes = splits.notes + notes
     _check_size(train, size, fmt, directory)
     if train.X.shape[1:] != test.X.shape[1:]:
         raise DataError(f"{directory}: train images are {train.X.shape[1:]} but test images are "

@@ -34,6 +34,7 @@ class Splits:
     files: dict[str, str] = field(default_factory=dict)   # split -> file or folder it came from
     details: list[str] = field(default_factory=list)      # how it was read, for --inspect
     source_dtype: str | None = None                       # the file's pixel dtype; None: train x's
+    notes: list[str] = field(default_factory=list)        # what a user should be told (a file left out)
 
 
 def parse_image_size(text: str | tuple | None) -> ImageSize | None:

@@ -190,6 +190,33 @@ def _read_split(path: str, size: ImageSize | None, label_column):
     return _pixels(values, path).reshape((-1,) + shape[1:]), labels, col, how   # blank lines skipped
 
 
+def read_rows(path: str, pixels: int, label_column=None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(x (N, pixels) bytes or floats, labels (N,) as text or None, how) of a CSV to predict: rows of
+    ``pixels`` values, or one more column holding a label (given, named by the header or detected).
+    Kaggle's ``test.csv`` (a header, 784 pixel columns, no label) is read as unlabelled, whatever
+    ``label_column`` says."""
+    header, rows, ncols = scan(path)
+    if ncols not in (pixels, pixels + 1):
+        raise DataError(f"{path}: {ncols} columns per row, but the model takes {pixels} pixels per row "
+                        "(and the file may add one label column); pass a file of the model's images")
+    check_memory(path, rows * ncols * FLOAT_BYTES * 2, f"{rows:,} rows x {ncols:,} columns as float32")
+    col, how = None, "no label column"
+    if ncols == pixels + 1 and label_column is not None:
+        col, how = _column_index(label_column, header, ncols, path), "given"
+    elif ncols == pixels + 1:
+        col, how = detect_label_column(path, header, ncols)
+    skip = int(header is not None)
+    try:
+        values = _loadtxt(path, skiprows=skip, usecols=[c for c in range(ncols) if c != col],
+                          dtype=np.float32, ndmin=2)
+        labels = None if col is None else _read_column(path, col, skip)
+    except (ValueError, OSError, EOFError, zlib.error, csv.Error) as e:
+        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+        raise DataError(f"{path}: {reason}; every row needs {ncols} numeric values "
+                        "(the label may be text)") from None
+    return _pixels(values, path), labels, f"label column {col} ({how})" if col is not None else how
+
+
 def label_indices(labels: np.ndarray, names: list[str] | None, path: str) -> tuple[np.ndarray, list | None]:
     """Text or numeric labels -> (int64 indices, class names or None for numeric labels)."""
     try:
@@ -215,8 +242,11 @@ def load(directory: str, size: ImageSize | None, label_column=None) -> Splits:
     paths = files(directory)
     x, labels, col, how = read_split(paths["train"], size, label_column)
     y, names = label_indices(labels, None, paths["train"])
-    test = None
+    test, notes = None, []
+    if "test" in paths and scan(paths["test"])[2] == x[0].size:       # Kaggle: test.csv has no labels
+        notes.append(f"{paths.pop('test')} has no label column (one column fewer than the training "
+                     "file), so it cannot score the model; classify it with python -m launch.predict")
     if "test" in paths:
         tx, tlabels, _, _ = read_split(paths["test"], size, col)
         test = (tx, label_indices(tlabels, names, paths["test"])[0])
-    return Splits(NAME, (x, y), test, names, paths, [f"label column {col} ({how})"])
+    return Splits(NAME, (x, y), test, names, paths, [f"label column {col} ({how})"], notes=notes)

@@ -116,6 +116,12 @@ def _read_one(path: str, shape: tuple[int, int, int], resize: bool, first: str) 
     return pixels.reshape(h, w, c)
 
 
+def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image file as uint8 (H, W, C) of ``shape``: resized, converted to grayscale or RGB."""
+    check_input(path, "pass an image file")
+    return _read_one(path, shape, True, path)
+
+
 def read_images(paths: list[str], shape: tuple[int, int, int], resize: bool, first: str) -> np.ndarray:
     """uint8 (N, H, W, C) of ``paths``; memory checked before the array is allocated."""
     n = len(paths)

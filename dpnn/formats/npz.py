@@ -69,20 +69,23 @@ def _image_shape(path: str, shape: tuple, size: ImageSize | None) -> tuple[int, 
                     "or flat rows (N, H*W)")
 
 
-def read_split(path: str, size: ImageSize | None) -> tuple[np.ndarray, np.ndarray, list | None]:
-    """(x (N, H, W, C), y (N,), class names or None) of one npz file, headers checked first."""
+def read_split(path: str, size: ImageSize | None,
+               labelled: bool = True) -> tuple[np.ndarray, np.ndarray | None, list | None]:
+    """(x (N, H, W, C), y (N,), class names or None) of one npz file, headers checked first.
+
+    ``labelled=False`` (images to classify): y is optional, None when the file has none."""
     check_input(path, "save the arrays with np.savez")
     try:
         with open_regular(path) as f, zipfile.ZipFile(f) as z:
             members = {name[:-4]: name for name in z.namelist() if name.endswith(".npy")}
-            missing = [k for k in ("x", "y") if k not in members]
+            missing = [k for k in ("x", "y") if k not in members and (labelled or k == "x")]
             if missing:
                 raise DataError(f"{path}: no array {' or '.join(missing)} (it has "
                                 f"{', '.join(sorted(members)) or 'none'}); save with "
                                 "np.savez(path, x=images, y=labels)")
             heads = {k: _header(path, z, members[k]) for k in members}
             shape = _image_shape(path, heads["x"][0], size)
-            y_shape, y_dtype = heads["y"]
+            y_shape, y_dtype = heads.get("y", ((shape[0],), np.dtype(np.int64)))
             if len(y_shape) != 1 or y_dtype.kind not in "iu":
                 raise DataError(f"{path}: y has shape {y_shape} dtype {y_dtype}; store one "
                                 "integer class index per sample, shape (N,)")
@@ -91,7 +94,7 @@ def read_split(path: str, size: ImageSize | None) -> tuple[np.ndarray, np.ndarra
             raw = int(np.prod(shape, dtype=object))
             check_memory(path, raw * (heads["x"][1].itemsize + FLOAT_BYTES), f"its x {shape}")
             x = _read(path, z, members["x"]).reshape(shape)
-            y = _read(path, z, members["y"])
+            y = _read(path, z, members["y"]) if "y" in members else None
             names = _class_names(path, z, members, heads)
     except DataError:
         raise

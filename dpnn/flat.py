@@ -3,6 +3,8 @@
 Every layer's ``W``/``b`` (and BatchNorm's running statistics) is a view into one
 contiguous float32 vector. Copying all parameters, putting them in shared memory,
 all-reducing the gradients or taking an optimizer step is then one operation on one array.
+A container (``dpnn.Residual``) needs nothing special here: its ``params``/``grads``/``state`` are
+its children's arrays under prefixed names, so binding the container binds its children.
 """
 from __future__ import annotations
 

@@ -187,7 +187,7 @@ def worker_threads(workers: int, threads_per_worker: int | None, deterministic: 
         who = f"{ranks} ranks x " if ranks > 1 else ""
         warnings.warn(f"{who}{workers} workers x {threads} BLAS threads = {total} threads on {cores} "
                       "usable physical cores: the cores are oversubscribed, expect lower throughput; "
-                      "use fewer workers or ranks", RuntimeWarning, stacklevel=3)
+                      "use fewer workers or ranks", RuntimeWarning, stacklevel=user_stacklevel())
     return threads, over
 
 
@@ -278,3 +278,14 @@ def configure_threads(environ=os.environ) -> dict[str, str]:
         return {}
     n = str(max(1, usable_cores() // ranks_per_node(environ)))
     return {k: environ.setdefault(k, n) for k in BLAS_THREAD_VARS if k not in environ}
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning point at the caller's line outside dpnn (the user's
+    ``fit(workers=4)``), not at a line of dpnn's own, whichever dpnn path led here."""
+    import sys
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1          # level 1: the function calling warnings.warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -47,3 +47,60 @@ def test_commands_page_covers_every_command_with_a_parser():
 
 def test_readme_links_the_commands_page():
     assert "docs/commands.md" in open(os.path.join(ROOT, "README.md")).read()
+
+
+# -- every python block of README.md and docs/*.md runs as written (with small data) -------------------
+DOC_FILES = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+                                   if f.endswith(".md"))
+# Runs before a block (and in its worker processes, which import it): the data sets shrink to a
+# few hundred samples (fashion-mnist becomes synthetic where it is not installed) and fit
+# trains one epoch; the block itself is run unchanged.
+PRELUDE = '''
+import dpnn, dpnn.datasets as _ds
+from dpnn.datasets import available_datasets as _available
+_load, _fit = _ds.load_dataset, dpnn.Model.fit
+def _small(name, *args, **kwargs):
+    if name not in [n for n, ok, _ in _available() if ok] and name in _ds.LOADERS:
+        name = "synthetic"
+    train, test, info = _load(name, *args, **kwargs)
+    return train.subset(384), test.subset(128), info
+def _one_epoch(self, *args, **kwargs):
+    kwargs["epochs"] = min(kwargs.get("epochs", 1), 1 + kwargs.get("initial_epoch", 0))
+    return _fit(self, *args, **kwargs)
+_ds.load_dataset, dpnn.Model.fit = _small, _one_epoch
+'''
+NEEDS = {"onnxruntime": "onnxruntime", "get_communicator(\"mpi\")": "mpi4py"}   # text in a block -> module
+
+
+def python_blocks() -> list:
+    found = []
+    for name in DOC_FILES:
+        text = open(os.path.join(ROOT, name)).read()
+        for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.M | re.S):
+            line = text[:m.start()].count("\n") + 1
+            found.append(pytest.param(m.group(1), id=f"{name}:{line}"))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("code", python_blocks())
+def test_every_python_block_runs_as_written(tmp_path, code):
+    import importlib.util
+    for needle, module in NEEDS.items():
+        if needle in code and importlib.util.find_spec(module) is None:
+            pytest.skip(f"the block needs {module}")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if "onnxruntime" in code:                       # its model.onnx comes from the shell command above it
+        export = subprocess.run([sys.executable, "-m", "launch.train", "--dataset", "synthetic", "--limit", "256",
+                                 "--epochs", "1", "--workers", "1", "--quiet", "--checkpoint-dir", "none"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert export.returncode == 0, export.stderr
+        export = subprocess.run([sys.executable, "-m", "launch.export", "--onnx", "weights.hdf5", "model.onnx"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        if export.returncode != 0:
+            pytest.skip(f"launch.export: {export.stderr.strip()[-200:]}")
+    (tmp_path / "block.py").write_text(PRELUDE + "\n" + code)
+    r = subprocess.run([sys.executable, "block.py"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Warning" not in r.stderr or "block.py" in r.stderr, r.stderr     # warnings point at the block

@@ -165,6 +165,10 @@ def check_layer(layer, input_shape: tuple, *, seed: int = 0, eps: float = 1e-6,
     compare(report, "x", analytic["x"], numerical_gradient(f, x, eps), atol, rtol)
     for key, p in layer.params.items():
         compare(report, key, analytic[key], numerical_gradient(f, p, eps), atol, rtol)
+    if report.failures and out.dtype != np.float64:       # the usual cause: say it with the failure
+        report.failures.append(f"note: the check runs in float64 (input, parameters and gradients), but the "
+                               f"layer returned {out.dtype}: its rounding is what differs; compute in the "
+                               "input's dtype (e.g. np.zeros(..., dtype=x.dtype)) and check again")
     run()
     return _finish(report, verbose, raise_on_mismatch)
 

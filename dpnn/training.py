@@ -177,7 +177,8 @@ class TrainingSession:
                 continue
             self.signals.check(p)
             idx = order[first:first + batch_size]
-            stats = engine.train_rows(idx, sample_keys(seed, epoch, idx))
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the check below says it
+                stats = engine.train_rows(idx, sample_keys(seed, epoch, idx))
             if not math.isfinite(stats.loss_sum):
                 raise TrainingDiverged(f"the loss became {stats.loss_sum} at epoch {epoch + 1}, step "
                                        f"{step + 1}; lower the learning rate or set clip_norm")

@@ -24,7 +24,6 @@ import time
 import numpy as np
 
 from dpnn.augment import SPEC_HELP, Compose, parse_spec
-from dpnn.callbacks import Callback
 from dpnn.datasets import MNIST_ENV, find_mnist_dir, load_dataset
 from dpnn.digits import digit_augmentation
 from dpnn.errors import DataError, WeightsError
@@ -92,17 +91,6 @@ def resolve_workers(workers):
     return workers
 
 
-class EpochLines(Callback):
-    """One line per epoch: loss, accuracy, learning rate and time."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs):
-        print(f"epoch {epoch + 1}/{self.epochs}: loss {logs['loss']:.4f}, acc {logs['acc']:.4f}, "
-              f"lr {logs['lr']:.2e}, {logs['time']:.1f} s", flush=True)
-
-
 def train_digits(train, epochs: int, batch_size: int, lr: float, seed: int, workers, verbose: bool,
                  augment: Compose | None = None, model_name: str = "seed-cnn"):
     """``model_name`` trained on ``train`` in one fit, each epoch on fresh ``augment`` jitter
@@ -111,8 +99,7 @@ def train_digits(train, epochs: int, batch_size: int, lr: float, seed: int, work
     model.compile(loss="categorical_crossentropy", optimizer="adam", lr=lr)
     model.fit(train.X, train.y, epochs=epochs, batch_size=batch_size, seed=seed, workers=workers,
               augment=augment if augment is not None else digit_augmentation(),
-              lr_schedule="cosine", lr_min=LR_MIN, callbacks=[EpochLines(epochs)] if verbose else [],
-              verbose=0)
+              lr_schedule="cosine", lr_min=LR_MIN, verbose=2 if verbose else 0)   # launch.train's epoch lines
     return model
 
 

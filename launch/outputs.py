@@ -185,8 +185,10 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
     rate = sum(h.get("samples_per_s", [])) / len(times) if times else math.nan
     blas = log.threads or (placement.current_blas_threads() if log.workers == 1 else "?")
     epochs = len(h["loss"])
+    n_val = int(round(len(run.train) * a.val_split))            # as fit splits it: the start line's count
+    held = f" ({n_val:,} more held out for validation)" if n_val else ""
     lines = [f"summary: {a.model} on {run.info['name']}, {epochs} epoch{'s' * (epochs != 1)}, "
-             f"{len(run.train):,} training samples",
+             f"{len(run.train) - n_val:,} training samples{held}",
              f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)",
              f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
              f"  workers         {f'{log.ranks} MPI ranks x ' if log.ranks > 1 else ''}"

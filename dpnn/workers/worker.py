@@ -219,6 +219,9 @@ def worker_main(worker_id: int, spec: WorkerSpec, conn) -> None:
     except Exception:
         _send(conn, Failed(0, traceback.format_exc()))
         return
+    # A diverging run overflows to inf/NaN here first; the coordinator checks every step's loss
+    # and stops with one clear line (TrainingDiverged), so NumPy's own warnings would only add noise.
+    np.seterr(over="ignore", invalid="ignore", divide="ignore")
     if _send(conn, Ready(os.getpid())):
         orphaned = serve(conn, runner, spec)
     else:

@@ -174,48 +174,79 @@ def targets_text(res: list[dict], machine: dict, cores: int, rows: list[dict]) -
     return "\n".join(lines)
 
 
-def plot(path: str, rows: list[dict], local: dict, torch: dict, projection: dict, flops: int,
-         peak: float, title: str) -> None:
-    """Throughput and efficiency against cores: measured points, baselines, projection curves."""
+def measured_groups(rows: list[dict]) -> dict[tuple, list[tuple]]:
+    """(kind, batch or per-worker batch, threads) -> sorted points (cores in use, samples/s,
+    efficiency, workers, oversubscribed): x is the cores the run could use (workers x threads,
+    at most the machine's), so 4 workers on 2 cores sit at 2, marked as oversubscribed."""
+    groups: dict[tuple, list[tuple]] = {}
+    for r in rows:
+        n, t = r["workers"], r["threads"]
+        b = r["batch"] if r["kind"] == "strong" else r["batch"] // n
+        used = r.get("cores_used", n * t)
+        groups.setdefault((r["kind"], b, t), []).append(
+            (used, r["samples_per_s"], r["efficiency"], n, n * t > used))
+    return {k: sorted(v, key=lambda p: (p[0], p[3])) for k, v in sorted(groups.items())}
+
+
+def figure(rows: list[dict], local: dict, torch: dict, projection: dict, flops: int, peak: float):
+    """The two panels: throughput against the cores measured (measured points, baselines, the
+    GEMM-peak limit, projections over that range) and efficiency with the projections to their end."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    groups = sorted({(r["kind"], r["batch"] if r["kind"] == "strong" else r["batch"] // r["workers"],
-                      r["threads"]) for r in rows})
-    for i, (kind, b, t) in enumerate(groups):
-        pts = sorted((r["workers"] * t, r["samples_per_s"], r["efficiency"]) for r in rows
-                     if r["kind"] == kind and r["threads"] == t
-                     and (r["batch"] if kind == "strong" else r["batch"] // r["workers"]) == b)
+    xs, ys = [1.0], []
+    for i, ((kind, b, t), pts) in enumerate(measured_groups(rows).items()):
         label = f"dpnn {kind}, {'batch' if kind == 'strong' else 'per-worker batch'} {b}, {t} thr/worker"
-        style = "-o" if kind == "strong" else "--s"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=colors[i % 10], label=label)
-        ax2.plot([p[0] for p in pts], [p[2] for p in pts], style, color=colors[i % 10], label=label)
+        style, color = ("-o" if kind == "strong" else "--s"), colors[i % 10]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=label)
+        ax2.plot([p[0] for p in pts], [p[2] for p in pts], style, color=color, label=label)
+        for x, y, _, n, over in pts:
+            if over:                      # more workers than cores: say it where the point is
+                ax.annotate(f"{n} workers on {x} cores", (x, y), fontsize=6.5, xytext=(4, -10),
+                            textcoords="offset points", color=color)
+        xs += [p[0] for p in pts]
+        ys += [p[1] for p in pts]
     for (name, runs, marker) in (("dpnn 1 process, BLAS threads", local, "x"), ("PyTorch CPU", torch, "^")):
         for b in sorted({k[0] for k in runs}):
             pts = sorted((t, r["samples_per_s"]) for (bb, t), r in runs.items() if bb == b)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, ms=9, ls=":",
-                    label=f"{name}, batch {b}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker, ms=9, ls=":", label=f"{name}, batch {b}")
+            xs += [p[0] for p in pts]
+            ys += [p[1] for p in pts]
+    xmax = 2.0 * max(xs)
+    styles = ["--", "-.", ":", (0, (5, 1, 1, 1))]
+    shades = plt.cm.viridis([0.15 + 0.7 * j / max(1, len(projection.get("curves", {})) - 1)
+                             for j in range(len(projection.get("curves", {})))])
     for j, (name, pts) in enumerate(projection.get("curves", {}).items()):
-        c = [p["cores"] for p in pts]
-        ax.plot(c, [p["samples_per_s"] for p in pts], lw=1, alpha=0.6, color="0.3",
-                ls=(0, (1, 1 + j)), label=f"projection: {name}")
-        ax2.plot(c, [p["efficiency"] for p in pts], lw=1, alpha=0.6, color="0.3", ls=(0, (1, 1 + j)),
-                 label=f"projection: {name}")
-    cmax = max([64] + [p["cores"] for pts in projection.get("curves", {}).values() for p in pts])
-    ax.plot([1, cmax], [peak * 1e9 / flops, peak * 1e9 * cmax / flops], color="k", lw=0.8,
+        line = dict(lw=1.2, color=shades[j], ls=styles[j % len(styles)], label=f"projection: {name}")
+        near = [p for p in pts if p["cores"] <= xmax]
+        ax.plot([p["cores"] for p in near], [p["samples_per_s"] for p in near], **line)
+        ax2.plot([p["cores"] for p in pts], [p["efficiency"] for p in pts], **line)
+        ys += [p["samples_per_s"] for p in near]
+    ax.plot([1, xmax], [peak * 1e9 / flops, peak * 1e9 * xmax / flops], color="k", lw=0.8,
             label=f"GEMM-peak limit ({peak:.0f} GFLOP/s/core, {flops / 1e6:.1f} MFLOP/sample)")
     for a in (ax, ax2):
         a.set_xscale("log", base=2)
-        a.set_xlabel("cores in use (workers x threads)")
+        a.set_xlabel("cores in use (workers x threads, at most the machine's)")
         a.grid(True, which="both", alpha=0.3)
+    ax.set_xlim(0.8, xmax)
     ax.set_yscale("log")
+    if ys:
+        ax.set_ylim(min(ys) / 2, max(ys) * 3)
     ax.set_ylabel("samples / s")
     ax2.set_ylabel("parallel efficiency")
     ax2.set_ylim(0, 1.1)
     ax.legend(fontsize=6.5, loc="upper left")
     ax2.legend(fontsize=6.5, loc="lower left")
+    return fig
+
+
+def plot(path: str, rows: list[dict], local: dict, torch: dict, projection: dict, flops: int,
+         peak: float, title: str) -> None:
+    """Throughput and efficiency against cores (:func:`figure`), written to ``path``."""
+    import matplotlib.pyplot as plt
+    fig = figure(rows, local, torch, projection, flops, peak)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -145,3 +145,29 @@ def test_serial_fraction_prefers_the_workers_busy_span():
     times = {"compute": 0.015, "update": 0.003, "busy": 0.0194}
     assert serial_fraction(0.020, times) == pytest.approx(0.03)
     assert serial_fraction(0.020, {k: v for k, v in times.items() if k != "busy"}) == pytest.approx(0.1)
+
+
+def test_plot_puts_points_at_the_cores_in_use_and_tells_the_projections_apart():
+    """Issue 21.9: 4 workers on a 2-core machine sit at 2 cores (marked), each projection has its own
+    colour, and the throughput panel spans the measured cores, not the projection's 64."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    from benchmarks.scaling_report import figure, measured_groups
+    rows = derived([measured(1, 64, 400.0), measured(2, 64, 700.0), measured(4, 64, 650.0)])
+    assert [p[0] for p in measured_groups(rows)[("strong", 64, 1)]] == [1, 2, 2]
+    assert [p[4] for p in measured_groups(rows)[("strong", 64, 1)]] == [False, False, True]
+    model = StepModel(compute_per_sample=1e-3, wait_fraction=0.02, copy_s=2e-4, optimizer_s=2e-4,
+                      fixed_one_s=3e-4, sync_s=5e-5, fixed_s=2e-4, message_s=1e-4, grad_bytes=4_000_000,
+                      measured_cores=2, stream_scaling=1.5)
+    projection = {"curves": {**project(model, [64], CORES, per_worker_batch=64)["curves"],
+                             **project(model, [256], CORES, per_worker_batch=256)["curves"]}}
+    fig = figure(rows, {}, {}, projection, flops=25_000_000, peak=60.0)
+    ax, ax2 = fig.axes
+    colours = [matplotlib.colors.to_hex(line.get_color()) for line in ax2.lines
+               if line.get_label().startswith("projection")]
+    assert len(colours) == len(projection["curves"]) == len(set(colours))
+    assert ax.get_xlim()[1] <= 8 and ax2.get_xlim()[1] >= 64
+    assert any("4 workers on 2 cores" in t.get_text() for t in ax.texts)
+    plt.close(fig)

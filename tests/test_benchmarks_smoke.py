@@ -84,7 +84,7 @@ def test_scaling_benchmark_rejects_bad_arguments():
     ("mpi_scaling", ["--ranks", "1,-2"], "--ranks"),
     ("mpi_scaling", ["--warmup", "-1"], "--warmup"),
     ("mpi_scaling", ["--batch-size", "0"], "--batch-size"),
-    ("mpi_scaling", ["--model", "resnet"], "--model"),
+    ("mpi_scaling", ["--model", "resnet-9000"], "--model"),
 ])
 def test_benchmarks_refuse_bad_arguments_naming_the_flag(module, argv, named, capsys):
     parse_args = importlib.import_module(f"benchmarks.{module}").parse_args

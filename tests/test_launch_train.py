@@ -100,7 +100,7 @@ def test_help_explains_every_flag_with_its_default(tmp_path):
     (["--limit", "0"], "--limit"),
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--resume", "--checkpoint-dir", "empty"], "no checkpoint in empty"),
-    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--model", "resnet-9000"], "unknown model 'resnet-9000'"),
     (["--model", "missing.json"], "missing.json"),
     (["--dataset", "imagenet"], "unknown data set 'imagenet'"),
 ])

@@ -99,7 +99,8 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C (stop, clean up) but known apart: a command exits with 143."""
 
 
-def _raise_terminated(signum, frame) -> None:
+def raise_terminated(signum, frame) -> None:
+    """The SIGTERM handler: stop like Ctrl-C, known apart."""
     raise Terminated(f"received signal {signal.Signals(signum).name}")
 
 
@@ -109,7 +110,7 @@ def sigterm_as_interrupt():
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL):
         return None
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGTERM, raise_terminated)
     return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 

@@ -29,7 +29,7 @@ from dpnn.callbacks import LRScheduler
 from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
 from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
-from dpnn.signals import Terminated
+from dpnn.signals import raise_terminated
 from dpnn.tensorboard import TensorBoard
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 from launch import arguments, mpi, outputs, plugins
@@ -308,10 +308,6 @@ def execute(run, rank: int) -> int:
     if rank == 0:
         print(outputs.summary(run, log, test_loss, test_acc), flush=True)
     return 0
-
-
-def raise_terminated(signum, frame):
-    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:

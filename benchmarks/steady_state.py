@@ -257,6 +257,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)     # like Ctrl-C: report the epochs measured so far
     from dpnn.placement import usable_cores
 
+    # everything imported before a long run: the working tree may change meanwhile
+    from .denormals import denormal_costs
+    from .denormals import report as denormal_report
     from .torch_ref import available
     chosen = contestants(a.contestants, a.workers, a.threads)
     notes = []
@@ -281,10 +284,8 @@ def main(argv=None) -> int:
         notes.append(f"interrupted: {done} of {a.epochs} epochs measured for every contestant")
     denormal = None
     if a.repeats and done == a.epochs:           # interrupted: report at once
-        from .denormals import denormal_costs
         denormal = denormal_costs(a.repeats, a.batch_size)
     tgts = targets(res)
-    from .denormals import report as denormal_report
     print("\n" + report(res, meta, tgts, denormal_report(denormal) if denormal else []))
     if a.json:
         with open(a.json, "w") as f:

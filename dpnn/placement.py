@@ -191,6 +191,22 @@ def worker_threads(workers: int, threads_per_worker: int | None, deterministic: 
     return threads, over
 
 
+def contention_note(threads: int | None, load: float | None = None) -> str | None:
+    """A line for the run summary when ``threads`` BLAS threads per process will compete with
+    other jobs: OpenBLAS's threads wait for each other by spinning, so on cores that other
+    work occupies a step with 2 threads measured 1.6x to 13x slower than with 1
+    (docs/benchmarks/README.md, "One thread under contention"); None when the cores are free."""
+    if not threads or threads < 2 or not hasattr(os, "getloadavg"):
+        return None
+    load = os.getloadavg()[0] if load is None else load
+    cores = usable_cores()
+    if threads <= max(1, cores - round(load)):
+        return None
+    return (f"note: this machine is busy (load {load:.1f} on {cores} usable cores): {threads} BLAS threads per "
+            "process will compete with other jobs and can run several times slower than 1; pass "
+            "threads_per_worker=1 (--threads-per-worker 1) or train with workers")
+
+
 def local_threads(threads_per_worker: int | None, deterministic: bool) -> int | None:
     """BLAS threads for training in this process: explicit, 1 when deterministic, else None
     (leave BLAS as the environment set it)."""

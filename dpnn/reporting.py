@@ -16,6 +16,7 @@ import sys
 from tqdm.auto import tqdm
 
 from .callbacks import Callback
+from .placement import contention_note
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
@@ -65,6 +66,9 @@ class EpochLogger(Callback):
         self.epochs = logs["epochs"]
         n = logs["epochs"] - logs["initial_epoch"]
         write(f"training {logs['samples']:,} samples, {n} epoch{'s' * (n != 1)}, on {logs['engine_text']}")
+        note = contention_note(logs.get("threads_per_worker"))
+        if note:
+            write(note)
 
     def on_epoch_end(self, epoch, logs):
         times = self.session.step_times if self.show_step_times else None

@@ -125,3 +125,20 @@ def test_only_the_first_rank_of_a_node_warns(monkeypatch):
             warnings.simplefilter("always")
             assert placement.worker_threads(1, None, False, ranks=4) == (1, True)
         assert len(caught) == expected, rank
+
+
+def test_a_busy_machine_is_named_when_several_blas_threads_would_compete(monkeypatch):
+    monkeypatch.setattr(placement, "usable_cores", lambda: 2)
+    assert placement.contention_note(2, load=0.2) is None             # the cores are free
+    assert placement.contention_note(1, load=8.0) is None             # one thread does not spin
+    note = placement.contention_note(2, load=1.1)
+    assert "busy (load 1.1 on 2 usable cores)" in note and "threads_per_worker=1" in note
+
+
+def test_the_run_summary_says_so(monkeypatch, capsys):
+    from dpnn import reporting
+    monkeypatch.setattr(reporting, "contention_note", lambda threads: f"note: busy, {threads} threads")
+    logger = reporting.EpochLogger()
+    logger.on_train_begin({"epochs": 1, "initial_epoch": 0, "samples": 10, "engine_text": "here",
+                           "threads_per_worker": 2})
+    assert "note: busy, 2 threads" in capsys.readouterr().out

@@ -110,3 +110,13 @@ def test_no_file_over_400_lines(folder):
     long = {str(p.relative_to(ROOT)): n for p in sorted((ROOT / folder).rglob("*.py"))
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_one_step_reads_in_at_most_8_files_and_1800_lines():
+    """docs/engine.md lists the files a reader follows for one data-parallel step, in order."""
+    import re
+    text = (ROOT / "docs" / "engine.md").read_text()
+    section = text.split("**Read one data-parallel step in this order**", 1)[1].split("\n\n", 2)[1]
+    files = re.findall(r"^\| \d+ \| `([^`]+)` \|", section, flags=re.M)
+    lines = sum(len((ROOT / f).read_text().splitlines()) for f in files)
+    assert 0 < len(files) <= 8 and lines <= 1800, (files, lines)

@@ -299,8 +299,8 @@ def test_the_resnet_preset_builds_for_28_and_32_pixel_images(shape):
     model = Model(PRESETS["resnet"](7), seed=0).build((1, *shape))
     assert model.output_shape == (None, 7)
     blocks = [layer for layer in model.layers if isinstance(layer, Residual)]
-    assert [b.output_shape[1:] for b in blocks] == [(shape[0], shape[0], 24), (shape[0] // 2,) * 2 + (48,),
-                                                    (-(-shape[0] // 4),) * 2 + (96,)]
+    assert [b.output_shape[1:] for b in blocks] == [(shape[0], shape[0], 32), (shape[0] // 2,) * 2 + (64,),
+                                                    (-(-shape[0] // 4),) * 2 + (128,)]
     assert blocks[0].shortcut is None and blocks[1].shortcut[0].stride == 2
     x = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
     assert model.predict(x).shape == (2, 7)

@@ -39,6 +39,7 @@ INPUT_SHAPE = (28, 28, 1)
 TOP_K = 3
 EXIT_ERROR = 2
 TITLE = "dpnn digit predictor"
+ERROR_TITLE = "dpnn predictor: error"     # no model loaded: nothing to name the window after
 
 
 class Classifier:
@@ -147,7 +148,7 @@ def fail(message: str, dialog: str = "auto") -> int:
         except tk.TclError:   # no usable display after all; stderr has the message
             return EXIT_ERROR
         root.withdraw()
-        messagebox.showerror(f"{TITLE}: error", message, parent=root)
+        messagebox.showerror(ERROR_TITLE, message, parent=root)
         root.destroy()
     return EXIT_ERROR
 

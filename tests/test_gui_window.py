@@ -252,7 +252,7 @@ def write_bad_weights(kind: str, tmp_path: Path, good: str) -> str:
 def test_unusable_weights_exit_2_with_a_message_and_dialog(kind, message, xdisplay, launch_gui,
                                                            digit_weights, tmp_path):
     gui = launch_gui(write_bad_weights(kind, tmp_path, digit_weights), xdisplay, "--error-dialog", "always")
-    dialog = gui.xdotool("search", "--sync", "--name", f"{TITLE}: error").split()[0]
+    dialog = gui.xdotool("search", "--sync", "--name", "dpnn predictor: error").split()[0]
     # Pointer over the dialog and a real (XTEST) key press: `key --window` would send the key
     # release to a window the press has already closed, which xdotool reports as an error.
     gui.xdotool("mousemove", "--window", dialog, "20", "20", "key", "Return")

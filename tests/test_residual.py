@@ -385,3 +385,26 @@ def test_the_block_matches_pytorch(training):
         close(layer.grads["beta"], ref.bias.grad)
         close(layer.state["running_mean"], ref.running_mean)
         close(layer.state["running_var"], ref.running_var)
+
+
+def test_a_block_ending_in_softmax_trains_like_a_softmax_layer_after_it():
+    """Cross-entropy reads a block's softmax output as probabilities (no second softmax), in this
+    process and on 2 workers, exactly like the same block followed by Activation('softmax')."""
+    from dpnn import Activation, Dense, Flatten, Model, Residual
+    rng = np.random.default_rng(0)
+    X, y = rng.random((48, 4, 4, 1), dtype=np.float32), rng.integers(0, 8, 48)
+
+    def model(inside: bool) -> Model:
+        block = Residual([Dense(8), Activation("relu"), Dense(8)], activation="softmax" if inside else None)
+        m = Model([Flatten(), Dense(8), block] + ([] if inside else [Activation("softmax")]), seed=0)
+        return m.compile(loss="categorical_crossentropy", optimizer="adam", lr=1e-2)
+
+    params = []
+    for inside, workers in ((False, 1), (True, 1), (True, 2)):
+        m = model(inside)
+        m.fit(X, y, epochs=2, batch_size=16, seed=0, verbose=0, workers=workers, deterministic=True)
+        probs = m.predict_proba(X[:4])
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_allclose(probs, m.predict(X[:4]), rtol=1e-6)   # no second softmax
+        params.append(m.params)
+    assert np.array_equal(params[0], params[1]) and np.array_equal(params[1], params[2])

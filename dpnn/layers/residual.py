@@ -122,7 +122,22 @@ class Residual(Layer):
         clone = copy.copy(self)
         clone.layers, clone.shortcut = list(layers[:n]), list(layers[n:]) or None
         clone._act = Activation(self.activation) if self.activation else None
+        clone.fused_with_loss = self.fused_with_loss
         return clone
+
+    @property
+    def output_activation(self) -> str | None:
+        return self.activation
+
+    @property
+    def fused_with_loss(self) -> bool:
+        """A softmax after the sum, read by cross-entropy as probabilities (``losses.fit_loss_to_output``)."""
+        return self._act is not None and self._act.fused_with_loss
+
+    @fused_with_loss.setter
+    def fused_with_loss(self, value: bool) -> None:
+        if self._act is not None:
+            self._act.fused_with_loss = bool(value)
 
     def portable(self) -> "Residual":
         clone = self.with_sublayers([layer.portable() for layer in self.sublayers()])

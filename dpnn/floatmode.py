@@ -53,21 +53,23 @@ def _libc():
         return None
 
 
-def _read_env(libc) -> ctypes.Array | None:
+def _read_env():
+    """(fenv_t buffer, its control word, (offset, width, bits)) of the calling thread, or None
+    where the mode cannot be read (no libc, an unknown fenv_t layout)."""
+    layout, libc = _layout(), _libc()
+    if layout is None or libc is None:
+        return None
     buf = ctypes.create_string_buffer(ENV_BYTES)
-    return buf if libc.fegetenv(buf) == 0 else None
+    if libc.fegetenv(buf) != 0:
+        return None
+    offset, width, _ = layout
+    return buf, int.from_bytes(buf.raw[offset:offset + width], sys.byteorder), layout
 
 
 def _control_word() -> int | None:
     """This thread's floating-point control register, or None where it cannot be read."""
-    layout, libc = _layout(), _libc()
-    if layout is None or libc is None:
-        return None
-    buf = _read_env(libc)
-    if buf is None:
-        return None
-    offset, width, _ = layout
-    return int.from_bytes(buf.raw[offset:offset + width], sys.byteorder)
+    env = _read_env()
+    return None if env is None else env[1]
 
 
 def available() -> bool:
@@ -83,17 +85,13 @@ def flush_denormals_enabled() -> bool:
 
 def _write(on: bool) -> bool:
     """Set or clear the flush bits of the calling thread; False where that is not possible."""
-    layout, libc = _layout(), _libc()
-    if layout is None or libc is None:
+    env = _read_env()
+    if env is None:
         return False
-    buf = _read_env(libc)
-    if buf is None:
-        return False
-    offset, width, bits = layout
-    word = int.from_bytes(buf.raw[offset:offset + width], sys.byteorder)
+    buf, word, (offset, width, bits) = env
     word = word | bits if on else word & ~bits
     ctypes.memmove(ctypes.addressof(buf) + offset, word.to_bytes(width, sys.byteorder), width)
-    return libc.fesetenv(buf) == 0 and flush_denormals_enabled() == on
+    return _libc().fesetenv(buf) == 0 and flush_denormals_enabled() == on
 
 
 def restart_blas_threads() -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,7 +300,6 @@ def configure_threads(environ=os.environ) -> dict[str, str]:
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a warning point at the caller's line outside dpnn (the user's
     ``fit(workers=4)``), not at a line of dpnn's own, whichever dpnn path led here."""
-    import sys
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
     frame, level = sys._getframe(1), 1          # level 1: the function calling warnings.warn
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):

@@ -124,3 +124,18 @@ def test_threads_per_worker_must_be_positive(monkeypatch):
     machine(monkeypatch, range(2), [(0,), (1,)])
     with pytest.raises(ValueError, match="threads_per_worker"):
         plan_placement(1, threads_per_worker=0)
+
+
+def test_the_oversubscription_warning_points_at_the_callers_line(monkeypatch):
+    """Issue 21: `workers=4` on 2 cores echoed a line of dpnn's own source; the warning now names
+    the caller's line, whichever path inside dpnn raised it."""
+    from dpnn.workers import DataParallel
+
+    from conftest import cnn
+    machine(monkeypatch, range(2), [(0,), (1,)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dp = DataParallel(cnn(), workers=4, threads_per_worker=1)      # no process starts yet
+    dp.close()
+    hits = [w for w in caught if "oversubscribed" in str(w.message)]
+    assert len(hits) == 1 and hits[0].filename == __file__, [(w.filename, w.lineno) for w in hits]

@@ -320,3 +320,32 @@ def test_deterministic_ranks_compute_on_their_nodes_workers(workers):
         finally:
             e.close()
     assert np.array_equal(m.params, ref.params)
+
+
+def test_a_users_adam_subclass_steps_as_written_on_the_workers():
+    """The sharded step runs only dpnn's own SGD and Adam (``Optimizer.sharded_slots``): a user's
+    subclass that changes the update is stepped whole, as in one process, on any worker count."""
+    from dpnn.optim import Adam
+
+    class HalfStepAdam(Adam):                    # defined here, the way a user's script would
+        def update(self, p, g, slot):
+            super().update(p, 0.5 * g, slot)
+
+    data = batches([24] * 3)
+    results = []
+    for workers in (None, 2):
+        m = cnn(hidden=300)
+        m.compile(optimizer=HalfStepAdam(lr=0.01))
+        assert m.optimizer.sharded_slots() is None and Adam().sharded_slots() == ("m", "v")
+        if workers is None:
+            train(LocalEngine(m, deterministic=True), data)
+        else:
+            with DataParallel(m, workers=workers, deterministic=True) as dp:
+                train(dp, data)
+                assert dp.node._sets is None                      # the coordinator stepped
+        results.append(m.params.copy())
+    ref = cnn(hidden=300)
+    ref.compile(optimizer="adam", lr=0.01)
+    train(LocalEngine(ref, deterministic=True), data)
+    assert np.array_equal(results[0], results[1])
+    assert not np.array_equal(results[0], ref.params)           # the subclass's update ran

@@ -49,5 +49,3 @@ def exchange_width(layers) -> int:
     """Longest vector any BatchNorm2D layer will exchange (2C+1), 0 if there is none."""
     return max((2 * layer.params["gamma"].size + 1 for layer in batchnorm_layers(layers)), default=0)
 
-
-__all__ = ["ShardExchange", "exchange_width", "batchnorm_layers"]

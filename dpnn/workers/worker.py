@@ -21,6 +21,7 @@ import cloudpickle
 import numpy as np
 
 from ..floatmode import set_flush_denormals
+from ..layers.normalization import batchnorm_layers
 from ..node import Finish
 from ..placement import limit_process_threads
 from ..recipe import Sums, evaluation_sums, run_shard, shard_bounds
@@ -30,7 +31,7 @@ from .batches import RowGatherer
 from .liveness import process_gone, watch
 from .messages import Aborted, Compute, Computed, Evaluate, Evaluated, Failed, Ready, Stop, Update, Updated, WorkerSpec
 from .sharded_update import chunk_bounds, sum_chunk, update_chunk
-from .syncbn import ShardExchange, batchnorm_layers
+from .syncbn import ShardExchange
 
 COORDINATOR_POLL_S = 0.5    # how often an idle worker checks that its coordinator is alive
 EXIT_WAIT_S = 2.0           # after EOF on its pipe, how long a worker waits to see the coordinator gone

@@ -104,7 +104,7 @@ class PoolNode:
         self.pool: WorkerPool | None = None
         self._sets: ShardedUpdate | None = None     # None: the optimizer always runs here
         self._unplaced: tuple | None = None         # the training set, when shared memory had no room
-        self._layout_changed = False
+        self._layout_changed = self._one_slot = False
         self._attempt = 0
         self._in_flight = self.closed = False
         self._restore_sigterm = None
@@ -135,7 +135,8 @@ class PoolNode:
                     (self.sync_batchnorm or m.state.size == 0):   # per-shard statistics stay equal
                 self._balance = ShardBalance(self.workers)
             params = self._sets.current_params() if self._sets else a["params"][0]
-            m.bind(params, a["grads_sum"], a["state"][0], copy=True)
+            self._one_slot = self.slots == 1 and self._sets is None   # its gradient is read in place
+            m.bind(params, a["grads"][0] if self._one_slot else a["grads_sum"], a["state"][0], copy=True)
             spec = self._spec()
             m.owner = self
             self.pool = WorkerPool(spec, self.start_method, arrivals=lambda: self.arena["meet"])
@@ -253,7 +254,8 @@ class PoolNode:
         a, m = self.arena, self.model
         if finish is not Finish.SLOTS:
             combine_shards(shards, a["grads"][:len(local)], a["state"][1:1 + len(local)],
-                           m.grads if how is Finish.SLOTS else None, m.state, self.sync_batchnorm)
+                           m.grads if how is Finish.SLOTS and not self._one_slot else None, m.state,
+                           self.sync_batchnorm)
         t3 = time.perf_counter()
         norm, optimizer = None, 0.0            # the coordinator's optimizer time
         if fused:

@@ -52,11 +52,6 @@ def input_problem(path: str) -> str | None:
     return f"is {file_kind(mode)}, not a regular file"
 
 
-def is_regular(path: str) -> bool:
-    """Whether ``path`` is a regular file (symbolic links followed), without opening it."""
-    return input_problem(path) is None
-
-
 def open_regular(path: str) -> io.BufferedReader:
     """``open(path, 'rb')`` for a regular file; OSError (with the reason as ``strerror``) otherwise.
 

@@ -21,7 +21,7 @@ import contextlib
 import signal
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -35,9 +35,6 @@ class Progress:
     correct: int = 0           # argmax hits (-1: not a classifier)
     seen: int = 0              # samples
     elapsed: float = 0.0       # seconds spent in the epoch's steps so far
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class TrainingInterrupted(KeyboardInterrupt):

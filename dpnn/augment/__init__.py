@@ -16,8 +16,8 @@ the op at each position keys of its own, so its ops' draws are independent.
 
 Modules: ``base`` (the op contract, ``Compose``, keys), ``ops`` (the ops), ``spec`` (the grammar).
 """
-from .base import AUGMENT_STREAM, Augment, Augmentation, Compose, augment_batch, check_batch, describe_op, op_keys
-from .ops import (
+from .base import Augment, Augmentation, Compose, augment_batch, op_keys  # noqa: F401 (re-exported)
+from .ops import (  # noqa: F401
     BrightnessContrast,
     Clip,
     Cutout,
@@ -26,14 +26,8 @@ from .ops import (
     RandomFlip,
     RandomShift,
     StrokeWidth,
-    affine_sample,
     shift_images,
 )
-from .spec import SPEC_HELP, TOKENS, parse_spec
+from .spec import SPEC_HELP, TOKENS, parse_spec  # noqa: F401
 
 __doc__ += "\n" + SPEC_HELP + "\n"
-
-__all__ = ["AUGMENT_STREAM", "Augment", "Augmentation", "BrightnessContrast", "Clip", "Compose", "Cutout",
-           "RandomAffine", "RandomCrop", "RandomFlip", "RandomShift", "SPEC_HELP", "StrokeWidth", "TOKENS",
-           "affine_sample", "augment_batch", "check_batch", "describe_op", "op_keys", "parse_spec",
-           "shift_images"]

@@ -106,6 +106,3 @@ def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
             "details": splits.details, "notes": notes,
             "sorted_by_class": sorted_by_class(splits.train[1])}
     return train, test, info
-
-
-__all__ = ["FORMATS", "load", "detect_format", "layouts", "parse_image_size"]

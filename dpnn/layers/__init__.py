@@ -1,10 +1,11 @@
 """Layers (NHWC, float32). Register your own with ``@register_layer``."""
-from .base import LAYER_REGISTRY, Layer, layer_from_config, register_layer, walk_layers
-from .conv import Conv2D, Dense
+# re-exported (``from dpnn.layers import Conv2D``)
+from .base import LAYER_REGISTRY, Layer, layer_from_config, register_layer, walk_layers  # noqa: F401
+from .conv import Conv2D, Dense  # noqa: F401
 from .normalization import BatchNorm2D
 from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
-from .residual import Residual
-from .simple import Activation, Dropout, Flatten
+from .residual import Residual  # noqa: F401
+from .simple import Activation, Dropout, Flatten  # noqa: F401
 
 
 def execution_order(layers: list[Layer]) -> list[int]:
@@ -32,8 +33,3 @@ MaxPooling2D, AveragePooling2D = MaxPool2D, AvgPool2D
 GlobalAveragePooling2D, BatchNormalization = GlobalAvgPool2D, BatchNorm2D
 for _name, _cls in KERAS_ALIASES.items():
     register_layer(_cls, name=_name)
-
-__all__ = ["Layer", "register_layer", "layer_from_config", "LAYER_REGISTRY", "Conv2D", "Dense",
-           "Activation", "Flatten", "Dropout", "MaxPool2D", "AvgPool2D", "GlobalAvgPool2D",
-           "BatchNorm2D", "Residual", "walk_layers", "execution_order", "MaxPooling2D",
-           "AveragePooling2D", "GlobalAveragePooling2D", "BatchNormalization"]

@@ -1,14 +1,8 @@
-"""The shared-memory data-parallel engine (see docs/engine.md).
-
-``PoolNode`` is the node backend whose shards run in worker processes; ``DataParallel`` is
-the engine a user opens on one machine, ``Step(PoolNode(...))``, a context manager with
-``train_step``/``train_on_batch``/``evaluate``/``predict``; ``SharedArena`` is the
-shared-memory layout they all see.
+"""The shared-memory data-parallel engine (see docs/engine.md): ``PoolNode``, the node whose
+shards run in worker processes, and ``DataParallel``, the engine a user opens on one machine.
 """
-from ..errors import WorkerError
-from ..placement import Placement, cgroup_cpu_limit, plan_placement, resolve_workers, usable_cores
 from ..step import Step
-from .arena import SharedArena, SharedMemoryError, unlink_prefix
+from .arena import SharedArena, SharedMemoryError  # noqa: F401 (re-exported)
 from .coordinator import PoolNode
 
 
@@ -49,7 +43,3 @@ class DataParallel(Step):
     @property
     def startup_time(self) -> float | None:
         return self.node.startup_time
-
-
-__all__ = ["DataParallel", "PoolNode", "WorkerError", "SharedArena", "SharedMemoryError", "unlink_prefix",
-           "resolve_workers", "plan_placement", "Placement", "usable_cores", "cgroup_cpu_limit"]

@@ -89,12 +89,8 @@ def commit(tmp: str, path: str) -> None:
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``.
-
-    Refuses (OutputError) a ``path`` that is not a regular file before writing anything; on
-    any OSError the temporary file is removed, ``path`` is left as it was and one OutputError
-    says why. The new file gets the mode open() would give it.
-    """
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path`` (see the module
+    docstring for what is refused and what a failure leaves); the mode is what open() would give."""
     check_output_path(path)
     with temp_beside(path) as tmp:
         write(tmp)

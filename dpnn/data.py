@@ -67,8 +67,7 @@ class Dataset:
                             "convert with X.astype(np.float32)")
         _check_finite(X)
         _check_labels(y, len(X))
-        self.X = X
-        self.y = y
+        self.X, self.y = X, y
 
     def __len__(self) -> int:
         return len(self.X)

@@ -138,14 +138,7 @@ def _load_synthetic() -> tuple[Dataset, Dataset, dict]:
     return make_synthetic(2000, seed=0), make_synthetic(500, seed=1), info
 
 
-def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
-         label_column: int | str | None = None) -> tuple[Dataset, Dataset, dict]:
-    """The data set in ``directory`` (IDX, npz, CSV or image folders) -> (train, test, info).
-
-    ``image_size`` ("HxW", "HxWxC" or a tuple) resizes image folders and shapes CSV rows;
-    ``label_column`` (CSV) is an index or a header name. See :func:`dpnn.formats.load`.
-    """
-    return formats.load(directory, image_size, label_column)
+load = formats.load      # a directory of the user's own data (IDX, npz, CSV or image folders)
 
 
 LOADERS: dict[str, Callable[[], tuple[Dataset, Dataset, dict]]] = {

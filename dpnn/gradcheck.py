@@ -23,6 +23,7 @@ import numpy as np
 
 from .losses import get_loss
 from .random import sample_keys as make_sample_keys
+from .recipe import loss_sum
 
 
 class GradientMismatch(AssertionError):
@@ -108,11 +109,6 @@ def separated_values(shape: tuple, rng: np.random.Generator, scale: float = 2.0)
     return rng.permutation(grid).reshape(shape)
 
 
-def _to_float64(arrays: dict) -> None:
-    for k, v in arrays.items():
-        arrays[k] = np.ascontiguousarray(v, dtype=np.float64)
-
-
 def check_layer(layer, input_shape: tuple, *, seed: int = 0, eps: float = 1e-6,
                 atol: float = 1e-6, rtol: float = 1e-5, training: bool = True,
                 x: np.ndarray | None = None, sample_keys: np.ndarray | None = None,
@@ -133,9 +129,9 @@ def check_layer(layer, input_shape: tuple, *, seed: int = 0, eps: float = 1e-6,
     if not layer.built:
         layer.rng = np.random.default_rng(seed)
         layer.build((None,) + input_shape[1:])
-    _to_float64(layer.params)
-    _to_float64(layer.grads)
-    _to_float64(layer.state)
+    for arrays in (layer.params, layer.grads, layer.state):
+        for k, v in arrays.items():
+            arrays[k] = np.ascontiguousarray(v, dtype=np.float64)
     if randomize_params:
         for p in layer.params.values():
             p[...] = rng.standard_normal(p.shape)
@@ -188,10 +184,7 @@ def check_loss(loss, shape: tuple, labels, *, seed: int = 0, eps: float = 1e-6,
     N = shape[0]
 
     def f() -> float:
-        mean = loss.forward(y_pred, labels)
-        per_sample = getattr(loss, "per_sample", None)
-        total = float(np.sum(per_sample)) if per_sample is not None else mean * N
-        return total / (denominator or N)
+        return loss_sum(loss, loss.forward(y_pred, labels), N) / (denominator or N)
 
     f()
     analytic = loss.backward(denominator)

@@ -178,9 +178,5 @@ def write_idx(path: str | os.PathLike, array: np.ndarray, gzip: bool = True) -> 
         raise ValueError(f"IDX needs 1..255 dimensions each in 1..2**32-1, got shape {array.shape}")
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
     payload = np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
-    if gzip:
-        with _gzip.GzipFile(path, "wb", mtime=0) as f:  # mtime=0: byte-identical output
-            f.write(header + payload)
-    else:
-        with open(path, "wb") as f:
-            f.write(header + payload)
+    with _gzip.GzipFile(path, "wb", mtime=0) if gzip else open(path, "wb") as f:  # mtime=0: same bytes
+        f.write(header + payload)

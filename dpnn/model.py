@@ -95,11 +95,6 @@ class Model:
         self.state_layout.bind(self.layers, state, "state", copy)
         self.params, self.grads, self.state = params, grads, state
 
-    def bind_params(self, params: np.ndarray) -> None:
-        """Make every layer's parameters views into ``params`` (a flat vector), values as they are."""
-        self.param_layout.bind(self.layers, params, "params", copy=False)
-        self.params = params
-
     def bind_grads(self, grads: np.ndarray) -> None:
         """Make the layers write their gradients into ``grads`` from now on."""
         self.param_layout.bind(self.layers, grads, "grads", copy=False)

@@ -85,12 +85,8 @@ class ShardResult(NamedTuple):
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:
     """Split range(n) into ``parts`` contiguous (start, stop) pieces, sizes differing by <= 1."""
     base, extra = divmod(n, parts)
-    bounds, start = [], 0
-    for k in range(parts):
-        stop = start + base + (1 if k < extra else 0)
-        bounds.append((start, stop))
-        start = stop
-    return bounds
+    cuts = [k * base + min(k, extra) for k in range(parts + 1)]     # the first ``extra`` get one more
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def owned_slots(slots: int, owners: int, owner: int) -> range:

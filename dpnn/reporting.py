@@ -47,9 +47,7 @@ def epoch_line(epoch: int, epochs: int, logs: dict, step_times: dict | None = No
     for key in ("acc", "val_loss", "val_acc"):
         if key in logs and logs[key] == logs[key]:          # not NaN (a regression has no acc)
             parts.append(f"{key} {logs[key]:.4f}")
-    parts.append(f"lr {logs['lr']:.4g}")
-    parts.append(f"{logs['samples_per_s']:,.0f} samples/s")
-    parts.append(f"{logs['time']:.1f} s")
+    parts += [f"lr {logs['lr']:.4g}", f"{logs['samples_per_s']:,.0f} samples/s", f"{logs['time']:.1f} s"]
     if step_times:
         parts.append(f"step: {step_split(step_times)}")
     return f"epoch {epoch + 1}/{epochs}: " + ", ".join(parts)
@@ -120,9 +118,7 @@ class ProgressBar(EpochLogger):
 
 
 def default_reporter(verbose: int, show_step_times: bool = False) -> Callback | None:
-    """The reporter fit adds for ``verbose`` unless the caller passed one of these classes."""
-    if verbose not in (0, 1, 2):
-        raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
+    """The reporter fit adds for ``verbose`` (0, 1 or 2) unless the caller passed one of these classes."""
     if verbose == 0:
         return None
     return ProgressBar(show_step_times) if verbose == 1 else EpochLogger(show_step_times)

@@ -194,9 +194,8 @@ class TrainingSession:
             self.callbacks.on_batch_end(step, logs)
         elapsed = time.perf_counter() - t0
         sums = Sums(p.loss_sum, p.correct, p.seen)
-        logs = {"loss": sums.mean_loss(), "acc": sums.accuracy(),
+        return {"loss": sums.mean_loss(), "acc": sums.accuracy(),
                 "samples_per_s": p.seen / max(elapsed, 1e-9), "time": elapsed}
-        return logs
 
 
 def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes: int | None = None,

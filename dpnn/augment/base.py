@@ -88,7 +88,6 @@ class Augmentation:
         return describe_op(self)
 
 
-
 class Compose(Augmentation):
     """Apply ``ops`` in order, ``op(x, keys) -> x``; the op at position i gets ``op_keys(keys, i)``.
 
@@ -135,7 +134,6 @@ def _check_float(v, what: str, lo: float, hi: float) -> None:
 def _fmt(v) -> str:
     text = repr(v) if not isinstance(v, str) else v
     return text[:-2] if text.endswith(".0") else text
-
 
 
 def describe_op(op: Augmentation) -> str:

@@ -42,11 +42,6 @@ def detect(directory: str) -> bool:
     return "train" in files(directory)
 
 
-def _open(path: str) -> io.BufferedIOBase:
-    """The file's text bytes; a .gz stream is bounded in how far it may expand (no header says)."""
-    return open_maybe_gzip(path)
-
-
 def _first_lines(path: str, f, n: int = 2) -> list[list[str]]:
     rows = []
     for _ in range(n):
@@ -78,7 +73,7 @@ def scan(path: str) -> tuple[list[str] | None, int, int]:
     """(header or None, number of data rows, number of columns), streamed without parsing."""
     check_input(path, "pass a CSV file")
     try:
-        with _open(path) as f:
+        with open_maybe_gzip(path) as f:     # a .gz stream bounded: no header says its size
             first = _first_lines(path, f)
             f.seek(0)
             lines = _count_lines(f)
@@ -110,7 +105,7 @@ def _column_index(spec, header: list[str] | None, ncols: int, path: str) -> int:
 
 
 def _loadtxt(path: str, **kwargs) -> np.ndarray:
-    with _open(path) as f, warnings.catch_warnings():
+    with open_maybe_gzip(path) as f, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Input line .* contained no data")    # blank lines: skipped
         return np.loadtxt(io.TextIOWrapper(f, encoding="utf-8"), delimiter=",", **kwargs)
 
@@ -156,38 +151,45 @@ def _pixels(values: np.ndarray, path: str) -> np.ndarray:
     return values
 
 
-def read_split(path: str, size: ImageSize | None, label_column, names: list[str] | None = None):
+def _reason(e: Exception) -> str:
+    return getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
+
+
+def _label_column(path: str, label_column, header: list[str] | None, ncols: int) -> tuple[int, str]:
+    if label_column is None:
+        return detect_label_column(path, header, ncols)
+    return _column_index(label_column, header, ncols, path), "given"
+
+
+def _read_values(path: str, header: list[str] | None, ncols: int, col: int | None):
+    """(pixels (N, ncols or ncols - 1) float32, or uint8 for bytes; column ``col`` as text, or None)."""
+    skip = int(header is not None)
+    try:
+        values = _loadtxt(path, skiprows=skip, usecols=[c for c in range(ncols) if c != col],
+                          dtype=np.float32, ndmin=2)       # blank lines skipped
+        labels = None if col is None else _read_column(path, col, skip)
+    except (ValueError, OSError, EOFError, zlib.error, csv.Error) as e:
+        raise DataError(f"{path}: {_reason(e)}; every row needs {ncols} numeric values "
+                        "(the label may be text)") from None
+    return _pixels(values, path), labels
+
+
+def read_split(path: str, size: ImageSize | None, label_column):
     """(x (N, H, W, C), labels (N,) as text or int64, label column, how it was found)."""
     try:
-        return _read_split(path, size, label_column)
+        header, rows, ncols = scan(path)
+        if ncols < 2:
+            raise DataError(f"{path}: one column only; each row needs its pixels and a label")
+        shape = row_image_shape(ncols - 1, size, path)
+        check_memory(path, rows * ncols * FLOAT_BYTES * 2, f"{rows:,} rows x {ncols:,} columns as float32")
+        col, how = _label_column(path, label_column, header, ncols)
+        x, labels = _read_values(path, header, ncols, col)
     except DataError:
         raise
     except (ValueError, OSError, EOFError, zlib.error, csv.Error) as e:    # UnicodeDecodeError too
-        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
-        raise DataError(f"{path}: not a CSV of numbers ({reason}); store one image per row, "
+        raise DataError(f"{path}: not a CSV of numbers ({_reason(e)}); store one image per row, "
                         "values separated by commas") from None
-
-
-def _read_split(path: str, size: ImageSize | None, label_column):
-    header, rows, ncols = scan(path)
-    if ncols < 2:
-        raise DataError(f"{path}: one column only; each row needs its pixels and a label")
-    shape = (rows,) + row_image_shape(ncols - 1, size, path)
-    check_memory(path, rows * ncols * FLOAT_BYTES * 2, f"{rows:,} rows x {ncols:,} columns as float32")
-    if label_column is None:
-        col, how = detect_label_column(path, header, ncols)
-    else:
-        col, how = _column_index(label_column, header, ncols, path), "given"
-    pixel_cols = [c for c in range(ncols) if c != col]
-    skip = int(header is not None)
-    try:
-        values = _loadtxt(path, skiprows=skip, usecols=pixel_cols, dtype=np.float32, ndmin=2)
-        labels = _read_column(path, col, skip)
-    except (ValueError, OSError, EOFError, zlib.error) as e:
-        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
-        raise DataError(f"{path}: {reason}; every row needs {ncols} numeric values "
-                        "(the label may be text)") from None
-    return _pixels(values, path).reshape((-1,) + shape[1:]), labels, col, how   # blank lines skipped
+    return x.reshape((-1,) + shape), labels, col, how
 
 
 def read_rows(path: str, pixels: int, label_column=None) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -200,21 +202,10 @@ def read_rows(path: str, pixels: int, label_column=None) -> tuple[np.ndarray, np
         raise DataError(f"{path}: {ncols} columns per row, but the model takes {pixels} pixels per row "
                         "(and the file may add one label column); pass a file of the model's images")
     check_memory(path, rows * ncols * FLOAT_BYTES * 2, f"{rows:,} rows x {ncols:,} columns as float32")
-    col, how = None, "no label column"
-    if ncols == pixels + 1 and label_column is not None:
-        col, how = _column_index(label_column, header, ncols, path), "given"
-    elif ncols == pixels + 1:
-        col, how = detect_label_column(path, header, ncols)
-    skip = int(header is not None)
-    try:
-        values = _loadtxt(path, skiprows=skip, usecols=[c for c in range(ncols) if c != col],
-                          dtype=np.float32, ndmin=2)
-        labels = None if col is None else _read_column(path, col, skip)
-    except (ValueError, OSError, EOFError, zlib.error, csv.Error) as e:
-        reason = getattr(e, "strerror", None) or " ".join(str(e).split())[:200]
-        raise DataError(f"{path}: {reason}; every row needs {ncols} numeric values "
-                        "(the label may be text)") from None
-    return _pixels(values, path), labels, f"label column {col} ({how})" if col is not None else how
+    col, how = _label_column(path, label_column, header, ncols) if ncols == pixels + 1 \
+        else (None, "no label column")
+    x, labels = _read_values(path, header, ncols, col)
+    return x, labels, f"label column {col} ({how})" if col is not None else how
 
 
 def label_indices(labels: np.ndarray, names: list[str] | None, path: str) -> tuple[np.ndarray, list | None]:

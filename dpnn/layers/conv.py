@@ -14,7 +14,7 @@ from ..im2col import (
     scratch,
 )
 from .base import Layer, check_rank, register_layer
-from .simple import ACTIVATIONS, activate, activation_grad
+from .simple import activate_in_place, activation_grad, check_activation
 
 FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
 SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses one GEMM per window
@@ -29,21 +29,10 @@ def _pair(v, name: str) -> tuple[int, int]:
     return int(t[0]), int(t[1])
 
 
-def _check_activation(activation) -> str | None:
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be None or one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    return None if activation == "linear" else activation
-
-
 def sum_rows(g: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out[...] = g.sum(axis=0) for g (M, F), as one BLAS GEMV with a ones vector."""
     np.matmul(np.ones(g.shape[0], g.dtype), g, out=out)
     return out
-
-
-def relu_grad(grad: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """d(relu)/dx applied to ``grad``, given the ReLU *output* ``y`` (same shape)."""
-    return np.multiply(grad, y > 0)        # bool mask: no float64 upcast, no np.where copy
 
 
 @register_layer
@@ -69,7 +58,7 @@ class Conv2D(Layer):
             raise ValueError(f"stride must be a positive int, got {stride!r}")
         self.filters, self.kernel_size = int(filters), _pair(kernel_size, "kernel_size")
         self.stride, self.padding, self.use_bias = int(stride), padding, bool(use_bias)
-        self.activation = _check_activation(activation)
+        self.activation = None if activation == "linear" else check_activation(activation, none_ok=True)
         # buffers reused across steps (same batch size -> no allocation, no page faults)
         self._cols = self._cols_aug = self._xpad = self._gcols = self._gpad = None
         self._dxq = self._gchunk = self._dWb = self._dWtmp = None   # the shifted backward's
@@ -111,23 +100,19 @@ class Conv2D(Layer):
             out = cols @ self.params["W"].reshape(K, F)                    # (N*OH*OW, F)
             if self.use_bias:
                 out += self.params["b"]
-        if self.activation == "relu":
-            np.maximum(out, 0, out=out)
-            self._y = out
-        elif self.activation is not None:
-            out = self._y = activate(self.activation, out.reshape(N, oh, ow, F)).reshape(-1, F)
+        if self.activation is not None:                                    # a softmax is over F
+            out = self._y = activate_in_place(self.activation, out)
         return out.reshape(N, oh, ow, F)                                   # (N, OH, OW, F)
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
         F = self.filters
         g2 = grad.reshape(-1, F)                                           # (N*OH*OW, F)
-        if self.activation not in (None, "relu"):
-            g2 = activation_grad(self.activation, g2, self._y, self.fused_with_loss)
-        if self.needs_input_grad and self.stride == 1 and self.shifted_dx_from is not None \
-                and F >= self.shifted_dx_from:
+        shifted = self.needs_input_grad and self.stride == 1 and self.shifted_dx_from is not None \
+            and F >= self.shifted_dx_from
+        if self.activation is not None and not (shifted and self.activation == "relu"):
+            g2 = activation_grad(self.activation, g2, self._y, self.fused_with_loss)   # ReLU: per piece
+        if shifted:
             return self._backward_shifted(g2)
-        if self.activation == "relu":
-            g2 = relu_grad(g2, self._y)
         dW = self.grads["W"].reshape(-1, F)                                # (KH*KW*C, F), a view
         if self._fold_bias(dW.shape[0]):
             dWb = self._cols_aug.T @ g2                                    # (K+1, F): last row is db
@@ -219,7 +204,7 @@ class Dense(Layer):
         if not isinstance(units, (int, np.integer)) or units <= 0:
             raise ValueError(f"units must be a positive int, got {units!r}")
         self.units, self.use_bias = int(units), bool(use_bias)
-        self.activation = _check_activation(activation)
+        self.activation = None if activation == "linear" else check_activation(activation, none_ok=True)
 
     def build(self, input_shape: tuple) -> None:
         check_rank(self, input_shape, (2,), "insert Flatten() before Dense")
@@ -236,17 +221,12 @@ class Dense(Layer):
         out = x @ self.params["W"]                                         # (N, units)
         if self.use_bias:
             out += self.params["b"]
-        if self.activation == "relu":
-            np.maximum(out, 0, out=out)
-            self._y = out
-        elif self.activation is not None:
-            out = self._y = activate(self.activation, out)
+        if self.activation is not None:
+            out = self._y = activate_in_place(self.activation, out)
         return out
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
-        if self.activation == "relu":
-            grad = relu_grad(grad, self._y)
-        elif self.activation is not None:
+        if self.activation is not None:
             grad = activation_grad(self.activation, grad, self._y, self.fused_with_loss)
         np.matmul(self._x.T, grad, out=self.grads["W"])                    # (D, units)
         if self.use_bias:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, MutableMapping
 import numpy as np
 
 from .base import Layer, layer_from_config, register_layer
-from .simple import ACTIVATIONS, Activation
+from .simple import Activation, check_activation
 
 NESTED_SALT = 1 << 32      # Dropout salts inside a container: far from the top-level indices
 
@@ -104,10 +104,7 @@ class Residual(Layer):
         if not self.layers:
             raise ValueError("Residual needs at least one layer on its main path")
         self.shortcut = _as_layers(shortcut, "shortcut") or None if shortcut is not None else None
-        if activation is not None and activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)} "
-                             "or None")
-        self.activation = activation
+        self.activation = check_activation(activation, none_ok=True)
         self._act = Activation(activation) if activation else None
         self.salt = 0                      # Model.build sets it (the layer's index)
         self._sample_keys: np.ndarray | None = None

@@ -10,9 +10,10 @@ from .base import Layer, register_layer
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "softmax", "linear")
 
 
-def check_activation(func) -> str:
-    if func not in ACTIVATIONS:
-        raise ValueError(f"unknown activation {func!r}; choose one of {', '.join(ACTIVATIONS)}")
+def check_activation(func, none_ok: bool = False) -> str | None:
+    if func not in ACTIVATIONS and not (none_ok and func is None):
+        raise ValueError(f"unknown activation {func!r}; choose one of {', '.join(ACTIVATIONS)}"
+                         + (" or None" if none_ok else ""))
     return func
 
 
@@ -27,6 +28,11 @@ def activate(func: str, x: np.ndarray) -> np.ndarray:
     if func == "softmax":
         return softmax(x)
     return x
+
+
+def activate_in_place(func: str, out: np.ndarray) -> np.ndarray:
+    """:func:`activate`, a ReLU written into ``out`` itself (one pass, no new array)."""
+    return np.maximum(out, 0, out=out) if func == "relu" else activate(func, out)
 
 
 def activation_grad(func: str, grad: np.ndarray, y: np.ndarray, fused_with_loss: bool = False) -> np.ndarray:

@@ -156,7 +156,7 @@ class ShardedUpdate:
         which counts the step (what Optimizer.step does)."""
         self.model.optimizer.count_step()
         self.cur = 1 - self.cur
-        self.model.bind_params(self._params[self.cur])
+        self.bind()
         slot = self.model.optimizer.slots[0]
         for k in self.keys:
             slot[k] = self._slots[k][self.cur]

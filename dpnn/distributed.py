@@ -1,9 +1,7 @@
 """Data-parallel training across machines (one MPI rank per node): ``fit(..., backend='mpi')``.
 
-Every rank holds the whole model and sees the same global batch (``run_epoch`` draws it
-from (seed, epoch) alike on every rank). :class:`DistributedEngine` is the one
-:class:`dpnn.step.Step` over this machine's node (its shared-memory workers, or the rank's
-own process) and an MPI communicator; the step's docstring shows what crosses ranks.
+Every rank holds the whole model and draws the same global batch from (seed, epoch); the
+step's docstring (:mod:`dpnn.step`) shows what crosses ranks.
 """
 from __future__ import annotations
 

@@ -1,17 +1,6 @@
-"""Where engines are chosen: the compositions ``fit`` and users open, and the factory.
-
-Every engine is one :class:`dpnn.step.Step` over a node backend and a communicator:
-
-=====================  =====================================  ======================
-engine                 node (who computes on this machine)    communicator
-=====================  =====================================  ======================
-``LocalEngine``        :class:`dpnn.node.InProcessNode`       one process
-``DataParallel``       :class:`dpnn.workers.PoolNode`         one process
-``DistributedEngine``  either of them, on each rank           MPI ranks
-=====================  =====================================  ======================
-
-They run the one recipe of :mod:`dpnn.recipe`, so they give the same result: to float32
-rounding in general, bitwise with ``deterministic=True`` for any worker or rank count.
+"""Where engines are chosen: ``LocalEngine`` (this process), ``DataParallel`` (worker processes),
+``DistributedEngine`` (MPI ranks), each a :class:`dpnn.step.Step` over a node and a communicator
+(docs/engine.md tabulates them), and ``make_engine``, the factory ``fit`` calls.
 """
 from __future__ import annotations
 

@@ -1,15 +1,9 @@
 """What one machine does in a training step: the node contract, and the in-process node.
 
-The one training step (:class:`dpnn.step.Step`) hands a *node* the shards of the global batch
-that this machine computes. The node fills one gradient slot per shard with the recipe
-(:func:`dpnn.recipe.run_shard`), then goes as far as ``finish`` asks: add its slots into
-``model.grads`` and merge their BatchNorm statistics into ``model.state`` (SUM), then take
-the weight decay, clipping and optimizer step (UPDATE). Two nodes implement
-:class:`NodeBackend`: :class:`InProcessNode` (this process) and
-:class:`dpnn.workers.PoolNode` (worker processes sharing memory). Neither knows about MPI:
-joining machines is the step's and its communicator's business.
-
-This module imports no engine; the engines and the factory import it.
+The step (:class:`dpnn.step.Step`) hands a *node* the shards of the global batch that this
+machine computes; the node runs the recipe (:mod:`dpnn.recipe`) on them, as far as
+:class:`Finish` asks. :class:`InProcessNode` and :class:`dpnn.workers.PoolNode` (worker
+processes) implement :class:`NodeBackend`; neither knows about MPI, the step's business.
 """
 from __future__ import annotations
 

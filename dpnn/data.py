@@ -283,11 +283,8 @@ def _load_split(images_path: str, labels_path: str, num_classes: int) -> Dataset
     if bad.any():
         raise DataError(f"{labels_path}: label {labels[bad][0]} at index {np.flatnonzero(bad)[0]} "
                         f"is outside 0..{num_classes - 1}; the file is corrupt or not a label file")
-    try:
-        check_allocation(images.size * 4, f"{images_path}: its images as float32",
-                         "free memory or use a smaller data set")
-    except ValueError as e:
-        raise DataError(str(e)) from None
+    check_allocation(images.size * 4, f"{images_path}: its images as float32",
+                     "free memory or use a smaller data set", error=DataError)
     X = np.divide(images[..., None], 255.0, dtype=np.float32)  # (N, H, W, 1) in [0, 1]
     return Dataset(X, labels.astype(np.int64))
 

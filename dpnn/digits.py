@@ -57,12 +57,10 @@ def _as_unit_float(canvas: np.ndarray) -> np.ndarray:
     img = canvas.astype(np.float64)
     if canvas.dtype.kind in "iu":
         img /= 255.0
-    elif canvas.dtype.kind == "b":
-        pass
     elif not np.isfinite(img).all():
         raise ValueError("canvas contains NaN/inf; pass pixel values in [0, 1] or 0..255")
     elif img.max(initial=0.0) > 1.0:
-        img /= 255.0  # a float canvas in 0..255
+        img /= 255.0  # a float canvas in 0..255 (a bool one is 0/1)
     return np.clip(img, 0.0, 1.0)
 
 

@@ -66,11 +66,10 @@ def datasets(path: str, f) -> dict:
     for k in f:
         item = _member(path, f, k, k)
         if isinstance(item, h5py.Group):
-            members = [(sub, _member(path, item, sub, f"{k}/{sub}")) for sub in item]
+            members = [(f"{k}/{sub}", _member(path, item, sub, f"{k}/{sub}")) for sub in item]
         else:
-            members = [(None, item)]
-        for sub, d in members:
-            name = k if sub is None else f"{k}/{sub}"
+            members = [(k, item)]
+        for name, d in members:
             if not isinstance(d, h5py.Dataset):
                 what = "a nested group" if isinstance(d, h5py.Group) else f"a {type(d).__name__}"
                 raise WeightsError(f"{path}: {name} is {what}; dpnn files hold datasets at most "

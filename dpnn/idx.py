@@ -126,10 +126,8 @@ def _check_payload_size(path: str, nbytes: int, dims: tuple, file_size: int, hea
         raise _fail(path, f"payload truncated: dims {dims} need {nbytes} bytes, file has {actual}")
     if not compressed and actual > nbytes:
         raise _fail(path, f"{actual - nbytes} trailing bytes after the {dims} payload")
-    try:
-        check_allocation(nbytes, f"its {dims} payload", "free memory or load a smaller file")
-    except ValueError as e:
-        raise DataError(f"{path}: {e}") from None
+    check_allocation(nbytes, f"{path}: its {dims} payload", "free memory or load a smaller file",
+                     error=DataError)
 
 
 def _read_payload(path: str, f: BinaryIO, dtype: np.dtype, dims: tuple, nbytes: int) -> np.ndarray:

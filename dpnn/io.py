@@ -1,12 +1,12 @@
 """Model files: architecture JSON + weights in HDF5 (NPZ when h5py is missing), as plain data.
 
-Format (the seed's): ``weights.json`` is a list of ``{"class": ..., "config": {...}}``;
+Format (the nn framework's): ``weights.json`` is a list of ``{"class": ..., "config": {...}}``;
 the weights file holds one dataset per array named ``<layer index>_<Class>_<name>``
 (``7_Dense_W``, ``2_BatchNorm2D_running_mean``). dpnn adds attributes ``dpnn_input_shape``,
 ``dpnn_metadata`` and ``dpnn_architecture`` (the JSON's text, so that the weights file alone is a
 whole model), and checkpoints add arrays in groups (``optimizer/t``). The JSON beside the
 file is read when it exists (``save`` writes both); without it, the attribute. A file without
-the attribute (the seed's, dpnn before 2026-12) needs its JSON.
+the attribute (nn's, and dpnn's before 2026-12) needs its JSON.
 
 This module reads and writes layer configs, named arrays and attributes; it never imports
 the model, which builds itself from them (:meth:`dpnn.Model.load`, :meth:`dpnn.Model.save`).
@@ -125,7 +125,7 @@ def _layer_list(arch, name: str) -> list[dict]:
 
 
 def read_architecture_file(arch_path: str) -> list[dict]:
-    """The layer list of an architecture JSON (seed format: a list of {"class", "config"})."""
+    """The layer list of an architecture JSON (nn's format: a list of {"class", "config"})."""
     problem = input_problem(arch_path)
     if problem is not None:
         raise WeightsError(f"architecture file {arch_path} {problem}; pass the JSON file model.save() wrote")
@@ -154,7 +154,7 @@ def read_architecture(path: str) -> list[dict]:
 
 def _input_shape(path: str, attrs: dict[str, str]) -> tuple[int, ...] | None:
     if "dpnn_input_shape" not in attrs:
-        return None                      # a seed-format file: the shape comes with build()
+        return None                      # a file in nn's format: the shape comes with build()
     shape = _load_json(attrs["dpnn_input_shape"], f"{path}: dpnn_input_shape", MAX_JSON_BYTES)
     if (not isinstance(shape, list) or not 1 <= len(shape) <= MAX_INPUT_RANK
             or not all(type(d) is int and d > 0 for d in shape)):
@@ -229,10 +229,8 @@ def check_arrays(path: str, listing: Listing, expected: dict[str, tuple] | None,
     _check_dtypes(path, listing)
     sizes = {k: int(np.prod(shape, dtype=object)) * dtype.itemsize for k, (shape, dtype) in listing.items()}
     if expected is None:
-        try:
-            check_allocation(sum(sizes.values()), "its arrays", "load a smaller file")
-        except ValueError as e:
-            raise WeightsError(f"{path}: {e}") from None
+        check_allocation(sum(sizes.values()), f"{path}: its arrays", "load a smaller file",
+                         error=WeightsError)
         return
     _check_names(path, {k for k in listing if "/" not in k}, set(expected))
     for k, want in expected.items():
@@ -351,7 +349,7 @@ def check_finite(path: str, arrays: dict[str, np.ndarray]) -> None:
                                "load an earlier checkpoint or train again")
 
 
-# -- the seed's array names ------------------------------------------------------------------
+# -- nn's array names ------------------------------------------------------------------------
 def weight_key(index: int, layer, name: str) -> str:
     return f"{index}_{type(layer).__name__}_{name}"
 

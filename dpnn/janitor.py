@@ -16,6 +16,7 @@ Run as a script (``python dpnn/janitor.py PID PGID [SEGMENT...]``), so it starts
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -120,21 +121,17 @@ def start(pid: int | None = None) -> subprocess.Popen:
 
 def finish(janitor: subprocess.Popen) -> None:
     """Tell the janitor that everything was cleaned up normally, and let it go."""
-    try:
+    with contextlib.suppress(OSError, ValueError, subprocess.TimeoutExpired):
         janitor.stdin.write(b"done")
         janitor.stdin.close()
         janitor.wait(timeout=5)
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        pass
 
 
 def clean(pid: int, pgid: int, extra: list[str] = ()) -> int:
     """SIGKILL the rank's leftover process group, unlink its segments; returns segments removed."""
     if pgid:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     removed = 0
     try:
         names = [n for n in os.listdir(SHM_DIR) if (segment_owner(n) or (0,))[0] == pid]
@@ -142,11 +139,9 @@ def clean(pid: int, pgid: int, extra: list[str] = ()) -> int:
         names = []
     names += [n for n in extra if "/" not in n]
     for name in names:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(os.path.join(SHM_DIR, name))
             removed += 1
-        except OSError:
-            pass
     return removed
 
 

@@ -45,14 +45,14 @@ def format_bytes(n: int) -> str:
 
 
 def check_allocation(nbytes: int, what: str, todo: str, free: int | None = None,
-                     of: str = "") -> None:
-    """Raise ValueError when ``what`` needs more than ``free`` (default: available) memory.
+                     of: str = "", error: type[ValueError] = ValueError) -> None:
+    """Raise ``error`` when ``what`` needs more than ``free`` (default: available) memory.
 
     The message reads "<what> needs <size><of>; the machine has <free> available; <todo>".
     """
     free = available_memory() if free is None else free
     if nbytes > free:
-        raise ValueError(f"{what} needs {format_bytes(nbytes)}{of}; the machine has "
+        raise error(f"{what} needs {format_bytes(nbytes)}{of}; the machine has "
                          f"{format_bytes(free)} available; {todo}")
 
 

@@ -168,14 +168,6 @@ def _batch_norm(g: GraphBuilder, layer: BatchNorm2D, t: Tensor, where: str) -> T
     return Tensor(out, t.layout, layer.output_shape)
 
 
-def _dropout(g: GraphBuilder, layer: Dropout, t: Tensor, where: str) -> Tensor:
-    return Tensor(g.node("Identity", [t.name], where), t.layout, t.shape)          # inference: no-op
-
-
-def _activation_layer(g: GraphBuilder, layer: Activation, t: Tensor, where: str) -> Tensor:
-    return _activation(g, t, layer.func, where)
-
-
 def _residual(g: GraphBuilder, layer: Residual, t: Tensor, where: str) -> Tensor:
     main = _sequence(g, layer.layers, t, f"{where}.main")
     short = t if layer.shortcut is None else _sequence(g, layer.shortcut, t, f"{where}.shortcut")
@@ -184,9 +176,11 @@ def _residual(g: GraphBuilder, layer: Residual, t: Tensor, where: str) -> Tensor
     return _activation(g, total, layer.activation, where)
 
 
-EXPORTERS = {Conv2D: _conv, Dense: _dense, Activation: _activation_layer, Flatten: _flatten,
-             MaxPool2D: _pool, AvgPool2D: _pool, GlobalAvgPool2D: _global_avg_pool,
-             BatchNorm2D: _batch_norm, Dropout: _dropout, Residual: _residual}
+EXPORTERS = {Conv2D: _conv, Dense: _dense, Flatten: _flatten, MaxPool2D: _pool, AvgPool2D: _pool,
+             GlobalAvgPool2D: _global_avg_pool, BatchNorm2D: _batch_norm, Residual: _residual,
+             Activation: lambda g, layer, t, where: _activation(g, t, layer.func, where),
+             Dropout: lambda g, layer, t, where: Tensor(g.node("Identity", [t.name], where),  # inference
+                                                        t.layout, t.shape)}
 
 
 def _children(layer: Layer) -> list[tuple[str, list[Layer]]]:

@@ -15,11 +15,10 @@ import numpy as np
 from dpnn.data import Dataset
 from dpnn.errors import DataError
 from dpnn.files import input_problem
-from dpnn.limits import MAX_CLASSES, MAX_FLOAT_PIXEL, check_allocation
+from dpnn.limits import FLOAT_BYTES, MAX_CLASSES, MAX_FLOAT_PIXEL, check_allocation
 
 HOLDOUT_FRACTION = 0.1      # of train, held out as the test set when a directory has no test split
 HOLDOUT_SEED = 20240601     # fixed: the same directory always gives the same split
-FLOAT_BYTES = 4             # the loaded pixels are float32
 
 ImageSize = tuple[int, int, int | None]     # (H, W, C or None: C from the data)
 
@@ -78,10 +77,7 @@ def check_input(path: str, todo: str = "pass a regular file") -> None:
 
 def check_memory(path: str, nbytes: int, what: str) -> None:
     """DataError naming ``path`` when ``nbytes`` for ``what`` do not fit in free memory."""
-    try:
-        check_allocation(nbytes, f"{path}: {what}", "free memory or use a smaller data set")
-    except ValueError as e:
-        raise DataError(str(e)) from None
+    check_allocation(nbytes, f"{path}: {what}", "free memory or use a smaller data set", error=DataError)
 
 
 def to_unit_float(x: np.ndarray, path: str) -> np.ndarray:

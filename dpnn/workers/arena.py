@@ -16,6 +16,7 @@ makes the tracker print a KeyError). On 3.13+ workers attach with ``track=False`
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -30,9 +31,8 @@ except ImportError:        # Windows: no POSIX shared memory names to unlink
 
 import numpy as np
 
-from ..janitor import run_prefix, sweep_stale
+from ..janitor import SHM_DIR, run_prefix, sweep_stale
 
-SHM_DIR = "/dev/shm"
 log = logging.getLogger("dpnn.workers")
 
 
@@ -89,12 +89,9 @@ def _release(segments: dict, owner: bool) -> None:
     Closing fails while a NumPy view of the segment is alive (say, a layer still holds the
     previous batch); such a mapping is freed with its last view (see ``_forget_mapping``).
     """
-    for shm in segments.values():
-        if owner:
-            try:
-                shm.unlink()
-            except FileNotFoundError:
-                pass
+    for shm in segments.values() if owner else ():
+        with contextlib.suppress(FileNotFoundError):
+            shm.unlink()
     pending = list(segments.values())
     segments.clear()
     for shm in pending:
@@ -217,21 +214,15 @@ def unlink_prefix(prefix: str, layout: dict[str, Region] | None = None, shm_dir:
     the coordinator's record from the shared resource tracker.
     """
     names = {r.segment for r in (layout or {}).values()}
-    try:
+    with contextlib.suppress(OSError):
         names |= {n for n in os.listdir(shm_dir) if n.startswith(prefix + "_")}
-    except OSError:
-        pass
     removed = 0
-    for name in sorted(names):
-        if _posixshmem is None:
-            break
+    for name in sorted(names) if _posixshmem is not None else ():
         try:
             _posixshmem.shm_unlink("/" + name)
         except FileNotFoundError:
             continue
         removed += 1
-        try:
+        with contextlib.suppress(Exception):       # tracker already gone: nothing left to balance
             resource_tracker.unregister("/" + name, "shared_memory")
-        except Exception:       # tracker already gone: nothing left to balance
-            pass
     return removed

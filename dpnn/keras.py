@@ -16,7 +16,7 @@
 
 The layer aliases (``MaxPooling2D``...) live with the layers (:mod:`dpnn.layers`); here are
 ``Sequential``, ``Input`` and ``utils``. Where dpnn's defaults differ on purpose (Conv2D's
-padding is 'same', as in the seed; BatchNorm's momentum 0.9), README.md says so.
+padding is 'same', as in the nn framework; BatchNorm's momentum 0.9), README.md says so.
 """
 from __future__ import annotations
 

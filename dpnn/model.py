@@ -38,7 +38,7 @@ class Model:
         self.weight_decay, self.clip_norm = 0.0, None
         self.metadata: dict = {}            # saved with the model (class names, data set...)
         self.stop_training = False
-        self._pending_weights: str | None = None     # a weights file to load on build (seed format)
+        self._pending_weights: str | None = None     # a weights file to load on build (nn's format)
         self._forward_calls = 0
         self.micro_batch: int | None = None    # see micro_batches(); set by compile()
         self._grad_scratch: np.ndarray | None = None
@@ -368,7 +368,7 @@ class Model:
     def load(cls, path: str) -> "Model":
         """Read a model written by :meth:`save` (one file, or the older file + JSON pair).
 
-        Weights are checked by name, shape and dtype before any is read; a seed-format file,
+        Weights are checked by name, shape and dtype before any is read; a file in nn's format,
         which stores no input shape, gets them on ``build``. Every problem raises one
         :class:`dpnn.WeightsError`; nothing in the file is run as code."""
         return saving.load(cls, path)

@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         check_args(args)
         model = Model.load(args.weights)
         if not model.built:
-            raise UsageError(f"{args.weights} does not record its input shape (a seed-format file); load it "
-                             "in Python, model.build((1, H, W, C)), then model.export_onnx(OUT)")
+            raise UsageError(f"{args.weights} does not record its input shape (a file in the nn framework's "
+                             "format); load it in Python, model.build((1, H, W, C)), then model.export_onnx(OUT)")
         export_onnx(model, args.out, args.opset)
     except (UsageError, WeightsError, OutputError, TypeError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The seed's format: four MNIST-style IDX files (gzip or raw) in one directory."""
+"""The nn framework's format: four MNIST-style IDX files (gzip or raw) in one directory."""
 from __future__ import annotations
 
 from dpnn.data import MNIST_FILES, find_mnist_file, load_mnist_gz

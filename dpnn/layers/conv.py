@@ -42,7 +42,7 @@ class Conv2D(Layer):
     ``activation='relu'`` applies the ReLU in place on the GEMM output (one pass fewer
     than a separate Activation layer, and no extra (N, OH, OW, F) array); any other name of
     :data:`dpnn.layers.simple.ACTIVATIONS` is applied as an Activation layer would (Keras's
-    ``activation=``). ``padding`` defaults to 'same' (the seed's), where Keras's is 'valid'.
+    ``activation=``). ``padding`` defaults to 'same' (nn's), where Keras's is 'valid'.
     """
     shifted_dx_from: int | None = SHIFTED_DX_FROM   # None: always im2col for the input gradient
     backward_chunk: int | None = BACKWARD_CHUNK     # None: the shifted backward on the whole batch

@@ -36,14 +36,14 @@ class Callback:
     def on_train_end(self, logs: dict) -> None: ...
 
 
-MONITOR_ALIASES = {"val_accuracy": "val_acc", "accuracy": "acc"}     # Keras's names
+KERAS_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "learning_rate": "lr"}   # -> dpnn's
 
 
 def monitored(logs: dict, monitor: str | None = None) -> tuple[str, float]:
     """The figure schedules watch, higher is better: ``monitor`` (a loss is negated), else
     val_acc, else acc, else -loss."""
     if monitor is not None:
-        key = MONITOR_ALIASES.get(monitor, monitor)
+        key = KERAS_NAMES.get(monitor, monitor)
         value = float(logs.get(key, math.nan))
         return key, -value if key.endswith("loss") else value
     for key in ("val_acc", "acc"):
@@ -66,7 +66,6 @@ class History(dict, Callback):
     same list objects, so ``d`` follows too.
     """
     KEYS = ("loss", "acc", "val_loss", "val_acc", "lr")
-    ALIASES = {"accuracy": "acc", "val_accuracy": "val_acc", "learning_rate": "lr"}
 
     def __init__(self, history: dict | None = None) -> None:
         super().__init__(history or {})
@@ -79,8 +78,8 @@ class History(dict, Callback):
         return self
 
     def __missing__(self, key):
-        if key in self.ALIASES and self.ALIASES[key] in self:
-            return self[self.ALIASES[key]]
+        if KERAS_NAMES.get(key) in self:
+            return self[KERAS_NAMES[key]]
         raise KeyError(key)
 
     def expect(self, keys) -> None:

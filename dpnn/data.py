@@ -305,7 +305,7 @@ def load_mnist_gz(directory: str | os.PathLike, num_classes: int = 10) -> tuple[
 
 
 def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
-    """Accept a Dataset (``.X``/``.y``), an (X, y) tuple, or X and y arrays."""
+    """Accept a Dataset (``.X``/``.y``), an (X, y) tuple, or X and y arrays; checked, not converted."""
     if y is None and hasattr(x, "X") and hasattr(x, "y"):
         x, y = x.X, x.y
     elif y is None and isinstance(x, (tuple, list)) and len(x) == 2:
@@ -324,4 +324,4 @@ def as_arrays(x, y=None) -> tuple[np.ndarray, np.ndarray]:
                          f"got dtype {y.dtype}")
     if y.dtype.kind == "f" and not np.isfinite(y).all():
         raise ValueError("the labels contain NaN or infinite values; clean the data first")
-    return x.astype(np.float32, copy=False), y
+    return x, y

@@ -37,9 +37,7 @@ MAX_INPUT_RANK = 4                 # (H, W, C) images or (D,) vectors; batch axi
 # -- writing ---------------------------------------------------------------------------------
 def weights_path(path: str) -> str:
     """The file :func:`write_arrays` really writes: ``path``, or ``path.npz`` without h5py."""
-    if path.endswith(".npz") or h5py is not None:
-        return path
-    return path + ".npz"
+    return path if path.endswith(".npz") or h5py is not None else path + ".npz"
 
 
 def _array_writer(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str]):

@@ -41,7 +41,6 @@ def format_bytes(n: int) -> str:
         if n < 1024 or unit == "PB":
             return f"{n:.0f} {unit}" if unit == "bytes" or n >= 10 else f"{n:.1f} {unit}"
         n /= 1024
-    raise AssertionError("unreachable")
 
 
 def check_allocation(nbytes: int, what: str, todo: str, free: int | None = None,

@@ -6,14 +6,9 @@
 - :func:`sigterm_as_interrupt`: while worker processes run, SIGTERM raises like Ctrl-C, so
   every ``finally`` gets to clean up (:class:`Terminated`, a KeyboardInterrupt).
 
-Stopping between steps, in detail:
-
-A preemptible machine sends SIGTERM with ~30 s notice; Ctrl-C sends SIGINT. Either one,
-during ``fit``, is held until the step in flight has finished, so the parameters and the
-optimizer state are exactly those after a completed step, and ``fit`` raises
-:class:`TrainingInterrupted` carrying a :class:`Progress` that says which step that was.
-A checkpoint of that moment resumes bitwise (``fit(..., initial_epoch=p.epoch,
-progress=p)``). A second signal stops at once.
+A preemptible machine sends SIGTERM with ~30 s notice. Stopped between steps, the parameters
+and optimizer state are those of a completed step, which :class:`TrainingInterrupted`'s
+:class:`Progress` names: a checkpoint of it resumes bitwise (``fit(..., progress=p)``).
 """
 from __future__ import annotations
 

@@ -41,8 +41,7 @@ class TensorBoard(Callback):
             raise ImportError(f"the TensorBoard callback needs tensorboardX: {INSTALL_HINT}")
         self.log_dir, self.update_freq = os.fspath(log_dir), update_freq
         self.writers: dict = {}
-        self.steps_per_epoch = 0
-        self.epoch = 0
+        self.steps_per_epoch = self.epoch = 0
 
     def on_train_begin(self, logs):
         if logs.get("rank", 0) != 0:                    # rank 0 alone writes files

@@ -36,15 +36,6 @@ def check_labels(model, y: np.ndarray, num_classes: int | None) -> None:
                          "integer class labels (N,)")
 
 
-def raw_inputs(x, y) -> np.ndarray:
-    """The inputs as the user passed them (before float conversion), for :func:`warn_unscaled`."""
-    if y is None and hasattr(x, "X"):
-        return np.asarray(x.X)
-    if y is None and isinstance(x, (tuple, list)) and len(x) == 2:
-        return np.asarray(x[0])
-    return np.asarray(x)
-
-
 def warn_unscaled(x: np.ndarray) -> None:
     """Integer images in 0-255 train, but slowly and unstably: say so once."""
     if x.dtype.kind in "iu" and x.size and x.max() > 1:
@@ -247,14 +238,14 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     model.require_compiled()
     if augment is not None and not callable(augment):
         raise TypeError(f"augment must be a function fn(x, keys) -> x, got {type(augment).__name__}")
-    X, Y = as_arrays(x, y)
+    X, Y = as_arrays(x, y)                 # X as given: check_input makes it float32 below
+    warn_unscaled(X)
     if not isinstance(epochs, int) or epochs < 0 or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError("epochs must be an int >= 0 and batch_size an int >= 1")
     if not 0.0 <= validation_split < 1.0:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     if progress is not None and progress.epoch != initial_epoch:
         raise ValueError(f"progress is inside epoch {progress.epoch}, but initial_epoch={initial_epoch}")
-    warn_unscaled(raw_inputs(x, y))
     if val_data is None and validation_split:
         # a seeded shuffle stratified by class, not the last fraction: data sorted by class
         # would otherwise validate on the last classes alone (the same split as --val-split)

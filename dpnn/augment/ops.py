@@ -1,7 +1,5 @@
 """The keyed image augmentations: shift, crop, flip, affine, cutout, brightness/contrast, stroke
-width and clip. Each is a frozen dataclass of its settings (picklable, so it travels to the
-workers) drawing its random numbers with ``keyed_uniform(keys, salt)``, one salt per class;
-row n of an output depends on ``x[n]`` and ``keys[n]`` alone.
+width and clip, each a frozen dataclass of its settings (the package docstring says what all keep).
 """
 from __future__ import annotations
 

@@ -118,8 +118,5 @@ def load(directory: str, size: ImageSize | None, label_column=None) -> Splits:
     """Read ``train.npz`` and, if present, ``test.npz`` in ``directory``."""
     paths = files(directory)
     x, y, names = read_split(paths["train"], size)
-    test = None
-    if "test" in paths:
-        tx, ty, _ = read_split(paths["test"], size)
-        test = (tx, ty)
+    test = read_split(paths["test"], size)[:2] if "test" in paths else None
     return Splits(NAME, (x, y), test, names, paths)

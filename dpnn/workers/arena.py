@@ -115,7 +115,7 @@ class SharedArena:
     """Named float/int arrays in shared memory: ``arena['params']`` is a NumPy view.
 
     Coordinator: ``SharedArena.create({'params': ((P,), 'float32'), ...})``; workers:
-    ``SharedArena.attach(arena.layout())``. ``replace`` swaps one region for a bigger one
+    ``SharedArena.attach(arena.layout())``. ``ensure`` swaps one region for a bigger one
     (the batch buffer grows); ``refresh`` lets a worker follow such a swap.
     """
 
@@ -160,21 +160,14 @@ class SharedArena:
         self._segments[name], self._regions[name] = shm, region
         self._arrays[name] = _view(shm, region)
 
-    def replace(self, name: str, shape: tuple, dtype: str) -> None:
-        """Owner: give ``name`` a new segment of this shape (the old one is unlinked)."""
-        new = Region("", tuple(shape), np.dtype(dtype).str)
-        check_room(new.nbytes - self._regions[name].nbytes, f"a batch buffer of {shape}")
-        self._arrays.pop(name)
-        _release({name: self._segments.pop(name)}, True)
-        self._allocate(name, tuple(shape), dtype)
-
     def ensure(self, name: str, shape: tuple, dtype: str) -> None:
-        """Owner: a new segment for ``name`` with this shape and dtype (replacing any old one)."""
-        if name in self._regions:
-            self.replace(name, shape, dtype)
-        else:
-            check_room(Region("", tuple(shape), np.dtype(dtype).str).nbytes, f"the {name} buffer of {shape}")
-            self._allocate(name, tuple(shape), dtype)
+        """Owner: a new segment for ``name`` with this shape and dtype (any old one is unlinked)."""
+        old, new = self._regions.get(name), Region("", tuple(shape), np.dtype(dtype).str)
+        check_room(new.nbytes - (old.nbytes if old else 0), f"the {name} buffer of {shape}")
+        if old is not None:
+            self._arrays.pop(name)
+            _release({name: self._segments.pop(name)}, True)
+        self._allocate(name, tuple(shape), dtype)
 
     def refresh(self, layout: dict[str, Region]) -> None:
         """Worker: attach to every region whose segment is new in ``layout``."""

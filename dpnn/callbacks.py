@@ -121,8 +121,7 @@ class BestWeights(Callback):
 
     def on_train_begin(self, logs):
         self.best, self.params, self.state = -math.inf, self.model.params.copy(), self.model.state.copy()
-        self.optimizer_state = self._optimizer_state()
-        self.best_epoch = None
+        self.optimizer_state, self.best_epoch = self.model.optimizer.state_dict(), None
 
     def on_epoch_end(self, epoch, logs):
         _, value = monitored(logs, self.monitor)
@@ -130,16 +129,12 @@ class BestWeights(Callback):
             self.best, self.best_epoch = value, epoch
             np.copyto(self.params, self.model.params)
             np.copyto(self.state, self.model.state)
-            self.optimizer_state = self._optimizer_state()
-
-    def _optimizer_state(self):
-        state_dict = getattr(self.model.optimizer, "state_dict", None)
-        return state_dict() if state_dict is not None else None
+            self.optimizer_state = self.model.optimizer.state_dict()
 
     def restore(self, optimizer: bool = False) -> None:
         np.copyto(self.model.params, self.params)
         np.copyto(self.model.state, self.state)
-        if optimizer and self.optimizer_state is not None:
+        if optimizer:
             self.model.optimizer.load_state_dict(self.optimizer_state)
 
 

@@ -1,12 +1,7 @@
 """Model files: what :meth:`dpnn.Model.save`, ``load``, ``save_weights`` and ``load_weights`` do.
 
-A saved model is one HDF5 (or NPZ) file: the weights, and as attributes the input shape, the
-metadata (class names, data set...) and the architecture, so copying that file alone copies the
-model. ``save`` also writes the architecture JSON beside it (the nn framework's format, for tools that
-read it); ``load`` reads the JSON when it is there, else the file's own copy, and files written
-before the architecture moved inside need their JSON. Nothing here runs code from a file: the
-architecture is JSON naming registered layer classes, the arrays are checked before they are
-read (:mod:`dpnn.io`).
+The file format, and how reading it stays safe (no code run, arrays checked before they are
+read), are :mod:`dpnn.io`'s; here a model is taken apart into it and put back together.
 """
 from __future__ import annotations
 

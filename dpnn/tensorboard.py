@@ -25,10 +25,6 @@ from .callbacks import Callback
 INSTALL_HINT = "pip install tensorboardX (in a dpnn checkout: pip install -e '.[tensorboard]')"
 
 
-def tensorboard_available() -> bool:
-    return importlib.util.find_spec("tensorboardX") is not None
-
-
 class TensorBoard(Callback):
     """Write training curves for TensorBoard under ``log_dir``; ``update_freq``: 'epoch' (per
     epoch only) or N (also every N training steps)."""
@@ -37,7 +33,7 @@ class TensorBoard(Callback):
         if update_freq != "epoch" and (isinstance(update_freq, bool) or not isinstance(update_freq, int)
                                        or update_freq < 1):
             raise ValueError(f"TensorBoard(update_freq=...) must be 'epoch' or a positive int, got {update_freq!r}")
-        if not tensorboard_available():
+        if importlib.util.find_spec("tensorboardX") is None:
             raise ImportError(f"the TensorBoard callback needs tensorboardX: {INSTALL_HINT}")
         self.log_dir, self.update_freq = os.fspath(log_dir), update_freq
         self.writers: dict = {}

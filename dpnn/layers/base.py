@@ -84,7 +84,6 @@ class Layer:
         self.needs_input_grad = True      # False for a model's first layer: skip computing dx
         self.rng: np.random.Generator | None = None   # set by Model.build for initialisation
 
-    # -- parameter creation -------------------------------------------------------------
     def add_param(self, name: str, shape: tuple, init: str | Callable = "zeros",
                   fan_in: int | None = None) -> np.ndarray:
         """Create a float32 parameter and its zero gradient; ``init`` is 'zeros', 'ones' or 'he'."""
@@ -108,7 +107,6 @@ class Layer:
         self.state[name] = np.asarray(value, dtype=np.float32)
         return self.state[name]
 
-    # -- interface ------------------------------------------------------------------------
     def build(self, input_shape: tuple) -> None:
         """Create parameters for ``input_shape`` (batch dim first) and set ``output_shape``."""
         self.input_shape = tuple(input_shape)

@@ -39,8 +39,7 @@ class BatchNorm2D(Layer):
         self.add_param("beta", (C,), "zeros")
         self.add_state("running_mean", np.zeros(C))
         self.add_state("running_var", np.ones(C))
-        self.input_shape = self.output_shape = tuple(input_shape)
-        self.built = True
+        super().build(input_shape)
 
     def _batch_moments(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """Mean and biased variance per channel of (M, C) rows, over every shard when synced."""

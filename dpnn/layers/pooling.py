@@ -80,15 +80,14 @@ class MaxPool2D(_Pool2D):
         oh, ow = grad.shape[1:3]
         (kh, kw), (sh, sw) = self.pool_size, self.stride
         Hp, Wp = H + pt + pb, W + pl + pr
-        if sh < kh or sw < kw:                                         # overlapping windows
-            dxp = np.zeros((N, Hp, Wp, C), grad.dtype)                  # (N, Hp, Wp, C)
-            for k, s_h, s_w in self._offsets(oh, ow):
-                dxp[:, s_h, s_w, :] += np.multiply(grad, self._idx == k)
-            return dxp[:, pt:pt + H, pl:pl + W, :]
+        overlap = sh < kh or sw < kw                                   # else each input cell is written once
         tiled = (sh, sw) == (kh, kw) and (Hp, Wp) == (kh * oh, kw * ow)
-        dxp = (np.empty if tiled else np.zeros)((N, Hp, Wp, C), grad.dtype)
-        for k, s_h, s_w in self._offsets(oh, ow):                      # each input cell written once
-            np.multiply(grad, self._idx == k, out=dxp[:, s_h, s_w, :])
+        dxp = (np.empty if tiled else np.zeros)((N, Hp, Wp, C), grad.dtype)   # (N, Hp, Wp, C)
+        for k, s_h, s_w in self._offsets(oh, ow):
+            if overlap:
+                dxp[:, s_h, s_w, :] += np.multiply(grad, self._idx == k)
+            else:
+                np.multiply(grad, self._idx == k, out=dxp[:, s_h, s_w, :])
         return dxp[:, pt:pt + H, pl:pl + W, :]
 
 

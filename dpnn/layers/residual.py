@@ -109,7 +109,6 @@ class Residual(Layer):
         self.salt = 0                      # Model.build sets it (the layer's index)
         self._sample_keys: np.ndarray | None = None
 
-    # -- what it holds --------------------------------------------------------------------
     def named_sublayers(self) -> list[tuple[str, Layer]]:
         return [(str(j), layer) for j, layer in enumerate(self.layers)] + \
                [(f"shortcut{j}", layer) for j, layer in enumerate(self.shortcut or [])]
@@ -157,7 +156,6 @@ class Residual(Layer):
             if hasattr(layer, "sample_keys"):
                 layer.sample_keys = keys
 
-    # -- build / forward / backward -------------------------------------------------------
     def build(self, input_shape: tuple) -> None:
         main = self._build_path(self.layers, input_shape, 0)
         skip = self._build_path(self.shortcut or [], input_shape, len(self.layers))
@@ -208,7 +206,6 @@ class Residual(Layer):
             return None
         return dx + dskip
 
-    # -- config ---------------------------------------------------------------------------
     def get_config(self) -> dict:
         return {"layers": [layer.to_config() for layer in self.layers],
                 "shortcut": None if self.shortcut is None else [layer.to_config() for layer in self.shortcut],

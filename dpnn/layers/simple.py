@@ -77,9 +77,8 @@ class Flatten(Layer):
     """(N, ...) -> (N, prod(...))."""
 
     def build(self, input_shape: tuple) -> None:
-        self.input_shape = tuple(input_shape)
+        super().build(input_shape)
         self.output_shape = (input_shape[0], int(np.prod(input_shape[1:])))
-        self.built = True
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         self._shape = x.shape

@@ -66,13 +66,11 @@ class Model:
         shape = (None,) + tuple(int(d) for d in input_shape[1:])
         rng = np.random.default_rng(self.seed)
         for i, layer in enumerate(self.layers):
-            layer.rng, layer.salt = rng, i
+            layer.rng, layer.salt, layer.needs_input_grad = rng, i, i > 0   # the first: no dx to compute
             layer.build(shape)
             if layer.output_shape is None:
                 raise ValueError(f"layer {i} ({type(layer).__name__}).build did not set output_shape")
             shape = (None,) + tuple(layer.output_shape[1:])
-        for i, layer in enumerate(self.layers):
-            layer.needs_input_grad = i > 0
         self._order = execution_order(self.layers)
         self._batch_coupled = any(layer.batch_coupled for layer in self.layers)
         self.input_shape, self.output_shape = (None,) + tuple(input_shape[1:]), shape

@@ -253,14 +253,13 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         X, Y, val_data = X[keep], Y[keep], (X[held], Y[held])
     if len(X) == 0:
         raise ValueError("no training samples")
-    if val_data is not None:
-        val_data = as_arrays(val_data)
     X = model.check_input(X)
     model.ensure_built(X[:1])
     check_labels(model, Y, num_classes)
     if val_data is not None:
-        val_data = (model.check_input(val_data[0]), val_data[1])
-        check_labels(model, val_data[1], num_classes)
+        vx, vy = as_arrays(val_data)
+        val_data = (model.check_input(vx), vy)
+        check_labels(model, vy, num_classes)
     seed = fresh_seed() if seed is None else int(seed)
     hist = history if isinstance(history, History) else History(history)
     hist.expect(("loss", "acc", "lr") + (("val_loss", "val_acc") if val_data is not None else ()))

@@ -41,13 +41,8 @@ class BatchLoader:
     def load_arrays(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray) -> bool:
         """Copy a batch into ``x``/``y``/``keys``; True if a region was (re)allocated."""
         n = len(x)
-        grown = self._fit("x", (n,) + self.input_shape, np.float32)
-        grown |= self._fit("y", (n,) + y.shape[1:], y.dtype)
-        grown |= self._fit(KEYS, (n,), np.uint64)
-        a = self.arena
-        np.copyto(a["x"][:n], x)
-        np.copyto(a["y"][:n], y)
-        np.copyto(a[KEYS][:n], np.asarray(keys, np.uint64))
+        grown = self._copy_set("x", "y", x, y) | self._fit(KEYS, (n,), np.uint64)
+        np.copyto(self.arena[KEYS][:n], np.asarray(keys, np.uint64))
         self.rows_copied += n
         return grown
 
@@ -55,7 +50,7 @@ class BatchLoader:
         """Put the training set in ``data_x``/``data_y`` (once per set: the same arrays again cost nothing)."""
         if self.placed is not None and self.placed[0] is X and self.placed[1] is Y:
             return False
-        grown = self._copy_set("data", X, Y)
+        grown = self._copy_set("data_x", "data_y", X, Y)
         self.placed = (X, Y)
         return grown
 
@@ -80,16 +75,17 @@ class BatchLoader:
             grown |= self._fit("eval_x", (len(x),) + self.input_shape, np.float32)
             np.copyto(self.arena["eval_x"][:len(x)], x, casting="same_kind")
         else:
-            grown |= self._copy_set("eval", x, y)
+            grown |= self._copy_set("eval_x", "eval_y", x, y)
         self.eval_source = (x, y)
         return grown
 
-    def _copy_set(self, prefix: str, X: np.ndarray, Y: np.ndarray) -> bool:
+    def _copy_set(self, x_name: str, y_name: str, X: np.ndarray, Y: np.ndarray) -> bool:
+        """Inputs into region ``x_name`` (as float32) and labels into ``y_name``; True if one grew."""
         n = len(X)
-        grown = self._fit(f"{prefix}_x", (n,) + self.input_shape, np.float32)
-        grown |= self._fit(f"{prefix}_y", (n,) + Y.shape[1:], Y.dtype)
-        np.copyto(self.arena[f"{prefix}_x"][:n], X, casting="same_kind")
-        np.copyto(self.arena[f"{prefix}_y"][:n], Y)
+        grown = self._fit(x_name, (n,) + self.input_shape, np.float32)
+        grown |= self._fit(y_name, (n,) + Y.shape[1:], Y.dtype)
+        np.copyto(self.arena[x_name][:n], X, casting="same_kind")
+        np.copyto(self.arena[y_name][:n], Y)
         return grown
 
 

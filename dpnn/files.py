@@ -4,10 +4,8 @@ Every input dpnn reads (IDX, npz, CSV, images, weights, checkpoints, architectur
 through :func:`input_problem` or :func:`open_regular` before a byte is read, so a FIFO, a
 device, a socket, a symbolic-link loop or a directory named as a file is refused as what it
 is ("is a FIFO, not a regular file") instead of hanging in ``open`` or reading ``/dev/zero``
-forever. :func:`open_regular` also closes the race between that check and the open: it opens
-without blocking and checks the descriptor it got. :class:`BoundedGzip` stops a gzip stream
-whose size no header declares (a ``.csv.gz``) once it has expanded more than
-``MAX_GZIP_RATIO`` times its compressed size.
+forever; :class:`BoundedGzip` stops a gzip stream that no header sizes (a ``.csv.gz``) from
+expanding without bound.
 """
 from __future__ import annotations
 

@@ -89,15 +89,12 @@ def _recording_copy(layer, shapes: dict[str, tuple], prefix: str):
     probe = copy.copy(layer)
     probe.params, probe.grads, probe.state = {}, {}, {}
 
-    def record_param(name, shape, *args, **kwargs):
+    def record(name, shape):
         shapes[prefix + name] = tuple(int(d) for d in shape)
         return np.broadcast_to(np.float32(0), shapes[prefix + name])      # a view: no memory behind it
 
-    def record_state(name, value):
-        shapes[prefix + name] = np.shape(value)
-        return np.broadcast_to(np.float32(0), shapes[prefix + name])
-
-    probe.add_param, probe.add_state = record_param, record_state
+    probe.add_param = lambda name, shape, *args, **kwargs: record(name, shape)
+    probe.add_state = lambda name, value: record(name, np.shape(value))
     inside = layer.named_sublayers()
     if inside:
         probe = probe.with_sublayers([_recording_copy(child, shapes, f"{prefix}{tag}/") for tag, child in inside])

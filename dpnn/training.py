@@ -147,12 +147,9 @@ class TrainingSession:
             for cb in cbs.callbacks:          # a bar or event file left by Ctrl-C, a divergence...
                 if isinstance(cb, (reporting.ProgressBar, TensorBoard)):
                     cb.close()
-        cbs.on_train_end(self.end_logs(epoch if epochs > initial_epoch else initial_epoch - 1))
-
-    def end_logs(self, last_epoch: int) -> dict:
-        """on_train_end's logs: the epochs run so far (1-based) and where early stopping stopped."""
         stopped = next((e["epoch"] for e in self.history.events if e["event"] == "early_stopping"), None)
-        return {"stopped_epoch": stopped, "epochs_run": last_epoch + 1}
+        last = epoch if epochs > initial_epoch else initial_epoch - 1
+        cbs.on_train_end({"stopped_epoch": stopped, "epochs_run": last + 1})      # 1-based, both
 
     def run_epoch(self, X, y, batch_size, seed, epoch, shuffle, start: Progress | None = None) -> dict:
         """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given;

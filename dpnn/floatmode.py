@@ -13,10 +13,8 @@ worker process applies its coordinator's mode when it starts (``WorkerSpec.flush
 ``DPNN_DENORMALS=keep`` in the environment (read at import) or ``set_flush_denormals(False)``
 keeps IEEE denormals.
 
-Where: x86-64 (the MXCSR register's FTZ and DAZ bits) and aarch64 (FPCR.FZ) on Linux, through
-the C library's ``fegetenv``/``fesetenv``; anywhere else arithmetic stays IEEE and
-:func:`describe` says flushing is not available. Nothing here imports NumPy at module level, so
-it can run first.
+Where: Linux on x86-64 and aarch64 (``_LAYOUTS``), through the C library's ``fegetenv``/
+``fesetenv``; elsewhere arithmetic stays IEEE. Nothing here imports NumPy, so it can run first.
 """
 from __future__ import annotations
 

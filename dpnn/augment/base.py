@@ -1,8 +1,5 @@
-"""The contract of the keyed augmentations: ``op(x, keys) -> new array``, and how keys are made.
-
-``Augmentation`` is the base of the ops (``dpnn.augment.ops``), ``Compose`` chains them with
-keys of their own per position, ``augment_batch`` is what training calls. The package
-docstring (``dpnn.augment``) states the invariance every op keeps.
+"""The contract of the keyed augmentations (``Augmentation``), ``Compose``, how keys are made and
+``augment_batch``, what training calls; the package docstring states what every op keeps.
 """
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..layers.normalization import batchnorm_layers
+from ..recipe import add_slots
 
 
 class ShardExchange:
@@ -34,10 +35,7 @@ class ShardExchange:
         L = sums.size
         rows[self.worker_id, :L] = sums
         self.barrier.wait(self.timeout)    # BrokenBarrierError if the coordinator aborts the step
-        total = rows[0, :L].copy()
-        for row in rows[1:]:
-            total += row[:L]
-        return total
+        return add_slots(rows[:, :L], np.empty(L))
 
     def take_part_empty(self, bn_layers) -> None:
         """A worker with no samples still joins every exchange (forward order, then backward)."""

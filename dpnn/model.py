@@ -29,10 +29,10 @@ class Model:
     """
 
     def __init__(self, layers: list[Layer] | None = None, seed: int | None = None) -> None:
+        self.seed, self.built = seed, False
         self.layers: list[Layer] = []
         for layer in layers or []:
             self.add(layer)
-        self.seed, self.built = seed, False
         self.input_shape: tuple | None = None
         self.loss = self.optimizer = None
         self.weight_decay, self.clip_norm = 0.0, None
@@ -44,11 +44,10 @@ class Model:
         self._grad_scratch: np.ndarray | None = None
         self.owner = None          # the worker pool (PoolNode) sharing this model's memory, if any
 
-    # -- structure ------------------------------------------------------------------------
     def add(self, layer: Layer) -> "Model":
         if not isinstance(layer, Layer):
             raise TypeError(f"Model.add expects a dpnn Layer, got {type(layer).__name__}")
-        if getattr(self, "built", False):
+        if self.built:
             raise ValueError("cannot add layers to a built model; create a new Model")
         self.layers.append(layer)
         return self
@@ -168,7 +167,6 @@ class Model:
                              f"(N, {', '.join(map(str, want))}){hint}")
         return x
 
-    # -- forward / backward ---------------------------------------------------------------
     @property
     def execution_order(self) -> list[int]:
         """Layer indices in the order forward runs them (backward: reversed); see
@@ -211,7 +209,6 @@ class Model:
                 hook(i, self.layers[i], "backward", time.perf_counter() - t0)
         self.param_layout.sync_back(self.layers, self.grads, "grads")
 
-    # -- training -------------------------------------------------------------------------
     def compile(self, loss="categorical_crossentropy", optimizer="adam", lr: float | None = None,
                 weight_decay: float = 0.0, clip_norm: float | None = None,
                 micro_batch: int | None | str = "auto", metrics=None, **optimizer_kwargs) -> "Model":
@@ -272,7 +269,6 @@ class Model:
         from .training import fit
         return fit(self, x, y, **kwargs)
 
-    # -- inference ------------------------------------------------------------------------
     def predict(self, x, batch_size: int = 256, verbose: int = 0, probabilities: bool = False) -> np.ndarray:
         """Outputs (N, ...) in batches, inference mode (no dropout, running BatchNorm stats).
 
@@ -319,7 +315,6 @@ class Model:
             print(f"loss {sums.mean_loss():.4f}, acc {sums.accuracy():.4f} ({sums.count:,} samples)")
         return sums.mean_loss(), sums.accuracy()
 
-    # -- weights --------------------------------------------------------------------------
     def get_weights(self) -> list[np.ndarray]:
         """Copies of every parameter and state array, in layer order (params first per layer)."""
         return [a.copy() for layer in self.layers for a in (*layer.params.values(), *layer.state.values())]

@@ -93,7 +93,6 @@ class Step:
             layer.sync = None
         self.node.close()
 
-    # -- one step -------------------------------------------------------------------------
     def train_step(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray | None = None) -> StepStats:
         """One optimizer step on the GLOBAL batch (N, ...); returns the global sums on every rank."""
         x, y = self.model.check_input(x), np.asarray(y)
@@ -182,7 +181,6 @@ class Step:
         """BatchNorm's ``sync`` hook: per-rank float64 sums -> sums over the global batch."""
         return self.comm.allreduce(np.array(sums, np.float64))
 
-    # -- evaluation -----------------------------------------------------------------------
     def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
         """Sums of the model on (x, y): each rank scores a slice (on its node), added over ranks."""
         a, b = shard_bounds(len(x), self.size)[self.rank]
@@ -198,7 +196,6 @@ class Step:
         """Outputs (N, ...) of the current parameters in inference mode, computed on the node."""
         return self.node.predict(x, batch_size)
 
-    # -- agreement across ranks -----------------------------------------------------------
     def broadcast_model(self, root: int = 0) -> None:
         """Parameters, BatchNorm state and optimizer state (step count, lr, moments) from root."""
         m = self.model

@@ -91,6 +91,9 @@ class PoolNode:
         self.deterministic, self.sync_batchnorm = bool(deterministic), bool(sync_batchnorm)
         self.placement = plan_placement(n, threads_per_worker, deterministic, pin, ranks)
         self.threads_per_worker = self.placement.threads_per_worker
+        # a core of its own: the coordinator stays awake for the replies it expects (pool.py)
+        self._awake = ranks == 1 and n * self.threads_per_worker < self.placement.cores
+        self._expect: float | None = None           # the last step's slowest worker, seconds
         self.start_method = start_method or default_start_method()
         self.max_restarts, self.worker_timeout = max_restarts, worker_timeout
         self.shard_optimizer = n >= SHARD_FROM if shard_optimizer == "auto" else shard_optimizer
@@ -250,6 +253,7 @@ class PoolNode:
             rows, how, self._sets.args() if fused else None))
         t2 = time.perf_counter()
         replies = [done[k] for k in range(self.workers)]
+        self._expect = min(r.span[1] - r.span[0] for r in replies)
         shards = sorted(s for r in replies for s in r.shards)         # slot order
         a, m = self.arena, self.model
         if finish is not Finish.SLOTS:
@@ -349,7 +353,8 @@ class PoolNode:
             self._in_flight = True
             self.pool.send_all(dataclasses.replace(msg, attempt=self._attempt))
             t_sent = time.perf_counter()
-            done, dead, errors = self.pool.gather(self._attempt, self.worker_timeout)
+            expect = self._expect if self._awake and isinstance(msg, Compute) else None
+            done, dead, errors = self.pool.gather(self._attempt, self.worker_timeout, expect)
             # with the workers meeting inside a step, peers of a failed worker may be mid-step
             self._in_flight = self.pool.meets and bool(dead or errors)
             if errors:

@@ -35,6 +35,7 @@ from .sharded_update import chunk_bounds, sum_chunk, update_chunk
 from .syncbn import ShardExchange
 
 COORDINATOR_POLL_S = 0.5    # how often an idle worker checks that its coordinator is alive
+NEXT_STEP_SPIN_S = 5e-3     # after a reply, how long a worker waits for the next step awake
 EXIT_WAIT_S = 2.0           # after EOF on its pipe, how long a worker waits to see the coordinator gone
 
 
@@ -156,11 +157,10 @@ class ShardRunner:
 def keep_freed_memory() -> None:
     """Keep freed memory in this process for the next step (glibc; elsewhere nothing changes).
 
-    glibc serves a fresh process's large blocks (im2col's columns, a layer's outputs) with mmap
-    and returns them at free, and trims the heap's top above 128 KiB, so every step faulted its
-    temporaries in again: 101 minor page faults per seed-cnn step (batch 64) in a worker against
-    15 in the training process, whose earlier frees had already raised glibc's thresholds. A
-    worker repeats the same step, so it keeps what it freed (what stays is its peak, no more).
+    glibc serves large blocks (im2col's columns, a layer's outputs) with an mmap of their own,
+    unmapped at free (always above 32 MiB), and trims the heap's top, so a step faults its
+    temporaries in again: 79 minor page faults per seed-cnn step at batch 256 in a worker, 30
+    with this. A worker repeats the same step, so it keeps what it freed (its peak, no more).
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
@@ -197,12 +197,25 @@ def _send(conn, msg) -> bool:
         return False
 
 
+def message_soon(conn) -> bool:
+    """Whether a message comes within NEXT_STEP_SPIN_S, checked without sleeping (yielding the
+    CPU to anyone who wants it): a vCPU that goes idle takes 0.2-0.3 ms to wake on a VM, twice
+    a step, and the next step usually follows the coordinator's optimizer step at once."""
+    end = time.perf_counter() + NEXT_STEP_SPIN_S
+    while time.perf_counter() < end:
+        if conn.poll(0):
+            return True
+        os.sched_yield()
+    return False
+
+
 def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
     """Answer step messages until told to stop (False) or the coordinator vanishes (True)."""
-    coordinator = watch(spec.coordinator_pid)
+    coordinator, replied = watch(spec.coordinator_pid), False
     while True:
         try:
-            if not conn.poll(COORDINATOR_POLL_S):
+            if not (replied and message_soon(conn)) and not conn.poll(COORDINATOR_POLL_S):
+                replied = False
                 if process_gone(coordinator):
                     return True
                 continue
@@ -219,6 +232,7 @@ def serve(conn, runner: ShardRunner, spec: WorkerSpec) -> bool:
             reply = Failed(msg.attempt, traceback.format_exc())
         if not _send(conn, reply):
             return coordinator_lost(coordinator)
+        replied = True
 
 
 def worker_main(worker_id: int, spec: WorkerSpec, conn) -> None:

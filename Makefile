@@ -81,6 +81,8 @@ bench: install     # pipefail: a failing benchmark must fail make, not hide behi
 	bash -o pipefail -c '$(PY) -m benchmarks.profile --batch-size 64 \
 	    --json docs/benchmarks/profile.json | tee docs/benchmarks/profile.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.ablation | tee docs/benchmarks/ablation.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.one_worker --json docs/benchmarks/one_worker.json \
+	    | tee docs/benchmarks/one_worker.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.steady_state --json docs/benchmarks/steady_state.json \
 	    --plot docs/benchmarks/steady_state.png | tee docs/benchmarks/steady_state.txt'
 

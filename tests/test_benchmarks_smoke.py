@@ -251,3 +251,18 @@ def test_steady_state_benchmark_runs_every_contestant_in_its_own_mode(tmp_path):
     assert set(res["denormal_moments"]["step"]) == {"flush, denormal moments", "flush, zeroed",
                                                     "IEEE, denormal moments", "IEEE, zeroed"}
     assert "targets (issue 22):" in proc.stdout and "last/1st" in proc.stdout
+
+
+@pytest.mark.slow
+def test_one_worker_benchmark_times_both_engines_in_turns(tmp_path):
+    """benchmarks.one_worker, tiny: both engines trained in every round, their phases and faults
+    reported, the JSON written."""
+    out = tmp_path / "one.json"
+    cmd = [sys.executable, "-m", "benchmarks.one_worker", "--batch-size", "8", "--steps", "2", "--rounds", "2",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["batch"] == 8 and all(len(v) == 2 for v in row["ms_per_step"].values())
+    assert row["phases_ms"]["pool"]["compute"] > 0 and row["phases_ms"]["process"]["compute"] > 0
+    assert "pool speed / process speed" in proc.stdout

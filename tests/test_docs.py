@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["launch.train", "launch.data", "launch.digits", "launch.gui", "launch.export", "launch.predict",
             "benchmarks.scaling",
             "benchmarks.mpi_scaling", "benchmarks.profile", "benchmarks.ablation", "benchmarks.data_path",
-            "benchmarks.steady_state"]
+            "benchmarks.steady_state", "benchmarks.one_worker"]
 
 
 def section(command: str) -> str:

@@ -1,0 +1,109 @@
+"""A 1-worker pool against the same step in this process (issue 22, point 3).
+
+    python -m benchmarks.one_worker                          # seed-cnn, batch 64 and 256
+    python -m benchmarks.one_worker --batch-size 64 --steps 40 --rounds 6 --json one_worker.json
+
+Both run one BLAS thread (``LocalEngine(threads_per_worker=1)`` and ``DataParallel(workers=1,
+threads_per_worker=1)``) on the same placed data and the same random rows, as ``fit`` trains
+(``place_data`` once, then ``train_rows``), in rounds that take turns, the order swapped every
+round. Per batch size: each round's ms per step, the pool's speed relative to the process
+(median over rounds, and over the whole time), the median of each phase the engines report
+(``compute``: forward + backward; ``wait``: the coordinator's wait beyond the worker's own time,
+that is signalling; ``reduce``, ``optimizer``, ``scatter``), and minor page faults per step in
+the process that computes (this one, or the worker).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import numpy as np
+
+from benchmarks.args import positive_int, positive_ints
+from benchmarks.models import build
+from dpnn.engine import LocalEngine
+from dpnn.workers import DataParallel
+
+ROWS = 8192
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of process ``pid`` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def measure(batch: int, steps: int, rounds: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    X = rng.random((ROWS, 28, 28, 1), dtype=np.float32)
+    Y = rng.integers(0, 10, ROWS)
+    engines = {"process": LocalEngine(build("seed-cnn"), threads_per_worker=1),
+               "pool": DataParallel(build("seed-cnn"), workers=1, threads_per_worker=1)}
+    try:
+        for e in engines.values():
+            e.place_data(X, Y)
+            for _ in range(3):                      # buffers grow, the worker starts
+                e.train_rows(rng.integers(0, ROWS, batch))
+        pids = {"process": os.getpid(), "pool": engines["pool"].node.pool.pids[0]}
+        ms = {k: [] for k in engines}
+        phases = {k: [] for k in engines}
+        faults = dict.fromkeys(engines, 0)
+        for r in range(rounds):
+            for name in (("process", "pool") if r % 2 == 0 else ("pool", "process")):
+                f0, t0 = minor_faults(pids[name]), time.perf_counter()
+                for _ in range(steps):
+                    phases[name].append(engines[name].train_rows(rng.integers(0, ROWS, batch)).times)
+                ms[name].append(1e3 * (time.perf_counter() - t0) / steps)
+                faults[name] += minor_faults(pids[name]) - f0
+    finally:
+        for e in engines.values():
+            e.close()
+    speed = [p / q for p, q in zip(ms["process"], ms["pool"])]
+    return {"batch": batch, "steps": steps, "rounds": rounds, "ms_per_step": ms,
+            "speed_median": statistics.median(speed), "speed_total": sum(ms["process"]) / sum(ms["pool"]),
+            "phases_ms": {k: {p: 1e3 * statistics.median(t.get(p, 0.0) for t in v)
+                              for p in ("compute", "wait", "reduce", "optimizer", "scatter")}
+                          for k, v in phases.items()},
+            "faults_per_step": {k: v / (rounds * steps) for k, v in faults.items()}}
+
+
+def report(row: dict) -> list[str]:
+    lines = [f"batch {row['batch']}: {row['rounds']} rounds of {row['steps']} steps, taking turns"]
+    for name in ("process", "pool"):
+        lines.append(f"  {name:<8} ms/step " + " ".join(f"{t:6.2f}" for t in row["ms_per_step"][name]))
+    lines.append(f"  pool speed / process speed: median of rounds {row['speed_median']:.3f}, "
+                 f"whole time {row['speed_total']:.3f}")
+    for name in ("process", "pool"):
+        lines.append(f"  {name:<8} median ms: " + ", ".join(f"{k} {v:.2f}" for k, v in row["phases_ms"][name].items())
+                     + f"; minor faults/step {row['faults_per_step'][name]:.1f}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.one_worker", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=positive_ints, default=[64, 256], help="comma-separated batch sizes")
+    p.add_argument("--steps", type=positive_int, default=40,
+                   help="steps per turn at batch 64, scaled down for larger batches (default 40)")
+    p.add_argument("--rounds", type=positive_int, default=6, help="turns of each engine (default 6)")
+    p.add_argument("--json", help="also write the results here")
+    a = p.parse_args(argv)
+    load = os.getloadavg()
+    rows = []
+    for b in a.batch_size:
+        rows.append(measure(b, max(1, a.steps * 64 // b), a.rounds))
+        print("\n".join(report(rows[-1])), flush=True)
+    after = os.getloadavg()
+    print(f"load average (1, 5, 15 min) before {' '.join(f'{x:.2f}' for x in load)}, "
+          f"after {' '.join(f'{x:.2f}' for x in after)}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rows": rows, "load_before": load, "load_after": after}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

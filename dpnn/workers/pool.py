@@ -36,7 +36,8 @@ from .worker import worker_main
 START_TIMEOUT_S = 120.0     # a worker must import, rebuild the model and attach within this
 STOP_GRACE_S = 2.0          # an idle worker gets this long to leave on its own
 WAIT_SLICE_S = 1.0          # longest single wait, so timeouts are checked
-AWAKE_MARGIN_S = 5e-4       # awake this long (plus 10 %) before an expected reply, and after
+AWAKE_MARGIN_S = 5e-4       # awake this long (plus 5 %, at most AWAKE_MAX_S) before an expected
+AWAKE_MAX_S = 2e-3          # reply, and as long after it
 GONE = "gone"               # what _receive returns for a worker that died
 
 log = logging.getLogger("dpnn.workers")
@@ -206,9 +207,10 @@ class WorkerPool:
         """Sleep through most of ``expect`` seconds, then check the pipes without sleeping
         (yielding the CPU) until a reply is there or the time is well past: an idle vCPU takes
         0.2-0.3 ms to wake on a VM. Only for a coordinator with a core of its own."""
-        margin = 0.1 * expect + AWAKE_MARGIN_S
+        margin = min(0.05 * expect, AWAKE_MAX_S) + AWAKE_MARGIN_S     # a long step wakes the same
         connection.wait(self._waitables(pending), max(0.0, expect - margin))
-        conns, end = [self.conns[k] for k in pending], time.perf_counter() + 2 * margin
+        conns = [self.conns[k] for k in pending if self.conns[k] is not None]
+        end = time.perf_counter() + 2 * margin
         with contextlib.suppress(OSError):
             while time.perf_counter() < end and not any(c.poll(0) for c in conns):
                 os.sched_yield()

@@ -45,7 +45,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 class LocalRunner:
-    """Single-process baseline: LocalEngine with ``threads`` BLAS threads (the seed's approach)."""
+    """Single-process baseline: LocalEngine with ``threads`` BLAS threads (the nn framework's approach)."""
 
     def __init__(self, model_name: str, threads: int, batch: int, seed: int = 0, shape=INPUT) -> None:
         self.x, self.y = synthetic_batch(batch, seed, shape)

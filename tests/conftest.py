@@ -80,7 +80,7 @@ def blobs(n=40, seed=0):
     return X, (X.mean(axis=(1, 2, 3)) > 0).astype(np.int64)
 
 
-# A small CNN with dropout in the seed's JSON format, so resume also covers the dropout masks.
+# A small CNN with dropout in nn's JSON format, so resume also covers the dropout masks.
 TINY_CNN = [{"class": "Conv2D", "config": {"filters": 4, "kernel_size": [3, 3], "padding": "same"}},
             {"class": "Activation", "config": {"func": "relu"}},
             {"class": "MaxPool2D", "config": {"pool_size": [4, 4]}},

@@ -26,7 +26,7 @@ def inputs(n=5):
 
 
 def expected_keys(model):
-    """The seed's key format, <layer index>_<Class>_<array name>."""
+    """nn's key format, <layer index>_<Class>_<array name>."""
     return {f"{i}_{type(layer).__name__}_{name}" for i, layer in enumerate(model.layers)
             for name in (*layer.params, *layer.state)}
 
@@ -96,7 +96,7 @@ def test_hdf5_file_without_h5py_says_how_to_install_it(saved, monkeypatch):
 
 
 def test_seed_file_without_input_shape_assigns_weights_on_build(saved):
-    """A seed-format file has no input shape: weights wait for build(), as the seed README says."""
+    """A seed-format file has no input shape: weights wait for build(), as nn's README says."""
     model, path = saved
     with h5py.File(path, "a") as f:
         del f.attrs["dpnn_input_shape"]

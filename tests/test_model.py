@@ -1,4 +1,4 @@
-"""Model: the seed README's API, fit options (validation, early stopping, LR schedules, callbacks,
+"""Model: nn's README API, fit options (validation, early stopping, LR schedules, callbacks,
 seeds), custom layers, BatchNorm state, thread configuration and in-process determinism."""
 import json
 import math
@@ -56,7 +56,7 @@ class Recorder(Callback):
         self.calls.append("train_end")
 
 
-# -- the seed README, section 6.1 -------------------------------------------------------------
+# -- nn's README, section 6.1 ----------------------------------------------------------------
 def test_seed_readme_section_6_1_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     X_all, y_all = blobs(96, size=28, classes=10)
@@ -210,7 +210,7 @@ def test_callback_hooks_are_called_in_order():
 
 
 def monitored_value(logs):
-    """The seed README's rule: validation accuracy if there is validation data, else accuracy."""
+    """nn's README rule: validation accuracy if there is validation data, else accuracy."""
     return logs["val_acc"] if not math.isnan(logs.get("val_acc", math.nan)) else logs["acc"]
 
 
@@ -296,7 +296,7 @@ def test_same_seed_gives_identical_parameters():
 # -- custom layers, BatchNorm state -------------------------------------------------------------
 def test_custom_layer_registered_with_the_decorator_saves_and_loads(tmp_path):
     @dpnn.register_layer
-    class Scale(Layer):                     # the seed README's example, registered
+    class Scale(Layer):                     # nn's README example, registered
         def __init__(self, factor):
             super().__init__()
             self.factor = factor

@@ -17,9 +17,9 @@ import dpnn
 from dpnn import Activation, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, Layer, MaxPool2D, Model
 
 
-class Scale(Layer):   # the seed's section 10 example, verbatim (only the import differs)
+class Scale(Layer):   # nn's README, section 10 example, verbatim (only the import differs)
     def __init__(self, factor):
-        super().__init__(); self.factor=factor  # noqa: E702 -- the seed's text, kept verbatim
+        super().__init__(); self.factor=factor  # noqa: E702 -- nn's text, kept verbatim
     def build(self, input_shape):
         self.output_shape = input_shape; self.built=True  # noqa: E702
     def forward(self, x, training=False):
@@ -65,7 +65,7 @@ class ChannelAffine(Layer):
 
 
 class SoftmaxLoss:
-    """A loss as the seed and the README describe it: forward(y_pred, y_true) returns the mean,
+    """A loss as nn's README and ours describe it: forward(y_pred, y_true) returns the mean,
     backward() its gradient; no per_sample, no denominator."""
     def forward(self, y_pred, y_true):
         z = y_pred - y_pred.max(axis=1, keepdims=True)

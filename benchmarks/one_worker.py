@@ -1,7 +1,7 @@
 """A 1-worker pool against the same step in this process (issue 22, point 3).
 
     python -m benchmarks.one_worker                          # seed-cnn, batch 64 and 256
-    python -m benchmarks.one_worker --batch-size 64 --steps 40 --rounds 6 --json one_worker.json
+    python -m benchmarks.one_worker --batch-size 64 --steps 40 --rounds 10 --json one_worker.json
 
 Both run one BLAS thread (``LocalEngine(threads_per_worker=1)`` and ``DataParallel(workers=1,
 threads_per_worker=1)``) on the same placed data and the same random rows, as ``fit`` trains
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=positive_ints, default=[64, 256], help="comma-separated batch sizes")
     p.add_argument("--steps", type=positive_int, default=40,
                    help="steps per turn at batch 64, scaled down for larger batches (default 40)")
-    p.add_argument("--rounds", type=positive_int, default=6, help="turns of each engine (default 6)")
+    p.add_argument("--rounds", type=positive_int, default=10, help="turns of each engine (default 10)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
     load = os.getloadavg()

@@ -180,6 +180,7 @@ class MPIComm(Communicator):
     def abort(self, code=1):
         if self.comm is None:            # MPI never started: leaving is enough for mpiexec
             os._exit(code)
+        janitor.remove_mpich_segments()  # MPI_Abort skips MPI_Finalize, which would remove them
         self.comm.Abort(code)
 
 

@@ -104,6 +104,20 @@ def mapped_segments(pid: int, prefix: str) -> list[str]:
     return sorted(os.path.basename(p) for p in paths if not p.endswith("(deleted)"))
 
 
+def remove_mpich_segments() -> list[str]:
+    """Unlink MPICH's /dev/shm segments that this process maps (so: this job's, no other's).
+
+    MPI_Abort never reaches MPI_Finalize, which would remove them; when every rank aborts at
+    once no janitor is left that could read a rank's mappings. The mappings stay valid until
+    every rank is gone."""
+    removed = []
+    for name in mapped_segments(os.getpid(), "mpich_shm_"):
+        with contextlib.suppress(OSError):          # another rank of this job was first
+            os.unlink(os.path.join(SHM_DIR, name))
+            removed.append(name)
+    return removed
+
+
 def start(pid: int | None = None) -> subprocess.Popen:
     """A janitor for this process (``pid``): write b'done' to its stdin on a clean exit.
 

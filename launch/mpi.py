@@ -18,7 +18,6 @@ import time
 from dpnn.comm import ABORT_GRACE_S, INSTALL_HINT, Communicator
 from dpnn.distributed import on_root
 from dpnn.io import architecture_path
-from dpnn.janitor import SHM_DIR, mapped_segments
 from launch import checkpoint as ckpt
 
 ABORT_WAIT_S = 30.0     # how long the other ranks wait for rank 0 to abort after its check failed
@@ -84,26 +83,10 @@ def check_backend(comm: Communicator | None, backend: str, usage_error) -> None:
 def finish(comm: Communicator | None, status: int) -> int:
     """Exit status for main(); a failed rank aborts every rank instead of leaving them waiting."""
     if comm is not None and comm.size > 1 and status != 0:
-        remove_mpich_segments()
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)      # let mpiexec forward the error message first
         comm.abort(status)
     return status
-
-
-def remove_mpich_segments() -> list[str]:
-    """Unlink MPICH's /dev/shm segments that this process maps (so: this job's, no other's).
-
-    An aborted job never reaches MPI_Finalize, which would remove them; the mappings stay
-    valid until every rank is gone."""
-    removed = []
-    for name in mapped_segments(os.getpid(), "mpich_shm_"):
-        try:
-            os.unlink(os.path.join(SHM_DIR, name))
-            removed.append(name)
-        except OSError:           # another rank of this job was first
-            pass
-    return removed
 
 
 def from_root(comm: Communicator, fn, *args):

@@ -196,6 +196,19 @@ def our_segments(pid: int | None = None) -> set[str]:
     return {n for n in os.listdir(SHM) if (segment_owner(n) or (0,))[0] == pid}
 
 
+def mpich_segments() -> set[str]:
+    return {n for n in os.listdir(SHM) if n.startswith("mpich_shm_")}
+
+
+def unmapped(names: set[str]) -> set[str]:
+    """The MPICH segments among ``names`` that no live process maps (those of running jobs are)."""
+    from dpnn.janitor import mapped_segments
+    mapped = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        mapped.update(mapped_segments(int(pid), "mpich_shm_"))
+    return names - mapped
+
+
 def dpnn_segments() -> set[str]:
     return {n for n in os.listdir(SHM) if n.startswith(SEGMENT_PREFIX + "_")} if os.path.isdir(SHM) else set()
 

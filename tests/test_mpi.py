@@ -21,7 +21,17 @@ from dpnn.distributed import DistributedEngine, RanksDiverged, on_root
 from dpnn.node import Batch
 from dpnn.step import data_fingerprint
 
-from conftest import MPIEXEC, TINY_CNN, finish, launch_two_ranks, mpi_env, needs_mpi, wait_until
+from conftest import (
+    MPIEXEC,
+    TINY_CNN,
+    finish,
+    launch_two_ranks,
+    mpi_env,
+    mpich_segments,
+    needs_mpi,
+    unmapped,
+    wait_until,
+)
 
 
 def workers_available() -> bool:
@@ -231,11 +241,14 @@ def test_the_data_fingerprint_sees_every_byte():
 @needs_mpi
 def test_ranks_that_loaded_different_data_stop_at_the_first_step(tmp_path):
     """Same row count, different bytes (another file on one node): RanksDiverged, not silent
-    training on two data sets."""
+    training on two data sets. Every rank aborts at once: MPICH's own segment goes too."""
     write_scripts(tmp_path)
+    before = mpich_segments()
     code, out, err = finish(mpiexec(tmp_path, "run.py", "other-data", str(tmp_path)), timeout=60)
     assert code != 0
     assert "RanksDiverged" in err and "different training data" in err, err
+    assert wait_until(lambda: not unmapped(mpich_segments() - before), 5), \
+        f"MPICH's segments were left: {unmapped(mpich_segments() - before)}"
 
 
 

@@ -29,7 +29,18 @@ import pytest
 
 from dpnn.janitor import run_prefix, segment_owner, sweep_stale
 
-from conftest import HAVE_MPI, MPIEXEC, ROOT, SHM, TINY_CNN, finish, our_segments, subprocess_env, wait_until
+from conftest import (
+    HAVE_MPI,
+    MPIEXEC,
+    ROOT,
+    TINY_CNN,
+    finish,
+    mpich_segments,
+    our_segments,
+    subprocess_env,
+    unmapped,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -220,19 +231,6 @@ def run_mpi_bad_argument(tmp_path, toy, flag):
     assert wait_until(lambda: not unmapped(mpich_segments() - before), 5), \
         f"MPICH's segments were left: {unmapped(mpich_segments() - before)}"
     return result
-
-
-def mpich_segments() -> set[str]:
-    return {n for n in os.listdir(SHM) if n.startswith("mpich_shm_")}
-
-
-def unmapped(names: set[str]) -> set[str]:
-    """The segments among ``names`` that no live process maps (those of running jobs are)."""
-    from dpnn.janitor import mapped_segments
-    mapped = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        mapped.update(mapped_segments(int(pid), "mpich_shm_"))
-    return names - mapped
 
 
 # -- the table --------------------------------------------------------------------------------

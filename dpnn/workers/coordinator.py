@@ -93,7 +93,7 @@ class PoolNode:
         self.threads_per_worker = self.placement.threads_per_worker
         # a core of its own: the coordinator stays awake for the replies it expects (pool.py)
         self._awake = ranks == 1 and n * self.threads_per_worker < self.placement.cores
-        self._expect: float | None = None           # the last step's slowest worker, seconds
+        self._expect: float | None = None           # when the first reply is due: the last step's quickest worker
         self.start_method = start_method or default_start_method()
         self.max_restarts, self.worker_timeout = max_restarts, worker_timeout
         self.shard_optimizer = n >= SHARD_FROM if shard_optimizer == "auto" else shard_optimizer

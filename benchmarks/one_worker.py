@@ -5,9 +5,10 @@
 
 Both run one BLAS thread (``LocalEngine(threads_per_worker=1)`` and ``DataParallel(workers=1,
 threads_per_worker=1)``) on the same placed data and the same random rows, as ``fit`` trains
-(``place_data`` once, then ``train_rows``), in rounds that take turns, the order swapped every
-round. Per batch size: each round's ms per step, the pool's speed relative to the process
-(median over rounds, and over the whole time), the median of each phase the engines report
+(``place_data`` once, then ``train_rows``), in rounds that take turns, the order rotating every
+round. A second pool whose coordinator blocks on the pipe until the reply (as before it learnt
+to wait awake) shows what waking costs. Per batch size: each round's ms per step, each pool's
+speed relative to the process (median over rounds, and over the whole time), the median of each phase the engines report
 (``compute``: forward + backward; ``wait``: the coordinator's wait beyond the worker's own time,
 that is signalling; ``reduce``, ``optimizer``, ``scatter``), and minor page faults per step in
 the process that computes (this one, or the worker).
@@ -28,6 +29,7 @@ from dpnn.engine import LocalEngine
 from dpnn.workers import DataParallel
 
 ROWS = 8192
+POOLS = ("pool", "pool, asleep")     # the second: its coordinator blocks on the pipe (the old wait)
 
 
 def minor_faults(pid: int) -> int:
@@ -40,19 +42,21 @@ def measure(batch: int, steps: int, rounds: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     X = rng.random((ROWS, 28, 28, 1), dtype=np.float32)
     Y = rng.integers(0, 10, ROWS)
-    engines = {"process": LocalEngine(build("seed-cnn"), threads_per_worker=1),
-               "pool": DataParallel(build("seed-cnn"), workers=1, threads_per_worker=1)}
+    engines = {name: DataParallel(build("seed-cnn"), workers=1, threads_per_worker=1) for name in POOLS}
+    engines["process"] = LocalEngine(build("seed-cnn"), threads_per_worker=1)
     try:
         for e in engines.values():
             e.place_data(X, Y)
             for _ in range(3):                      # buffers grow, the worker starts
                 e.train_rows(rng.integers(0, ROWS, batch))
-        pids = {"process": os.getpid(), "pool": engines["pool"].node.pool.pids[0]}
+        engines["pool, asleep"].node._awake = False     # the coordinator blocks until the reply
+        pids = {k: e.node.pool.pids[0] if k in POOLS else os.getpid() for k, e in engines.items()}
         ms = {k: [] for k in engines}
         phases = {k: [] for k in engines}
         faults = dict.fromkeys(engines, 0)
-        for r in range(rounds):
-            for name in (("process", "pool") if r % 2 == 0 else ("pool", "process")):
+        names = list(engines)
+        for r in range(rounds):                     # the order rotates from round to round
+            for name in names[r % len(names):] + names[:r % len(names)]:
                 f0, t0 = minor_faults(pids[name]), time.perf_counter()
                 for _ in range(steps):
                     phases[name].append(engines[name].train_rows(rng.integers(0, ROWS, batch)).times)
@@ -61,9 +65,9 @@ def measure(batch: int, steps: int, rounds: int, seed: int = 0) -> dict:
     finally:
         for e in engines.values():
             e.close()
-    speed = [p / q for p, q in zip(ms["process"], ms["pool"])]
-    return {"batch": batch, "steps": steps, "rounds": rounds, "ms_per_step": ms,
-            "speed_median": statistics.median(speed), "speed_total": sum(ms["process"]) / sum(ms["pool"]),
+    speed = {k: {"median": statistics.median(p / q for p, q in zip(ms["process"], ms[k])),
+                 "total": sum(ms["process"]) / sum(ms[k])} for k in POOLS}
+    return {"batch": batch, "steps": steps, "rounds": rounds, "ms_per_step": ms, "speed": speed,
             "phases_ms": {k: {p: 1e3 * statistics.median(t.get(p, 0.0) for t in v)
                               for p in ("compute", "wait", "reduce", "optimizer", "scatter")}
                           for k, v in phases.items()},
@@ -72,12 +76,15 @@ def measure(batch: int, steps: int, rounds: int, seed: int = 0) -> dict:
 
 def report(row: dict) -> list[str]:
     lines = [f"batch {row['batch']}: {row['rounds']} rounds of {row['steps']} steps, taking turns"]
-    for name in ("process", "pool"):
-        lines.append(f"  {name:<8} ms/step " + " ".join(f"{t:6.2f}" for t in row["ms_per_step"][name]))
-    lines.append(f"  pool speed / process speed: median of rounds {row['speed_median']:.3f}, "
-                 f"whole time {row['speed_total']:.3f}")
-    for name in ("process", "pool"):
-        lines.append(f"  {name:<8} median ms: " + ", ".join(f"{k} {v:.2f}" for k, v in row["phases_ms"][name].items())
+    order = ("process", *POOLS)
+    for name in order:
+        lines.append(f"  {name:<13} ms/step " + " ".join(f"{t:6.2f}" for t in row["ms_per_step"][name]))
+    for name in POOLS:
+        lines.append(f"  {name} speed / process speed: median of rounds {row['speed'][name]['median']:.3f}, "
+                     f"whole time {row['speed'][name]['total']:.3f}")
+    for name in order:
+        lines.append(f"  {name:<13} median ms: "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in row["phases_ms"][name].items())
                      + f"; minor faults/step {row['faults_per_step'][name]:.1f}")
     return lines
 

@@ -137,6 +137,40 @@ def test_a_killed_worker_is_respawned_and_the_step_redone():
     assert np.array_equal(m.params, ref.params)
 
 
+def test_the_only_worker_killed_while_its_coordinator_waits_awake():
+    """One worker on a machine with a core to spare: the coordinator sleeps through most of the
+    step it expects, then checks the pipe awake, and reads the worker's one gradient slot in
+    place. A death in that step is noticed at once and the step redone: bitwise the result of
+    an undisturbed pool."""
+    if os.cpu_count() < 2:
+        pytest.skip("the coordinator waits awake only with a core of its own")
+    data = [batch(s) for s in range(3)]
+    results = []
+    for disturb in (False, True):
+        m = cnn(Nap(0.2))
+        with DataParallel(m, workers=1, threads_per_worker=1, pin=False) as dp:
+            if dp.node._awake is False:
+                pytest.skip("no core to spare here (cgroup quota or affinity)")
+            dp.train_step(*data[0])                       # the step the next one is expected to take
+            noticed = []
+            victim = dp.worker_pids[0]
+
+            def kill(victim, noticed, dp):
+                os.kill(victim, signal.SIGKILL)
+                noticed.append(wait_until(lambda: dp.restarts[0] == 1, 10))
+
+            killer = threading.Timer(0.1, kill, (victim, noticed, dp))
+            if disturb:
+                killer.start()
+            dp.train_step(*data[1])                       # the kill lands in the 0.2 s nap
+            dp.train_step(*data[2])
+            if disturb:
+                killer.join()
+                assert noticed == [True] and dp.restarts == [1]
+        results.append(m.params.copy())
+    assert np.array_equal(results[0], results[1])
+
+
 def test_synchronised_batchnorm_survives_a_death_in_the_middle_of_an_exchange():
     """Worker 1 dies while worker 0 waits for it in a BatchNorm exchange: the whole pool is
     replaced and the step redone, giving what an undisturbed run gives."""

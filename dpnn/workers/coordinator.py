@@ -107,7 +107,7 @@ class PoolNode:
         self.pool: WorkerPool | None = None
         self._sets: ShardedUpdate | None = None     # None: the optimizer always runs here
         self._unplaced: tuple | None = None         # the training set, when shared memory had no room
-        self._layout_changed = self._one_slot = False
+        self._layout_changed = False
         self._attempt = 0
         self._in_flight = self.closed = False
         self._restore_sigterm = None
@@ -138,7 +138,6 @@ class PoolNode:
                     (self.sync_batchnorm or m.state.size == 0):   # per-shard statistics stay equal
                 self._balance = ShardBalance(self.workers)
             params = self._sets.current_params() if self._sets else a["params"][0]
-            self._one_slot = self.slots == 1 and self._sets is None   # its gradient is read in place
             m.bind(params, a["grads"][0] if self._one_slot else a["grads_sum"], a["state"][0], copy=True)
             spec = self._spec()
             m.owner = self
@@ -203,6 +202,11 @@ class PoolNode:
             if self._restore_sigterm is not None:
                 self._restore_sigterm()
                 self._restore_sigterm = None
+
+    @property
+    def _one_slot(self) -> bool:
+        """One slot, summed by nobody: the coordinator reads the worker's gradient in place."""
+        return self.slots == 1 and self._sets is None
 
     @property
     def worker_pids(self) -> list[int]:

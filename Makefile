@@ -9,7 +9,7 @@ EPOCHS   ?= 5
 TORCH    ?=              # TORCH=1: also install PyTorch (CPU) for the parity tests/benchmarks
 PYTEST_ARGS ?=
 
-.PHONY: all venv install dev system-deps data train test test-fast lint digits gui bench clean
+.PHONY: all venv install dev system-deps data train test test-torch test-fast lint digits gui bench clean
 
 all: train
 
@@ -59,6 +59,10 @@ train: data
 test: dev system-deps
 	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-torch: dev system-deps   # the PyTorch lane: install PyTorch (CPU), run the tests that read it
+	$(PIP) install torch==2.13.0
+	$(PY) -m pytest -m torch $(PYTEST_ARGS)
 
 test-fast: dev     # everything but the tests marked slow (processes, mpiexec, GUI, benchmarks)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -233,3 +233,26 @@ def no_leaks():
         procs, new = left()
         pytest.fail(f"the test left processes {[p.pid for p in procs]} "
                     f"and shared-memory segments {sorted(new)}", pytrace=False)
+
+
+# -- the PyTorch lane -------------------------------------------------------------------------------
+TORCH_NEEDLES = ('importorskip("torch"', 'find_spec("torch")')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that reads PyTorch (``pytest.importorskip("torch")`` or ``find_spec("torch")``
+    in the test or at its module's top) ``torch``, so ``pytest -m torch`` is the PyTorch lane:
+    ``make test`` runs them too, skipped where PyTorch is absent (it is a reference, never a
+    dependency); ``make test-torch`` installs it and runs them alone."""
+    import inspect
+    modules: dict = {}
+    for item in items:
+        fn = getattr(item, "function", None)
+        if fn is None:
+            continue
+        module = item.module
+        if module not in modules:
+            top = [ln for ln in inspect.getsource(module).splitlines() if not ln.startswith((" ", "\t"))]
+            modules[module] = any(n in ln for ln in top for n in TORCH_NEEDLES)
+        if modules[module] or any(n in inspect.getsource(fn) for n in TORCH_NEEDLES):
+            item.add_marker(pytest.mark.torch)

@@ -251,6 +251,10 @@ def test_steady_state_benchmark_runs_every_contestant_in_its_own_mode(tmp_path):
     assert set(res["denormal_moments"]["step"]) == {"flush, denormal moments", "flush, zeroed",
                                                     "IEEE, denormal moments", "IEEE, zeroed"}
     assert "targets (issue 22):" in proc.stdout and "last/1st" in proc.stdout
+    tgts = res["targets"]                     # every target listed; one epoch or no PyTorch: not measured
+    assert len(tgts) == 6 and all(t["met"] is None and t["why"] for t in tgts[:2])
+    assert all((t["met"] is None) != have_torch for t in tgts[2:])
+    assert proc.stdout.count("[n/a]") == sum(t["met"] is None for t in tgts)
 
 
 @pytest.mark.slow

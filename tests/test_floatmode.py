@@ -198,7 +198,8 @@ RANK_PROBE = textwrap.dedent('''
             workers = int(np.count_nonzero(dp.predict(np.ones((16, 64), np.float32))))
         out = {"rank": comm.rank, "flushed": dpnn.flush_denormals_enabled(),
                "blas": int(np.count_nonzero(bits @ np.ones((512, 512), np.float32))), "workers": workers}
-        print("RESULT " + json.dumps(out), flush=True)
+        with open(f"result-{comm.rank}.json", "w") as f:    # a file per rank: stdout interleaves
+            json.dump(out, f)
 ''')
 
 
@@ -211,8 +212,7 @@ def test_every_mpi_rank_and_its_workers_run_in_the_mode(tmp_path, keep):
     proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "rank.py"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120, start_new_session=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ranks = sorted((json.loads(ln[len("RESULT "):]) for ln in proc.stdout.splitlines()
-                    if ln.startswith("RESULT ")), key=lambda r: r["rank"])
+    ranks = [json.loads((tmp_path / f"result-{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in ranks] == [0, 1]
     expect = {"flushed": False, "blas": 512 * 512, "workers": 16 * 8} if keep else \
         {"flushed": True, "blas": 0, "workers": 0}

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Callable
 
 from dpnn import Conv2D, Dense, Layer, Model
+from dpnn.cli.presets import PRESETS
 from dpnn.layers import walk_layers
-from launch.presets import PRESETS
 
 MODELS: dict[str, Callable[[int], list[Layer]]] = dict(PRESETS)
 

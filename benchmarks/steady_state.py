@@ -184,20 +184,19 @@ def targets(res: dict) -> list[dict]:
             out.append({"target": target, "value": None, "met": None,
                         "why": "one epoch: nothing to compare" if r else f"{k} did not run"})
     w = res.get("dpnn-workers")
+    who = w["label"] if w else "dpnn, 2 workers"
     for k, limit in (("torch", 0.8), ("torch-flush", 1.0)):
         name = res[k]["label"] if k in res else k
-        pair = [(f"trains in <= {limit}x the time of {name}", lambda: w["train_s"] / res[k]["train_s"],
-                 lambda r: r <= limit),
-                (f"test accuracy within 0.5 points of {name}",
-                 lambda: 100 * (w["test_acc"][-1] - res[k]["test_acc"][-1]), lambda d: abs(d) <= 0.5)]
-        for text, value, ok in pair:
-            target = f"{w['label'] if w else 'dpnn, 2 workers'}: {text}"
-            if w and k in res:
-                v = value()
-                out.append({"target": target, "value": v, "met": ok(v)})
-            else:
-                why = "PyTorch is not installed (pip install torch)" if k not in res else "dpnn-workers did not run"
-                out.append({"target": target, "value": None, "met": None, "why": why})
+        texts = (f"{who}: trains in <= {limit}x the time of {name}",
+                 f"{who}: test accuracy within 0.5 points of {name}")
+        if not (w and k in res):
+            why = "PyTorch is not installed (pip install torch)" if k not in res else "dpnn-workers did not run"
+            out += [{"target": t, "value": None, "met": None, "why": why} for t in texts]
+            continue
+        r = w["train_s"] / res[k]["train_s"]
+        d = 100 * (w["test_acc"][-1] - res[k]["test_acc"][-1])
+        out += [{"target": texts[0], "value": r, "met": r <= limit},
+                {"target": texts[1], "value": d, "met": abs(d) <= 0.5}]
     return out
 
 

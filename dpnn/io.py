@@ -192,7 +192,7 @@ def _resolve(path: str) -> str:
     problem = input_problem(path)
     if problem == "not found":
         raise WeightsError(f"weights file {path!r} not found; train a model first "
-                           "(python -m launch.train --out PATH) or check the path")
+                           "(dpnn train --out PATH) or check the path")
     if problem is not None:
         raise WeightsError(f"weights file {path} {problem}; pass the file model.save() wrote")
     return path

@@ -1,1 +1,2 @@
-"""Command-line entry points: ``python -m launch.train``, ``launch.gui``, ``launch.data``."""
+"""The checkout's entry points: ``python -m launch.train`` runs ``dpnn train`` (the code is in
+``dpnn/cli/``); an installed dpnn has the ``dpnn`` command instead."""

@@ -111,7 +111,7 @@ DIGITS = {
 def draw_through(view, strokes):
     """The DrawingBuffer after a user drew ``strokes`` (buffer coordinates) on a widget seen
     through ``view`` (a ``launch.drawing.Viewport``)."""
-    from launch.drawing import DrawingBuffer
+    from dpnn.cli.drawing import DrawingBuffer
     buf = DrawingBuffer()
     for stroke in strokes:
         widget = [view.to_widget(x, y) for x, y in stroke]

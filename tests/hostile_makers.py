@@ -235,7 +235,7 @@ def existing_dir_for(flag: str):
 def checkpoint(edit):
     """--resume from a real checkpoint whose metadata or arrays ``edit(info, f)`` changed."""
     def make(tmp: Path) -> list[str]:
-        import launch.train as train_cli
+        import dpnn.cli.train as train_cli
         cwd = os.getcwd()
         os.chdir(tmp)
         try:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import launch.train as train_cli
+import dpnn.cli.train as train_cli
 from benchmarks.models import build as build_bench
 from benchmarks.models import flops_per_sample
 from dpnn import Model
+from dpnn.cli.presets import PRESETS, build_model
 from dpnn.datasets import load
 from dpnn.errors import WeightsError
-from launch.presets import PRESETS, build_model
 
 Image = pytest.importorskip("PIL.Image", reason="image folders need Pillow: pip install pillow")
 
@@ -75,7 +75,7 @@ def test_benchmark_flops_follow_the_input():
 
 def test_gui_refuses_a_colour_model(tmp_path):
     pytest.importorskip("tkinter", reason="the GUI module needs tkinter")
-    from launch.gui import load_classifier
+    from dpnn.cli.gui import load_classifier
     model = build_model("mlp", 3, seed=0)
     model.compile("categorical_crossentropy", "adam")
     model.build((1, 32, 32, 3))

@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
+import dpnn.cli.data as cli
 import dpnn.datasets as datasets
-import launch.data as cli
 from dpnn.datasets import available_datasets, load_dataset, mnist_5k_path
 from dpnn.errors import DataError
 from dpnn.idx import write_idx

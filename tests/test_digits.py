@@ -218,8 +218,8 @@ def test_batches_yield_what_fit_trains_on():
 
 @pytest.mark.slow
 def test_launch_digits_trains_in_one_fit(tmp_path, capsys, monkeypatch):
+    from dpnn.cli import digits
     from dpnn.model import Model
-    from launch import digits
     fits, real_fit = [], Model.fit
     monkeypatch.setattr(Model, "fit", lambda self, *a, **kw: fits.append(kw) or real_fit(self, *a, **kw))
     out = tmp_path / "w.hdf5"
@@ -232,7 +232,7 @@ def test_launch_digits_trains_in_one_fit(tmp_path, capsys, monkeypatch):
 
 
 def test_launch_digits_rejects_a_bad_spec(capsys):
-    from launch import digits
+    from dpnn.cli import digits
     with pytest.raises(SystemExit) as e:
         digits.main(["--augment", "shift=2,blur=1"])
     assert e.value.code == 2
@@ -241,7 +241,7 @@ def test_launch_digits_rejects_a_bad_spec(capsys):
 
 
 def test_launch_digits_help_shows_the_grammar(capsys):
-    from launch import digits
+    from dpnn.cli import digits
     with pytest.raises(SystemExit):
         digits.main(["--help"])
     assert SPEC_HELP in capsys.readouterr().out

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-import launch.train as train_cli
+import dpnn.cli.train as train_cli
 from dpnn.io import read_arrays
 
 from conftest import HAVE_MPI, MPIEXEC, TINY_CNN, mpi_env, subprocess_env

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
-import launch.train as train_cli
+import dpnn.cli.train as train_cli
 from dpnn import Model
 from dpnn.datasets import FASHION_DIR, _has_mnist_files, load_dataset
 from dpnn.engine import EngineInfo, LocalEngine, make_engine

@@ -10,8 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
+import dpnn.cli.data as data_cli
 import dpnn.limits
-import launch.data as data_cli
 from dpnn.datasets import load, load_dataset
 from dpnn.errors import DataError
 from dpnn.formats import parse_image_size
@@ -310,7 +310,7 @@ def test_inspect_bad_directory_is_one_line_exit_2(tmp_path, capsys):
 
 # -- launch.train --dataset DIR -----------------------------------------------------------------
 def test_train_says_the_held_out_split_in_one_line(tmp_path, monkeypatch, capsys):
-    import launch.train as train_cli
+    import dpnn.cli.train as train_cli
     np.savez(tmp_path / "train.npz", x=pixels(40, (8, 8)), y=np.arange(40) % 4)
     monkeypatch.chdir(tmp_path)
     argv = ["--dataset", str(tmp_path), "--model", "mlp", "--epochs", "1", "--workers", "1",

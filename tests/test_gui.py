@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpnn.cli.drawing import BUFFER_SIZE, DrawingBuffer, Viewport, stamp_segment
+from dpnn.cli.gui import Classifier, class_names_for, format_prediction, load_classifier
 from dpnn.datasets import FASHION_CLASSES
 from dpnn.digits import preprocess_drawing
-from launch.drawing import BUFFER_SIZE, DrawingBuffer, Viewport, stamp_segment
-from launch.gui import Classifier, class_names_for, format_prediction, load_classifier
 
 from conftest import DIGITS, draw_through
 
@@ -137,7 +137,7 @@ def test_classifier_ranks_softmax_probabilities():
     ("auto", False, "/home/u/.Xauthority", False), ("auto", True, "/tmp/xvfb-run.Ab12/Xauthority", False),
 ])
 def test_error_dialog_only_when_someone_can_close_it(monkeypatch, mode, tty, xauthority, expected):
-    from launch import gui
+    from dpnn.cli import gui
     monkeypatch.setenv("XAUTHORITY", xauthority)
     monkeypatch.setattr(gui.sys, "stdin", type("Stdin", (), {"isatty": lambda self: tty})())
     assert gui.wants_dialog(mode) is expected
@@ -177,7 +177,7 @@ def test_a_model_for_other_inputs_is_refused_before_it_is_built(tmp_path, shape,
 
 
 def test_main_reports_a_bad_file_in_one_line_and_exits_2(tmp_path, capsys):
-    from launch.gui import main
+    from dpnn.cli.gui import main
     assert main(["--weights", str(tmp_path / "nope.hdf5"), "--error-dialog", "never"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: weights file") and err.count("\n") == 1

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpnn.cli.drawing import Viewport
+from dpnn.cli.gui import load_classifier
 from dpnn.datasets import mnist_5k_path
-from launch.drawing import Viewport
-from launch.gui import load_classifier
 
 from conftest import DIGITS, draw_through
 

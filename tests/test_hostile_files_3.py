@@ -231,7 +231,7 @@ def test_fit_on_an_object_array_says_so_before_any_worker_starts():
 
 
 def test_a_model_too_large_for_dev_shm_is_one_line(tmp_path, monkeypatch, capsys):
-    import launch.train as train_cli
+    import dpnn.cli.train as train_cli
     from dpnn.workers import SharedMemoryError
 
     def no_room(*args, **kwargs):

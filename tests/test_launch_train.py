@@ -15,12 +15,12 @@ import numpy as np
 import psutil
 import pytest
 
-import launch.train as train_cli
+import dpnn.cli.train as train_cli
 from dpnn import Model
+from dpnn.cli.checkpoint import list_checkpoints
 from dpnn.datasets import FASHION_DIR, _has_mnist_files, make_synthetic, mnist_5k_path
 from dpnn.idx import write_idx
 from dpnn.io import read_arrays
-from launch.checkpoint import list_checkpoints
 
 from conftest import TINY_CNN, finish, subprocess_env, wait_until
 
@@ -136,7 +136,7 @@ def exit_code(argv) -> int:
 
 def test_missing_matplotlib_is_reported_before_training(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("launch.arguments.matplotlib_available", lambda: False)
+    monkeypatch.setattr("dpnn.cli.arguments.matplotlib_available", lambda: False)
     assert exit_code(["--dataset", "synthetic", "--plot", "c.png"]) == 2
     assert "pip install matplotlib" in capsys.readouterr().err
 

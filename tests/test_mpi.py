@@ -391,6 +391,6 @@ def test_mpi_scaling_benchmark_prints_a_table(tmp_path):
 
 
 def test_launch_knows_when_mpiexec_started_it():
-    from launch.mpi import launched_ranks
+    from dpnn.cli.mpi import launched_ranks
     assert launched_ranks({}) == 1
     assert launched_ranks({"PMI_SIZE": "4"}) == 4 and launched_ranks({"OMPI_COMM_WORLD_SIZE": "2"}) == 2

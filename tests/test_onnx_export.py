@@ -23,10 +23,10 @@ from dpnn import (
     Model,
     Residual,
 )
+from dpnn.cli import export
+from dpnn.cli.presets import PRESETS
 from dpnn.datasets import available_datasets, load_dataset
 from dpnn.layers import walk_layers
-from launch import export
-from launch.presets import PRESETS
 
 from conftest import ROOT
 

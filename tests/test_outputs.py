@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import dpnn
-import launch.train as train_cli
+import dpnn.cli.train as train_cli
+from dpnn.cli.checkpoint import list_checkpoints
 from dpnn.engine import LocalEngine
 from dpnn.io import read_arrays
-from launch.checkpoint import list_checkpoints
 
 from conftest import subprocess_env, wait_until
 
@@ -187,7 +187,7 @@ def test_a_full_disk_while_writing_the_history_keeps_the_old_file(in_tmp, capsys
         with open(path, "w") as f:
             f.write(text[: len(text) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr("launch.outputs._write_text", write_half)
+    monkeypatch.setattr("dpnn.cli.outputs._write_text", write_half)
     assert exit_code(TINY + ["--epochs", 1, "--checkpoint-dir", "none", "--history", "h.json"]) == 1
     one_line(capsys, "--history h.json", "No space left on device")
     assert (in_tmp / "h.json").read_text() == "{}" and temp_files(".") == []

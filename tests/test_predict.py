@@ -12,8 +12,8 @@ import textwrap
 import numpy as np
 import pytest
 
-import launch.predict as predict_cli
-import launch.train as train_cli
+import dpnn.cli.predict as predict_cli
+import dpnn.cli.train as train_cli
 from dpnn import Model
 
 from conftest import cnn, subprocess_env

@@ -15,10 +15,10 @@ import textwrap
 import numpy as np
 import pytest
 
-import launch.train as train_cli
+import dpnn.cli.train as train_cli
 from dpnn import Model
+from dpnn.cli.checkpoint import checkpoint_name, list_checkpoints
 from dpnn.io import read_arrays
-from launch.checkpoint import checkpoint_name, list_checkpoints
 
 from conftest import TINY_CNN, subprocess_env
 
@@ -35,8 +35,8 @@ SETTINGS = {
 # Runs launch.train with a callback that signals this process at (epoch, step); see kill_at().
 HELPER = textwrap.dedent('''
     import json, os, signal, sys
-    import launch.checkpoint
-    import launch.train as cli
+    import dpnn.cli.checkpoint
+    import dpnn.cli.train as cli
     from dpnn import Callback
 
     def main():
@@ -54,13 +54,13 @@ HELPER = textwrap.dedent('''
                     kill()
 
         if plan["when"] == "saving":                  # while the checkpoint after epoch `at` is written
-            save_model = launch.checkpoint.save_model
+            save_model = dpnn.cli.checkpoint.save_model
 
             def saving(model, path, **kwargs):
                 if os.path.basename(path) == "epoch-%04d.hdf5" % plan["at"]:
                     kill()
                 return save_model(model, path, **kwargs)
-            launch.checkpoint.save_model = saving
+            dpnn.cli.checkpoint.save_model = saving
 
         make_callbacks = cli.make_callbacks
 

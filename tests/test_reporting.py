@@ -141,7 +141,7 @@ def test_model_seed_alone_makes_fit_reproducible():
 
 
 def test_launch_train_history_json_and_summary_say_early_stopping(tmp_path, monkeypatch, capsys):
-    from launch import train as train_cli
+    from dpnn.cli import train as train_cli
     monkeypatch.chdir(tmp_path)
     argv = ["--dataset", "synthetic", "--limit", "300", "--epochs", "4", "--model", "mlp", "--verbose", "2",
             "--early-stopping", "--patience", "1", "--min-delta", "1.0", "--val-split", "0.2",
@@ -158,7 +158,7 @@ def test_launch_train_history_json_and_summary_say_early_stopping(tmp_path, monk
 
 def test_the_plot_marks_the_stopping_epoch(tmp_path):
     pytest.importorskip("matplotlib")
-    from launch.plot import event_marks, plot_history
+    from dpnn.cli.plot import event_marks, plot_history
     events = [{"epoch": 3, "event": "early_stopping", "message": ""},
               {"epoch": 2, "event": "restored_best_weights", "message": ""}]
     assert [(e, label) for e, label, _ in event_marks(events)] == [(3, "early stopping"), (2, "weights restored")]

@@ -24,12 +24,12 @@ from dpnn import (
     Residual,
     register_layer,
 )
+from dpnn.cli.presets import PRESETS, resnet
 from dpnn.engine import LocalEngine
 from dpnn.io import list_arrays, model_arrays
 from dpnn.layers import walk_layers
 from dpnn.layers.normalization import batchnorm_layers
 from dpnn.workers import DataParallel
-from launch.presets import PRESETS, resnet
 
 from conftest import batch
 

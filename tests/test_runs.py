@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-import launch.train as train_cli
-from launch.checkpoint import RunLocks, find_run, list_checkpoints
+import dpnn.cli.train as train_cli
+from dpnn.cli.checkpoint import RunLocks, find_run, list_checkpoints
 
 TINY = ["--dataset", "synthetic", "--limit", "64", "--model", "mlp", "--batch-size", "32", "--workers", "1",
         "--quiet", "--deterministic"]

@@ -57,7 +57,7 @@ def test_summary_counts_the_training_samples_the_start_line_counts(tmp_path):
 
 
 def test_launch_digits_prints_epochs_like_launch_train(monkeypatch, capsys):
-    import launch.digits as digits
+    import dpnn.cli.digits as digits
     from dpnn.datasets import make_synthetic
     digits.train_digits(make_synthetic(64, seed=0), epochs=1, batch_size=32, lr=1e-3, seed=0, workers=1,
                         verbose=True, model_name="mlp")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import launch.train as train_cli
+import dpnn.cli.train as train_cli
 from dpnn.data import Dataset, sorted_by_class, stratified_split
 from dpnn.datasets import load
 from dpnn.training import TrainingSession

@@ -55,7 +55,7 @@ def test_update_freq_is_checked():
 
 
 def test_launch_train_tensorboard_flag(tmp_path, monkeypatch, capsys):
-    from launch import train as train_cli
+    from dpnn.cli import train as train_cli
     monkeypatch.chdir(tmp_path)
     argv = ["--dataset", "synthetic", "--limit", "200", "--epochs", "1", "--model", "lenet5",
             "--batch-size", "16", "--tensorboard", "tb", "--verbose", "0", "--out", "m.hdf5", "--checkpoint-dir", "ck"]

@@ -236,7 +236,7 @@ def load(directory: str, size: ImageSize | None, label_column=None) -> Splits:
     test, notes = None, []
     if "test" in paths and scan(paths["test"])[2] == x[0].size:       # Kaggle: test.csv has no labels
         notes.append(f"{paths.pop('test')} has no label column (one column fewer than the training "
-                     "file), so it cannot score the model; classify it with python -m launch.predict")
+                     "file), so it cannot score the model; classify it with dpnn predict")
     if "test" in paths:
         tx, tlabels, _, _ = read_split(paths["test"], size, col)
         test = (tx, label_indices(tlabels, names, paths["test"])[0])

@@ -35,7 +35,8 @@ from dpnn.callbacks import LRScheduler
 from dpnn.errors import OutputError, WeightsError
 from dpnn.io import architecture_path, atomic_write, save_model
 from dpnn.signals import held_signals
-from launch.locks import RunLocks  # noqa: F401  (launch.train and launch.outputs take it from here)
+
+from .locks import RunLocks  # noqa: F401  (launch.train and launch.outputs take it from here)
 
 FORMAT = 1
 KEEP = 3                                     # newest checkpoints kept; older ones are deleted

@@ -8,13 +8,14 @@ import math
 from dpnn import placement
 from dpnn.augment import SPEC_HELP, parse_spec
 from dpnn.datasets import LOADERS
-from launch import checkpoint as ckpt
-from launch import plugins
-from launch.data import checked_text, image_size_arg
-from launch.plot import INSTALL_HINT, matplotlib_available
-from launch.presets import PRESETS
 
-PROG = "python -m launch.train"
+from . import checkpoint as ckpt
+from . import plugins, prog
+from .data import checked_text, image_size_arg
+from .plot import INSTALL_HINT, matplotlib_available
+from .presets import PRESETS
+
+PROG = prog("train")
 DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 DEFAULT_MOMENTUM = 0.9
 # Settings that define the computation: --resume takes them from the checkpoint and refuses
@@ -69,7 +70,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="fashion-mnist", metavar="NAME|DIR",
                    help=f"named data set ({', '.join(LOADERS)}) or a directory of your own data: "
                         "four IDX files, train.npz, train.csv or train/<class>/*.png folders; "
-                        "'python -m launch.data' lists what is installed, 'python -m launch.data "
+                        "'dpnn data' lists what is installed, 'dpnn data "
                         "--inspect DIR' what a directory holds")
     g.add_argument("--image-size", type=image_size_arg, default=None, metavar="HxW[xC]",
                    help="--dataset DIR of image folders: resize every image to it; of CSV or flat npz "

@@ -18,7 +18,8 @@ import time
 from dpnn.comm import ABORT_GRACE_S, INSTALL_HINT, Communicator
 from dpnn.distributed import on_root
 from dpnn.io import architecture_path
-from launch import checkpoint as ckpt
+
+from . import checkpoint as ckpt
 
 ABORT_WAIT_S = 30.0     # how long the other ranks wait for rank 0 to abort after its check failed
 REPORT_WAIT_S = 3.0     # how long a rank waits before reporting an error rank 0 may share (a bad

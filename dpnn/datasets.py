@@ -150,16 +150,20 @@ LOADERS: dict[str, Callable[[], tuple[Dataset, Dataset, dict]]] = {
 
 
 def load_dataset(name_or_dir: str | os.PathLike, image_size: str | tuple | None = None,
-                 label_column: int | str | None = None) -> tuple[Dataset, Dataset, dict]:
-    """Load a named data set or a directory of the user's data -> (train, test, info)."""
+                 label_column: int | str | None = None,
+                 test_split: float | None = None) -> tuple[Dataset, Dataset, dict]:
+    """Load a named data set or a directory of the user's data -> (train, test, info).
+
+    ``test_split`` (a directory without a test split): the fraction held out as the test set,
+    0 for none (see :func:`dpnn.formats.load`)."""
     name = os.fspath(name_or_dir)
     if name in LOADERS:
-        if image_size is not None or label_column is not None:
-            raise DataError(f"{name} is a named data set of 28x28 images; --image-size and "
-                            "--label-column apply to a directory of your own data")
+        if image_size is not None or label_column is not None or test_split is not None:
+            raise DataError(f"{name} is a named data set of 28x28 images with its own test split; "
+                            "--image-size, --label-column and --test-split apply to a directory of your own data")
         return LOADERS[name]()
     if os.path.isdir(name):
-        return load(name, image_size, label_column)
+        return load(name, image_size, label_column, test_split)
     valid = ", ".join(LOADERS)
     if os.sep in name or name.startswith("."):
         raise DataError(f"{name}: directory not found; pass an existing directory with your data "

@@ -297,7 +297,7 @@ class Model:
     @property
     def class_names(self) -> list[str] | None:
         """The names of the output classes (``metadata['class_names']``, saved with the model;
-        launch.train sets them from the data set), or None; ``names[predict(x).argmax(1)]``."""
+        dpnn train sets them from the data set), or None; ``names[predict(x).argmax(1)]``."""
         return self.metadata.get("class_names")
 
     @class_names.setter

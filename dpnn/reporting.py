@@ -7,7 +7,7 @@ epoch; ``verbose=2``: the line alone; ``verbose=0``: nothing. Output that is not
     epoch 3/5: loss 0.3121, acc 0.8874, val_loss 0.3302, val_acc 0.8801, lr 0.001, 4,210 samples/s, 12.8 s
 
 The engine's split of a step (compute / update / wait / reduce / optimizer) is shown only when
-asked (``fit(show_step_times=True)``, ``launch.train --show-step-times``).
+asked (``fit(show_step_times=True)``, ``dpnn train --show-step-times``).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ::
 
     model.fit(x, y, epochs=5, callbacks=[dpnn.TensorBoard("runs/fashion", update_freq=50)])
-    python -m launch.train --tensorboard runs/fashion         # the same from the shell
+    dpnn train --tensorboard runs/fashion         # the same from the shell
     tensorboard --logdir runs                                 # then watch
 
 As Keras lays them out: ``LOG_DIR/train`` holds ``epoch_loss``, ``epoch_accuracy``,

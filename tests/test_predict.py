@@ -105,7 +105,46 @@ def test_kaggle_layout_trains_and_says_test_csv_has_no_labels(tmp_path, monkeypa
             "--workers", "1", "--checkpoint-dir", "none", "--out", "w.hdf5"]
     assert train_cli.main(argv) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
-    assert "test.csv has no label column" in err and "launch.predict" in err
+    assert "test.csv has no label column" in err and "dpnn predict" in err
+    assert "holding out 10% of its training samples (4 of 40" in err and "--test-split 0" in err
+
+
+def test_kaggle_competition_in_two_commands(tmp_path, monkeypatch, capsys):
+    """Train on all of train.csv (--test-split 0: nothing held out, no test score), then write
+    Kaggle's submission: ImageId from 1 in test.csv's order, Label the predicted class."""
+    kaggle_test_csv(tmp_path / "train.csv", n=40, label=True)
+    kaggle_test_csv(tmp_path / "test.csv", n=7)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--dataset", ".", "--label-column", "label", "--test-split", "0", "--model", "mlp", "--epochs", "1",
+            "--workers", "1", "--checkpoint-dir", "none", "--out", "model.hdf5", "--quiet"]
+    assert train_cli.main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr()
+    assert "40 training samples" in out.out and "no test set" in out.out, out
+    assert run(["--weights", "model.hdf5", "test.csv", "--format", "kaggle", "--out", "submission.csv"]) == 0
+    lines = (tmp_path / "submission.csv").read_text().splitlines()
+    assert lines[0] == "ImageId,Label" and len(lines) == 8
+    model = Model.load("model.hdf5")
+    x = np.loadtxt(tmp_path / "test.csv", delimiter=",", skiprows=1).reshape(-1, 28, 28, 1) / 255
+    expected = model.predict(x.astype(np.float32)).argmax(1)
+    assert lines[1:] == [f"{i},{k}" for i, k in enumerate(expected, start=1)]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--dataset", "synthetic", "--test-split", "0"], "--test-split apply to a directory of your own data"),
+    (["--test-split", "1"], "--test-split must be in [0, 1), got 1.0"),
+    (["--test-split", "-0.1"], "--test-split must be in [0, 1)"),
+])
+def test_test_split_is_refused_where_it_cannot_apply(argv, needle, tmp_path, capsys):
+    assert train_cli.main(argv + ["--epochs", "1", "--checkpoint-dir", "none", "--out", str(tmp_path / "w.hdf5")]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_a_folder_with_its_own_test_split_refuses_test_split(tmp_path, capsys):
+    kaggle_test_csv(tmp_path / "train.csv", n=20, label=True)
+    kaggle_test_csv(tmp_path / "test.csv", n=10, label=True)
+    argv = ["--dataset", str(tmp_path), "--test-split", "0", "--epochs", "1", "--checkpoint-dir", "none"]
+    assert train_cli.main(argv) == 2
+    assert "has its own test split" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("make, needle", [

@@ -26,7 +26,7 @@ def _started_as() -> str:
 
 
 def prog(name: str) -> str:
-    """The command ``name`` as its user typed it: ``dpnn train`` or ``python -m launch.train``
+    """The command ``name`` as its user typed it: ``dpnn train`` or ``dpnn train``
     (usage lines and error prefixes)."""
     return {"dpnn": f"dpnn {name}", "module": f"python -m dpnn {name}"}.get(_started_as(),
                                                                            f"python -m launch.{name}")
@@ -35,14 +35,18 @@ def prog(name: str) -> str:
 def runnable(name: str) -> str:
     """The command ``name`` as a line to paste into a shell, working outside an activated venv:
     ``dpnn train`` when that is the script on PATH, else the script's or the interpreter's path
-    (``.venv/bin/python -m launch.train``)."""
+    (``.venv/bin/dpnn train``, ``.venv/bin/dpnn train``)."""
     how = _started_as()
     if how == "dpnn":
         script = os.path.abspath(sys.argv[0])
         found = shutil.which("dpnn")
-        return f"dpnn {name}" if found and os.path.samefile(found, script) else f"{shlex.quote(script)} {name}"
-    python = sys.executable
-    if python.startswith(os.getcwd() + os.sep):
-        python = os.path.relpath(python)
+        if found and os.path.samefile(found, script):
+            return f"dpnn {name}"
+        return f"{shlex.quote(_short(script))} {name}"
     module = f"dpnn {name}" if how == "module" else f"launch.{name}"
-    return f"{shlex.quote(python)} -m {module}"
+    return f"{shlex.quote(_short(sys.executable))} -m {module}"
+
+
+def _short(path: str) -> str:
+    """``path`` relative to the current folder when it lies inside it (a checkout's .venv)."""
+    return os.path.relpath(path) if path.startswith(os.getcwd() + os.sep) else path

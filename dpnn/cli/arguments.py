@@ -1,4 +1,4 @@
-"""launch.train's command line: the parser, the checks right after parsing, the defaults that
+"""dpnn train's command line: the parser, the checks right after parsing, the defaults that
 depend on other flags, and the checks of a configuration read back from a checkpoint."""
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
 DEFAULT_MOMENTUM = 0.9
 # Settings that define the computation: --resume takes them from the checkpoint and refuses
 # a different value on the command line. Every other flag may change when resuming.
-RUN_KEYS = ("dataset", "image_size", "label_column", "model", "batch_size", "optimizer", "lr", "momentum",
+RUN_KEYS = ("dataset", "image_size", "label_column", "test_split", "model", "batch_size", "optimizer", "lr", "momentum",
             "weight_decay",
             "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
             "seed", "deterministic", "limit", "augment")
@@ -63,7 +63,7 @@ def workers_arg(text: str):
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
-    """launch.train's parser; ``description`` heads --help (launch.train's docstring)."""
+    """dpnn train's parser; ``description`` heads --help (dpnn train's docstring)."""
     p = OneLineParser(prog=PROG, description=description, formatter_class=HelpFormatter,
                       epilog="--augment " + SPEC_HELP)
     g = p.add_argument_group("data and model")
@@ -79,6 +79,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--label-column", default=None, metavar="N|NAME",
                    help="--dataset DIR of CSV files: the label column, an index (0 first, -1 last) or "
                         "a header name (default: detected)")
+    g.add_argument("--test-split", type=finite_float, default=None, metavar="F",
+                   help="--dataset DIR without a test split (a Kaggle train.csv): the fraction of its samples "
+                        "held out as the test set, stratified, fixed seed (default: 0.1); 0 trains on all "
+                        "of them and reports no test score")
     g.add_argument("--model", default="seed-cnn", metavar="PRESET|FILE.json",
                    help=f"preset ({', '.join(PRESETS)}) or an architecture JSON as model.save() writes it")
     plugins.add_arguments(g)
@@ -175,6 +179,7 @@ def check_args(args) -> None:
         (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
         (args.clip_norm is None or args.clip_norm > 0, f"--clip-norm must be > 0, got {args.clip_norm}"),
         (0 <= args.val_split < 1, f"--val-split must be in [0, 1), got {args.val_split}"),
+        (args.test_split is None or 0 <= args.test_split < 1, f"--test-split must be in [0, 1), got {args.test_split}"),
         (args.patience is None or args.patience >= 1, f"--patience must be >= 1, got {args.patience}"),
         (args.min_delta is None or args.min_delta >= 0, f"--min-delta must be >= 0, got {args.min_delta}"),
         (args.early_stopping or (args.patience is None and args.min_delta is None),

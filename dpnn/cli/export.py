@@ -1,8 +1,8 @@
 """Export a model trained with dpnn for the runtimes people deploy with (ONNX).
 
-    python -m launch.train --model seed-cnn --out weights.hdf5        # train (writes weights.json too)
-    python -m launch.export --onnx weights.hdf5 model.onnx            # write model.onnx
-    python -m launch.export --onnx weights.hdf5 model.onnx --verify   # and compare onnxruntime with dpnn
+    dpnn train --model seed-cnn --out weights.hdf5        # train (writes weights.json too)
+    dpnn export --onnx weights.hdf5 model.onnx            # write model.onnx
+    dpnn export --onnx weights.hdf5 model.onnx --verify   # and compare onnxruntime with dpnn
 
 The ONNX model takes the same array dpnn's ``Model.predict`` does: ``input_nhwc``, float32
 (N, H, W, C), any batch size N; its ``output`` is the model's (logits for the presets).
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
     parser = OneLineParser(prog=PROG, description=doc[0], epilog="\n\n".join(doc[1:]),
                            formatter_class=HelpFormatter)
-    parser.add_argument("weights", metavar="WEIGHTS", help="a model written by model.save() or launch.train "
+    parser.add_argument("weights", metavar="WEIGHTS", help="a model written by model.save() or dpnn train "
                         "--out (HDF5 or NPZ)")
     parser.add_argument("out", metavar="OUT", help="the file to write (replaced atomically if it exists)")
     parser.add_argument("--onnx", action="store_true",
@@ -60,7 +60,7 @@ def check_args(args) -> None:
     problem = input_problem(args.weights)
     if problem is not None:
         raise UsageError(f"WEIGHTS {args.weights} {problem}; pass the .hdf5 file that model.save() or "
-                         "launch.train --out wrote")
+                         "dpnn train --out wrote")
     if args.out.endswith((os.sep, "/")):
         raise UsageError(f"OUT {args.out} names a directory; give a file path such as "
                          f"{os.path.join(args.out, 'model.onnx')}")

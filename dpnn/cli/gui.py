@@ -1,9 +1,9 @@
 """Draw a digit, see the model's top-3 guesses.
 
-    python -m launch.digits                          # train the default digit model first
-    python -m launch.gui                             # weights/digits.hdf5 (+ weights/digits.json)
-    python -m launch.gui --weights runs/x/model.hdf5 # any model saved by launch.train/Model.save
-    python -m launch.gui --plugin my_layers.py --weights custom.hdf5   # a model with your own layers
+    dpnn digits                          # train the default digit model first
+    dpnn gui                             # weights/digits.hdf5 (+ weights/digits.json)
+    dpnn gui --weights runs/x/model.hdf5 # any model saved by dpnn train or Model.save
+    dpnn gui --plugin my_layers.py --weights custom.hdf5   # a model with your own layers
 
 Draw with the left mouse button; a prediction follows every stroke. Keys: ``c`` clear,
 ``p``/Return predict, ``q``/Escape quit. Every prediction is also printed to stdout as
@@ -326,7 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      epilog="Keys: c clear, p/Return predict, q/Escape quit. "
                                             "Exit status 2: unusable weights or no display.")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                        help=f"model weights written by Model.save / launch.train, with the "
+                        help=f"model weights written by Model.save / dpnn train, with the "
                              f"architecture JSON beside it (default: {DEFAULT_WEIGHTS})")
     parser.add_argument("--error-dialog", choices=("auto", "always", "never"), default="auto",
                         help="also show errors in a dialog: auto (default) when stdin is a "

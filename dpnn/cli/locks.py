@@ -1,4 +1,4 @@
-"""The locks that keep two runs of ``launch.train`` from writing the same files, and the folder
+"""The locks that keep two runs of ``dpnn train`` from writing the same files, and the folder
 each run's checkpoints go to when ``--checkpoint-dir`` is not given."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class RunLocks:
     ``checkpoints/.lock``), so two runs never write the same files.
 
     The kernel drops a lock when its process dies, so a file left by a killed run is no
-    obstacle. ``release`` (every exit path of ``launch.train``) deletes the lock files and the
+    obstacle. ``release`` (every exit path of ``dpnn train``) deletes the lock files and the
     directories that were created for them and stayed empty.
     """
 

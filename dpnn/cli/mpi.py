@@ -1,4 +1,4 @@
-"""What ``launch.train --backend mpi`` adds: one communicator, rank-0 file access, no stray ranks.
+"""What ``dpnn train --backend mpi`` adds: one communicator, rank-0 file access, no stray ranks.
 
 Every rank runs the same command. Rank 0 alone checks and writes the outputs and reads the
 checkpoint to resume from (the other nodes need not see its disk: the checkpoint's files

@@ -1,4 +1,4 @@
-"""What ``launch.train`` writes and prints: the output paths it checks and locks before training,
+"""What ``dpnn train`` writes and prints: the output paths it checks and locks before training,
 the outputs, the summary, the interrupt notice."""
 from __future__ import annotations
 
@@ -191,7 +191,8 @@ def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
     held = f" ({n_val:,} more held out for validation)" if n_val else ""
     lines = [f"summary: {a.model} on {run.info['name']}, {epochs} epoch{'s' * (epochs != 1)}, "
              f"{len(run.train) - n_val:,} training samples{held}",
-             f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)",
+             f"  test accuracy   {test_acc:.4f} (loss {test_loss:.4f}, {len(run.test):,} samples)"
+             if len(run.test) else "  test accuracy   none (no test set: --test-split 0)",
              f"  time per epoch  {per_epoch:.1f} s (mean of {len(times)}; {rate:,.0f} samples/s)",
              f"  workers         {f'{log.ranks} MPI ranks x ' if log.ranks > 1 else ''}"
              f"{log.workers} x {blas} thread{'s' * (blas != 1)}"]

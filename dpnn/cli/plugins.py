@@ -3,9 +3,9 @@
 A custom layer decorated with ``@dpnn.register_layer`` loads from an architecture JSON only once
 its class is registered; from the shell that means importing the file that defines it:
 
-    python -m launch.train --plugin my_layers.py --model my_model.json
-    python -m launch.predict --plugin my_layers.py --weights weights.hdf5 photos/
-    python -m launch.gui --import mypackage.layers --weights weights.hdf5
+    dpnn train --plugin my_layers.py --model my_model.json
+    dpnn predict --plugin my_layers.py --weights weights.hdf5 photos/
+    dpnn gui --import mypackage.layers --weights weights.hdf5
 
 Importing a plugin runs its code, by the user's explicit request on the command line; loading
 a weights file still never executes code. The plugin's module is pickled by value for the

@@ -1,10 +1,10 @@
 """Classify image files, folders, npz or CSV files with a saved model; write the predictions as CSV.
 
-    python -m launch.predict --weights weights.hdf5 photo.png cat.jpg        # image files
-    python -m launch.predict --weights weights.hdf5 ./photos --out preds.csv # every image in a folder
-    python -m launch.predict --weights weights.hdf5 test.npz                 # x (N, H, W[, C]), y optional
-    python -m launch.predict --weights weights.hdf5 test.csv                 # Kaggle's digit-recognizer test.csv
-    python -m launch.predict --plugin my_layers.py --weights custom.hdf5 ./photos
+    dpnn predict --weights weights.hdf5 photo.png cat.jpg        # image files
+    dpnn predict --weights weights.hdf5 ./photos --out preds.csv # every image in a folder
+    dpnn predict --weights weights.hdf5 test.npz                 # x (N, H, W[, C]), y optional
+    dpnn predict --weights weights.hdf5 test.csv --format kaggle --out submission.csv  # Kaggle: ImageId,Label
+    dpnn predict --plugin my_layers.py --weights custom.hdf5 ./photos
 
 The CSV has one row per image: ``file`` (the image file, or the npz/CSV it came from), ``row``
 (its index in that npz/CSV; empty for an image file), ``class`` (the most probable class, by
@@ -54,7 +54,7 @@ def load_model(path: str):
     """The saved model, built for its recorded input shape; WeightsError when unusable."""
     from dpnn import Model
     if not os.path.lexists(path) and not os.path.lexists(path + ".npz"):
-        raise WeightsError(f"weights file {path} not found; pass --weights PATH (launch.train's --out)")
+        raise WeightsError(f"weights file {path} not found; pass --weights PATH (dpnn train's --out)")
     model = Model.load(path)
     if not model.built:
         raise WeightsError(f"{path} does not record its input shape; save it again with dpnn to predict with it")
@@ -148,18 +148,26 @@ def predict_rows(model, inputs: list[str], label_column, batch_size: int) -> tup
     return rows, hits
 
 
+def kaggle_rows(rows: list[list]) -> list[list]:
+    """Kaggle's submission format: ``ImageId,Label``, the images numbered from 1 in input order."""
+    return [["ImageId", "Label"]] + [[i, row[2]] for i, row in enumerate(rows[1:], start=1)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders of images, .npz files (x, optional y) or .csv[.gz] files")
     p.add_argument("--weights", required=True, metavar="PATH",
-                   help="the model: weights written by Model.save or launch.train --out (its JSON beside it)")
+                   help="the model: weights written by Model.save or dpnn train --out (its JSON beside it)")
     p.add_argument("--out", default="predictions.csv", metavar="PATH",
                    help="the CSV to write (default: predictions.csv); '-' prints it to stdout")
     p.add_argument("--label-column", default=None, metavar="N|NAME",
                    help="CSV inputs: the label column when a row has one more column than the model's pixels "
                         "(default: named label/class/target/y, or detected)")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="images per forward pass (default: 256)")
+    p.add_argument("--format", choices=("detailed", "kaggle"), default="detailed",
+                   help="detailed (default): file, row, class, probability[, label]; kaggle: ImageId,Label "
+                        "(a competition's submission: images numbered from 1, the class name as the label)")
     plugins.add_arguments(p)
     return p
 
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         plugins.load(args)
         model = load_model(args.weights)
         rows, hits = predict_rows(model, args.inputs, args.label_column, args.batch_size)
+        rows = kaggle_rows(rows) if args.format == "kaggle" else rows
     except (UsageError, DataError, WeightsError, ValueError) as e:       # ValueError: plugins, a bad model
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

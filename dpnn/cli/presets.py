@@ -1,4 +1,4 @@
-"""Model presets for ``python -m launch.train --model NAME`` (or an architecture JSON file).
+"""Model presets for ``dpnn train --model NAME`` (or an architecture JSON file).
 
 Every preset takes NHWC images (N, H, W, C) of any size and channel count (the first layer
 takes its input channels, and Flatten/Dense their sizes, from the data when the model is
@@ -66,7 +66,7 @@ def conv_bn_relu(filters: int) -> list[Layer]:
 
 
 def fashion_bn(num_classes: int = 10) -> list[Layer]:
-    """[CBR(32)-CBR(32)-Pool] [CBR(64)-CBR(64)-Pool] Flatten-Dense(128)-ReLU-Dropout(0.3)-Dense(K):
+    """``CBR(32)-CBR(32)-Pool, CBR(64)-CBR(64)-Pool,`` Flatten-Dense(128)-ReLU-Dropout(0.3)-Dense(K):
     VGG-style Conv-BatchNorm-ReLU blocks, ~112 MFLOP per training sample at 28x28x1.
 
     CBR = Conv2D 3x3 -> BatchNorm2D -> ReLU. For 28x28 input the head sees 7x7x64 features.

@@ -1,11 +1,11 @@
 """Train a CNN from the shell on real data, on every core, with checkpoints and a saved model.
 
-    python -m launch.train --workers auto                       # seed-cnn on Fashion-MNIST, 5 epochs
-    python -m launch.train --dataset mnist-5k --model lenet5 --epochs 10 --plot curves.png
-    python -m launch.train --dataset ./mnist_dataset --limit 2000 --epochs 1 --quiet
-    python -m launch.train --dataset ./my_photos --image-size 32x32x3 --val-split 0.1 --plot curves.png
-    python -m launch.train --resume --checkpoint-dir checkpoints  # continue an interrupted run
-    mpiexec -n 2 python -m launch.train --backend mpi --workers auto
+    dpnn train --workers auto                       # seed-cnn on Fashion-MNIST, 5 epochs
+    dpnn train --dataset mnist-5k --model lenet5 --epochs 10 --plot curves.png
+    dpnn train --dataset ./mnist_dataset --limit 2000 --epochs 1 --quiet
+    dpnn train --dataset ./my_photos --image-size 32x32x3 --val-split 0.1 --plot curves.png
+    dpnn train --resume --checkpoint-dir checkpoints  # continue an interrupted run
+    mpiexec -n 2 dpnn train --backend mpi --workers auto
 
 Exit status: 0 done, 1 training failed or an output could not be written (full disk), 2 bad
 arguments or data (or the outputs are in use by another run), 130 interrupted (Ctrl-C), 143
@@ -155,7 +155,7 @@ def load_data(args, note):
     """(train, test, info) with --limit applied; DataError for anything wrong with the files.
 
     What the loader says a user should know (a test split held out) goes to ``note``."""
-    train, test, info = load_dataset(args.dataset, args.image_size, args.label_column)
+    train, test, info = load_dataset(args.dataset, args.image_size, args.label_column, args.test_split)
     for line in info.get("notes", []):
         note(f"note: {line}")
     if info.get("sorted_by_class") and (args.limit or args.val_split):
@@ -284,7 +284,7 @@ def execute(run, rank: int) -> int:
         with closing(open_engine(run)) as engine:     # closed on every way out, before the except
             fit(run, callbacks, engine)
             log.stage = "evaluating"              # on the same workers (MPI: each rank a slice)
-            test_loss, test_acc = engine.evaluate(run.test.X, run.test.y)
+            test_loss, test_acc = engine.evaluate(run.test.X, run.test.y) if len(run.test) else (None, None)
         log.stage = "writing"
         if rank == 0:
             outputs.write_outputs(run, config_of(run.args), test_loss, test_acc, log.events)

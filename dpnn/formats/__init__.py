@@ -63,24 +63,34 @@ def _class_names(splits: Splits, train: Dataset, test: Dataset, directory: str) 
     return list(names)
 
 
-def _splits_to_datasets(splits: Splits, directory: str) -> tuple[Dataset, Dataset, list[str]]:
+def _splits_to_datasets(splits: Splits, directory: str,
+                        test_split: float | None) -> tuple[Dataset, Dataset, list[str]]:
     train = to_dataset(*splits.train, splits.files["train"])
     if splits.test is not None:
+        if test_split is not None:
+            raise DataError(f"{directory} has its own test split ({splits.files['test']}); --test-split "
+                            "applies to a folder without one, so drop it")
         return train, to_dataset(*splits.test, splits.files["test"]), []
-    train, test = hold_out(train)
-    note = (f"{directory} has no test split: holding out {HOLDOUT_FRACTION:.0%} of its training "
+    fraction = HOLDOUT_FRACTION if test_split is None else test_split
+    train, test = hold_out(train, fraction)
+    if fraction == 0:
+        return train, test, [f"{directory} has no test split and --test-split is 0: training on all "
+                             f"{len(train):,} samples, no test score"]
+    note = (f"{directory} has no test split: holding out {fraction:.0%} of its training "
             f"samples ({len(test):,} of {len(train) + len(test):,}, stratified by class, fixed seed) "
-            "as the test set")
+            "as the test set" + (" (--test-split 0 trains on all of them)" if test_split is None else ""))
     return train, test, [note]
 
 
 def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
-         label_column: int | str | None = None) -> tuple[Dataset, Dataset, dict]:
+         label_column: int | str | None = None, test_split: float | None = None) -> tuple[Dataset, Dataset, dict]:
     """Load the data set in ``directory`` -> (train, test, info).
 
     ``image_size``: ``"HxW"``/``"HxWxC"`` or a tuple: image folders are resized to it, CSV rows
     and flat npz rows are read as it; IDX and image-shaped npz data must already match it.
     ``label_column`` (CSV only): an index (negative from the end) or a header name.
+    ``test_split``: for a folder without a test split, the fraction of train held out as the test
+    set (None: 10 %; 0: none, the test set is empty); a folder with one refuses it.
     ``info`` holds ``name``, ``class_names``, ``source``, ``format``, ``source_dtype``,
     ``details`` (how it was read), ``notes`` (what a user should be told, e.g. a held-out split) and
     ``sorted_by_class`` (the training samples arrive grouped by class: every split dpnn takes of
@@ -94,7 +104,7 @@ def load(directory: str | os.PathLike, image_size: str | tuple | None = None,
                         f"{fmt.NAME} data")
     splits = fmt.load(directory, size, label_column)
     source_dtype = splits.source_dtype or str(splits.train[0].dtype)
-    train, test, notes = _splits_to_datasets(splits, directory)
+    train, test, notes = _splits_to_datasets(splits, directory, test_split)
     notes = splits.notes + notes
     _check_size(train, size, fmt, directory)
     if train.X.shape[1:] != test.X.shape[1:]:

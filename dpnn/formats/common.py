@@ -123,6 +123,9 @@ def to_dataset(x: np.ndarray, y: np.ndarray, path: str) -> Dataset:
     return Dataset(to_unit_float(x, path), check_labels(y, path))
 
 
-def hold_out(train: Dataset) -> tuple[Dataset, Dataset]:
-    """(train, test): HOLDOUT_FRACTION of ``train``, stratified by class (fixed seed), becomes the test set."""
-    return train.split(HOLDOUT_FRACTION, seed=HOLDOUT_SEED)
+def hold_out(train: Dataset, fraction: float = HOLDOUT_FRACTION) -> tuple[Dataset, Dataset]:
+    """(train, test): ``fraction`` of ``train``, stratified by class (fixed seed), becomes the test
+    set; 0 keeps every sample for training and leaves the test set empty."""
+    if fraction == 0:
+        return train, Dataset(train.X[:0], train.y[:0])
+    return train.split(fraction, seed=HOLDOUT_SEED)

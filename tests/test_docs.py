@@ -110,3 +110,69 @@ def test_every_python_block_runs_as_written(tmp_path, code):
                        timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Warning" not in r.stderr or "block.py" in r.stderr, r.stderr     # warnings point at the block
+
+
+# -- the front page and the site ----------------------------------------------------------------------
+def test_readme_is_a_front_page():
+    lines = open(os.path.join(ROOT, "README.md")).read().splitlines()
+    assert len(lines) <= 250, f"README.md has {len(lines)} lines; move the detail to a docs/ page"
+    quick = "\n".join(lines).split("## Quick start", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert [ln.split("#")[0].strip() for ln in quick.splitlines()] == ["make train", "make test"]
+
+
+def test_every_page_linked_from_the_readme_exists():
+    text = open(os.path.join(ROOT, "README.md")).read()
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert links and all(os.path.exists(os.path.join(ROOT, p)) for p in links), links
+
+
+def test_the_api_reference_covers_every_module():
+    """Each module of the package is on one page of docs/api (a new module needs its line)."""
+    import pkgutil
+    modules = {m.name for m in pkgutil.walk_packages([os.path.join(ROOT, "dpnn")], "dpnn.")} - {"dpnn.__main__"}
+    listed = set()
+    for page in os.listdir(os.path.join(ROOT, "docs", "api")):
+        listed |= set(re.findall(r"^::: ([\w.]+)", open(os.path.join(ROOT, "docs", "api", page)).read(), re.M))
+    assert modules - listed == set(), f"modules missing from docs/api: {sorted(modules - listed)}"
+    assert listed - modules == set(), f"docs/api names modules that do not exist: {sorted(listed - modules)}"
+
+
+@pytest.mark.slow
+def test_the_manual_builds_in_strict_mode(tmp_path):
+    """make docs: a broken link, a page missing from the nav or an unresolved reference fails."""
+    pytest.importorskip("mkdocstrings", reason="make docs needs the docs extra: pip install -e '.[docs]'")
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "-d", str(tmp_path / "site")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = (tmp_path / "site" / "api" / "model" / "index.html").read_text()
+    assert "dpnn.model.Model" in model and "train_on_batch" in model     # rendered from the docstrings
+
+
+# -- every shell command the docs show parses with its command's own parser ----------------------------
+def shell_commands() -> list:
+    """``dpnn NAME ...`` lines (also after ``mpiexec ...`` or as ``python -m launch.NAME``) of
+    the bash blocks in README.md and docs/."""
+    found = []
+    for name in DOC_FILES:
+        text = open(os.path.join(ROOT, name)).read()
+        for m in re.finditer(r"^```bash\n(.*?)^```", text, flags=re.M | re.S):
+            block = m.group(1).replace("\\\n", " ")
+            for ln in block.splitlines():
+                ln = ln.split(" #")[0].strip().removeprefix("$ ")
+                hit = re.search(r"(?:^|\s)(?:dpnn |python -m launch\.)(train|predict|export|data|gui|digits)(?:\s+(.*))?$",
+                                ln)
+                if hit and not ln.startswith(("pip", "make")):
+                    found.append(pytest.param(hit.group(1), hit.group(2) or "", id=f"{name}:{ln[:60]}"))
+    return found
+
+
+@pytest.mark.parametrize("command, args", shell_commands())
+def test_every_shell_command_in_the_docs_parses(command, args):
+    import importlib
+    import shlex
+    module = importlib.import_module(f"dpnn.cli.{command}")
+    parse = module.build_parser().parse_args if hasattr(module, "build_parser") else module.parse_args
+    try:
+        parse(shlex.split(args))
+    except SystemExit as e:
+        pytest.fail(f"dpnn {command} {args}: the parser refused it (exit {e.code})")

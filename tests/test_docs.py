@@ -149,6 +149,9 @@ def test_the_manual_builds_in_strict_mode(tmp_path):
 
 
 # -- every shell command the docs show parses with its command's own parser ----------------------------
+SHELL_COMMAND = r"(?:^|\s)(?:dpnn |python -m launch\.)(train|predict|export|data|gui|digits)(?:\s+(.*))?$"
+
+
 def shell_commands() -> list:
     """``dpnn NAME ...`` lines (also after ``mpiexec ...`` or as ``python -m launch.NAME``) of
     the bash blocks in README.md and docs/."""
@@ -159,8 +162,7 @@ def shell_commands() -> list:
             block = m.group(1).replace("\\\n", " ")
             for ln in block.splitlines():
                 ln = ln.split(" #")[0].strip().removeprefix("$ ")
-                hit = re.search(r"(?:^|\s)(?:dpnn |python -m launch\.)(train|predict|export|data|gui|digits)(?:\s+(.*))?$",
-                                ln)
+                hit = re.search(SHELL_COMMAND, ln)
                 if hit and not ln.startswith(("pip", "make")):
                     found.append(pytest.param(hit.group(1), hit.group(2) or "", id=f"{name}:{ln[:60]}"))
     return found

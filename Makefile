@@ -95,8 +95,11 @@ bench: install     # pipefail: a failing benchmark must fail make, not hide behi
 	    | tee $(BENCH)/one_worker.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.steady_state --json $(BENCH)/steady_state.json \
 	    --plot $(BENCH)/steady_state.png | tee $(BENCH)/steady_state.txt'
-	@if [ -n "$(strip $(PUBLISH))" ]; then cp $(BENCH)/* docs/benchmarks/ && echo "docs/benchmarks/ replaced"; \
-	else echo "outputs in $(BENCH)/; make bench PUBLISH=1 replaces the committed docs/benchmarks/"; fi
+ifneq ($(strip $(PUBLISH)),)
+	cp $(BENCH)/* docs/benchmarks/
+else
+	@echo "outputs in $(BENCH)/; make bench PUBLISH=1 replaces the committed docs/benchmarks/"
+endif
 
 docs: dev          # the manual (docs/) and the API reference as a site in build/site/; strict: broken links fail
 	$(VENV)/bin/mkdocs build --strict --quiet

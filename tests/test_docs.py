@@ -178,3 +178,17 @@ def test_every_shell_command_in_the_docs_parses(command, args):
         parse(shlex.split(args))
     except SystemExit as e:
         pytest.fail(f"dpnn {command} {args}: the parser refused it (exit {e.code})")
+
+
+def test_make_bench_writes_a_build_folder_unless_asked_to_publish():
+    """The committed docs/benchmarks/ change only with PUBLISH=1 (make -n: the commands, not run)."""
+    make = subprocess.run(["make", "-n", "bench", "VENV=/nonexistent"], cwd=ROOT, capture_output=True, text=True)
+    if make.returncode != 0 and "No such file" in make.stderr:
+        pytest.skip("make is not installed")
+    commands = make.stdout.replace("\\\n", " ").splitlines()
+    runs = [ln for ln in commands if "-m benchmarks." in ln]
+    assert len(runs) == 5 and all("build/bench/" in ln and "docs/benchmarks" not in ln for ln in runs), runs
+    assert not any(ln.startswith("cp ") for ln in commands)
+    published = subprocess.run(["make", "-n", "bench", "VENV=/nonexistent", "PUBLISH=1"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.splitlines()
+    assert "cp build/bench/* docs/benchmarks/" in published

@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -258,7 +259,8 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_finishes_it(tmp_path, idx_d
     assert "Traceback" not in err, err[err.index("Traceback") - 200:]   # also no engine noise
     assert re.search(r"interrupted (during epoch \d+/50, after step \d+|between epochs)", err), err
     folder = run_folder(tmp_path)                                             # checkpoints/<date-time>
-    assert f"resume with: python -m launch.train --resume --checkpoint-dir {folder}" in err
+    python = shlex.quote(sys.executable)            # the interpreter that has dpnn: works when pasted
+    assert f"resume with: {python} -m launch.train --resume --checkpoint-dir {folder}" in err
     assert live_session_processes(proc.pid) == []
     assert (tmp_path / "weights.hdf5").read_bytes() == b"an earlier model"    # --out untouched
     assert not [f for f in os.listdir(tmp_path / folder) if f.startswith(".tmp-")]

@@ -7,6 +7,7 @@ own process, so no test depends on timing.
 """
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -146,7 +147,8 @@ def test_interrupt_at_a_step_then_resume_is_bitwise_an_uninterrupted_run(
     stopped = kill_at(plan, *argv, cwd=tmp_path)
     assert stopped.returncode == status, stopped.stderr
     assert "Traceback" not in stopped.stderr, stopped.stderr
-    assert "resume with: python -m launch.train --resume --checkpoint-dir checkpoints" in stopped.stderr
+    hint = f"resume with: {shlex.quote(sys.executable)} -m launch.train --resume --checkpoint-dir checkpoints"
+    assert hint in stopped.stderr
     newest = list_checkpoints(str(tmp_path / "checkpoints"))[-1][1]
     assert os.path.basename(newest) == expected
     assert f"last complete checkpoint: {os.path.join('checkpoints', expected)}" in stopped.stderr

@@ -95,6 +95,8 @@ bench: install     # pipefail: a failing benchmark must fail make, not hide behi
 	    | tee $(BENCH)/one_worker.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.steady_state --json $(BENCH)/steady_state.json \
 	    --plot $(BENCH)/steady_state.png | tee $(BENCH)/steady_state.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.image_size --json $(BENCH)/image_size.json \
+	    | tee $(BENCH)/image_size.txt'
 ifneq ($(strip $(PUBLISH)),)
 	cp $(BENCH)/* docs/benchmarks/
 else

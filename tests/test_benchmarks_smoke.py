@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dpnn.layers import walk_layers
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -271,3 +273,32 @@ def test_one_worker_benchmark_times_both_engines_in_turns(tmp_path):
     assert all(len(v) == 2 for v in row["ms_per_step"].values())
     assert all(p["compute"] > 0 for p in row["phases_ms"].values())
     assert "pool speed / process speed" in proc.stdout and "pool, asleep speed / process speed" in proc.stdout
+
+
+@pytest.mark.slow
+def test_image_size_benchmark_measures_speed_and_memory_of_each_contestant(tmp_path):
+    """benchmarks.image_size, tiny: one size, the contestants in their own processes, a peak
+    memory for each, and a background spinner that is gone afterwards."""
+    out = tmp_path / "size.json"
+    cmd = [sys.executable, "-m", "benchmarks.image_size", "--models", "gap-cnn", "--sizes", "16", "--rounds", "1",
+           "--turn-s", "0.05", "--background", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(out.read_text())
+    kinds = {"dpnn", "torch"} if importlib.util.find_spec("torch") else {"dpnn"}
+    assert [(r["model"], r["size"]) for r in res["rows"]] == [("gap-cnn", 16)]
+    for r in res["rows"]:
+        assert set(r["median"]) == set(r["peak_mb"]) == kinds
+        assert all(v > 0 for v in r["median"].values()) and all(v > 10 for v in r["peak_mb"].values())
+    assert res["background"] == 1 and "dpnn s/s" in proc.stdout
+
+
+@pytest.mark.parametrize("model", ["gap-cnn", "resnet"])
+def test_image_size_models_have_the_same_parameters_in_pytorch(model):
+    """The PyTorch twins of benchmarks.image_size hold the same parameter tensors as dpnn's."""
+    pytest.importorskip("torch", reason="PyTorch is the optional reference: pip install torch==2.13.0")
+    from benchmarks.image_size import dpnn_model, torch_model
+    ours = sorted(p.size for layer in walk_layers(dpnn_model(model, 32).layers) if not layer.sublayers()
+                  for p in layer.params.values())
+    theirs = sorted(p.numel() for p in torch_model(model).parameters())
+    assert ours == theirs

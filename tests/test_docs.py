@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["dpnn.cli.train", "dpnn.cli.data", "dpnn.cli.digits", "dpnn.cli.gui", "dpnn.cli.export",
             "dpnn.cli.predict", "benchmarks.scaling",
             "benchmarks.mpi_scaling", "benchmarks.profile", "benchmarks.ablation", "benchmarks.data_path",
-            "benchmarks.steady_state", "benchmarks.one_worker"]
+            "benchmarks.steady_state", "benchmarks.one_worker", "benchmarks.image_size"]
 
 
 def heading(command: str) -> str:
@@ -187,7 +187,7 @@ def test_make_bench_writes_a_build_folder_unless_asked_to_publish():
         pytest.skip("make is not installed")
     commands = make.stdout.replace("\\\n", " ").splitlines()
     runs = [ln for ln in commands if "-m benchmarks." in ln]
-    assert len(runs) == 5 and all("build/bench/" in ln and "docs/benchmarks" not in ln for ln in runs), runs
+    assert len(runs) == 6 and all("build/bench/" in ln and "docs/benchmarks" not in ln for ln in runs), runs
     assert not any(ln.startswith("cp ") for ln in commands)
     published = subprocess.run(["make", "-n", "bench", "VENV=/nonexistent", "PUBLISH=1"], cwd=ROOT,
                                capture_output=True, text=True).stdout.splitlines()

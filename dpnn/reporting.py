@@ -64,9 +64,9 @@ class EpochLogger(Callback):
         self.epochs = logs["epochs"]
         n = logs["epochs"] - logs["initial_epoch"]
         write(f"training {logs['samples']:,} samples, {n} epoch{'s' * (n != 1)}, on {logs['engine_text']}")
-        note = contention_note(logs.get("threads_per_worker"))
-        if note:
-            write(note)
+        for note in (logs.get("workers_note"), contention_note(logs.get("threads_per_worker"))):
+            if note:
+                write(note)
 
     def on_epoch_end(self, epoch, logs):
         times = self.session.step_times if self.show_step_times else None

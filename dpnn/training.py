@@ -10,13 +10,13 @@ from contextlib import closing, nullcontext
 import numpy as np
 
 from . import reporting
-from .callbacks import CallbackList, EarlyStopping, History, LRScheduler
+from .callbacks import CallbackList, CSVLogger, EarlyStopping, History, LRScheduler, TensorBoard, with_keras_names
 from .data import as_arrays, epoch_permutation, stratified_split
+from .default_workers import default_workers
 from .engine import Engine, make_engine
 from .random import fresh_seed, sample_keys
 from .recipe import Sums
 from .signals import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
-from .tensorboard import TensorBoard
 
 
 class TrainingDiverged(FloatingPointError):
@@ -77,7 +77,7 @@ def check_engine(model, engine: Engine | None, seed, workers, threads_per_worker
     if engine.model is not model:
         raise ValueError("engine= was opened on another model; open it on this one: "
                          "make_engine(model, ...)")
-    given = [name for name, is_given in (("workers", workers != 1),
+    given = [name for name, is_given in (("workers", workers is not None),
                                          ("threads_per_worker", threads_per_worker is not None),
                                          ("deterministic", bool(deterministic)),
                                          ("augment", augment is not None))
@@ -104,25 +104,32 @@ class TrainingSession:
                  verbose: int) -> None:
         self.model, self.engine, self.callbacks = model, engine, callbacks
         self.signals, self.verbose = signals, verbose
+        self.rank = engine.describe().rank
         self.history = callbacks.history
         self.progress: Progress | None = None
+        self.params: dict = {}
+        self.workers_note: str | None = None      # why fit runs in one process on several cores
         self.step_times: dict[str, float] = {}
         callbacks.set_session(self)
 
-    def announce(self, epoch: int, event: str, message: str) -> None:
+    def announce(self, epoch: int, event: str | None, message: str, verbose: int | None = None) -> None:
         """Something the user should know (early stopping...): recorded in ``history.events``
-        (``epoch`` 0-based), printed when verbose."""
-        self.history.record(epoch, event, message)
-        if self.verbose:
+        (``epoch`` 0-based) unless ``event`` is None, printed by rank 0 when ``verbose`` (None:
+        fit's own verbose) says so."""
+        if event is not None:
+            self.history.record(epoch, event, message)
+        if (self.verbose if verbose is None else verbose) and self.rank == 0:
             reporting.write(message)
 
     def train(self, X, Y, val_data, epochs: int, batch_size: int, seed: int, shuffle: bool,
               initial_epoch: int, progress: Progress | None) -> None:
         cbs, engine, info = self.callbacks, self.engine, self.engine.describe()
         steps = -(-len(X) // batch_size)
+        self.params = {"epochs": epochs, "steps": steps, "verbose": self.verbose}     # Keras's Callback.params
         cbs.on_train_begin({**info.as_logs(), "rank": info.rank, "engine_text": str(info),
                             "samples": len(X), "epochs": epochs, "initial_epoch": initial_epoch,
-                            "batch_size": batch_size, "steps": steps, "validation": val_data is not None})
+                            "batch_size": batch_size, "steps": steps, "validation": val_data is not None,
+                            "workers_note": self.workers_note})
         try:
             for epoch in range(initial_epoch, epochs):
                 cbs.on_epoch_begin(epoch, {"lr": self.model.optimizer.lr, "epochs": epochs,
@@ -135,21 +142,28 @@ class TrainingSession:
                     raise
                 engine.sync_state()
                 if val_data is not None:
-                    logs["val_loss"], logs["val_acc"] = engine.evaluate(*val_data)
+                    logs["val_loss"], logs["val_acc"] = self.validate(val_data)
                 logs["lr"] = self.model.optimizer.lr
-                cbs.on_epoch_end(epoch, logs)
+                cbs.on_epoch_end(epoch, with_keras_names(logs))
                 self.progress = Progress(epoch + 1)
                 if self.model.stop_training:
                     break
                 if epoch + 1 < epochs:
                     self.signals.check(self.progress)
         finally:
-            for cb in cbs.callbacks:          # a bar or event file left by Ctrl-C, a divergence...
-                if isinstance(cb, (reporting.ProgressBar, TensorBoard)):
+            for cb in cbs.callbacks:          # a bar or open file left by Ctrl-C, a divergence...
+                if isinstance(cb, (reporting.ProgressBar, TensorBoard, CSVLogger)):
                     cb.close()
         stopped = next((e["epoch"] for e in self.history.events if e["event"] == "early_stopping"), None)
         last = epoch if epochs > initial_epoch else initial_epoch - 1
         cbs.on_train_end({"stopped_epoch": stopped, "epochs_run": last + 1})      # 1-based, both
+
+    def validate(self, val_data) -> tuple[float, float]:
+        """(val_loss, val_acc), between Keras's ``on_test_begin`` and ``on_test_end``."""
+        self.callbacks.on_test_begin({})
+        loss, acc = self.engine.evaluate(*val_data)
+        self.callbacks.on_test_end(with_keras_names({"loss": loss, "acc": acc}))
+        return loss, acc
 
     def run_epoch(self, X, y, batch_size, seed, epoch, shuffle, start: Progress | None = None) -> dict:
         """One pass over the placed data (X, y), from ``start`` (a step inside this epoch) if given;
@@ -165,6 +179,7 @@ class TrainingSession:
                 continue
             self.signals.check(p)
             idx = order[first:first + batch_size]
+            self.callbacks.on_train_batch_begin(step, {"batch": step, "size": len(idx)})
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the check below says it
                 stats = engine.train_rows(idx, sample_keys(seed, epoch, idx))
             if not math.isfinite(stats.loss_sum):
@@ -179,7 +194,9 @@ class TrainingSession:
                     "lr": self.model.optimizer.lr}
             if stats.correct >= 0:
                 logs["acc"] = stats.correct / stats.count
-            self.callbacks.on_batch_end(step, logs)
+            self.callbacks.on_train_batch_end(step, with_keras_names(logs))
+            if self.model.stop_training:          # asked for inside the epoch: stop after this batch
+                break
         elapsed = time.perf_counter() - t0
         sums = Sums(p.loss_sum, p.correct, p.seen)
         return {"loss": sums.mean_loss(), "acc": sums.accuracy(),
@@ -191,7 +208,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         early_stopping: bool = False, patience: int = 3, min_delta: float = 0.0,
         lr_schedule: str | None = None, lr_factor: float = 0.5, lr_patience: int = 2,
         lr_min: float = 1e-6, callbacks=None, seed: int | None = None, verbose: int = 1,
-        workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
+        workers=None, threads_per_worker: int | None = None, deterministic: bool = False,
         initial_epoch: int = 0, history: dict | None = None, progress: Progress | None = None,
         augment=None, engine: Engine | None = None, show_step_times: bool = False,
         **engine_options) -> History:
@@ -205,8 +222,11 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     ``seed`` (shuffling, dropout, augmentation) defaults to the model's ``Model(seed=...)``.
 
     ``workers=N`` (or ``'auto'``) trains with the shared-memory data-parallel engine;
-    ``workers=1`` stays in this process. With the same ``seed`` and ``batch_size`` the
-    result does not depend on the worker count (bitwise with ``deterministic=True``).
+    ``workers=1`` stays in this process. ``workers=None`` (the default) is every core where
+    starting processes is safe (a script's training under ``if __name__ == '__main__':``), else
+    this process, and the epoch lines say how to get every core (see :mod:`dpnn.default_workers`).
+    With the same ``seed`` and ``batch_size`` the result does not depend on the worker count
+    (bitwise with ``deterministic=True``).
     ``augment``: fn(x, keys) -> x applied to each shard of every training batch where it is
     computed (in the workers), keys (N,) uint64 being per-sample (seed, epoch, index) keys, so
     that results stay worker-count invariant (see :mod:`dpnn.augment`).
@@ -232,6 +252,9 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
             raise TypeError("fit() got both val_data and validation_data; pass one of them")
         val_data = options.pop("val_data")
     check_engine(model, engine, seed, workers, threads_per_worker, deterministic, augment, options)
+    workers_note = None
+    if engine is None and workers is None:
+        workers, workers_note = default_workers(options.get("backend"))
     model.require_compiled()
     if augment is not None and not callable(augment):
         raise TypeError(f"augment must be a function fn(x, keys) -> x, got {type(augment).__name__}")
@@ -280,6 +303,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
                 else reporting.default_reporter(verbose, show_step_times)
             cbs = ([reporter] if reporter else []) + cbs      # first: its line before the others speak
             session = TrainingSession(model, engine, CallbackList(cbs, model, hist), signals, verbose)
+            session.workers_note = workers_note
             session.train(X, Y, val_data, epochs, batch_size, seed, shuffle, initial_epoch, progress)
     hist.session = None                   # the engine is closed; the history outlives it
     return hist

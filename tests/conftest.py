@@ -25,6 +25,10 @@ from dpnn.janitor import SEGMENT_PREFIX, segment_owner
 from dpnn.random import sample_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# fit's default (workers=None) is every core under a script's __main__ guard, which pytest's own
+# entry point is: the suite keeps fit in one process unless a test asks (test_default_workers.py
+# clears this to test the default itself)
+os.environ.setdefault("DPNN_FIT_WORKERS", "1")
 SHM = "/dev/shm"
 MP_HELPERS = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 

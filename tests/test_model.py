@@ -171,7 +171,8 @@ def test_fit_returns_history_and_learns():
     X, y = blobs(120, seed=1)
     Xv, yv = blobs(30, seed=2)
     history = model.fit(X, y, epochs=4, batch_size=16, val_data=(Xv, yv), seed=0, verbose=0)
-    assert set(history) == {"loss", "acc", "val_loss", "val_acc", "lr"}
+    assert set(history) == {"loss", "acc", "val_loss", "val_acc", "lr",     # and Keras's names:
+                            "accuracy", "val_accuracy", "learning_rate"}      # the same lists
     assert all(len(v) == 4 for v in history.values())
     assert history["loss"][-1] < history["loss"][0]
     assert history["val_acc"][-1] > 0.8
@@ -182,7 +183,8 @@ def test_fit_returns_history_and_learns():
 def test_fit_without_validation_has_no_val_keys():
     model = small_cnn().compile("cce", "sgd", lr=0.05)
     history = model.fit(blobs(20), epochs=2, batch_size=8, verbose=0)
-    assert set(history) == {"loss", "acc", "lr"} and "val_loss" not in history.history
+    assert set(history) == {"loss", "acc", "lr", "accuracy", "learning_rate"}
+    assert "val_loss" not in history.history and "val_accuracy" not in history.history
     assert len(history["loss"]) == 2
 
 

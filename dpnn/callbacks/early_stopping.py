@@ -91,7 +91,7 @@ class EarlyStopping(MonitorCallback):
     def on_epoch_end(self, epoch, logs=None):
         if self.own_tracker:
             self.tracker.on_epoch_end(epoch, logs)
-        current = self.get_monitor_value(logs, "Early stopping")
+        current = self.get_monitor_value(logs, "Early stopping conditioned")
         if current is None or epoch < self.start_from_epoch:
             return
         self.wait += 1

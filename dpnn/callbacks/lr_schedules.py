@@ -60,7 +60,7 @@ class ReduceLROnPlateau(MonitorCallback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
         logs["learning_rate"] = get_lr(self.model.optimizer)
-        current = self.get_monitor_value(logs, "Learning rate reduction")
+        current = self.get_monitor_value(logs, "Learning rate reduction is conditioned")
         if current is None:
             return
         if self.in_cooldown():

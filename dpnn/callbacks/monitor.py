@@ -69,14 +69,14 @@ class MonitorCallback(Callback):
 
     def get_monitor_value(self, logs: dict | None, what: str | None = None) -> float | None:
         """The monitored figure of ``logs`` (dpnn's default figure is negated for a loss); None
-        when it is not in the logs, with Keras's warning naming ``what`` unless that is None."""
+        when it is not in the logs, with Keras's warning, which ``what`` begins, unless that is None."""
         logs = logs or {}
         if self.monitor is None:
             return monitored(logs)[1]
         value = logs.get(self.monitor, logs.get(KERAS_NAMES.get(self.monitor, self.monitor)))
         if value is None:
             if what is not None:
-                warnings.warn(f"{what} conditioned on metric `{self.monitor}` which is not available. "
+                warnings.warn(f"{what} on metric `{self.monitor}` which is not available. "
                               f"Available metrics are: {','.join(logs)}", UserWarning, stacklevel=3)
             return None
         return float(value)

@@ -409,8 +409,8 @@ def test_batch_hooks_run_every_step_with_keras_logs():
 def test_model_state_is_current_on_batch_end():
     seen = []
 
-    class CBK(Callback):
-        def on_batch_end(self, batch, logs=None):
+    class CBK(Callback):                  # Keras 3's name of the hook
+        def on_train_batch_end(self, batch, logs=None):
             seen.append((batch, self.model.optimizer.t, self.model.params.copy()))
     tiny().fit(*blobs(40), epochs=1, batch_size=8, verbose=0, seed=0, callbacks=[CBK()])
     assert [(b, t) for b, t, _ in seen] == [(b, b + 1) for b in range(5)]

@@ -23,7 +23,8 @@ to know (early stopping, weights restored, a learning-rate cut) goes through ``a
 printed when fit is verbose (or the callback's ``verbose=1``), recorded in ``History.events``
 either way. Printing itself is a callback too (:mod:`dpnn.reporting`).
 """
-from .base import KERAS_NAMES, Callback, CallbackList, with_keras_names  # noqa: F401
+from .base import KERAS_NAMES, Callback, with_keras_names  # noqa: F401
+from .callback_list import CallbackList  # noqa: F401
 from .csv_logger import CSVLogger  # noqa: F401
 from .early_stopping import BestWeights, EarlyStopping  # noqa: F401
 from .history import History, best_in_history  # noqa: F401

@@ -1,10 +1,7 @@
-"""The callback contract: :class:`Callback` (Keras's hooks) and :class:`CallbackList` (the loop's
-way of calling every callback's hook in order)."""
+"""The callback contract: :class:`Callback`, Keras's hooks, and the log names they share."""
 from __future__ import annotations
 
 KERAS_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "learning_rate": "lr"}   # -> dpnn's
-BATCH_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
-
 
 def with_keras_names(logs: dict) -> dict:
     """``logs`` with Keras's names beside dpnn's (``accuracy`` = ``acc``...), in place."""
@@ -12,7 +9,6 @@ def with_keras_names(logs: dict) -> dict:
         if ours in logs:
             logs[keras] = logs[ours]
     return logs
-
 
 class Callback:
     """Override any hook; ``self.model`` (the model), ``self.params`` (``epochs``, ``steps``,
@@ -64,43 +60,5 @@ class Callback:
         rank 0 alone prints."""
         if self.session is not None:
             self.session.announce(epoch, event, message, verbose)
-        elif verbose:
-            from ..reporting import write  # upward, lazily: reporting's printers are callbacks
-            write(message)
-
-
-class CallbackList:
-    """Calls each hook on every callback, after the built-in best-weights tracker and the
-    history (so that the others, a checkpoint writer among them, see this epoch recorded)."""
-
-    def __init__(self, callbacks: list, model, history=None) -> None:
-        from .early_stopping import BestWeights
-        from .history import History
-        self.best_weights = BestWeights()
-        self.history = history if history is not None else History()
-        self.callbacks = [self.best_weights, self.history] + list(callbacks)
-        for cb in self.callbacks:
-            cb.model = model
-
-    def set_session(self, session) -> None:
-        for cb in self.callbacks:
-            cb.session = session
-
-    def __getattr__(self, hook: str):
-        if not hook.startswith("on_"):
-            raise AttributeError(hook)
-        alias = BATCH_ALIASES.get(hook)
-
-        def call(*args):
-            for cb in self.callbacks:
-                method = getattr(cb, hook, None)
-                if method is None and alias:           # a duck-typed callback with the old name only
-                    method = getattr(cb, alias, None)
-                if method is not None:
-                    method(*args)
-        return call
-
-    def on_diverged(self) -> None:
-        """The loss went NaN/inf: put the best weights seen so far back into the model, and the
-        optimizer state of that moment (its moments now hold NaN/inf too)."""
-        self.best_weights.restore(optimizer=True)
+        elif verbose:              # called by hand, outside fit
+            print(message)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 KERAS_NAMES = {"accuracy": "acc", "val_accuracy": "val_acc", "learning_rate": "lr"}   # -> dpnn's
 
+
 def with_keras_names(logs: dict) -> dict:
     """``logs`` with Keras's names beside dpnn's (``accuracy`` = ``acc``...), in place."""
     for keras, ours in KERAS_NAMES.items():
         if ours in logs:
             logs[keras] = logs[ours]
     return logs
+
 
 class Callback:
     """Override any hook; ``self.model`` (the model), ``self.params`` (``epochs``, ``steps``,

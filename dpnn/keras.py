@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from . import callbacks  # noqa: F401  (keras.callbacks.EarlyStopping... after import dpnn.keras as keras)
 from .data import one_hot
 from .layers.base import Layer
 from .model import Model

@@ -461,3 +461,11 @@ def test_history_has_keras_names_as_real_keys():
     assert len(more["accuracy"]) == 3 and more["accuracy"] is more["acc"]
     assert back["accuracy"] is back["acc"] and back["val_accuracy"] is back["val_acc"]
     assert isinstance(more, History) and len(back["val_accuracy"]) == 3
+
+
+def test_keras_callbacks_namespace():
+    import dpnn.keras as keras_module
+    for keras in (dpnn, keras_module):
+        for name in ("EarlyStopping", "ReduceLROnPlateau", "ModelCheckpoint", "CSVLogger", "LearningRateScheduler",
+                     "TensorBoard", "Callback", "History"):
+            assert getattr(keras.callbacks, name) is getattr(dpnn.callbacks, name)

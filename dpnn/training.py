@@ -101,14 +101,14 @@ class TrainingSession:
     """
 
     def __init__(self, model, engine: Engine, callbacks: CallbackList, signals: DeferredSignals,
-                 verbose: int) -> None:
+                 verbose: int, workers_note: str | None = None) -> None:
         self.model, self.engine, self.callbacks = model, engine, callbacks
         self.signals, self.verbose = signals, verbose
         self.rank = engine.describe().rank
         self.history = callbacks.history
         self.progress: Progress | None = None
         self.params: dict = {}
-        self.workers_note: str | None = None      # why fit runs in one process on several cores
+        self.workers_note = workers_note          # why fit runs in one process on several cores
         self.step_times: dict[str, float] = {}
         callbacks.set_session(self)
 
@@ -302,8 +302,8 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
             reporter = None if any(isinstance(cb, reporting.EpochLogger) for cb in cbs) \
                 else reporting.default_reporter(verbose, show_step_times)
             cbs = ([reporter] if reporter else []) + cbs      # first: its line before the others speak
-            session = TrainingSession(model, engine, CallbackList(cbs, model, hist), signals, verbose)
-            session.workers_note = workers_note
+            session = TrainingSession(model, engine, CallbackList(cbs, model, hist), signals, verbose,
+                                      workers_note)
             session.train(X, Y, val_data, epochs, batch_size, seed, shuffle, initial_epoch, progress)
     hist.session = None                   # the engine is closed; the history outlives it
     return hist

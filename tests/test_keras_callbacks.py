@@ -348,6 +348,7 @@ def test_model_checkpoint_names_and_best_only(tmp_path):
     improved = [e for e in range(4) if losses[e] < min(losses[:e], default=np.inf)]
     written = sorted(p for p in os.listdir(tmp_path) if p.endswith(".h5"))
     assert written == [f"{e + 1:02d}-{losses[e]:.2f}.h5" for e in improved]
+    assert sorted(os.listdir(tmp_path)) == sorted(written + [p[:-3] + ".json" for p in written])   # no temp left
     last = Model.load(str(tmp_path / written[-1]))
     if improved[-1] == 3:                                  # the file holds that epoch's weights
         np.testing.assert_array_equal(last.params, model.params)

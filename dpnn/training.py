@@ -156,7 +156,8 @@ class TrainingSession:
                     cb.close()
         stopped = next((e["epoch"] for e in self.history.events if e["event"] == "early_stopping"), None)
         last = epoch if epochs > initial_epoch else initial_epoch - 1
-        cbs.on_train_end({"stopped_epoch": stopped, "epochs_run": last + 1})      # 1-based, both
+        final = logs if epochs > initial_epoch else {}            # Keras: the last epoch's logs
+        cbs.on_train_end({**final, "stopped_epoch": stopped, "epochs_run": last + 1})      # 1-based, both
 
     def validate(self, val_data) -> tuple[float, float]:
         """(val_loss, val_acc), between Keras's ``on_test_begin`` and ``on_test_end``."""

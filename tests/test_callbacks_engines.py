@@ -44,7 +44,7 @@ CALLBACK_SET = textwrap.dedent('''
             self.log.append(["epoch_end", epoch, sorted((k, v) for k, v in logs.items() if k not in VARYING)])
 
         def on_train_end(self, logs=None):
-            self.log.append(["train_end", sorted(logs.items())])
+            self.log.append(["train_end", sorted((k, v) for k, v in logs.items() if k not in VARYING)])
 
     class StopInBatch(Callback):                  # stops inside the 5th epoch, after its 2nd batch
         def on_train_batch_end(self, batch, logs=None):

@@ -391,6 +391,9 @@ class Hooks(Callback):
     def on_test_end(self, logs=None):
         self.calls.append(("test_end", logs["loss"]))
 
+    def on_train_end(self, logs=None):
+        self.train_end = dict(logs)
+
 
 def test_batch_hooks_run_every_step_with_keras_logs():
     hooks = Hooks()
@@ -405,6 +408,7 @@ def test_batch_hooks_run_every_step_with_keras_logs():
     logs = hooks.batch_logs[0]
     assert {"batch", "size", "loss", "accuracy", "acc", "lr"} <= set(logs) and logs["accuracy"] == logs["acc"]
     assert [log["size"] for log in hooks.batch_logs] == [16, 16, 8] * 2
+    assert hooks.train_end["val_loss"] == history["val_loss"][-1] and hooks.train_end["epochs_run"] == 2
 
 
 def test_model_state_is_current_on_batch_end():

@@ -14,7 +14,8 @@ on_train_batch_end    ``batch``, ``size``, ``loss``, ``accuracy`` of that batch,
 on_test_begin/end     around the validation pass; ``on_test_end`` gets its ``loss``, ``accuracy``
 on_epoch_end          ``loss``, ``accuracy``, ``val_loss``/``val_accuracy`` (only with validation
                       data), ``learning_rate``, ``samples_per_s``, ``time``
-on_train_end          ``epochs_run`` (counting earlier runs), ``stopped_epoch`` (1-based, or None)
+on_train_end          the last epoch's logs, ``epochs_run`` (counting earlier runs), ``stopped_epoch``
+                      (1-based, or None)
 ====================  ==================================================================================
 
 Every hook runs in the coordinator (and on every MPI rank, with the same numbers: the logs are

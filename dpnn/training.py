@@ -306,5 +306,6 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
             session = TrainingSession(model, engine, CallbackList(cbs, model, hist), signals, verbose,
                                       workers_note)
             session.train(X, Y, val_data, epochs, batch_size, seed, shuffle, initial_epoch, progress)
+    hist.params = session.params          # Keras's history.params outlive the run
     hist.session = None                   # the engine is closed; the history outlives it
     return hist

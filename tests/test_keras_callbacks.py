@@ -466,6 +466,7 @@ def test_history_has_keras_names_as_real_keys():
     assert len(more["accuracy"]) == 3 and more["accuracy"] is more["acc"]
     assert back["accuracy"] is back["acc"] and back["val_accuracy"] is back["val_acc"]
     assert isinstance(more, History) and len(back["val_accuracy"]) == 3
+    assert history.params == {"epochs": 2, "steps": 4, "verbose": 0} and history.epoch == [0, 1]
 
 
 def test_keras_callbacks_namespace():

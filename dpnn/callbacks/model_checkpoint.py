@@ -3,6 +3,7 @@ or only when the monitored figure improves; rank 0 alone writes, each file atomi
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -84,7 +85,6 @@ class ModelCheckpoint(MonitorCallback):
             return True
         current = self.get_monitor_value(logs)
         if current is None:
-            import warnings
             warnings.warn(f"Can save best model only with {self.monitor} available.", UserWarning, stacklevel=4)
             return True
         best = "None" if self.best is None else f"{self.best:.5f}"

@@ -37,10 +37,11 @@ def activate_in_place(func: str, out: np.ndarray) -> np.ndarray:
 
 def activation_grad(func: str, grad: np.ndarray, y: np.ndarray, fused_with_loss: bool = False) -> np.ndarray:
     """d(loss)/d(input) of activation ``func`` from its output ``y``; a softmax fused with the
-    cross-entropy already got the gradient w.r.t. its input (see :class:`dpnn.losses.CategoricalCrossentropy`)."""
+    cross-entropy (a sigmoid with the binary one) already got the gradient w.r.t. its input (see
+    :mod:`dpnn.losses`)."""
     if func == "relu":
         return np.multiply(grad, y > 0)       # bool mask: grad's dtype, no float64 upcast
-    if func == "sigmoid":
+    if func == "sigmoid" and not fused_with_loss:
         return grad * y * (1 - y)
     if func == "tanh":
         return grad * (1 - y * y)

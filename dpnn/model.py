@@ -16,6 +16,7 @@ from .losses import check_metrics, fit_loss_to_output, get_loss, softmax
 from .optim import get_optimizer, regularize
 from .random import sample_keys as make_sample_keys
 from .recipe import evaluation_sums, run_shard
+from .sample_weights import attach, check_sample_weight, sample_weights
 
 AUTO_MICRO_BATCH = 64     # samples per forward/backward piece (python -m benchmarks.ablation measures it)
 
@@ -252,11 +253,14 @@ class Model:
         self.optimizer.step([(self.params, self.grads)])
         return norm
 
-    def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None) -> tuple[float, float]:
-        """One optimizer step on (x, y) in this process; returns (mean loss, accuracy or nan)."""
+    def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None, *, sample_weight=None,
+                       class_weight: dict | None = None) -> tuple[float, float]:
+        """One optimizer step on (x, y) in this process; returns (mean loss, accuracy or nan).
+        ``sample_weight``/``class_weight`` weigh the samples as in :func:`dpnn.training.fit`."""
         self.check_not_owned("call train_on_batch")
         self.require_compiled()
         x, y = self.check_input(x), np.asarray(y)
+        y = attach(y, sample_weights(y, sample_weight, class_weight))
         self.ensure_built(x)
         keys = self.next_sample_keys(len(x)) if sample_keys is None else sample_keys
         sums = run_shard(self, 0, x, y, len(x), keys, None).sums
@@ -304,9 +308,13 @@ class Model:
     def class_names(self, names) -> None:
         self.metadata["class_names"] = [str(n) for n in names]
 
-    def evaluate(self, x, y=None, batch_size: int = 256, verbose: int = 0) -> tuple[float, float]:
-        """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; ``verbose`` prints them."""
+    def evaluate(self, x, y=None, batch_size: int = 256, verbose: int = 0,
+                 sample_weight=None) -> tuple[float, float]:
+        """(mean loss, accuracy) on a data set, (X, y) tuple or arrays; ``verbose`` prints them.
+        ``sample_weight`` (N,): the loss is sum(w * loss) / N, as Keras's; accuracy unweighted."""
         x, y = as_arrays(x, y)
+        if sample_weight is not None:
+            y = attach(y, check_sample_weight(sample_weight, len(y)))
         if self.loss is None:
             self.loss = get_loss("categorical_crossentropy")
             fit_loss_to_output(self.loss, self.layers[-1])

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .augment import augment_batch
+from .sample_weights import split_weights
 
 DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
 
@@ -96,7 +97,8 @@ def owned_slots(slots: int, owners: int, owner: int) -> range:
 
 
 def count_correct(logits: np.ndarray, y: np.ndarray) -> int:
-    """Number of argmax hits, for integer labels (N,) or one-hot (N, K); -1 if not a classifier."""
+    """Number of argmax hits, for integer labels (N,) or target rows (N, K) (one-hot or soft: the
+    argmax of each agrees); -1 if not a classifier. Unweighted, as Keras's ``metrics=``."""
     if logits.ndim != 2 or logits.shape[1] < 2:
         return -1
     y = np.asarray(y)
@@ -114,32 +116,43 @@ def _backward_takes_denominator(cls: type) -> bool:
     return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
 
 
-def loss_sum(loss, value: float, n: int) -> float:
-    """Sum of the per-sample losses of the batch ``loss.forward`` just saw (its mean was ``value``).
+def loss_sum(loss, value: float, n: int, weights: np.ndarray | None = None) -> float:
+    """Sum of the per-sample losses of the batch ``loss.forward`` just saw (its mean was ``value``),
+    each times its weight when ``weights`` (N,) are given.
 
     dpnn's losses keep ``per_sample`` (N,); a user's loss that only returns the mean (as the
-    README asks) gives mean * N.
+    README asks) gives mean * N, and cannot be weighted.
     """
     per = getattr(loss, "per_sample", None)
     if per is not None and np.ndim(per) == 1 and len(per) == n:
-        return float(np.asarray(per).astype(np.float64).sum())
+        per = np.asarray(per).astype(np.float64)
+        return float(per.sum() if weights is None else (per * weights.astype(np.float64)).sum())
+    if weights is not None:
+        raise TypeError(f"sample weights need each sample's loss: {type(loss).__name__}.forward must keep "
+                        f"self.per_sample, an array ({n},) of the per-sample losses")
     return float(value) * n
 
 
-def loss_gradient(loss, out: np.ndarray, y: np.ndarray, denominator: int) -> tuple[float, np.ndarray]:
+def loss_gradient(loss, out: np.ndarray, y: np.ndarray, denominator: int,
+                  weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
     """(sum of losses, d(sum of losses)/d(out) / denominator) for a batch of predictions ``out``.
 
     ``backward(denominator)`` is called when the loss accepts it (dpnn's losses do); a loss
     whose ``backward()`` takes no argument gives the gradient of its mean, rescaled here.
+    ``weights`` (N,): sample i's loss and gradient row count ``weights[i]`` times (a sample's
+    loss depends on its own output row only, so scaling the row scales its gradient).
     """
     n = len(out)
     value = loss.forward(out, y)
-    total = loss_sum(loss, value, n)
+    total = loss_sum(loss, value, n, weights)
     if _backward_takes_denominator(type(loss)):
         grad = loss.backward(denominator)
     else:
         grad = np.asarray(loss.backward()) * (n / denominator)
-    return total, np.asarray(grad, dtype=out.dtype)
+    grad = np.asarray(grad, dtype=out.dtype)
+    if weights is not None:
+        grad = grad * weights.astype(grad.dtype).reshape((n,) + (1,) * (grad.ndim - 1))
+    return total, grad
 
 
 # -- one shard ----------------------------------------------------------------------------------
@@ -170,7 +183,8 @@ def shard_gradients(model, x: np.ndarray, y: np.ndarray, denominator: int,
 
 def _piece_gradients(model, x, y, denominator, keys) -> Sums:
     out = model.forward(x, training=True, sample_keys=keys)
-    total, grad = loss_gradient(model.loss, out, y, denominator)
+    y, weights = split_weights(y)
+    total, grad = loss_gradient(model.loss, out, y, denominator, weights)
     model.backward(grad)
     return Sums(total, count_correct(out, y), len(x))
 
@@ -255,6 +269,7 @@ def evaluation_sums(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) 
     total = Sums()
     for a in range(0, len(x), batch_size):
         out = model.predict(x[a:a + batch_size], batch_size)
-        value = model.loss.forward(out, y[a:a + batch_size])
-        total += Sums(loss_sum(model.loss, value, len(out)), count_correct(out, y[a:a + batch_size]), len(out))
+        y_part, weights = split_weights(y[a:a + batch_size])
+        value = model.loss.forward(out, y_part)
+        total += Sums(loss_sum(model.loss, value, len(out), weights), count_correct(out, y_part), len(out))
     return total

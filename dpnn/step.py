@@ -41,6 +41,7 @@ from .recipe import (
     owned_slots,
     shard_bounds,
 )
+from .sample_weights import is_weighted
 
 
 class RanksDiverged(RuntimeError):
@@ -99,7 +100,7 @@ class Step:
         if len(x) == 0 or len(y) != len(x):
             raise ValueError(f"a training batch needs at least one sample and as many labels as "
                              f"inputs; got {len(x)} inputs and {len(y)} labels")
-        if y.dtype.kind not in "biuf":
+        if y.dtype.kind not in "biuf" and not is_weighted(y):
             raise TypeError(f"labels must be numeric, got dtype {y.dtype}")
         return self._step(Batch(x, y), keys)
 

@@ -16,6 +16,7 @@ from .default_workers import default_workers
 from .engine import Engine, make_engine
 from .random import fresh_seed, sample_keys
 from .recipe import Sums
+from .sample_weights import attach, check_sample_weight, sample_weights
 from .signals import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
 
 
@@ -89,6 +90,18 @@ def check_engine(model, engine: Engine | None, seed, workers, threads_per_worker
     if seed is None and info.ranks > 1 and info.seed is None:      # each rank would draw its own
         raise ValueError("fit(engine=...) over MPI ranks needs one seed: pass seed= to make_engine "
                          "(or to fit)")
+
+
+def validation_set(model, val_data, num_classes: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) or (x, y, sample_weight) -> checked (x, targets with their weights if any)."""
+    vw = None
+    if isinstance(val_data, (tuple, list)) and len(val_data) == 3:
+        *val_data, vw = val_data
+    vx, vy = as_arrays(val_data)
+    check_labels(model, vy, num_classes)
+    if vw is not None:
+        vw = check_sample_weight(vw, len(vy), "the validation sample_weight")
+    return model.check_input(vx), attach(vy, vw)
 
 
 class TrainingSession:
@@ -212,7 +225,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         workers=None, threads_per_worker: int | None = None, deterministic: bool = False,
         initial_epoch: int = 0, history: dict | None = None, progress: Progress | None = None,
         augment=None, engine: Engine | None = None, show_step_times: bool = False,
-        **engine_options) -> History:
+        sample_weight=None, class_weight: dict | None = None, **engine_options) -> History:
     """Train ``model``; returns a :class:`dpnn.callbacks.History`: lists per epoch of ``loss``,
     ``acc``, ``lr`` and, with validation data, ``val_loss``, ``val_acc`` (``history.history[k]``
     as in Keras, or ``history[k]``), and ``history.events`` (early stopping...).
@@ -231,7 +244,10 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     ``augment``: fn(x, keys) -> x applied to each shard of every training batch where it is
     computed (in the workers), keys (N,) uint64 being per-sample (seed, epoch, index) keys, so
     that results stay worker-count invariant (see :mod:`dpnn.augment`).
-    ``validation_data`` is Keras's name for ``val_data``. SIGINT/SIGTERM stop training after
+    ``validation_data`` is Keras's name for ``val_data``; either may be (x, y, sample_weight).
+    ``sample_weight`` (N,) or ``class_weight`` ({class: weight}, Keras's) weigh each sample's loss
+    and gradient; as in Keras 3 the weighted sum is divided by the number of samples (see
+    :mod:`dpnn.sample_weights`); accuracy stays unweighted. SIGINT/SIGTERM stop training after
     the step in flight with :class:`TrainingInterrupted`; ``initial_epoch``/``history``/
     ``progress`` continue an earlier run from an epoch or from a step inside it.
     Engine options (``backend='mpi'``, ``sync_batchnorm``, ``start_method``, ``max_restarts``,
@@ -267,20 +283,23 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
     if progress is not None and progress.epoch != initial_epoch:
         raise ValueError(f"progress is inside epoch {progress.epoch}, but initial_epoch={initial_epoch}")
+    W = sample_weights(Y, sample_weight, class_weight)
     if val_data is None and validation_split:
         # a seeded shuffle stratified by class, not the last fraction: data sorted by class
-        # would otherwise validate on the last classes alone (the same split as --val-split)
+        # would otherwise validate on the last classes alone (the same split as --val-split);
+        # as in Keras, the held-out samples keep their sample_weight, not a class_weight
         keep, held = stratified_split(Y, validation_split, 0 if seed is None else int(seed))
-        X, Y, val_data = X[keep], Y[keep], (X[held], Y[held])
+        held_w = None if sample_weight is None else W[held]
+        X, Y, val_data = X[keep], Y[keep], (X[held], Y[held], held_w)
+        W = None if W is None else W[keep]
     if len(X) == 0:
         raise ValueError("no training samples")
     X = model.check_input(X)
     model.ensure_built(X[:1])
     check_labels(model, Y, num_classes)
+    Y = attach(Y, W)
     if val_data is not None:
-        vx, vy = as_arrays(val_data)
-        val_data = (model.check_input(vx), vy)
-        check_labels(model, vy, num_classes)
+        val_data = validation_set(model, val_data, num_classes)
     seed = fresh_seed() if seed is None else int(seed)
     hist = history if isinstance(history, History) else History(history)
     hist.expect(("loss", "acc", "lr") + (("val_loss", "val_acc") if val_data is not None else ()))

@@ -10,10 +10,10 @@ Keras's names and semantics (one concept a module; every name stays importable f
 - :mod:`.registry`: names, ``get_loss`` and the loss/last-layer match made at ``compile``
 """
 from .base import EPSILON, Loss, log_softmax, softmax  # noqa: F401
-from .binary import BinaryCrossentropy  # noqa: F401
-from .crossentropy import CategoricalCrossentropy, SparseCategoricalCrossentropy, labels_to_index  # noqa: F401
+from .binary import BinaryCrossentropy
+from .crossentropy import CategoricalCrossentropy, SparseCategoricalCrossentropy, labels_to_index
 from .registry import LOSSES, check_metrics, fit_loss_to_output, get_loss  # noqa: F401
-from .regression import MeanSquaredError  # noqa: F401
+from .regression import MeanSquaredError
 
 _labels_to_index = labels_to_index          # the name the single-module losses.py had
 

@@ -40,16 +40,27 @@ class SharedMemoryError(OSError):
     """There is not enough shared memory (/dev/shm) for the data-parallel engine."""
 
 
+def dtype_spec(dtype) -> str | tuple:
+    """A dtype as a region records it: its string, or for records (weighted targets,
+    :mod:`dpnn.sample_weights`) its field description, which the string would lose."""
+    dtype = np.dtype(dtype)
+    return dtype.str if dtype.names is None else tuple(dtype.descr)
+
+
+def spec_dtype(spec: str | tuple) -> np.dtype:
+    return np.dtype(list(spec) if isinstance(spec, tuple) else spec)
+
+
 @dataclass(frozen=True)
 class Region:
     """One array in shared memory: which segment, and how to view it."""
     segment: str        # shared-memory name (no leading slash)
     shape: tuple
-    dtype: str
+    dtype: str | tuple  # dtype_spec: a dtype string, or the fields of a record dtype
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.shape, dtype=np.int64)) * spec_dtype(self.dtype).itemsize
 
 
 def shm_free_bytes(path: str = SHM_DIR) -> int | None:
@@ -80,7 +91,7 @@ def _attach(name: str) -> shared_memory.SharedMemory:
 
 def _view(shm: shared_memory.SharedMemory, region: Region) -> np.ndarray:
     count = int(np.prod(region.shape, dtype=np.int64))
-    return np.frombuffer(shm.buf, region.dtype, count).reshape(region.shape)
+    return np.frombuffer(shm.buf, spec_dtype(region.dtype), count).reshape(region.shape)
 
 
 def _release(segments: dict, owner: bool) -> None:
@@ -154,7 +165,7 @@ class SharedArena:
         return arena
 
     def _allocate(self, name: str, shape: tuple, dtype: str) -> None:
-        region = Region(f"{self.prefix}_{name}_{self._generation}", shape, np.dtype(dtype).str)
+        region = Region(f"{self.prefix}_{name}_{self._generation}", shape, dtype_spec(dtype))
         self._generation += 1
         shm = shared_memory.SharedMemory(region.segment, create=True, size=max(region.nbytes, 1))
         self._segments[name], self._regions[name] = shm, region
@@ -162,7 +173,7 @@ class SharedArena:
 
     def ensure(self, name: str, shape: tuple, dtype: str) -> None:
         """Owner: a new segment for ``name`` with this shape and dtype (any old one is unlinked)."""
-        old, new = self._regions.get(name), Region("", tuple(shape), np.dtype(dtype).str)
+        old, new = self._regions.get(name), Region("", tuple(shape), dtype_spec(dtype))
         check_room(new.nbytes - (old.nbytes if old else 0), f"the {name} buffer of {shape}")
         if old is not None:
             self._arrays.pop(name)

@@ -35,7 +35,7 @@ class BatchLoader:
             have = a[name]
             if have.shape[0] >= shape[0] and have.shape[1:] == shape[1:] and have.dtype == dtype:
                 return False
-        a.ensure(name, shape, dtype.str)
+        a.ensure(name, shape, dtype)
         return True
 
     def load_arrays(self, x: np.ndarray, y: np.ndarray, keys: np.ndarray) -> bool:

@@ -57,15 +57,15 @@ def class_weight_to_sample_weights(y: np.ndarray, class_weight) -> np.ndarray:
     """Keras 3's ``class_weight_to_sample_weights``: each sample weighs its class's weight
     (1.0 for a class not in the dict); the class of a row (N, K) is its argmax."""
     if not hasattr(class_weight, "items") or not hasattr(class_weight, "get"):
-        raise ValueError(f"class_weight must be a dict mapping class indices to weights, e.g. {{0: 1.0, "
-                         f"1: 5.0}}; got {type(class_weight).__name__}")
+        raise ValueError(f"class_weight must be a dict-like mapping of class indices to weights, e.g. "
+                         f"{{0: 1.0, 1: 5.0}}; got {type(class_weight).__name__}")
     cleaned = {}
     for key, value in class_weight.items():
         try:
             cleaned[int(key)] = float(value)
         except (TypeError, ValueError):
-            raise ValueError(f"class_weight must map integer class indices to numbers; got the entry "
-                             f"{key!r}: {value!r}") from None
+            raise ValueError(f"class_weight must be a dict with integer keys (class indices) and numbers "
+                             f"as values; got the entry {key!r}: {value!r}") from None
     y = np.asarray(y)
     if y.ndim > 1:
         y = y.argmax(axis=-1) if y.shape[-1] != 1 else y[..., 0]

@@ -99,8 +99,9 @@ def test_reductions_sum_and_mean_with_sample_weight():
     almost(MeanSquaredError(reduction="sum")(y_true, y_pred, sample_weight=2.3), 227.69998)
     np.testing.assert_allclose(MeanSquaredError(reduction=None)(y_true, y_pred, sample_weight=2.3),
                                [84.3333, 143.3666], rtol=1e-5)
-    almost(MeanSquaredError(reduction="mean_with_sample_weight")(y_true, y_pred, sample_weight=np.array([[1.2], [3.4]])),
-           (110 / 3 * 1.2 + 187 / 3 * 3.4) / (1.2 + 3.4))
+    by_weight = MeanSquaredError(reduction="mean_with_sample_weight")
+    w = np.array([[1.2], [3.4]])
+    almost(by_weight(y_true, y_pred, sample_weight=w), (110 / 3 * 1.2 + 187 / 3 * 3.4) / (1.2 + 3.4))
     almost(MeanSquaredError()(y_true, y_pred, sample_weight=0), 0.0)              # test_zero_weighted
     with pytest.raises(ValueError, match="reduction"):
         MeanSquaredError(reduction="average")

@@ -12,9 +12,11 @@ import pytest
 
 from dpnn.comm import Communicator
 from dpnn.engine import LocalEngine
+from dpnn.losses import BinaryCrossentropy, CategoricalCrossentropy
 from dpnn.node import Batch, Finish
 from dpnn.random import sample_keys
 from dpnn.recipe import add_sums, shard_gradients
+from dpnn.sample_weights import with_weights
 from dpnn.workers import DataParallel
 
 from conftest import cnn
@@ -112,6 +114,43 @@ def test_uneven_batches_and_more_workers_than_samples(deterministic):
         assert losses == ref_losses
     else:   # per-shard BatchNorm statistics (like DDP): 1-sample shards differ from one process
         assert np.isfinite(m.params).all() and np.isfinite(m.state).all()
+
+
+def targets_as(kind, data, seed=3):
+    """The batches' labels turned into soft targets, weighted targets, or both (Keras's uses)."""
+    rng, out = np.random.default_rng(seed), []
+    for x, y, k in data:
+        soft = np.eye(10, dtype=np.float32)[y] * 0.8 + rng.dirichlet(np.ones(10), len(y)).astype(np.float32) * 0.2
+        w = rng.uniform(0.0, 3.0, len(y)).astype(np.float32)
+        t = {"soft": soft, "weighted": with_weights(y, w), "soft-weighted": with_weights(soft, w),
+             "smoothing": y, "binary-weighted": with_weights(soft, w)}[kind]
+        out.append((x, t, k))
+    return out
+
+
+TARGET_CASES = {                                  # kind: the loss the model is compiled with
+    "soft": "categorical_crossentropy",
+    "weighted": "categorical_crossentropy",
+    "soft-weighted": "categorical_crossentropy",
+    "smoothing": CategoricalCrossentropy(label_smoothing=0.1),
+    "binary-weighted": BinaryCrossentropy(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(TARGET_CASES))
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_soft_and_weighted_targets_are_bitwise_for_any_worker_count(kind, workers):
+    """Soft targets, label smoothing, sample weights: the same bits on 1, 2, 3 workers as in one
+    process (deterministic), uneven shards and a 1-sample last batch included."""
+    data = targets_as(kind, batches([24, 7, 24, 1]))
+    ref, ref_losses = local(data, deterministic=True, loss=TARGET_CASES[kind])
+    m, losses = parallel(data, workers, deterministic=True, loss=TARGET_CASES[kind])
+    assert np.array_equal(m.params, ref.params)
+    assert losses == ref_losses
+    if kind != "soft":
+        return
+    hard, _ = local(batches([24, 7, 24, 1]), deterministic=True)
+    assert not np.array_equal(hard.params, ref.params), "soft targets trained as their argmax"
 
 
 def test_uneven_batches_without_batchnorm_match_one_process():

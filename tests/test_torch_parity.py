@@ -5,8 +5,9 @@ import pytest
 
 import dpnn
 from dpnn import Activation, AvgPool2D, BatchNorm2D, Conv2D, Dense, Flatten, GlobalAvgPool2D, MaxPool2D
-from dpnn.losses import get_loss
+from dpnn.losses import BinaryCrossentropy, CategoricalCrossentropy, get_loss
 from dpnn.optim import SGD, Adam, regularize
+from dpnn.recipe import loss_gradient
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -228,6 +229,71 @@ def test_cross_entropy(one_hot):
     ref.backward()
     close(value, ref.item())
     close(grad, lt.grad)
+
+
+def soft_targets(seed=13, n=6, k=5):
+    """Probability rows (a teacher's outputs, mixup): no row is one-hot."""
+    return np.random.default_rng(seed).dirichlet(np.ones(k), n)
+
+
+# (name, dpnn loss, torch loss of (logits, targets as given) -> mean, targets, sample weights)
+CE_CASES = [
+    ("probability-targets", lambda: CategoricalCrossentropy(), lambda z, t: F.cross_entropy(z, t),
+     soft_targets, None),
+    ("label-smoothing", lambda: CategoricalCrossentropy(label_smoothing=0.2),
+     lambda z, t: F.cross_entropy(z, t, label_smoothing=0.2), lambda: LABELS, None),
+    ("smoothing-of-probabilities", lambda: CategoricalCrossentropy(label_smoothing=0.1),
+     lambda z, t: F.cross_entropy(z, t, label_smoothing=0.1), soft_targets, None),
+    # class weights: dpnn/Keras divide the weighted sum by N; PyTorch's mean would divide by the
+    # sum of the weights, so its 'sum' / N is the reference
+    ("class-weights", lambda: CategoricalCrossentropy(),
+     lambda z, t: F.cross_entropy(z, t, weight=torch.tensor(CLASS_W), reduction="sum") / len(t),
+     lambda: LABELS, lambda: CLASS_W[LABELS]),
+    ("sample-weights-soft", lambda: CategoricalCrossentropy(),
+     lambda z, t: (F.cross_entropy(z, t, reduction="none") * torch.tensor(SAMPLE_W)).sum() / len(t),
+     soft_targets, lambda: SAMPLE_W),
+    ("binary-logits-weighted", lambda: BinaryCrossentropy(from_logits=True),
+     lambda z, t: (F.binary_cross_entropy_with_logits(z, t, reduction="none").mean(1)
+                   * torch.tensor(SAMPLE_W)).sum() / len(t),
+     lambda: soft_targets(14), lambda: SAMPLE_W),
+]
+CLASS_W = np.array([0.5, 2.0, 1.0, 3.0, 0.25])
+SAMPLE_W = np.array([0.0, 1.5, 0.3, 2.0, 1.0, 0.7])
+
+
+def torch_target(targets):
+    return torch.tensor(targets, dtype=torch.long) if targets.ndim == 1 else torch.tensor(targets)
+
+
+@pytest.mark.parametrize("name, make, ref_loss, targets, weights", CE_CASES, ids=[c[0] for c in CE_CASES])
+def test_cross_entropy_targets_and_weights(name, make, ref_loss, targets, weights):
+    """Loss and gradient w.r.t. the logits, through the recipe every engine runs."""
+    logits = np.random.default_rng(8).standard_normal((6, 5)) * 3
+    y, w = targets(), (weights() if weights else None)
+    total, grad = loss_gradient(make(), logits, y, len(y), w)
+    lt = torch.tensor(logits, requires_grad=True)
+    ref = ref_loss(lt, torch_target(y))
+    ref.backward()
+    close(total / len(y), ref.item())
+    close(grad, lt.grad)
+
+
+def test_one_training_step_with_soft_targets_smoothing_and_class_weights():
+    """A Dense classifier, one SGD step of fit: the same parameters as torch's step. Keras's
+    class_weight weighs a sample by its class (w[y] * CE); with label smoothing that is not
+    torch's weight=, which weighs each class's term of the smoothed sum, so the reference
+    weighs torch's per-sample losses."""
+    rng = np.random.default_rng(15)
+    x, y = rng.standard_normal((6, 4)), LABELS
+    model = dpnn.Model([Dense(5)], seed=0).compile(CategoricalCrossentropy(label_smoothing=0.1), "sgd", lr=0.5)
+    model.build((1, 4))
+    W, b = (torch.tensor(np.array(model.layers[0].params[k], np.float64), requires_grad=True) for k in "Wb")
+    model.fit(x.astype(np.float32), y, epochs=1, batch_size=6, shuffle=False, verbose=0,
+              class_weight=dict(enumerate(CLASS_W)))
+    loss = F.cross_entropy(torch.tensor(x) @ W + b, torch.tensor(y), label_smoothing=0.1, reduction="none")
+    ((loss * torch.tensor(CLASS_W[y])).sum() / 6).backward()
+    close(model.layers[0].params["W"], (W - 0.5 * W.grad).detach(), rtol=1e-5, atol=1e-6)
+    close(model.layers[0].params["b"], (b - 0.5 * b.grad).detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_mse():

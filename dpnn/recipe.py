@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .augment import augment_batch
-from .sample_weights import split_weights
+from .sample_weights import scale_rows, split_weights, weighted_sum
 
 DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
 
@@ -97,8 +97,7 @@ def owned_slots(slots: int, owners: int, owner: int) -> range:
 
 
 def count_correct(logits: np.ndarray, y: np.ndarray) -> int:
-    """Number of argmax hits, for integer labels (N,) or target rows (N, K) (one-hot or soft: the
-    argmax of each agrees); -1 if not a classifier. Unweighted, as Keras's ``metrics=``."""
+    """Argmax hits (unweighted) of labels (N,) or one-hot/soft rows (N, K); -1 if not a classifier."""
     if logits.ndim != 2 or logits.shape[1] < 2:
         return -1
     y = np.asarray(y)
@@ -117,16 +116,14 @@ def _backward_takes_denominator(cls: type) -> bool:
 
 
 def loss_sum(loss, value: float, n: int, weights: np.ndarray | None = None) -> float:
-    """Sum of the per-sample losses of the batch ``loss.forward`` just saw (its mean was ``value``),
-    each times its weight when ``weights`` (N,) are given.
+    """Sum of the per-sample losses (times ``weights`` (N,)) of the batch ``loss.forward`` just saw.
 
     dpnn's losses keep ``per_sample`` (N,); a user's loss that only returns the mean (as the
-    README asks) gives mean * N, and cannot be weighted.
+    README asks) gives ``value`` (its mean) * N, and cannot be weighted.
     """
     per = getattr(loss, "per_sample", None)
     if per is not None and np.ndim(per) == 1 and len(per) == n:
-        per = np.asarray(per).astype(np.float64)
-        return float(per.sum() if weights is None else (per * weights.astype(np.float64)).sum())
+        return weighted_sum(per, weights)
     if weights is not None:
         raise TypeError(f"sample weights need each sample's loss: {type(loss).__name__}.forward must keep "
                         f"self.per_sample, an array ({n},) of the per-sample losses")
@@ -139,8 +136,7 @@ def loss_gradient(loss, out: np.ndarray, y: np.ndarray, denominator: int,
 
     ``backward(denominator)`` is called when the loss accepts it (dpnn's losses do); a loss
     whose ``backward()`` takes no argument gives the gradient of its mean, rescaled here.
-    ``weights`` (N,): sample i's loss and gradient row count ``weights[i]`` times (a sample's
-    loss depends on its own output row only, so scaling the row scales its gradient).
+    ``weights`` (N,) scale each sample's loss and gradient row (its loss sees only its row).
     """
     n = len(out)
     value = loss.forward(out, y)
@@ -149,10 +145,7 @@ def loss_gradient(loss, out: np.ndarray, y: np.ndarray, denominator: int,
         grad = loss.backward(denominator)
     else:
         grad = np.asarray(loss.backward()) * (n / denominator)
-    grad = np.asarray(grad, dtype=out.dtype)
-    if weights is not None:
-        grad = grad * weights.astype(grad.dtype).reshape((n,) + (1,) * (grad.ndim - 1))
-    return total, grad
+    return total, scale_rows(np.asarray(grad, dtype=out.dtype), weights)
 
 
 # -- one shard ----------------------------------------------------------------------------------

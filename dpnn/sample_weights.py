@@ -38,6 +38,19 @@ def split_weights(y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return y, None
 
 
+def weighted_sum(per_sample: np.ndarray, weights: np.ndarray | None) -> float:
+    """sum_i weights[i] * per_sample[i] in float64 (the plain sum without weights)."""
+    per = np.asarray(per_sample).astype(np.float64)
+    return float(per.sum() if weights is None else (per * weights.astype(np.float64)).sum())
+
+
+def scale_rows(grad: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Row i of d(losses)/d(outputs) (N, ...) times weights[i]; ``grad`` itself without weights."""
+    if weights is None:
+        return grad
+    return grad * weights.astype(grad.dtype).reshape((len(grad),) + (1,) * (grad.ndim - 1))
+
+
 def check_sample_weight(sample_weight, n: int, what: str = "sample_weight") -> np.ndarray:
     """One finite weight >= 0 per sample, (N,) or (N, 1), as float32 (N,)."""
     w = np.asarray(sample_weight)

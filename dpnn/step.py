@@ -41,7 +41,6 @@ from .recipe import (
     owned_slots,
     shard_bounds,
 )
-from .sample_weights import is_weighted
 
 
 class RanksDiverged(RuntimeError):
@@ -100,7 +99,7 @@ class Step:
         if len(x) == 0 or len(y) != len(x):
             raise ValueError(f"a training batch needs at least one sample and as many labels as "
                              f"inputs; got {len(x)} inputs and {len(y)} labels")
-        if y.dtype.kind not in "biuf" and not is_weighted(y):
+        if y.dtype.kind not in "biuf" and y.dtype.names is None:      # records: weighted targets
             raise TypeError(f"labels must be numeric, got dtype {y.dtype}")
         return self._step(Batch(x, y), keys)
 

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .augment import augment_batch
+from .losses.metrics import count_correct
 from .sample_weights import scale_rows, split_weights, weighted_sum
 
 DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
@@ -94,15 +95,6 @@ def owned_slots(slots: int, owners: int, owner: int) -> range:
     """The contiguous run of ``slots`` that ``owner`` (of ``owners``) computes."""
     a, b = shard_bounds(slots, owners)[owner]
     return range(a, b)
-
-
-def count_correct(logits: np.ndarray, y: np.ndarray) -> int:
-    """Argmax hits (unweighted) of labels (N,) or one-hot/soft rows (N, K); -1 if not a classifier."""
-    if logits.ndim != 2 or logits.shape[1] < 2:
-        return -1
-    y = np.asarray(y)
-    labels = y.argmax(axis=1) if y.ndim == 2 and y.shape[1] == logits.shape[1] else y.reshape(-1)
-    return int((logits.argmax(axis=1) == labels).sum())
 
 
 # -- the loss, whatever object the user passed -------------------------------------------------
@@ -179,7 +171,7 @@ def _piece_gradients(model, x, y, denominator, keys) -> Sums:
     y, weights = split_weights(y)
     total, grad = loss_gradient(model.loss, out, y, denominator, weights)
     model.backward(grad)
-    return Sums(total, count_correct(out, y), len(x))
+    return Sums(total, count_correct(out, y, model.loss), len(x))
 
 
 def run_shard(model, slot: int, x: np.ndarray, y: np.ndarray, denominator: int,
@@ -264,5 +256,5 @@ def evaluation_sums(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) 
         out = model.predict(x[a:a + batch_size], batch_size)
         y_part, weights = split_weights(y[a:a + batch_size])
         value = model.loss.forward(out, y_part)
-        total += Sums(loss_sum(model.loss, value, len(out), weights), count_correct(out, y_part), len(out))
+        total += Sums(loss_sum(model.loss, value, len(out), weights), count_correct(out, y_part, model.loss), len(out))
     return total

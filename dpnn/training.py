@@ -26,9 +26,9 @@ class TrainingDiverged(FloatingPointError):
 
 def check_labels(model, y: np.ndarray, num_classes: int | None) -> None:
     """Labels against the model's output, before any worker starts: class indices in range,
-    one-hot rows or targets as wide as the output."""
+    one-hot rows or targets as wide as the output (one output: 0/1 or regression targets)."""
     k = num_classes or (model.output_shape[-1] if model.built else None)
-    if k and y.ndim == 1 and y.dtype.kind in "iu" and y.size and (y.min() < 0 or y.max() >= k):
+    if k and k > 1 and y.ndim == 1 and y.dtype.kind in "iu" and y.size and (y.min() < 0 or y.max() >= k):
         raise ValueError(f"labels must be in [0, {k - 1}]; found values in [{y.min()}, {y.max()}]")
     out = tuple(model.output_shape[1:])
     if y.ndim >= 2 and tuple(y.shape[1:]) not in (out, (1,)):

@@ -253,6 +253,22 @@ def test_binary_crossentropy_on_a_sigmoid_output_trains_like_logits():
     assert model.evaluate(x, y)[0] < before
 
 
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_binary_accuracy_of_one_output_from_integer_labels(activation):
+    """Keras's 'accuracy' for binary_crossentropy: p > 0.5 (a logit > 0) against 0/1 labels,
+    which a one-output model takes as integers (they are targets, not class indices)."""
+    x, y = sigmoid_data()
+    model = Model([Flatten(), Dense(1, activation=activation)], seed=0).compile("binary_crossentropy", "adam",
+                                                                                 metrics=["accuracy"])
+    history = model.fit(x, y.astype(int), epochs=2, batch_size=16, seed=0, verbose=0)
+    out = model.predict(x)[:, 0]
+    _, acc = model.evaluate(x, y.astype(int))
+    assert acc == np.mean((out > (0.5 if activation else 0.0)) == (y > 0.5))
+    assert all(0 <= a <= 1 for a in history["acc"])
+    multi = Model([Flatten(), Dense(3)], seed=0).compile("binary_crossentropy", "adam")
+    assert np.isnan(multi.evaluate(x, np.ones((len(x), 3)))[1])      # a fraction per sample: none
+
+
 @pytest.mark.parametrize("last, loss, message", [
     (Activation("sigmoid"), lambda: BinaryCrossentropy(from_logits=True), "a second sigmoid"),
     (Activation("linear"), lambda: BinaryCrossentropy(from_logits=False), "needs probabilities"),

@@ -8,6 +8,7 @@ Keras's names and semantics (one concept a module; every name stays importable f
 - :mod:`.binary`: ``BinaryCrossentropy`` (logits, or fused with a sigmoid output)
 - :mod:`.regression`: ``MeanSquaredError``
 - :mod:`.registry`: names, ``get_loss`` and the loss/last-layer match made at ``compile``
+- :mod:`.metrics`: accuracy as Keras reads it for the loss (argmax, or binary)
 """
 from .base import EPSILON, Loss, log_softmax, softmax  # noqa: F401
 from .binary import BinaryCrossentropy

@@ -17,6 +17,7 @@ from dpnn import (
     Residual,
 )
 from dpnn.gradcheck import GradientMismatch, check_layer, check_loss, max_error, separated_values
+from dpnn.losses import BinaryCrossentropy, CategoricalCrossentropy
 
 
 def bn_with_running_stats(input_shape):
@@ -93,6 +94,12 @@ LOSS_CASES = [
     ("mse-targets", "mse", (4, 3), np.linspace(-1, 1, 12).reshape(4, 3), None),
     ("mse-int-labels", "mse", (5, 5), LABELS, None),
     ("mse-global-denominator", "mse", (4, 3), np.linspace(-1, 1, 12).reshape(4, 3), 10),
+    ("cce-soft-targets", "cce", (5, 5), np.random.default_rng(3).dirichlet(np.ones(5), 5), None),
+    ("cce-unnormalised-targets", "cce", (5, 5), np.random.default_rng(4).random((5, 5)), 8),
+    ("cce-label-smoothing", CategoricalCrossentropy(label_smoothing=0.2), (5, 5), LABELS, None),
+    ("scce", "sparse_categorical_crossentropy", (5, 5), LABELS, 7),
+    ("bce-logits", "binary_crossentropy", (4, 3), np.random.default_rng(5).random((4, 3)), None),
+    ("bce-one-output-smoothing", BinaryCrossentropy(label_smoothing=0.1), (6, 1), np.array([0, 1, 1, 0, 1, 0]), 9),
 ]
 
 

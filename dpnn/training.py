@@ -37,6 +37,14 @@ def check_labels(model, y: np.ndarray, num_classes: int | None) -> None:
                          "integer class labels (N,)")
 
 
+def check_targets(model, y: np.ndarray) -> None:
+    """dpnn's own loss reads the first target now, so targets of the wrong kind for it (rows for
+    sparse_categorical_crossentropy, a shape binary_crossentropy cannot match) fail here."""
+    if len(y) and type(model.loss).__module__.startswith("dpnn.losses"):
+        with np.errstate(all="ignore"):
+            model.loss.forward(np.full((1,) + tuple(model.output_shape[1:]), 0.5, np.float32), y[:1])
+
+
 def warn_unscaled(x: np.ndarray) -> None:
     """Integer images in 0-255 train, but slowly and unstably: say so once."""
     if x.dtype.kind in "iu" and x.size and x.max() > 1:
@@ -99,6 +107,7 @@ def validation_set(model, val_data, num_classes: int | None) -> tuple[np.ndarray
         *val_data, vw = val_data
     vx, vy = as_arrays(val_data)
     check_labels(model, vy, num_classes)
+    check_targets(model, vy)
     if vw is not None:
         vw = check_sample_weight(vw, len(vy), "the validation sample_weight")
     return model.check_input(vx), attach(vy, vw)
@@ -297,6 +306,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     X = model.check_input(X)
     model.ensure_built(X[:1])
     check_labels(model, Y, num_classes)
+    check_targets(model, Y)
     Y = attach(Y, W)
     if val_data is not None:
         val_data = validation_set(model, val_data, num_classes)

@@ -290,6 +290,16 @@ def test_sparse_categorical_crossentropy_trains_from_integer_labels():
     np.testing.assert_array_equal(a.params, b.params)
 
 
+@pytest.mark.parametrize("loss, y, message", [
+    ("sparse_categorical_crossentropy", np.eye(3)[np.arange(12) % 3], "use categorical_crossentropy"),
+    ("binary_crossentropy", np.zeros((12, 1)), "same shape"),
+])
+def test_targets_of_the_wrong_kind_are_refused_before_the_workers_start(loss, y, message):
+    model = Model([Flatten(), Dense(3)], seed=0).compile(loss, "sgd")
+    with pytest.raises(ValueError, match=message):
+        model.fit(np.zeros((12, 2, 2, 1), np.float32), y, epochs=1, verbose=0, workers=2)
+
+
 def test_a_keras_style_loss_with_only_call_is_called_but_cannot_train():
     class Huber(Loss):                           # a user's loss written Keras's way
         def call(self, y_true, y_pred):

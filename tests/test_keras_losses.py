@@ -90,6 +90,17 @@ def test_loss_objects_are_called_as_keras_calls_them():
     np.testing.assert_allclose(per, [0.0513, 2.303], atol=1e-3)           # Keras's docstring example
 
 
+def test_compile_takes_keras_loss_functions_and_classes():
+    import dpnn as keras
+    for loss, cls in [(keras.losses.sparse_categorical_crossentropy, SparseCategoricalCrossentropy),
+                      (keras.losses.categorical_crossentropy, CategoricalCrossentropy),
+                      (keras.losses.mean_squared_error, MeanSquaredError),
+                      (keras.losses.CategoricalCrossentropy, CategoricalCrossentropy)]:
+        assert type(Model([Flatten(), Dense(3)]).compile(loss=loss, optimizer="sgd").loss) is cls
+    model = Model([Flatten(), Dense(1, activation="sigmoid")]).compile(keras.losses.binary_crossentropy, "sgd")
+    assert isinstance(model.loss, BinaryCrossentropy) and model.loss.on_probabilities
+
+
 def test_reductions_sum_and_mean_with_sample_weight():
     y_true = np.array([[1, 9, 2], [-5, -2, 6]])
     y_pred = np.array([[4, 8, 12], [8, 1, 3]], dtype="float32")

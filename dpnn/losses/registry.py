@@ -16,13 +16,16 @@ LOSSES = {"categorical_crossentropy": CategoricalCrossentropy, "cce": Categorica
 
 def get_loss(loss) -> Loss:
     """A Loss instance from a name ('categorical_crossentropy'/'cce', 'sparse_categorical_crossentropy',
-    'binary_crossentropy', 'mse'), a Loss class or an instance."""
+    'binary_crossentropy', 'mse'), one of the functions of that name in dpnn.losses, a Loss class
+    or an instance."""
     if isinstance(loss, type) and issubclass(loss, Loss):
         loss = loss()
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, str) and loss.lower() in LOSSES:
         return LOSSES[loss.lower()]()
+    if callable(loss) and getattr(loss, "__module__", "") == "dpnn.losses" and loss.__name__ in LOSSES:
+        return LOSSES[loss.__name__]()       # Keras's compile(loss=keras.losses.binary_crossentropy)
     if hasattr(loss, "forward") and hasattr(loss, "backward"):
         return loss
     raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(sorted(LOSSES))} "

@@ -12,7 +12,8 @@ from .flat import FlatLayout
 from .layers import execution_order
 from .layers.base import Layer, summary_rows
 from .limits import check_model_memory
-from .losses import check_metrics, fit_loss_to_output, get_loss, softmax
+from .losses import BinaryCrossentropy, check_metrics, fit_loss_to_output, get_loss, softmax
+from .losses.binary import sigmoid
 from .optim import get_optimizer, regularize
 from .random import sample_keys as make_sample_keys
 from .recipe import evaluation_sums, run_shard
@@ -294,9 +295,12 @@ class Model:
         return export_onnx(self, path, opset)
 
     def predict_proba(self, x, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N, K): the softmax of the outputs, unless the model ends in one."""
-        out = self.predict(x, batch_size)
-        return out if self.layers[-1].output_activation == "softmax" else softmax(out)
+        """Class probabilities (N, K): the softmax of the outputs, unless the model ends in one;
+        with binary cross-entropy, each output's own probability (the sigmoid of its logit)."""
+        out, act = self.predict(x, batch_size), self.layers[-1].output_activation
+        if isinstance(self.loss, BinaryCrossentropy):
+            return out if act == "sigmoid" else sigmoid(out)
+        return out if act == "softmax" else softmax(out)
 
     @property
     def class_names(self) -> list[str] | None:

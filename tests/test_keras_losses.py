@@ -278,6 +278,8 @@ def test_binary_accuracy_of_one_output_from_integer_labels(activation):
     assert all(0 <= a <= 1 for a in history["acc"])
     multi = Model([Flatten(), Dense(3)], seed=0).compile("binary_crossentropy", "adam")
     assert np.isnan(multi.evaluate(x, np.ones((len(x), 3)))[1])      # a fraction per sample: none
+    proba = model.predict_proba(x)[:, 0]                             # each output's probability
+    np.testing.assert_allclose(proba, out if activation else 1 / (1 + np.exp(-out)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("last, loss, message", [

@@ -263,6 +263,9 @@ class Model:
         x, y = self.check_input(x), np.asarray(y)
         y = attach(y, sample_weights(y, sample_weight, class_weight))
         self.ensure_built(x)
+        if sample_keys is not None and np.asarray(sample_keys).dtype.kind not in "iu":   # Keras's 3rd: weights
+            raise TypeError("train_on_batch's third argument is sample_keys (integers); pass sample weights "
+                            "by name: train_on_batch(x, y, sample_weight=w)")
         keys = self.next_sample_keys(len(x)) if sample_keys is None else sample_keys
         sums = run_shard(self, 0, x, y, len(x), keys, None).sums
         self.apply_gradients()

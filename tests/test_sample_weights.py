@@ -100,6 +100,8 @@ def test_class_weight_is_the_sample_weight_of_each_class():
     assert np.array_equal(a.params, b.params) and np.array_equal(a.params, c.params)
     loss, _ = model().train_on_batch(X[:8], y[:8], class_weight={1: 0.0, 0: 0.0, 2: 0.0})
     assert loss == 0.0
+    with pytest.raises(TypeError, match="sample_weight=w"):          # Keras's train_on_batch(x, y, sw)
+        model().train_on_batch(X[:8], y[:8], np.ones(8))
 
 
 def test_evaluate_and_validation_data_take_sample_weights():

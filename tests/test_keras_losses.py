@@ -86,6 +86,17 @@ def test_loss_objects_are_called_as_keras_calls_them():
     for loss in (CategoricalCrossentropy(), dpnn.losses.CategoricalCrossentropy(from_logits=True),
                  get_loss("categorical_crossentropy"), MeanSquaredError()):
         assert isinstance(loss(np.eye(3), np.full((3, 3), 1 / 3, np.float32)), float)
+
+    class MeanAbs(Loss):                        # a user's training loss: forward/backward only
+        def forward(self, y_pred, y_true):
+            self._d = y_pred - y_true
+            self.per_sample = np.abs(self._d).mean(axis=1)
+            return float(self.per_sample.mean())
+
+        def backward(self, denominator=None):
+            return np.sign(self._d) / (denominator or len(self._d)) / self._d.shape[1]
+
+    almost(MeanAbs()(np.zeros((2, 2)), np.array([[1.0, 3.0], [0.0, 2.0]]), sample_weight=[1.0, 0.5]), (2 + 0.5) / 2)
     per = dpnn.losses.categorical_crossentropy([[0, 1, 0], [0, 0, 1]], [[0.05, 0.95, 0], [0.1, 0.8, 0.1]])
     np.testing.assert_allclose(per, [0.0513, 2.303], atol=1e-3)           # Keras's docstring example
 

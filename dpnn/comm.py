@@ -1,7 +1,8 @@
 """Communicators: the few collective operations data-parallel training needs across processes.
 
 The interface is named after MPI (as in ChainerMN): ``rank``, ``size``, ``allreduce``,
-``bcast``, ``allgather``, ``bcast_object``, ``barrier``, ``abort``. ``LocalComm`` is the
+``bcast``, ``allgather``, ``send``/``recv`` (deterministic mode passes its ordered sum along
+the ranks: :mod:`dpnn.chain`), ``bcast_object``, ``barrier``, ``abort``. ``LocalComm`` is the
 single-process world (every collective is the identity); ``MPIComm`` wraps ``mpi4py``
 with buffer-based, in-place operations on NumPy arrays, so nothing is pickled per step.
 ``get_communicator('local' | 'mpi')`` picks one; ``mpi4py`` is imported only when asked for.
@@ -45,6 +46,14 @@ class Communicator:
         """Every rank's buf stacked in rank order: (size, *buf.shape)."""
         raise NotImplementedError
 
+    def send(self, buf: np.ndarray, dest: int) -> None:
+        """Send ``buf`` to rank ``dest`` (blocking until it may be reused)."""
+        raise NotImplementedError
+
+    def recv(self, buf: np.ndarray, source: int) -> np.ndarray:
+        """buf <- what rank ``source`` sent (in place); returns buf."""
+        raise NotImplementedError
+
     def bcast_object(self, obj, root: int = 0):
         """root's picklable ``obj`` on every rank (start-up and resume only, never per step)."""
         raise NotImplementedError
@@ -68,6 +77,12 @@ class LocalComm(Communicator):
 
     def allgather(self, buf):
         return np.asarray(buf)[None].copy()
+
+    def send(self, buf, dest):
+        raise ValueError(f"a one-process world has no rank {dest} to send to")
+
+    def recv(self, buf, source):
+        raise ValueError(f"a one-process world has no rank {source} to receive from")
 
     def bcast_object(self, obj, root=0):
         return obj
@@ -94,6 +109,20 @@ def _check_buffer(buf: np.ndarray) -> None:
         raise TypeError("MPI collectives need a C-contiguous NumPy array")
 
 
+class Traffic:
+    """Bytes this rank sent and received: point-to-point exactly, collectives as the
+    bandwidth-optimal algorithms move them (ring all-gather: (p-1) x n each way; all-reduce
+    and broadcast as reduce-scatter/scatter + all-gather: 2 (p-1)/p x n each way), which is
+    what MPICH chooses for large messages. A model of the traffic, not a wire count."""
+
+    def __init__(self) -> None:
+        self.sent = self.received = 0.0
+
+    def collective(self, nbytes: float) -> None:
+        self.sent += nbytes
+        self.received += nbytes
+
+
 class MPIComm(Communicator):
     """``mpi4py`` collectives on contiguous NumPy buffers, plus a hang watchdog.
 
@@ -109,6 +138,7 @@ class MPIComm(Communicator):
         env = os.environ.get("DPNN_MPI_TIMEOUT")
         self.timeout_s = float(timeout_s if timeout_s is not None else env or DEFAULT_TIMEOUT_S)
         self.comm, self.rank, self.size = None, int(os.environ.get("PMI_RANK", 0)), 0
+        self.traffic = Traffic()
         self._busy: tuple[str, float] | None = ("MPI start-up", time.monotonic())
         self._stop_watching = threading.Event()
         threading.Thread(target=self._watch, daemon=True, name="dpnn-mpi-watchdog").start()
@@ -154,12 +184,14 @@ class MPIComm(Communicator):
         _check_buffer(buf)
         with self._blocking("allreduce"):
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+        self.traffic.collective(2 * (self.size - 1) / self.size * buf.nbytes)
         return buf
 
     def bcast(self, buf, root=0):
         _check_buffer(buf)
         with self._blocking("bcast"):
             self.comm.Bcast(buf, root=root)
+        self.traffic.collective(2 * (self.size - 1) / self.size * buf.nbytes)
         return buf
 
     def allgather(self, buf):
@@ -167,7 +199,21 @@ class MPIComm(Communicator):
         out = np.empty((self.size,) + buf.shape, buf.dtype)
         with self._blocking("allgather"):
             self.comm.Allgather(buf, out)
+        self.traffic.collective((self.size - 1) * buf.nbytes)
         return out
+
+    def send(self, buf, dest):
+        _check_buffer(buf)
+        with self._blocking(f"send to rank {dest}"):
+            self.comm.Send(buf, dest=dest)
+        self.traffic.sent += buf.nbytes
+
+    def recv(self, buf, source):
+        _check_buffer(buf)
+        with self._blocking(f"recv from rank {source}"):
+            self.comm.Recv(buf, source=source)
+        self.traffic.received += buf.nbytes
+        return buf
 
     def bcast_object(self, obj, root=0):
         with self._blocking("bcast_object"):

@@ -8,25 +8,38 @@ from . import placement
 from .comm import Communicator
 from .distributed import DistributedEngine
 from .node import Engine, EngineInfo, InProcessNode  # noqa: F401 (the contract, re-exported)
+from .recipe import resolve_micro_shards
 from .step import Step
 from .workers import DataParallel
 
 
 class LocalEngine(Step):
     """This process alone: ``Step(InProcessNode(...))``; deterministic mode runs the same fixed
-    micro-shards as the workers, one after another."""
+    micro-shards as the workers (``micro_shards``, by default chosen from ``batch_size``), one
+    after another."""
 
     def __init__(self, model, deterministic: bool = False, threads_per_worker: int | None = None,
-                 augment=None) -> None:
+                 augment=None, micro_shards: int | None = None, batch_size: int | None = None) -> None:
+        micro = resolve_micro_shards(micro_shards, batch_size) if deterministic else None
         super().__init__(InProcessNode(model, deterministic, threads_per_worker, augment),
-                         deterministic=deterministic)
+                         deterministic=deterministic, micro_shards=micro)
 
 
 def make_engine(model, workers=1, threads_per_worker: int | None = None, deterministic: bool = False,
-                backend=None, seed: int | None = None, augment=None, **options) -> Step:
+                backend=None, seed: int | None = None, augment=None, micro_shards: int | None = None,
+                batch_size: int | None = None, **options) -> Step:
     """The engine ``fit`` asked for: MPI ranks when ``backend='mpi'`` (or a Communicator; they
     agree on rank 0's ``seed``), else shared-memory workers for ``workers`` > 1, else this
-    process (where the worker-process options have nothing to do)."""
+    process (where the worker-process options have nothing to do).
+
+    Deterministic mode cuts every batch into ``micro_shards`` fixed micro-shards (None: chosen
+    from ``batch_size``, :func:`dpnn.recipe.default_micro_shards`); any workers x ranks up to
+    that count give bitwise the same weights."""
+    if micro_shards is not None and not deterministic:
+        raise ValueError("micro_shards sets deterministic mode's fixed cut of every batch; pass "
+                         "deterministic=True with it (--deterministic), or leave it out")
+    if deterministic:
+        options.update(micro_shards=resolve_micro_shards(micro_shards, batch_size))
     if backend == "mpi" or isinstance(backend, Communicator):
         return DistributedEngine(model, backend, workers=workers, threads_per_worker=threads_per_worker,
                                  deterministic=deterministic, seed=seed, augment=augment, **options)
@@ -36,7 +49,7 @@ def make_engine(model, workers=1, threads_per_worker: int | None = None, determi
                                   oversubscribe=options.get("oversubscribe", False))
     if n == 1:
         return LocalEngine(model, deterministic=deterministic, threads_per_worker=threads_per_worker,
-                           augment=augment)
+                           augment=augment, micro_shards=options.get("micro_shards"))
     options.pop("check_every", None)
     return DataParallel(model, workers=n, threads_per_worker=threads_per_worker,
                         deterministic=deterministic, augment=augment, **options)

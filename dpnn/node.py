@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from . import floatmode, placement
-from .recipe import ShardResult, StepStats, Sums, combine_shards, evaluation_sums, run_shard
+from .recipe import ShardResult, StepStats, Sums, add_sums, combine_shards, evaluation_parts, run_shard
 
 if TYPE_CHECKING:
     from .model import Model
@@ -39,6 +39,7 @@ class EngineInfo:
     rank: int = 0                    # this process's MPI rank (0 prints and writes files)
     seed: int | None = None          # MPI: the seed every rank uses (rank 0's); else None
     denormals: str = field(default_factory=floatmode.describe)   # this process's mode (floatmode.py)
+    micro_shards: int | None = None  # deterministic mode: fixed micro-shards per batch (a checkpoint keeps it)
 
     def __str__(self) -> str:
         t = self.threads_per_worker
@@ -48,11 +49,12 @@ class EngineInfo:
         text = f"{where} x {blas}"
         if self.ranks > 1:
             text = f"{self.ranks} MPI ranks, each {text}"
-        return text + (", deterministic" if self.deterministic else "") + f", {self.denormals}"
+        det = f", deterministic ({self.micro_shards} micro-shards)" if self.deterministic else ""
+        return text + det + f", {self.denormals}"
 
     def as_logs(self) -> dict:
-        return {"engine": self.kind, "workers": self.workers,
-                "threads_per_worker": self.threads_per_worker, "ranks": self.ranks, "denormals": self.denormals}
+        return {"engine": self.kind, "workers": self.workers, "threads_per_worker": self.threads_per_worker,
+                "ranks": self.ranks, "denormals": self.denormals, "micro_shards": self.micro_shards}
 
 
 class Engine(Protocol):
@@ -97,7 +99,8 @@ class NodeBackend(Protocol):
     """One machine's part of a step. ``run``: shard j = samples ``bounds[j]`` of the global
     batch, d(sum of its losses)/dθ / ``denominator`` into slot j, then ``finish``;
     ``slot_arrays(count)``: (grads (count, P), states (count, S)) as Finish.SLOTS left them;
-    ``apply_update``: the optimizer step on ``model.grads`` as it stands -> the norm before clipping."""
+    ``apply_update``: the optimizer step on ``model.grads`` as it stands -> the norm before clipping;
+    ``evaluation_parts``: the sums of each batch of ``batch_size`` samples of (x, y), in order."""
 
     model: Model
     kind: str
@@ -110,7 +113,7 @@ class NodeBackend(Protocol):
             finish: Finish) -> NodeResult: ...
     def slot_arrays(self, count: int) -> tuple[np.ndarray, np.ndarray]: ...
     def apply_update(self) -> float: ...
-    def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums: ...
+    def evaluation_parts(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> list[Sums]: ...
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray: ...
     def close(self) -> None: ...
 
@@ -182,8 +185,11 @@ class InProcessNode:
     def apply_update(self) -> float:
         return self.model.apply_gradients()
 
+    def evaluation_parts(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> list[Sums]:
+        return evaluation_parts(self.model, x, y, batch_size)
+
     def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
-        return evaluation_sums(self.model, x, y, batch_size)
+        return add_sums(self.evaluation_parts(x, y, batch_size))
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return self.model.predict(x, batch_size)

@@ -2,7 +2,7 @@
 
 ::
 
-    cut the batch of N samples into shards       (deterministic: DETERMINISTIC_SHARDS fixed ones)
+    cut the batch of N samples into shards       (deterministic: the run's M fixed micro-shards)
     every shard, from the step's BatchNorm state:
         forward + backward -> its slot: d(sum of its losses)/dθ / N, its state, its sums
     grads = slot 0 + slot 1 + ...                (this order, whoever computed the slots)
@@ -29,7 +29,43 @@ from .augment import augment_batch
 from .losses.metrics import count_correct
 from .sample_weights import scale_rows, split_weights, weighted_sum
 
-DETERMINISTIC_SHARDS = 8   # fixed decomposition of every batch in deterministic mode
+DETERMINISTIC_SHARDS = 8   # deterministic mode's micro-shards when neither a count nor a batch size is given
+MICRO_SHARD_SAMPLES = 32   # the default count gives micro-shards of at least this many samples ...
+MAX_MICRO_SHARDS = 64      # ... and at most this many of them (each is a gradient slot of P floats)
+
+
+def default_micro_shards(batch_size: int | None) -> int:
+    """Deterministic mode's micro-shard count for a run of ``batch_size``: at least 8 (what any
+    batch size allowed before), more for large batches (one per 32 samples), at most 64.
+
+    The count caps how many workers x ranks can share a batch; more micro-shards cost a
+    gradient slot and a slot sum each (docs/engine.md, "Deterministic mode").
+    """
+    if batch_size is None:
+        return DETERMINISTIC_SHARDS
+    return min(MAX_MICRO_SHARDS, max(DETERMINISTIC_SHARDS, int(batch_size) // MICRO_SHARD_SAMPLES))
+
+
+def check_micro_shards(micro_shards) -> int:
+    """A positive int micro-shard count, or a ValueError that says what to pass."""
+    if isinstance(micro_shards, bool) or not isinstance(micro_shards, (int, np.integer)) or micro_shards < 1:
+        raise ValueError(f"micro_shards must be a positive int (or None: chosen from the batch size), "
+                         f"got {micro_shards!r}")
+    return int(micro_shards)
+
+
+def resolve_micro_shards(micro_shards, batch_size: int | None = None) -> int:
+    """The run's micro-shard count: ``micro_shards`` when given, else the default for ``batch_size``."""
+    return default_micro_shards(batch_size) if micro_shards is None else check_micro_shards(micro_shards)
+
+
+def check_deterministic_workers(processes: int, micro_shards: int, what: str = "workers") -> None:
+    """Deterministic mode: at most one process per micro-shard; else one error saying what to change."""
+    if processes > micro_shards:
+        raise ValueError(f"deterministic=True cuts every batch into micro_shards={micro_shards} fixed "
+                         f"micro-shards, one process each at most, but {what} gives {processes} processes; "
+                         f"pass micro_shards={processes} or more (--micro-shards; a larger count costs a "
+                         f"gradient slot each), or use at most {micro_shards} {what.split()[-1]}")
 
 
 class Sums(NamedTuple):
@@ -195,8 +231,13 @@ def run_shard(model, slot: int, x: np.ndarray, y: np.ndarray, denominator: int,
 
 
 # -- the slots, in order -------------------------------------------------------------------------
-def add_slots(slots, out: np.ndarray) -> np.ndarray:
-    """out = slots[0] + slots[1] + ... in this fixed order (bitwise stable whoever filled them)."""
+def add_slots(slots, out: np.ndarray, onto: bool = False) -> np.ndarray:
+    """out = slots[0] + slots[1] + ... in this fixed order (bitwise stable whoever filled them);
+    ``onto``: out = ((out + slots[0]) + slots[1]) + ..., continuing a sum of earlier slots."""
+    if onto:
+        for s in slots:
+            out += s
+        return out
     if len(slots) == 1:
         np.copyto(out, slots[0])
         return out
@@ -206,14 +247,17 @@ def add_slots(slots, out: np.ndarray) -> np.ndarray:
     return out
 
 
-def average_state(slots, counts, out: np.ndarray) -> np.ndarray:
-    """out = sum_k counts[k]/sum(counts) * slots[k], in order: per-shard BatchNorm running stats.
+def average_state(slots, counts, out: np.ndarray, total: int | None = None, onto: bool = False) -> np.ndarray:
+    """out = sum_k counts[k]/total * slots[k], in order: per-shard BatchNorm running stats.
 
-    Each shard started from the same running statistics and the update is linear in the
-    batch statistics, so this equals one update with the sample-weighted shard statistics.
+    ``total`` defaults to sum(counts); ``onto`` continues the sum already in ``out`` (the
+    slots of earlier ranks). Each shard started from the same running statistics and the
+    update is linear in the batch statistics, so this equals one update with the
+    sample-weighted shard statistics.
     """
-    total = float(sum(counts))
-    out[...] = 0
+    total = float(sum(counts) if total is None else total)
+    if not onto:
+        out[...] = 0
     for s, c in zip(slots, counts):
         if c:
             out += np.float32(c / total) * s
@@ -249,12 +293,25 @@ def add_sums(parts) -> Sums:
     return total
 
 
-def evaluation_sums(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
-    """The model's sums on (x, y) in inference mode, batch by batch."""
-    total = Sums()
+def eval_bounds(n: int, batch_size: int, parts: int) -> list[tuple[int, int]]:
+    """Split range(n) into ``parts`` contiguous pieces cut at multiples of ``batch_size``, so that
+    every evaluation batch is the same samples whoever scores it (bitwise sums for any count)."""
+    batches = -(-n // batch_size)
+    return [(min(n, a * batch_size), min(n, b * batch_size)) for a, b in shard_bounds(batches, parts)]
+
+
+def evaluation_parts(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> list[Sums]:
+    """The model's sums on (x, y) in inference mode, one per batch of ``batch_size``, in order."""
+    parts = []
     for a in range(0, len(x), batch_size):
         out = model.predict(x[a:a + batch_size], batch_size)
         y_part, weights = split_weights(y[a:a + batch_size])
         value = model.loss.forward(out, y_part)
-        total += Sums(loss_sum(model.loss, value, len(out), weights), count_correct(out, y_part, model.loss), len(out))
-    return total
+        parts.append(Sums(loss_sum(model.loss, value, len(out), weights), count_correct(out, y_part, model.loss),
+                          len(out)))
+    return parts
+
+
+def evaluation_sums(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
+    """The model's sums on (x, y) in inference mode, batch by batch, added in batch order."""
+    return add_sums(evaluation_parts(model, x, y, batch_size))

@@ -10,8 +10,10 @@ machine). Per step, on every rank::
     ranks:     node.run(..., SUM)             the node's gradient in model.grads
                allreduce [grads | state x share] and the sums          (one buffer, in place)
                node.apply_update()            the same optimizer step on every rank
-       deterministic: node.run(..., SLOTS); allgather the slots; add them in micro-shard
-               order 0..7, as one process would; node.apply_update()
+       deterministic: node.run(..., SLOTS)  its run of the run's M micro-shards, a slot each
+               chain_sum: the slots added in micro-shard order 0..M-1, as one process
+               would, the partial sum passed from rank to rank (dpnn/chain.py);
+               node.apply_update()
 
 So one process, N workers and K ranks x N workers run the same recipe and, with
 ``deterministic=True``, give bitwise the same parameters.
@@ -28,17 +30,19 @@ import time
 
 import numpy as np
 
+from .chain import chain_sum
 from .comm import Communicator, LocalComm
 from .layers.normalization import batchnorm_layers
 from .node import Batch, EngineInfo, Finish, NodeBackend
 from .recipe import (
-    DETERMINISTIC_SHARDS,
     ShardResult,
     StepStats,
     Sums,
     add_sums,
-    combine_shards,
+    check_deterministic_workers,
+    eval_bounds,
     owned_slots,
+    resolve_micro_shards,
     shard_bounds,
 )
 
@@ -53,14 +57,20 @@ class Step:
 
     ``sync_batchnorm`` across ranks (one worker per rank): BatchNorm's batch sums are
     all-reduced, so its statistics are those of the global batch, as in one process.
+    ``micro_shards``: deterministic mode's count of fixed micro-shards per batch (None: 8).
     """
 
     def __init__(self, node: NodeBackend, comm: Communicator | None = None, deterministic: bool = False,
-                 sync_batchnorm: bool = False, check_every: int = 50, seed: int | None = None) -> None:
+                 sync_batchnorm: bool = False, check_every: int = 50, seed: int | None = None,
+                 micro_shards: int | None = None) -> None:
         self.node, self.model = node, node.model
         self.comm = comm if comm is not None else LocalComm()
         self.rank, self.size = self.comm.rank, self.comm.size
         self.deterministic, self.sync_batchnorm = bool(deterministic), bool(sync_batchnorm)
+        self.micro_shards = resolve_micro_shards(micro_shards) if deterministic else None
+        if deterministic:
+            check_deterministic_workers(self.size * node.workers, self.micro_shards,
+                                        f"{self.size} ranks x {node.workers} workers")
         self.check_every, self.steps = max(int(check_every), 1), 0
         self._data: tuple[np.ndarray, np.ndarray] | None = None
         self._data_print = 0
@@ -73,14 +83,14 @@ class Step:
         self.broadcast_model(root=0)
         self.seed = self.comm.bcast_object(seed)          # shuffling and dropout agree on every rank
         P, S = self.model.params.size, self.model.state.size
-        slots = -(-DETERMINISTIC_SHARDS // self.size) if deterministic else 1
-        self._pack = np.zeros((slots, P + S), np.float32)      # (slots, P+S): grads | state
+        slots = -(-self.micro_shards // self.size) if deterministic else 1
+        self._pack = np.zeros(P + S, np.float32)               # (P+S,): grads | state
         self._sums = np.zeros((slots, 3), np.float64)          # (slots, 3): loss, hits, count
 
     def describe(self) -> EngineInfo:
         kind = self.node.kind if isinstance(self.comm, LocalComm) else "mpi"
         return EngineInfo(kind, self.node.workers, self.node.threads_per_worker, self.size,
-                          self.deterministic, self.rank, self.seed)
+                          self.deterministic, self.rank, self.seed, micro_shards=self.micro_shards)
 
     def __enter__(self) -> "Step":
         return self
@@ -135,7 +145,7 @@ class Step:
                     self._allreduce_sums(np.zeros(2 * layer.params["gamma"].size + 1))
             result = self.node.run(batch, bounds, n, keys, Finish.SLOTS if self.deterministic else Finish.SUM)
             t1 = time.perf_counter()
-            sums = self._gather(result.shards, n) if self.deterministic else self._allreduce(result.shards, n)
+            sums = self._chain(result.shards, n) if self.deterministic else self._allreduce(result.shards, n)
             t2 = time.perf_counter()
             norm = self.node.apply_update()
             times = {**result.times, "reduce": t2 - t1, "optimizer": time.perf_counter() - t2}
@@ -148,12 +158,12 @@ class Step:
         """This rank's shards of a batch of ``n``: its slice, or its run of the micro-shards."""
         if not self.deterministic:
             return [shard_bounds(n, self.size)[self.rank]]
-        micro = shard_bounds(n, DETERMINISTIC_SHARDS)
-        return [micro[k] for k in owned_slots(DETERMINISTIC_SHARDS, self.size, self.rank)]
+        micro = shard_bounds(n, self.micro_shards)
+        return [micro[k] for k in owned_slots(self.micro_shards, self.size, self.rank)]
 
     def _allreduce(self, shards: list[ShardResult], n: int) -> Sums:
         """model.grads, model.state (weighted by this rank's share) and the sums, added over ranks."""
-        m, P, pack = self.model, self.model.params.size, self._pack[0]
+        m, P, pack = self.model, self.model.params.size, self._pack
         mine = add_sums(s.sums for s in shards)
         share = float(self.rank == 0) if self.sync_batchnorm else mine.count / n   # sync: equal everywhere
         pack[:P] = m.grads
@@ -164,28 +174,35 @@ class Step:
         m.state[...] = pack[P:]
         return Sums.of_array(total)
 
-    def _gather(self, shards: list[ShardResult], n: int) -> Sums:
-        """Deterministic: every rank's slots, added in micro-shard order into model.grads/state."""
+    def _chain(self, shards: list[ShardResult], n: int) -> Sums:
+        """Deterministic: every rank's slots added in micro-shard order into model.grads/state,
+        the partial sum passed along the ranks (dpnn/chain.py); the sums gathered (3 per slot)."""
         m, P, k = self.model, self.model.params.size, len(shards)
         grads, states = self.node.slot_arrays(k)
-        self._pack[:k, :P], self._pack[:k, P:] = grads, states
+        counts = [s.sums.count for s in shards]
+        chain_sum(self.comm, grads, states, counts, n, self._pack)
+        m.grads[...] = self._pack[:P]
+        m.state[...] = self._pack[P:]
+        self._sums[...] = 0
         self._sums[:k] = [s.sums.as_array() for s in shards]
-        packs, sums = self.comm.allgather(self._pack), self.comm.allgather(self._sums)
-        order = [(r, j) for r in range(self.size)
-                 for j in range(len(owned_slots(DETERMINISTIC_SHARDS, self.size, r)))]
-        results = [ShardResult(i, Sums.of_array(sums[r, j])) for i, (r, j) in enumerate(order)]
-        return combine_shards(results, [packs[r, j, :P] for r, j in order],
-                              [packs[r, j, P:] for r, j in order], m.grads, m.state)
+        return add_sums(Sums.of_array(row) for row in self.comm.allgather(self._sums).reshape(-1, 3))
 
     def _allreduce_sums(self, sums: np.ndarray) -> np.ndarray:
         """BatchNorm's ``sync`` hook: per-rank float64 sums -> sums over the global batch."""
         return self.comm.allreduce(np.array(sums, np.float64))
 
     def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
-        """Sums of the model on (x, y): each rank scores a slice (on its node), added over ranks."""
-        a, b = shard_bounds(len(x), self.size)[self.rank]
-        sums = self.node.evaluation_sums(x[a:b], y[a:b], batch_size)
-        return Sums.of_array(self.comm.allreduce(sums.as_array())) if self.size > 1 else sums
+        """Sums of the model on (x, y): each rank scores a run of the batches (on its node), the
+        batches' sums added in batch order, so any count of ranks and workers gives the same bits."""
+        a, b = eval_bounds(len(x), batch_size, self.size)[self.rank]
+        parts = self.node.evaluation_parts(x[a:b], y[a:b], batch_size)
+        if self.size == 1:
+            return add_sums(parts)
+        batches = -(-len(x) // batch_size)
+        most = -(-batches // self.size)                          # batches of the busiest rank
+        mine = np.zeros((max(most, 1), 3), np.float64)
+        mine[:len(parts)] = [p.as_array() for p in parts]
+        return add_sums(Sums.of_array(row) for row in self.comm.allgather(mine).reshape(-1, 3))
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy or nan) of the current parameters on (x, y)."""

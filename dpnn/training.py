@@ -56,7 +56,7 @@ def warn_unscaled(x: np.ndarray) -> None:
 # Options of the engines that fit passes on (DataParallel's, then DistributedEngine's).
 ENGINE_OPTIONS = frozenset({"backend", "sync_batchnorm", "start_method", "max_restarts", "pin",
                             "shard_optimizer", "oversubscribe", "worker_timeout", "check_every",
-                            "balance"})
+                            "balance", "micro_shards"})
 FIT_ALIASES = {"validation_data": "val_data"}          # Keras's names
 
 
@@ -260,8 +260,9 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     the step in flight with :class:`TrainingInterrupted`; ``initial_epoch``/``history``/
     ``progress`` continue an earlier run from an epoch or from a step inside it.
     Engine options (``backend='mpi'``, ``sync_batchnorm``, ``start_method``, ``max_restarts``,
-    ``pin``, ``shard_optimizer``, ``oversubscribe``, ``worker_timeout``, ``check_every``, ``balance``) go to
-    the engine; any other keyword is a TypeError.
+    ``pin``, ``shard_optimizer``, ``oversubscribe``, ``worker_timeout``, ``check_every``, ``balance``,
+    ``micro_shards``: deterministic mode's fixed cut of every batch, by default chosen from
+    ``batch_size``) go to the engine; any other keyword is a TypeError.
     ``engine``: one the caller opened on ``model`` with :func:`dpnn.engine.make_engine`; fit
     trains with it and leaves it open, so the same workers can evaluate and predict afterwards
     (``with closing(make_engine(model, workers=4)) as engine:``). The options that choose an
@@ -322,7 +323,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     with DeferredSignals(verbose=bool(verbose)) as signals:
         opened = nullcontext(engine) if engine is not None else closing(     # the caller's stays open
             make_engine(model, workers, threads_per_worker, deterministic, seed=seed, augment=augment,
-                        **options))
+                        batch_size=batch_size, **options))
         with opened as engine:
             engine.place_data(X, Y)
             info = engine.describe()

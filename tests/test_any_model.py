@@ -222,7 +222,7 @@ def test_fit_passes_on_exactly_the_engines_options():
     from dpnn.training import ENGINE_OPTIONS
     from dpnn.workers import PoolNode
     fit_own = {"model", "workers", "threads_per_worker", "deterministic", "augment", "seed", "self",
-               "comm", "pool_options", "ranks"}          # given by fit itself, or internal
+               "comm", "pool_options", "ranks", "batch_size"}          # given by fit itself, or internal
     pool = set(inspect.signature(PoolNode.__init__).parameters) - fit_own
     mpi = set(inspect.signature(DistributedEngine.__init__).parameters) - fit_own
     assert ENGINE_OPTIONS == pool | mpi | {"backend"}

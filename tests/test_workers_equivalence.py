@@ -333,8 +333,8 @@ def test_a_ranks_workers_score_its_slice(monkeypatch):
 
         def here(*args, **kwargs):
             raise AssertionError("scored in the coordinator")
-        monkeypatch.setattr("dpnn.node.evaluation_sums", here)
-        monkeypatch.setattr("dpnn.workers.coordinator.evaluation_sums", here)
+        monkeypatch.setattr("dpnn.node.evaluation_parts", here)
+        monkeypatch.setattr("dpnn.workers.coordinator.evaluation_parts", here)
         loss, acc = e.evaluate(x, y)
     finally:
         e.close()

@@ -12,13 +12,14 @@ class DataParallel(Step):
     >>> with DataParallel(model, workers=4) as dp:
     ...     loss, acc = dp.train_on_batch(x, y)
 
-    Every option is :class:`PoolNode`'s. The model must be compiled; it is built on the first
-    batch if needed. ``close`` copies parameters back, so the model stays usable afterwards.
+    Every option is :class:`PoolNode`'s (``micro_shards``, ``batch_size``: deterministic mode's
+    fixed cut of every batch). The model must be compiled; it is built on the first batch if
+    needed. ``close`` copies parameters back, so the model stays usable afterwards.
     """
 
     def __init__(self, model, workers: int | str = "auto", deterministic: bool = False, **options) -> None:
-        super().__init__(PoolNode(model, workers, deterministic=deterministic, **options),
-                         deterministic=deterministic)
+        node = PoolNode(model, workers, deterministic=deterministic, **options)
+        super().__init__(node, deterministic=deterministic, micro_shards=node.micro_shards)
         self.workers = self.node.workers
         self.threads_per_worker = self.node.threads_per_worker
 

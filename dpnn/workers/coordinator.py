@@ -29,7 +29,16 @@ import numpy as np
 from ..errors import WorkerError
 from ..node import Batch, Finish, NodeResult
 from ..placement import plan_placement, resolve_workers
-from ..recipe import DETERMINISTIC_SHARDS, Sums, combine_shards, evaluation_sums, owned_slots, shard_bounds
+from ..recipe import (
+    Sums,
+    add_sums,
+    check_deterministic_workers,
+    combine_shards,
+    evaluation_parts,
+    owned_slots,
+    resolve_micro_shards,
+    shard_bounds,
+)
 from ..signals import sigterm_as_interrupt
 from .arena import SharedArena, SharedMemoryError
 from .balance import ShardBalance
@@ -54,7 +63,8 @@ class PoolNode:
     """``workers`` processes computing the shards of ``model``'s steps in shared memory.
 
     The options are ``DataParallel``'s (README, "Data-parallel training"): ``threads_per_worker``,
-    ``deterministic`` (a slot per micro-shard), ``sync_batchnorm``, ``start_method``,
+    ``deterministic`` (a slot per micro-shard; ``micro_shards`` of them, by default chosen from
+    ``batch_size``, at least as many as workers), ``sync_batchnorm``, ``start_method``,
     ``max_restarts``, ``pin``, ``shard_optimizer`` (True/False/'auto': from SHARD_FROM workers),
     ``oversubscribe``, ``ranks`` (MPI ranks sharing this machine), ``worker_timeout``,
     ``balance`` (balance.py). While the pool runs, the model's parameters and BatchNorm
@@ -68,14 +78,14 @@ class PoolNode:
                  start_method: str | None = None, max_restarts: int = 3, pin: bool = True,
                  shard_optimizer: bool | str = "auto", oversubscribe: bool = False,
                  ranks: int = 1, worker_timeout: float | None = WORKER_TIMEOUT_S,
-                 augment=None, balance: bool = False) -> None:
+                 augment=None, balance: bool = False, micro_shards: int | None = None,
+                 batch_size: int | None = None) -> None:
         n = resolve_workers(workers, ranks, oversubscribe)
-        if deterministic and n > DETERMINISTIC_SHARDS:
-            if workers != "auto":
-                raise ValueError(f"deterministic=True splits every batch into {DETERMINISTIC_SHARDS} "
-                                 f"fixed shards, so it supports at most {DETERMINISTIC_SHARDS} workers; "
-                                 f"got workers={workers}")
-            n = DETERMINISTIC_SHARDS
+        self.micro_shards = resolve_micro_shards(micro_shards, batch_size) if deterministic else None
+        if deterministic:
+            if workers == "auto":                  # one per core, but never more than micro-shards
+                n = min(n, self.micro_shards)
+            check_deterministic_workers(n, self.micro_shards, f"workers={n}")
         if deterministic and sync_batchnorm:
             raise ValueError("sync_batchnorm=True cannot be combined with deterministic=True "
                              "(deterministic shards are computed one after another)")
@@ -97,7 +107,7 @@ class PoolNode:
         self.start_method = start_method or default_start_method()
         self.max_restarts, self.worker_timeout = max_restarts, worker_timeout
         self.shard_optimizer = n >= SHARD_FROM if shard_optimizer == "auto" else shard_optimizer
-        self.slots = DETERMINISTIC_SHARDS if deterministic else n
+        self.slots = self.micro_shards if deterministic else n
         self.balance, self.augment = balance, augment
         self._balance: ShardBalance | None = None   # set at start when the cut may follow speed
         self.startup_time: float | None = None      # seconds from start() to every worker ready
@@ -310,12 +320,16 @@ class PoolNode:
         self._sets.flip()
         return global_norm(self.arena["norm_parts"])
 
-    def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
-        """Sums on (x, y), each worker scoring a slice, added in worker order."""
+    def evaluation_parts(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> list[Sums]:
+        """Sums of each batch of (x, y), each worker scoring a run of the batches, in batch order."""
         done = self._evaluate(x, y, batch_size)
         if done is None:
-            return evaluation_sums(self.model, self.model.check_input(x), np.asarray(y), batch_size)
-        return sum((done[k].sums for k in sorted(done)), Sums())     # worker order: the same sum every time
+            return evaluation_parts(self.model, self.model.check_input(x), np.asarray(y), batch_size)
+        return [part for k in sorted(done) for part in done[k].sums]    # worker order = batch order
+
+    def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
+        """Sums on (x, y), each worker scoring a run of its batches, added in batch order."""
+        return add_sums(self.evaluation_parts(x, y, batch_size))
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Outputs (N, ...) of the current parameters, each worker predicting a slice."""

@@ -88,7 +88,7 @@ class Computed:
 
 
 Updated = namedtuple("Updated", "attempt seconds")
-Evaluated = namedtuple("Evaluated", "attempt sums seconds")         # sums: recipe.Sums
+Evaluated = namedtuple("Evaluated", "attempt sums seconds")         # sums: a recipe.Sums per batch
 Failed = namedtuple("Failed", "attempt traceback")
 Aborted = namedtuple("Aborted", "attempt")       # a peer died mid-step, so the barrier broke
 REPLIES = (Computed, Updated, Evaluated)
@@ -102,7 +102,7 @@ class WorkerSpec:
     optimizer_blob: bytes | None        # cloudpickle of an array-free optimizer copy, or None
     layout: dict[str, Region]           # arena regions: params, grads, state, x, y, keys, ...
     prefix: str                         # every segment name starts with this
-    slots: int                          # gradient slots: 8 (deterministic) or workers
+    slots: int                          # gradient slots: the micro-shards (deterministic) or workers
     deterministic: bool                 # fixed micro-shards, slot per micro-shard
     sync_batchnorm: bool                # BatchNorm statistics over the global batch
     threads: int                        # BLAS threads per worker

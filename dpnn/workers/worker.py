@@ -25,7 +25,7 @@ from ..floatmode import set_flush_denormals
 from ..layers.normalization import batchnorm_layers
 from ..node import Finish
 from ..placement import limit_process_threads
-from ..recipe import Sums, evaluation_sums, run_shard, shard_bounds
+from ..recipe import eval_bounds, evaluation_parts, run_shard
 from .arena import SharedArena, unlink_prefix
 from .barrier import SharedBarrier
 from .batches import RowGatherer
@@ -134,21 +134,22 @@ class ShardRunner:
             self.barrier.wait(self.spec.barrier_timeout)
 
     def evaluate(self, msg: Evaluate) -> Evaluated:
-        """Sums of this worker's slice of eval_x/eval_y (running BN statistics); with
-        ``outputs``, its predictions into eval_out instead."""
+        """Sums of each batch of this worker's run of eval_x/eval_y (running BN statistics); with
+        ``outputs``, its predictions into eval_out instead. The runs are cut at whole batches,
+        so a batch is the same samples for any worker count (eval_bounds)."""
         if msg.layout is not None:
             self.arena.refresh(msg.layout)
         t0 = time.perf_counter()
         arena, m = self.arena, self.model
-        a, b = shard_bounds(msg.n, self.spec.workers)[self.worker_id]
+        a, b = eval_bounds(msg.n, msg.batch_size, self.spec.workers)[self.worker_id]
         self.cur = msg.cur
         m.bind(arena["params"][msg.cur], m.grads, arena["state"][0], copy=False)
         try:
             if msg.outputs:
                 np.copyto(arena["eval_out"][a:b], m.predict(arena["eval_x"][a:b], msg.batch_size))
-                sums = Sums()
+                sums = []
             else:
-                sums = evaluation_sums(m, arena["eval_x"][a:b], arena["eval_y"][a:b], msg.batch_size)
+                sums = evaluation_parts(m, arena["eval_x"][a:b], arena["eval_y"][a:b], msg.batch_size)
         finally:
             self._bind(self.slot)
         return Evaluated(msg.attempt, sums, time.perf_counter() - t0)

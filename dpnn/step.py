@@ -201,7 +201,8 @@ class Step:
         batches = -(-len(x) // batch_size)
         most = -(-batches // self.size)                          # batches of the busiest rank
         mine = np.zeros((max(most, 1), 3), np.float64)
-        mine[:len(parts)] = [p.as_array() for p in parts]
+        for i, part in enumerate(parts):
+            mine[i] = part.as_array()
         return add_sums(Sums.of_array(row) for row in self.comm.allgather(mine).reshape(-1, 3))
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:

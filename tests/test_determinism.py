@@ -71,7 +71,7 @@ def run_ranks(size: int, fn) -> list:
     def one(comm):
         try:
             results[comm.rank] = fn(comm)
-        except BaseException as e:          # noqa: BLE001 -- reported below
+        except BaseException as e:          # reported below
             errors.append(e)
     threads = [threading.Thread(target=one, args=(c,)) for c in comms]
     for t in threads:
@@ -132,7 +132,7 @@ def test_the_chain_moves_about_twice_the_vector_per_rank_like_an_all_reduce():
     for micro_shards in (4, 16, 64):
         per_rank = micro_shards // size
 
-        def rank_sum(comm):
+        def rank_sum(comm, per_rank=per_rank, micro_shards=micro_shards):
             g = np.ones((per_rank, P), np.float32)
             s = np.ones((per_rank, 0), np.float32)
             chain_sum(comm, g, s, [1] * per_rank, micro_shards, np.empty(P, np.float32), 256)

@@ -386,8 +386,13 @@ def test_mpi_scaling_benchmark_prints_a_table(tmp_path):
                        cwd=root, env=mpi_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     rows = json.loads((tmp_path / "s.json").read_text())["rows"]
-    assert [row["ranks"] for row in rows] == [1, 2] and all(row["samples_per_s"] > 0 for row in rows)
-    assert "samples/s" in r.stdout and "allreduce ms" in r.stdout
+    assert [(row["ranks"], row["mode"]) for row in rows] == [(1, "default"), (1, "deterministic"),
+                                                             (2, "default"), (2, "deterministic")]
+    assert all(row["samples_per_s"] > 0 for row in rows)
+    assert "samples/s" in r.stdout and "reduce ms" in r.stdout and "sent MB" in r.stdout
+    two = [row for row in rows if row["ranks"] == 2]     # both modes move O(gradient) per rank per step
+    assert all(row["sent_mb"] >= row["grad_mb"] for row in two)
+    assert two[1]["sent_mb"] <= 1.5 * two[0]["sent_mb"] and two[1]["received_mb"] <= 1.5 * two[0]["received_mb"]
 
 
 def test_launch_knows_when_mpiexec_started_it():

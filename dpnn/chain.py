@@ -11,8 +11,10 @@ sum of all M, bitwise what one process gets, and sends it back down the chain::
     p = g_0+..+g_a  ──p──▶ p += g_a+1, ..     ──▶   p += .., g_M-1   (= the one-process sum)
     total ◀───────────────────────────────────────  total
 
-Both passes are pipelined in chunks of ``CHUNK`` values, so a rank forwards chunk c while
-its neighbour still works on chunk c-1. Each rank sends and receives the vector about twice
+Both passes are pipelined in chunks, so a rank forwards chunk c while its neighbour still works
+on chunk c-1: a pass takes about (K - 1 + C) hops of one chunk for C chunks on K ranks, so the
+vector is cut into about 4 K chunks (none below ``MIN_CHUNK`` values), which keeps the K - 1
+hops that fill the pipeline short next to the C that carry the data. Each rank sends and receives the vector about twice
 per step (the two end ranks once): O(gradient) per rank like an all-reduce, whatever M
 (docs/engine.md, "Deterministic mode", weighs this against exact fixed-point sums). The
 BatchNorm running statistics travel in the same vector, weighted by their share of the batch
@@ -25,10 +27,16 @@ import numpy as np
 from .comm import Communicator
 from .recipe import add_slots, average_state
 
-CHUNK = 1 << 16      # float32 values per message: 256 KB, the pipeline's grain
+MIN_CHUNK = 4096     # float32 values per message at least (16 KB): below, latency dominates
+CHUNKS_PER_RANK = 4  # pipeline chunks per rank in the chain
 
 
-def chunks(size: int, chunk: int = CHUNK) -> list[tuple[int, int]]:
+def chunk_size(size: int, ranks: int) -> int:
+    """Values per message for a vector of ``size`` on ``ranks`` ranks."""
+    return max(MIN_CHUNK, -(-size // (CHUNKS_PER_RANK * max(ranks, 1))))
+
+
+def chunks(size: int, chunk: int) -> list[tuple[int, int]]:
     """[lo, hi) pieces of a vector of ``size`` values."""
     return [(lo, min(size, lo + chunk)) for lo in range(0, max(size, 1), chunk)]
 
@@ -46,16 +54,17 @@ def fold_slots(grads: np.ndarray, states: np.ndarray, counts, total: int, out: n
 
 
 def chain_sum(comm: Communicator, grads: np.ndarray, states: np.ndarray, counts, total: int,
-              out: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+              out: np.ndarray, chunk: int | None = None) -> np.ndarray:
     """out (P + S,) float32 <- every rank's slots added in micro-shard order (rank order), on
     every rank: the gradient sum (P) and the sample-weighted BatchNorm state (S).
 
     ``grads`` (k, P) and ``states`` (k, S) are this rank's k slots; ``counts`` their samples;
-    ``total`` the global batch. Every rank holds at least one slot.
+    ``total`` the global batch; ``chunk`` values per message (default :func:`chunk_size`).
+    Every rank holds at least one slot.
     """
     rank, last = comm.rank, comm.size - 1
     P = grads.shape[1]
-    pieces = chunks(out.size, chunk)
+    pieces = chunks(out.size, chunk or chunk_size(out.size, comm.size))
     for lo, hi in pieces:                    # up: the partial sum, rank after rank
         if rank:
             comm.recv(out[lo:hi], rank - 1)

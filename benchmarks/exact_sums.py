@@ -106,7 +106,8 @@ def report(row: dict) -> list[str]:
     for name in CONTESTANTS:
         r = row[name]
         lines.append(f"  {name:<12} {r['ms']:7.2f} ms   error vs float64: mean {r['mean_ulp']:.3f} ulp, "
-                     f"99.9% {r['p999_ulp']:.2f} ulp, max {r['max_ulp']:.3g} ulp, |err|/|sum| {r['error_over_norm']:.2e}; "
+                     f"99.9% {r['p999_ulp']:.2f} ulp, max {r['max_ulp']:.3g} ulp, "
+                     f"|err|/|sum| {r['error_over_norm']:.2e}; "
                      f"slots shuffled: {'same' if r['same_bits_in_any_order'] else 'different'} bits")
     return lines
 

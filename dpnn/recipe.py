@@ -63,9 +63,9 @@ def check_deterministic_workers(processes: int, micro_shards: int, what: str = "
     """Deterministic mode: at most one process per micro-shard; else one error saying what to change."""
     if processes > micro_shards:
         raise ValueError(f"deterministic=True cuts every batch into micro_shards={micro_shards} fixed "
-                         f"micro-shards, one process each at most, but {what} gives {processes} processes; "
-                         f"pass micro_shards={processes} or more (--micro-shards; a larger count costs a "
-                         f"gradient slot each), or use at most {micro_shards} {what.split()[-1]}")
+                         f"micro-shards, at most one per process, but {what} make {processes} processes; "
+                         f"pass micro_shards={processes} or more (--micro-shards {processes}; each costs a "
+                         f"gradient slot), or use at most {micro_shards} processes (workers x ranks)")
 
 
 class Sums(NamedTuple):

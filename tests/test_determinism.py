@@ -24,7 +24,7 @@ from dpnn.engine import LocalEngine, make_engine
 from dpnn.recipe import add_slots, average_state, default_micro_shards, eval_bounds
 from dpnn.workers import DataParallel, PoolNode
 
-from conftest import HAVE_MPI, MPIEXEC, blobs, cnn, mpi_env, needs_mpi, subprocess_env, tiny
+from conftest import HAVE_MPI, MPIEXEC, TINY_CNN, blobs, cnn, mpi_env, needs_mpi, subprocess_env, tiny
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPT = os.path.join(HERE, "determinism_script.py")
@@ -250,3 +250,36 @@ def test_a_2_worker_run_resumes_bitwise_on_16_workers_4_ranks_x_3_and_in_one_pro
         assert r["loss"][-1] == straight["loss"][-1] and r["val_loss"][-1] == straight["val_loss"][-1], config
     if not HAVE_MPI:
         pytest.skip("the MPI resume needs mpi4py and mpiexec: pip install mpi4py mpich")
+
+
+# -- the command line ---------------------------------------------------------------------------
+def train_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dpnn.cli.train", *map(str, args)], cwd=cwd, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_the_checkpoint_keeps_the_micro_shard_count_and_resumes_bitwise_on_16_workers(tmp_path):
+    from dpnn.cli.checkpoint import list_checkpoints, load_checkpoint
+    from dpnn.io import read_arrays
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY_CNN))
+    common = ["--dataset", "synthetic", "--limit", 96, "--model", "tiny.json", "--batch-size", 16, "--seed", 3,
+              "--deterministic", "--quiet", "--micro-shards", 16]
+    refused = train_cli(*common[:-2], "--epochs", 1, "--workers", 16, "--oversubscribe", cwd=tmp_path)
+    assert refused.returncode == 2 and "--micro-shards 16" in refused.stderr, refused.stderr
+    straight = train_cli(*common, "--epochs", 2, "--workers", 1, "--checkpoint-dir", "s", "--out", "s.hdf5",
+                         cwd=tmp_path)
+    first = train_cli(*common, "--epochs", 1, "--workers", 2, "--checkpoint-dir", "c", cwd=tmp_path)
+    assert straight.returncode == 0 and first.returncode == 0, straight.stderr + first.stderr
+    _, info, _ = load_checkpoint(list_checkpoints(str(tmp_path / "c"))[-1][1])
+    assert info["config"]["micro_shards"] == 16
+    resumed = train_cli("--resume", "--checkpoint-dir", "c", "--epochs", 2, "--workers", 16, "--oversubscribe",
+                        "--out", "r.hdf5", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    (a, _), (b, _) = read_arrays(str(tmp_path / "s.hdf5")), read_arrays(str(tmp_path / "r.hdf5"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_micro_shards_without_deterministic_is_a_usage_error(tmp_path):
+    r = train_cli("--dataset", "synthetic", "--micro-shards", 8, cwd=tmp_path)
+    assert r.returncode == 2 and "--micro-shards applies with --deterministic only" in r.stderr

@@ -23,7 +23,7 @@ DEFAULT_MOMENTUM = 0.9
 RUN_KEYS = ("dataset", "image_size", "label_column", "test_split", "model", "batch_size", "optimizer", "lr", "momentum",
             "weight_decay",
             "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
-            "seed", "deterministic", "limit", "augment")
+            "seed", "deterministic", "micro_shards", "limit", "augment")
 
 
 class UsageError(ValueError):
@@ -119,7 +119,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                    help="augment every training batch inside the workers, e.g. shift=2,flip "
                         "(grammar below; keyed per sample, so any worker count trains alike)")
     g.add_argument("--deterministic", action="store_true",
-                   help="bitwise reproducible results whatever the worker count (a little slower)")
+                   help="bitwise reproducible results whatever the worker count and MPI ranks, up to "
+                        "--micro-shards processes (a little slower)")
+    g.add_argument("--micro-shards", type=int, default=None, metavar="M",
+                   help="with --deterministic: cut every batch into M fixed micro-shards, at most one "
+                        "process (worker x rank) each; a checkpoint keeps it (default: from --batch-size: "
+                        "8, one per 32 samples past 256, at most 64)")
     g = p.add_argument_group("parallelism")
     g.add_argument("--workers", type=workers_arg, default="auto", metavar="N|auto",
                    help="data-parallel worker processes, which also score the validation and test sets; "
@@ -188,6 +193,8 @@ def check_args(args) -> None:
         (args.threads_per_worker is None or args.threads_per_worker >= 1,
          f"--threads-per-worker must be >= 1, got {args.threads_per_worker}"),
         (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
+        (args.micro_shards is None or args.micro_shards >= 1, f"--micro-shards must be >= 1, got {args.micro_shards}"),
+        (args.micro_shards is None or args.deterministic, "--micro-shards applies with --deterministic only"),
         (args.worker_timeout is None or args.worker_timeout > 0,
          f"--worker-timeout must be > 0 seconds, got {args.worker_timeout}"),
         (args.checkpoint_every is None or args.checkpoint_every >= 1,

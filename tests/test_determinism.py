@@ -144,7 +144,8 @@ def test_the_chain_moves_about_twice_the_vector_per_rank_like_an_all_reduce():
 
 # -- the micro-shard count ----------------------------------------------------------------------
 def test_the_default_micro_shard_count_follows_the_batch_size():
-    assert [default_micro_shards(b) for b in (None, 1, 64, 256, 512, 1024, 4096)] == [8, 8, 8, 8, 16, 32, 64]
+    assert [default_micro_shards(b) for b in (None, 1, 64, 128, 256, 512, 1024, 4096)] == \
+        [8, 4, 4, 4, 8, 16, 32, 64]
 
 
 def test_more_workers_than_micro_shards_is_one_error_saying_what_to_change():

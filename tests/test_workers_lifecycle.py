@@ -229,7 +229,7 @@ def test_too_little_shared_memory_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"workers": 9, "deterministic": True, "oversubscribe": True}, "at most 8 workers"),
+    ({"workers": 9, "deterministic": True, "oversubscribe": True}, "pass micro_shards=9 or more"),
     ({"workers": 2, "deterministic": True, "sync_batchnorm": True}, "cannot be combined"),
     ({"workers": 0}, "positive int"),
     ({"workers": 2, "max_restarts": -1}, "max_restarts"),

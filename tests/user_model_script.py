@@ -102,13 +102,13 @@ def data():
 def train(config: str) -> dict:
     X, y = data()
     model = make_model()
-    options = dict(epochs=2, batch_size=25, seed=3, verbose=0, deterministic=True)
+    options = dict(epochs=2, batch_size=25, seed=3, verbose=0, deterministic=True, micro_shards=8)
     if config == "local":
         pass
     elif config == "sharded":
         options.update(workers=2, shard_optimizer=True)
     elif config.startswith("nondet-"):
-        options.update(workers=int(config.split("-")[1]), deterministic=False)
+        options.update(workers=int(config.split("-")[1]), deterministic=False, micro_shards=None)
     elif config == "mpi":
         options.update(backend="mpi")
     else:

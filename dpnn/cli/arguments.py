@@ -123,8 +123,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         "--micro-shards processes (a little slower)")
     g.add_argument("--micro-shards", type=int, default=None, metavar="M",
                    help="with --deterministic: cut every batch into M fixed micro-shards, at most one "
-                        "process (worker x rank) each; a checkpoint keeps it (default: from --batch-size: "
-                        "8, one per 32 samples past 256, at most 64)")
+                        "process (worker x rank) each; a checkpoint keeps it (default: one per 32 samples of "
+                        "--batch-size, at least 4, at most 64)")
     g = p.add_argument_group("parallelism")
     g.add_argument("--workers", type=workers_arg, default="auto", metavar="N|auto",
                    help="data-parallel worker processes, which also score the validation and test sets; "

@@ -93,6 +93,17 @@ class StepModel:
         k, s = nodes, self.grad_bytes
         return 2 * (k - 1) * self.net_alpha + 2 * (k - 1) / k * s / self.net_beta
 
+    def chain_sum(self, nodes: int) -> float:
+        """Deterministic mode's ordered sum across ranks (``dpnn.chain``): two pipelined passes
+        along the K ranks, each K - 1 + C hops of one chunk (C chunks, as chain.chunk_size cuts)."""
+        from dpnn.chain import chunk_size
+        if nodes <= 1:
+            return 0.0
+        values = self.grad_bytes // 4
+        chunk = chunk_size(values, nodes)
+        hop = self.net_alpha + 4 * chunk / self.net_beta
+        return 2 * (nodes - 1 + -(-values // chunk)) * hop
+
     def assumptions(self) -> list[str]:
         def ms(s):
             return f"{s * 1e3:.2f} ms"

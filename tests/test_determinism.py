@@ -284,3 +284,21 @@ def test_the_checkpoint_keeps_the_micro_shard_count_and_resumes_bitwise_on_16_wo
 def test_micro_shards_without_deterministic_is_a_usage_error(tmp_path):
     r = train_cli("--dataset", "synthetic", "--micro-shards", 8, cwd=tmp_path)
     assert r.returncode == 2 and "--micro-shards applies with --deterministic only" in r.stderr
+
+
+# -- the benchmarks run (they measure nothing here) ----------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("module, args", [
+    ("deterministic", ["--batch-size", "16", "--steps", "4", "--rounds", "2", "--micro-shards", "4"]),
+    ("exact_sums", ["--batch-size", "8", "--micro-shards", "2,4", "--reps", "1"]),
+    ("bn_micro_shards", ["--train", "64", "--test", "32", "--epochs", "1", "--micro-shards", "2"]),
+])
+def test_the_determinism_benchmarks_run(tmp_path, module, args):
+    root = os.path.dirname(HERE)
+    r = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args, "--json", str(tmp_path / "o.json")],
+                       cwd=root, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "o.json").read_text())
+    assert out["rows"] and "load" in r.stdout
+    if module == "exact_sums":            # the fixed-point sum is order-free, as its docstring says
+        assert all(row["fixed-point"]["same_bits_in_any_order"] for row in out["rows"])

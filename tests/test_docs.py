@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ["dpnn.cli.train", "dpnn.cli.data", "dpnn.cli.digits", "dpnn.cli.gui", "dpnn.cli.export",
             "dpnn.cli.predict", "benchmarks.scaling",
             "benchmarks.mpi_scaling", "benchmarks.profile", "benchmarks.ablation", "benchmarks.data_path",
-            "benchmarks.steady_state", "benchmarks.one_worker", "benchmarks.image_size"]
+            "benchmarks.steady_state", "benchmarks.one_worker", "benchmarks.image_size", "benchmarks.deterministic",
+            "benchmarks.exact_sums", "benchmarks.bn_micro_shards"]
 
 
 def heading(command: str) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .comm import Communicator
-from .recipe import add_slots, average_state
+from .recipe import Sums, add_slots, add_sums, average_state
 
 MIN_CHUNK = 4096     # float32 values per message at least (16 KB): below, latency dominates
 CHUNKS_PER_RANK = 4  # pipeline chunks per rank in the chain
@@ -77,3 +77,12 @@ def chain_sum(comm: Communicator, grads: np.ndarray, states: np.ndarray, counts,
         if rank:
             comm.send(out[lo:hi], rank - 1)
     return out
+
+
+def ordered_sums(comm: Communicator, parts: list[Sums], rows: int) -> Sums:
+    """Every rank's ``parts`` (at most ``rows`` each; loss, hits, count) gathered and added in
+    rank order, then part order: the same bits as one process adding them all in order."""
+    mine = np.zeros((max(rows, 1), 3), np.float64)
+    for i, part in enumerate(parts):
+        mine[i] = part.as_array()
+    return add_sums(Sums.of_array(row) for row in comm.allgather(mine).reshape(-1, 3))

@@ -8,7 +8,6 @@ from __future__ import annotations
 from . import placement
 from .comm import Communicator, get_communicator
 from .node import InProcessNode
-from .recipe import resolve_micro_shards
 from .step import RanksDiverged, Step  # noqa: F401 (RanksDiverged: part of this module's API)
 from .workers import PoolNode
 
@@ -35,7 +34,7 @@ class DistributedEngine(Step):
                              "deterministic=False")
         n = placement.resolve_workers(1 if workers is None else workers, comm.local_size,
                                       pool_options.pop("oversubscribe", False))
-        micro = resolve_micro_shards(micro_shards, batch_size) if deterministic else None
+        micro = placement.resolve_micro_shards(micro_shards, batch_size) if deterministic else None
         if deterministic and workers == "auto":      # every worker of every rank needs a micro-shard
             n = max(1, min(n, micro // comm.size))
         if n > 1:

@@ -8,7 +8,6 @@ from . import placement
 from .comm import Communicator
 from .distributed import DistributedEngine
 from .node import Engine, EngineInfo, InProcessNode  # noqa: F401 (the contract, re-exported)
-from .recipe import resolve_micro_shards
 from .step import Step
 from .workers import DataParallel
 
@@ -20,7 +19,7 @@ class LocalEngine(Step):
 
     def __init__(self, model, deterministic: bool = False, threads_per_worker: int | None = None,
                  augment=None, micro_shards: int | None = None, batch_size: int | None = None) -> None:
-        micro = resolve_micro_shards(micro_shards, batch_size) if deterministic else None
+        micro = placement.resolve_micro_shards(micro_shards, batch_size) if deterministic else None
         super().__init__(InProcessNode(model, deterministic, threads_per_worker, augment),
                          deterministic=deterministic, micro_shards=micro)
 
@@ -33,13 +32,13 @@ def make_engine(model, workers=1, threads_per_worker: int | None = None, determi
     process (where the worker-process options have nothing to do).
 
     Deterministic mode cuts every batch into ``micro_shards`` fixed micro-shards (None: chosen
-    from ``batch_size``, :func:`dpnn.recipe.default_micro_shards`); any workers x ranks up to
+    from ``batch_size``, :func:`dpnn.placement.default_micro_shards`); any workers x ranks up to
     that count give bitwise the same weights."""
     if micro_shards is not None and not deterministic:
         raise ValueError("micro_shards sets deterministic mode's fixed cut of every batch; pass "
                          "deterministic=True with it (--deterministic), or leave it out")
     if deterministic:
-        options.update(micro_shards=resolve_micro_shards(micro_shards, batch_size))
+        options.update(micro_shards=placement.resolve_micro_shards(micro_shards, batch_size))
     if backend == "mpi" or isinstance(backend, Communicator):
         return DistributedEngine(model, backend, workers=workers, threads_per_worker=threads_per_worker,
                                  deterministic=deterministic, seed=seed, augment=augment, **options)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from . import floatmode, placement
-from .recipe import ShardResult, StepStats, Sums, add_sums, combine_shards, evaluation_parts, run_shard
+from .recipe import ShardResult, StepStats, Sums, combine_shards, evaluation_parts, run_shard
 
 if TYPE_CHECKING:
     from .model import Model
@@ -49,8 +49,8 @@ class EngineInfo:
         text = f"{where} x {blas}"
         if self.ranks > 1:
             text = f"{self.ranks} MPI ranks, each {text}"
-        det = f", deterministic ({self.micro_shards} micro-shards)" if self.deterministic else ""
-        return text + det + f", {self.denormals}"
+        return text + (f", deterministic ({self.micro_shards} micro-shards)" if self.deterministic else "") \
+            + f", {self.denormals}"
 
     def as_logs(self) -> dict:
         return {"engine": self.kind, "workers": self.workers, "threads_per_worker": self.threads_per_worker,
@@ -100,7 +100,7 @@ class NodeBackend(Protocol):
     batch, d(sum of its losses)/dθ / ``denominator`` into slot j, then ``finish``;
     ``slot_arrays(count)``: (grads (count, P), states (count, S)) as Finish.SLOTS left them;
     ``apply_update``: the optimizer step on ``model.grads`` as it stands -> the norm before clipping;
-    ``evaluation_parts``: the sums of each batch of ``batch_size`` samples of (x, y), in order."""
+    ``evaluation_parts``: each batch's sums, in order."""
 
     model: Model
     kind: str
@@ -187,9 +187,6 @@ class InProcessNode:
 
     def evaluation_parts(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> list[Sums]:
         return evaluation_parts(self.model, x, y, batch_size)
-
-    def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
-        return add_sums(self.evaluation_parts(x, y, batch_size))
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         return self.model.predict(x, batch_size)

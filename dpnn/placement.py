@@ -16,6 +16,7 @@ NumPy, so it can run first.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import warnings
@@ -214,6 +215,49 @@ def local_threads(threads_per_worker: int | None, deterministic: bool) -> int | 
     if threads_per_worker is not None:
         return parse_count(threads_per_worker, "threads_per_worker", allow_auto=False)
     return 1 if deterministic else None
+
+
+# -- deterministic mode's micro-shards: how many processes can share a batch -----------------------
+DETERMINISTIC_SHARDS = 8   # deterministic mode's micro-shards when neither a count nor a batch size is given
+MICRO_SHARD_SAMPLES = 32   # the default count gives micro-shards of this many samples ...
+MIN_MICRO_SHARDS = 4       # ... but at least this many of them ...
+MAX_MICRO_SHARDS = 64      # ... and at most this many (each is a gradient slot of P floats)
+
+
+def default_micro_shards(batch_size: int | None) -> int:
+    """Deterministic mode's micro-shard count for a run of ``batch_size``: one per 32 samples,
+    at least 4, at most 64 (8 when the batch size is not known).
+
+    The count caps how many workers x ranks can share a batch; each micro-shard is a forward
+    and backward pass of its own, and small passes cost more per sample: with 2 workers at
+    batch 64, 8 micro-shards of 8 samples made seed-cnn's step 13 % slower than the default
+    mode, 4 of 16 samples 2 % (docs/engine.md, "Deterministic mode").
+    """
+    if batch_size is None:
+        return DETERMINISTIC_SHARDS
+    return min(MAX_MICRO_SHARDS, max(MIN_MICRO_SHARDS, int(batch_size) // MICRO_SHARD_SAMPLES))
+
+
+def check_micro_shards(micro_shards) -> int:
+    """A positive int micro-shard count, or a ValueError that says what to pass."""
+    if isinstance(micro_shards, bool) or not isinstance(micro_shards, numbers.Integral) or micro_shards < 1:
+        raise ValueError(f"micro_shards must be a positive int (or None: chosen from the batch size), "
+                         f"got {micro_shards!r}")
+    return int(micro_shards)
+
+
+def resolve_micro_shards(micro_shards, batch_size: int | None = None) -> int:
+    """The run's micro-shard count: ``micro_shards`` when given, else the default for ``batch_size``."""
+    return default_micro_shards(batch_size) if micro_shards is None else check_micro_shards(micro_shards)
+
+
+def check_deterministic_workers(processes: int, micro_shards: int, what: str = "workers") -> None:
+    """Deterministic mode: at most one process per micro-shard; else one error saying what to change."""
+    if processes > micro_shards:
+        raise ValueError(f"deterministic=True cuts every batch into micro_shards={micro_shards} fixed "
+                         f"micro-shards, at most one per process, but {what} make {processes} processes; "
+                         f"pass micro_shards={processes} or more (--micro-shards {processes}; each costs a "
+                         f"gradient slot), or use at most {micro_shards} processes (workers x ranks)")
 
 
 @dataclass(frozen=True)

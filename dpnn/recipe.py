@@ -29,47 +29,6 @@ from .augment import augment_batch
 from .losses.metrics import count_correct
 from .sample_weights import scale_rows, split_weights, weighted_sum
 
-DETERMINISTIC_SHARDS = 8   # deterministic mode's micro-shards when neither a count nor a batch size is given
-MICRO_SHARD_SAMPLES = 32   # the default count gives micro-shards of this many samples ...
-MIN_MICRO_SHARDS = 4       # ... but at least this many of them ...
-MAX_MICRO_SHARDS = 64      # ... and at most this many (each is a gradient slot of P floats)
-
-
-def default_micro_shards(batch_size: int | None) -> int:
-    """Deterministic mode's micro-shard count for a run of ``batch_size``: one per 32 samples,
-    at least 4, at most 64 (8 when the batch size is not known).
-
-    The count caps how many workers x ranks can share a batch; each micro-shard is a forward
-    and backward pass of its own, and small passes cost more per sample: with 2 workers at
-    batch 64, 8 micro-shards of 8 samples made seed-cnn's step 13 % slower than the default
-    mode, 4 of 16 samples 2 % (docs/engine.md, "Deterministic mode").
-    """
-    if batch_size is None:
-        return DETERMINISTIC_SHARDS
-    return min(MAX_MICRO_SHARDS, max(MIN_MICRO_SHARDS, int(batch_size) // MICRO_SHARD_SAMPLES))
-
-
-def check_micro_shards(micro_shards) -> int:
-    """A positive int micro-shard count, or a ValueError that says what to pass."""
-    if isinstance(micro_shards, bool) or not isinstance(micro_shards, (int, np.integer)) or micro_shards < 1:
-        raise ValueError(f"micro_shards must be a positive int (or None: chosen from the batch size), "
-                         f"got {micro_shards!r}")
-    return int(micro_shards)
-
-
-def resolve_micro_shards(micro_shards, batch_size: int | None = None) -> int:
-    """The run's micro-shard count: ``micro_shards`` when given, else the default for ``batch_size``."""
-    return default_micro_shards(batch_size) if micro_shards is None else check_micro_shards(micro_shards)
-
-
-def check_deterministic_workers(processes: int, micro_shards: int, what: str = "workers") -> None:
-    """Deterministic mode: at most one process per micro-shard; else one error saying what to change."""
-    if processes > micro_shards:
-        raise ValueError(f"deterministic=True cuts every batch into micro_shards={micro_shards} fixed "
-                         f"micro-shards, at most one per process, but {what} make {processes} processes; "
-                         f"pass micro_shards={processes} or more (--micro-shards {processes}; each costs a "
-                         f"gradient slot), or use at most {micro_shards} processes (workers x ranks)")
-
 
 class Sums(NamedTuple):
     """Loss sum, argmax hits and sample count of some samples: shards, ranks and steps add up.
@@ -237,27 +196,20 @@ def run_shard(model, slot: int, x: np.ndarray, y: np.ndarray, denominator: int,
 def add_slots(slots, out: np.ndarray, onto: bool = False) -> np.ndarray:
     """out = slots[0] + slots[1] + ... in this fixed order (bitwise stable whoever filled them);
     ``onto``: out = ((out + slots[0]) + slots[1]) + ..., continuing a sum of earlier slots."""
-    if onto:
-        for s in slots:
-            out += s
-        return out
-    if len(slots) == 1:
+    if not onto and len(slots) == 1:
         np.copyto(out, slots[0])
         return out
-    np.add(slots[0], slots[1], out=out)
-    for s in slots[2:]:
+    if not onto:
+        np.add(slots[0], slots[1], out=out)
+    for s in slots if onto else slots[2:]:
         out += s
     return out
 
 
 def average_state(slots, counts, out: np.ndarray, total: int | None = None, onto: bool = False) -> np.ndarray:
-    """out = sum_k counts[k]/total * slots[k], in order: per-shard BatchNorm running stats.
-
-    ``total`` defaults to sum(counts); ``onto`` continues the sum already in ``out`` (the
-    slots of earlier ranks). Each shard started from the same running statistics and the
-    update is linear in the batch statistics, so this equals one update with the
-    sample-weighted shard statistics.
-    """
+    """out (+)= sum_k counts[k]/total * slots[k] in order (total: sum(counts); ``onto``: continue
+    earlier ranks' sum): per-shard BatchNorm running stats. Each shard started from the same
+    statistics and the update is linear in them: one update with the weighted shard statistics."""
     total = float(sum(counts) if total is None else total)
     if not onto:
         out[...] = 0

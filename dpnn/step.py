@@ -10,10 +10,9 @@ machine). Per step, on every rank::
     ranks:     node.run(..., SUM)             the node's gradient in model.grads
                allreduce [grads | state x share] and the sums          (one buffer, in place)
                node.apply_update()            the same optimizer step on every rank
-       deterministic: node.run(..., SLOTS)  its run of the run's M micro-shards, a slot each
-               chain_sum: the slots added in micro-shard order 0..M-1, as one process
-               would, the partial sum passed from rank to rank (dpnn/chain.py);
-               node.apply_update()
+       deterministic: node.run(..., SLOTS) on its run of the M micro-shards; chain_sum adds
+               the slots in order 0..M-1 as one process would, passed from rank to rank
+               (dpnn/chain.py); node.apply_update()
 
 So one process, N workers and K ranks x N workers run the same recipe and, with
 ``deterministic=True``, give bitwise the same parameters.
@@ -30,21 +29,12 @@ import time
 
 import numpy as np
 
-from .chain import chain_sum
+from .chain import chain_sum, ordered_sums
 from .comm import Communicator, LocalComm
 from .layers.normalization import batchnorm_layers
 from .node import Batch, EngineInfo, Finish, NodeBackend
-from .recipe import (
-    ShardResult,
-    StepStats,
-    Sums,
-    add_sums,
-    check_deterministic_workers,
-    eval_bounds,
-    owned_slots,
-    resolve_micro_shards,
-    shard_bounds,
-)
+from .placement import check_deterministic_workers, resolve_micro_shards
+from .recipe import ShardResult, StepStats, Sums, add_sums, eval_bounds, owned_slots, shard_bounds
 
 
 class RanksDiverged(RuntimeError):
@@ -57,8 +47,7 @@ class Step:
 
     ``sync_batchnorm`` across ranks (one worker per rank): BatchNorm's batch sums are
     all-reduced, so its statistics are those of the global batch, as in one process.
-    ``micro_shards``: deterministic mode's count of fixed micro-shards per batch (None: 8).
-    """
+    ``micro_shards``: deterministic mode's fixed micro-shards per batch (None: 8)."""
 
     def __init__(self, node: NodeBackend, comm: Communicator | None = None, deterministic: bool = False,
                  sync_batchnorm: bool = False, check_every: int = 50, seed: int | None = None,
@@ -69,8 +58,8 @@ class Step:
         self.deterministic, self.sync_batchnorm = bool(deterministic), bool(sync_batchnorm)
         self.micro_shards = resolve_micro_shards(micro_shards) if deterministic else None
         if deterministic:
-            check_deterministic_workers(self.size * node.workers, self.micro_shards,
-                                        f"{self.size} ranks x {node.workers} workers")
+            check_deterministic_workers(self.size * node.workers, self.micro_shards, f"{self.size} ranks x "
+                                        f"{node.workers} workers")
         self.check_every, self.steps = max(int(check_every), 1), 0
         self._data: tuple[np.ndarray, np.ndarray] | None = None
         self._data_print = 0
@@ -85,7 +74,7 @@ class Step:
         P, S = self.model.params.size, self.model.state.size
         slots = -(-self.micro_shards // self.size) if deterministic else 1
         self._pack = np.zeros(P + S, np.float32)               # (P+S,): grads | state
-        self._sums = np.zeros((slots, 3), np.float64)          # (slots, 3): loss, hits, count
+        self._slots = slots                                    # the most slots a rank computes
 
     def describe(self) -> EngineInfo:
         kind = self.node.kind if isinstance(self.comm, LocalComm) else "mpi"
@@ -177,15 +166,11 @@ class Step:
     def _chain(self, shards: list[ShardResult], n: int) -> Sums:
         """Deterministic: every rank's slots added in micro-shard order into model.grads/state,
         the partial sum passed along the ranks (dpnn/chain.py); the sums gathered (3 per slot)."""
-        m, P, k = self.model, self.model.params.size, len(shards)
-        grads, states = self.node.slot_arrays(k)
-        counts = [s.sums.count for s in shards]
-        chain_sum(self.comm, grads, states, counts, n, self._pack)
-        m.grads[...] = self._pack[:P]
-        m.state[...] = self._pack[P:]
-        self._sums[...] = 0
-        self._sums[:k] = [s.sums.as_array() for s in shards]
-        return add_sums(Sums.of_array(row) for row in self.comm.allgather(self._sums).reshape(-1, 3))
+        grads, states = self.node.slot_arrays(len(shards))
+        chain_sum(self.comm, grads, states, [s.sums.count for s in shards], n, self._pack)
+        P = self.model.params.size
+        self.model.grads[...], self.model.state[...] = self._pack[:P], self._pack[P:]
+        return ordered_sums(self.comm, [s.sums for s in shards], self._slots)
 
     def _allreduce_sums(self, sums: np.ndarray) -> np.ndarray:
         """BatchNorm's ``sync`` hook: per-rank float64 sums -> sums over the global batch."""
@@ -196,14 +181,8 @@ class Step:
         batches' sums added in batch order, so any count of ranks and workers gives the same bits."""
         a, b = eval_bounds(len(x), batch_size, self.size)[self.rank]
         parts = self.node.evaluation_parts(x[a:b], y[a:b], batch_size)
-        if self.size == 1:
-            return add_sums(parts)
-        batches = -(-len(x) // batch_size)
-        most = -(-batches // self.size)                          # batches of the busiest rank
-        mine = np.zeros((max(most, 1), 3), np.float64)
-        for i, part in enumerate(parts):
-            mine[i] = part.as_array()
-        return add_sums(Sums.of_array(row) for row in self.comm.allgather(mine).reshape(-1, 3))
+        most = -(-len(range(0, len(x), batch_size)) // self.size)       # batches of the busiest rank
+        return add_sums(parts) if self.size == 1 else ordered_sums(self.comm, parts, most)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> tuple[float, float]:
         """(mean loss, accuracy or nan) of the current parameters on (x, y)."""

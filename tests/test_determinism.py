@@ -21,7 +21,8 @@ from dpnn import placement
 from dpnn.chain import chain_sum
 from dpnn.comm import Communicator
 from dpnn.engine import LocalEngine, make_engine
-from dpnn.recipe import add_slots, average_state, default_micro_shards, eval_bounds
+from dpnn.placement import default_micro_shards
+from dpnn.recipe import add_slots, average_state, eval_bounds
 from dpnn.workers import DataParallel, PoolNode
 
 from conftest import HAVE_MPI, MPIEXEC, TINY_CNN, blobs, cnn, mpi_env, needs_mpi, subprocess_env, tiny

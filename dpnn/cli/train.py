@@ -29,7 +29,6 @@ from dpnn.callbacks import LRScheduler
 from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
 from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
-from dpnn.recipe import check_deterministic_workers, resolve_micro_shards
 from dpnn.signals import raise_terminated
 from dpnn.tensorboard import TensorBoard
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
@@ -78,13 +77,13 @@ def resolve_workers(args, note, comm=None) -> None:
     if args.worker_timeout is not None:
         args.engine_options["worker_timeout"] = args.worker_timeout
     if args.deterministic:                  # the run's count, resolved: the checkpoint keeps it
-        args.micro_shards = resolve_micro_shards(args.micro_shards, args.batch_size)
+        args.micro_shards = placement.resolve_micro_shards(args.micro_shards, args.batch_size)
         args.engine_options["micro_shards"] = args.micro_shards
     try:                                    # the thread policy's limits, before any data is read
         placement.resolve_workers(args.workers, comm.local_size if comm else 1, args.oversubscribe)
         if args.deterministic and args.workers != "auto":
             ranks = comm.size if comm else 1
-            check_deterministic_workers(args.workers * ranks, args.micro_shards,
+            placement.check_deterministic_workers(args.workers * ranks, args.micro_shards,
                                         f"--workers {args.workers}" + (f" on {ranks} ranks" if ranks > 1 else ""))
     except ValueError as e:
         raise UsageError(f"--workers: {e}") from None

@@ -28,17 +28,8 @@ import numpy as np
 
 from ..errors import WorkerError
 from ..node import Batch, Finish, NodeResult
-from ..placement import plan_placement, resolve_workers
-from ..recipe import (
-    Sums,
-    add_sums,
-    check_deterministic_workers,
-    combine_shards,
-    evaluation_parts,
-    owned_slots,
-    resolve_micro_shards,
-    shard_bounds,
-)
+from ..placement import check_deterministic_workers, plan_placement, resolve_micro_shards, resolve_workers
+from ..recipe import Sums, combine_shards, evaluation_parts, owned_slots, shard_bounds
 from ..signals import sigterm_as_interrupt
 from .arena import SharedArena, SharedMemoryError
 from .balance import ShardBalance
@@ -62,13 +53,12 @@ WORKER_TIMEOUT_S = 300.0    # default: a worker silent this long in a step is st
 class PoolNode:
     """``workers`` processes computing the shards of ``model``'s steps in shared memory.
 
-    The options are ``DataParallel``'s (README, "Data-parallel training"): ``threads_per_worker``,
-    ``deterministic`` (a slot per micro-shard; ``micro_shards`` of them, by default chosen from
-    ``batch_size``, at least as many as workers), ``sync_batchnorm``, ``start_method``,
+    Options (README, "Data-parallel training"): ``threads_per_worker``, ``deterministic`` (a slot
+    per micro-shard: ``micro_shards``, None: from ``batch_size``), ``sync_batchnorm``, ``start_method``,
     ``max_restarts``, ``pin``, ``shard_optimizer`` (True/False/'auto': from SHARD_FROM workers),
-    ``oversubscribe``, ``ranks`` (MPI ranks sharing this machine), ``worker_timeout``,
-    ``balance`` (balance.py). While the pool runs, the model's parameters and BatchNorm
-    statistics live in shared memory; ``close`` copies them back into private arrays.
+    ``oversubscribe``, ``ranks`` (MPI ranks on this machine), ``worker_timeout``, ``balance``
+    (balance.py). While the pool runs, the model's parameters and BatchNorm statistics live in
+    shared memory; ``close`` copies them back into private arrays.
     """
 
     kind = "shared-memory"
@@ -326,10 +316,6 @@ class PoolNode:
         if done is None:
             return evaluation_parts(self.model, self.model.check_input(x), np.asarray(y), batch_size)
         return [part for k in sorted(done) for part in done[k].sums]    # worker order = batch order
-
-    def evaluation_sums(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Sums:
-        """Sums on (x, y), each worker scoring a run of its batches, added in batch order."""
-        return add_sums(self.evaluation_parts(x, y, batch_size))
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Outputs (N, ...) of the current parameters, each worker predicting a slice."""

@@ -134,9 +134,8 @@ class ShardRunner:
             self.barrier.wait(self.spec.barrier_timeout)
 
     def evaluate(self, msg: Evaluate) -> Evaluated:
-        """Sums of each batch of this worker's run of eval_x/eval_y (running BN statistics); with
-        ``outputs``, its predictions into eval_out instead. The runs are cut at whole batches,
-        so a batch is the same samples for any worker count (eval_bounds)."""
+        """Sums of each batch of this worker's run of eval_x/eval_y (running BN statistics; cut at
+        whole batches: eval_bounds); with ``outputs``, its predictions into eval_out instead."""
         if msg.layout is not None:
             self.arena.refresh(msg.layout)
         t0 = time.perf_counter()

@@ -46,6 +46,8 @@ def make_engine(model, workers=1, threads_per_worker: int | None = None, determi
         raise ValueError(f"backend must be None, 'local' or 'mpi', got {backend!r}")
     n = placement.resolve_workers(1 if workers is None else workers,
                                   oversubscribe=options.get("oversubscribe", False))
+    if deterministic and workers is not None and placement.parse_count(workers) == "auto":
+        n = min(n, options["micro_shards"])             # one per core, at most one per micro-shard
     if n == 1:
         return LocalEngine(model, deterministic=deterministic, threads_per_worker=threads_per_worker,
                            augment=augment, micro_shards=options.get("micro_shards"))

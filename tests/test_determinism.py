@@ -166,6 +166,9 @@ def test_auto_workers_take_at_most_one_micro_shard_each(monkeypatch):
         node = PoolNode(tiny(), workers="auto", deterministic=True, batch_size=512)
         assert node.workers == node.slots == 16
         assert PoolNode(tiny(), workers="auto", deterministic=True).workers == 8
+        engine = make_engine(tiny(), workers="auto", deterministic=True, batch_size=64)   # fit's way
+        assert engine.describe().workers == 4 and engine.describe().micro_shards == 4
+        engine.close()
 
 
 def test_the_engine_says_its_micro_shard_count():

@@ -14,7 +14,7 @@ from .layers.base import Layer, summary_rows
 from .limits import check_model_memory
 from .losses import BinaryCrossentropy, check_metrics, fit_loss_to_output, get_loss, softmax
 from .losses.binary import sigmoid
-from .optim import get_optimizer, regularize
+from .optimizers import check_number, get_optimizer, keep_frozen, regularize
 from .random import sample_keys as make_sample_keys
 from .recipe import evaluation_sums, run_shard
 from .sample_weights import attach, check_sample_weight, sample_weights
@@ -221,6 +221,10 @@ class Model:
         piece's activations stay in cache); None runs each shard whole; 'auto' picks
         ``AUTO_MICRO_BATCH``. ``metrics``: Keras's ``['accuracy']`` is accepted (accuracy is
         always reported for classifiers); no other metric exists.
+
+        ``weight_decay`` here is PyTorch's coupled L2 (``grad += weight_decay * param``, before
+        clipping); an optimizer's own ``weight_decay`` (``AdamW``, Keras's) is decoupled. Without
+        an ``optimizer`` dpnn picks Adam (Keras picks RMSprop: pass ``optimizer="rmsprop"``).
         """
         check_metrics(metrics)
         self.loss = get_loss(loss)
@@ -233,9 +237,8 @@ class Model:
             known = "loss, optimizer, lr, weight_decay, clip_norm, micro_batch, metrics"
             raise TypeError(f"compile(): bad optimizer arguments for {optimizer!r}: {e} (compile's own "
                             f"arguments are {known}; the rest go to the optimizer)") from None
-        if weight_decay < 0 or (clip_norm is not None and clip_norm <= 0):
-            raise ValueError("weight_decay must be >= 0 and clip_norm > 0 (or None)")
-        self.weight_decay, self.clip_norm = float(weight_decay), clip_norm
+        self.weight_decay = check_number("compile's weight_decay (L2 added to the gradient)", weight_decay)
+        self.clip_norm = None if clip_norm is None else check_number("clip_norm", clip_norm, low_open=True)
         if micro_batch == "auto":
             micro_batch = AUTO_MICRO_BATCH
         if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(
@@ -249,10 +252,32 @@ class Model:
             raise ValueError("call model.compile(loss=..., optimizer=...) before training")
 
     def apply_gradients(self) -> float:
-        """Weight decay, global-norm clipping, then one optimizer step on ``params``; returns the norm."""
-        norm = regularize(self.params, self.grads, self.weight_decay, self.clip_norm)
+        """Weight decay, global-norm clipping, then one optimizer step on ``params``; returns the norm.
+
+        The parameters of frozen layers (``trainable = False``) and their optimizer slots come
+        out of the step bitwise as they went in, and their gradient counts as zero."""
+        frozen = self.frozen_ranges()
+        norm = regularize(self.params, self.grads, self.weight_decay, self.clip_norm, frozen)
+        if not frozen:
+            self.optimizer.step([(self.params, self.grads)])
+            return norm
+        arrays = [self.params, *self._flat_slots()]
+        before = [a.copy() for a in arrays]
         self.optimizer.step([(self.params, self.grads)])
+        keep_frozen(frozen, before, arrays)
         return norm
+
+    def frozen_ranges(self) -> tuple[tuple[int, int], ...]:
+        """[start, stop) of the flat parameter vector held by layers with ``trainable = False``."""
+        if not self.built:
+            return ()
+        return tuple((e.offset, e.offset + e.size) for e in self.param_layout.entries
+                     if not getattr(self.layers[e.layer], "trainable", True))
+
+    def _flat_slots(self) -> list[np.ndarray]:
+        """The optimizer's per-parameter arrays shaped like ``params`` (Adam's m and v...)."""
+        slots = getattr(self.optimizer, "slots", None) or [{}]
+        return [v for v in slots[0].values() if isinstance(v, np.ndarray) and v.shape == self.params.shape]
 
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None, *, sample_weight=None,
                        class_weight: dict | None = None) -> tuple[float, float]:

@@ -162,7 +162,8 @@ def _flatten(g: GraphBuilder, layer: Flatten, t: Tensor, where: str) -> Tensor:
 def _batch_norm(g: GraphBuilder, layer: BatchNorm2D, t: Tensor, where: str) -> Tensor:
     t = g.to_layout(t, "NCHW", where)           # channels on axis 1: (N, C, H, W) or (N, C)
     inputs = [t.name] + [g.const(f"{where}.{name}", value) for name, value in (
-        ("gamma", layer.params["gamma"]), ("beta", layer.params["beta"]),
+        ("gamma", layer.params.get("gamma", np.ones(layer.channels, np.float32))),   # scale=False: 1
+        ("beta", layer.params.get("beta", np.zeros(layer.channels, np.float32))),    # center=False: 0
         ("running_mean", layer.state["running_mean"]), ("running_var", layer.state["running_var"]))]
     out = g.node("BatchNormalization", inputs, where, epsilon=layer.eps, momentum=layer.momentum)
     return Tensor(out, t.layout, layer.output_shape)

@@ -131,7 +131,7 @@ class Step:
             bounds = self._shards(n)
             if self.sync_batchnorm and bounds[0][0] == bounds[0][1]:
                 for layer in self._bn + self._bn[::-1]:     # join every exchange of the others
-                    self._allreduce_sums(np.zeros(2 * layer.params["gamma"].size + 1))
+                    self._allreduce_sums(np.zeros(2 * layer.channels + 1))
             result = self.node.run(batch, bounds, n, keys, Finish.SLOTS if self.deterministic else Finish.SUM)
             t1 = time.perf_counter()
             sums = self._chain(result.shards, n) if self.deterministic else self._allreduce(result.shards, n)

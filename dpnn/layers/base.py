@@ -37,11 +37,17 @@ def layer_from_config(entry: dict) -> "Layer":
         raise ValueError(f"the config of layer {name} must be an object of keyword arguments, "
                          f"got {type(config).__name__}")
     _check_int_arguments(cls, name, config)
+    trainable = entry.get("trainable", True)
+    if not isinstance(trainable, bool):
+        raise ValueError(f"layer {name}: 'trainable' must be true or false, got {trainable!r}")
     try:
-        return cls(**config)
+        layer = cls(**config)
     except (TypeError, ValueError) as e:
         raise ValueError(f"bad config for layer {name}: {e}; correct that entry of the "
                          "architecture") from None
+    if not trainable:
+        layer.trainable = False
+    return layer
 
 
 def _check_int_arguments(cls: type, name: str, config: dict) -> None:
@@ -73,6 +79,11 @@ class Layer:
     # Set by Model.compile on the last layer when it ends in a softmax and the loss is the
     # cross-entropy: backward then gets d(loss)/d(softmax input) and passes it through.
     fused_with_loss = False
+    # Keras's switch: a layer with trainable = False is frozen. Its parameters and their
+    # optimizer slots stay bitwise as they are on every engine (no step, no weight decay),
+    # its gradient counts as zero in the norm; a frozen BatchNorm also keeps its running
+    # statistics and normalises with them, as in Keras. Saved with the architecture.
+    trainable = True
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -123,7 +134,10 @@ class Layer:
         return {}
 
     def to_config(self) -> dict:
-        return {"class": type(self).__name__, "config": self.get_config()}
+        entry = {"class": type(self).__name__, "config": self.get_config()}
+        if not self.trainable:
+            entry["trainable"] = False
+        return entry
 
     def portable(self) -> "Layer":
         """A copy for another process: every attribute the user set, but no parameter, gradient

@@ -35,6 +35,7 @@ class UpdateArgs:
     weight_decay: float
     clip_norm: float | None
     hyperparameters: dict           # lr, betas, and t of the step being taken
+    frozen: tuple = ()              # [start, stop) ranges of trainable=False layers: left as they are
 
 
 @dataclass(frozen=True)

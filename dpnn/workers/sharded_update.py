@@ -4,7 +4,7 @@ Adding gradient slots, weight decay, clipping by a given factor and an SGD/Adam 
 *elementwise*, so worker k can do them for its own contiguous chunk [a, b) of the flat
 vector and the result is bitwise what one process computes for the whole vector. The
 global norm is not elementwise, but it is a sum of per-block sums of squares
-(``dpnn.optim.square_sums``) added exactly, so it is bitwise the same too: every worker
+(``dpnn.optimizers.square_sums``) added exactly, so it is bitwise the same too: every worker
 writes its blocks' sums to ``norm_parts``, and (when clipping) waits for the others at the
 barrier before it reads them all. So a step runs without a serial phase::
 
@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from ..optim import BLOCK, NORM_BLOCK, blocks, square_sums
+from ..optimizers import BLOCK, NORM_BLOCK, blocks, clip_ranges, keep_frozen, square_sums
 from ..recipe import add_slots, shard_bounds
 from .messages import UpdateArgs
 
@@ -72,7 +72,7 @@ def update_chunk(arena, a: int, b: int, cur: int, args: UpdateArgs, optimizer, w
     (the factor needs every chunk's square sums), so every worker calls it, even one whose
     chunk is empty. Without clipping each cache block is summed and updated in one go.
     """
-    keys, weight_decay, clip_norm = args.keys, args.weight_decay, args.clip_norm
+    weight_decay, clip_norm = args.weight_decay, args.clip_norm
     optimizer.set_hyperparameters(args.hyperparameters)
     sum_slots = count is not None
     scratch = None if sum_slots else np.empty(min(BLOCK, max(b - a, 0)), np.float32)
@@ -85,13 +85,15 @@ def update_chunk(arena, a: int, b: int, cur: int, args: UpdateArgs, optimizer, w
             np.copyto(g, arena["grads_sum"][lo:hi])
         if weight_decay:
             g += np.float32(weight_decay) * arena["params"][cur, lo:hi]
+        for x, y in clip_ranges(args.frozen, lo, hi):       # a frozen layer's gradient counts as 0
+            g[x:y] = 0
         return g
 
     if clip_norm is None:
         for lo, hi in blocks(a, b):
             g = gradient(lo, hi)
             square_sums(g, arena["norm_parts"], lo)
-            _update(arena, lo, hi, cur, keys, optimizer, g, None)
+            _update(arena, lo, hi, cur, args, optimizer, g, None)
         return
     for lo, hi in blocks(a, b):
         square_sums(gradient(lo, hi), arena["norm_parts"], lo)
@@ -100,14 +102,16 @@ def update_chunk(arena, a: int, b: int, cur: int, args: UpdateArgs, optimizer, w
     factor = np.float32(clip_norm / (norm + 1e-6)) if norm > clip_norm else None   # as regularize
     for lo, hi in blocks(a, b):
         g = arena["grads_sum"][lo:hi] if sum_slots else gradient(lo, hi)   # the same values again
-        _update(arena, lo, hi, cur, keys, optimizer, g, factor)
+        _update(arena, lo, hi, cur, args, optimizer, g, factor)
 
 
-def _update(arena, lo: int, hi: int, cur: int, keys, optimizer, g: np.ndarray, factor) -> None:
+def _update(arena, lo: int, hi: int, cur: int, args: UpdateArgs, optimizer, g: np.ndarray, factor) -> None:
     if factor is not None:
         g *= factor
-    slots = [{k: arena[f"opt_{k}"][s, lo:hi] for k in keys} for s in (cur, 1 - cur)]
-    optimizer.update_into(arena["params"][cur, lo:hi], g, slots[0], arena["params"][1 - cur, lo:hi], slots[1])
+    sets = [[arena["params"][s, lo:hi], *(arena[f"opt_{k}"][s, lo:hi] for k in args.keys)] for s in (cur, 1 - cur)]
+    slots = [dict(zip(args.keys, arrays[1:])) for arrays in sets]
+    optimizer.update_into(sets[0][0], g, slots[0], sets[1][0], slots[1])
+    keep_frozen(args.frozen, sets[0], sets[1], lo, hi)      # as Model.apply_gradients: bitwise kept
 
 
 class ShardedUpdate:
@@ -149,7 +153,8 @@ class ShardedUpdate:
         """What the workers need for the step about to run (the optimizer's t + 1); the model's
         optimizer counts it only in ``flip``, so a step that never completes leaves it as it was."""
         m, opt = self.model, self.model.optimizer
-        return UpdateArgs(self.keys, m.weight_decay, m.clip_norm, dict(opt.hyperparameters(), t=opt.t + 1))
+        return UpdateArgs(self.keys, m.weight_decay, m.clip_norm, dict(opt.hyperparameters(), t=opt.t + 1),
+                          m.frozen_ranges())
 
     def flip(self) -> None:
         """Every chunk is done: set 1-cur becomes current, for the model and its optimizer,

@@ -40,10 +40,10 @@ class ShardExchange:
     def take_part_empty(self, bn_layers) -> None:
         """A worker with no samples still joins every exchange (forward order, then backward)."""
         for layer in list(bn_layers) + list(reversed(bn_layers)):
-            self(np.zeros(2 * layer.params["gamma"].size + 1))
+            self(np.zeros(2 * layer.channels + 1))
 
 
 def exchange_width(layers) -> int:
     """Longest vector any BatchNorm2D layer will exchange (2C+1), 0 if there is none."""
-    return max((2 * layer.params["gamma"].size + 1 for layer in batchnorm_layers(layers)), default=0)
+    return max((2 * layer.channels + 1 for layer in batchnorm_layers(layers)), default=0)
 

@@ -225,6 +225,8 @@ def test_fit_with_two_workers_matches_fit_in_one_process():
 @pytest.mark.parametrize("optimizer, options", [
     ("adam", {}), ("adam", {"weight_decay": 1e-2}), ("sgd", {"momentum": 0.9}), ("sgd", {}),
     ("adam", {"clip_norm": 1e-3}), ("sgd", {"momentum": 0.9, "clip_norm": 1e-3, "weight_decay": 1e-2}),
+    ("rmsprop", {}), ("rmsprop", {"momentum": 0.9, "centered": True, "clip_norm": 1e-3}),
+    ("adamw", {}), ("adam", {"amsgrad": True, "weight_decay": 1e-2}), ("sgd", {"momentum": 0.9, "nesterov": True}),
 ])
 def test_the_optimizer_step_on_the_workers_is_bitwise_the_single_process_step(optimizer, options):
     """Each worker sums and updates its chunk of the flat vector (elementwise, so exact),
@@ -388,3 +390,33 @@ def test_a_users_adam_subclass_steps_as_written_on_the_workers():
     train(LocalEngine(ref, deterministic=True), data)
     assert np.array_equal(results[0], results[1])
     assert not np.array_equal(results[0], ref.params)           # the subclass's update ran
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_a_frozen_layer_stays_bitwise_on_every_worker_count(workers):
+    """layer.trainable = False: the layer's weights and its optimizer slots leave every step
+    bitwise as they came (no step, no decoupled or L2 decay, no moment change), its gradient
+    counts as zero in the clipping norm; the other layers train bitwise as in one process."""
+    data = batches([24] * 4)
+    models = []
+    for engine in (None, workers):
+        m = cnn(hidden=300)
+        m.compile(optimizer="adamw", lr=0.01, weight_decay=1e-2, clip_norm=1e-3)   # both decays
+        LocalEngine(m, deterministic=True).train_step(*data[0])    # the slots are nonzero now
+        m.layers[0].trainable = False
+        frozen_w, frozen_m = m.layers[0].params["W"].copy(), m.optimizer.slots[0]["m"].copy()
+        if engine is None:
+            norms = [LocalEngine(m, deterministic=True).train_step(*b).grad_norm for b in data[1:]]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                with DataParallel(m, workers=engine, deterministic=True, shard_optimizer=True) as dp:
+                    norms = [dp.train_step(*b).grad_norm for b in data[1:]]
+                    assert dp.node._sets is not None and dp.node._sets.ready()   # the workers stepped
+        models.append((m, norms))
+        assert np.array_equal(m.layers[0].params["W"], frozen_w)
+        a, b = m.frozen_ranges()[0]
+        assert np.array_equal(m.optimizer.slots[0]["m"][a:b], frozen_m[a:b])
+        assert not np.array_equal(m.optimizer.slots[0]["m"], frozen_m)     # the others moved
+    (ref, ref_norms), (m, norms) = models
+    assert np.array_equal(m.params, ref.params) and norms == ref_norms

@@ -36,13 +36,12 @@ class RMSprop(ElementwiseOptimizer):
         return ("v",) + (("mg",) if self.centered else ()) + (("mom",) if self.momentum else ())
 
     def update_into(self, p, g, slot, p_out, slot_out) -> None:
-        n = len(self.slot_names())
-        dt = p.dtype.type
+        names = self.slot_names()
+        n, dt = len(names), p.dtype.type
         rho, lr, eps = dt(self.rho), dt(self.lr), dt(self.eps)
-        for piece in self.pieces(p, g, slot, p_out, slot_out):
-            p_, g_, ins, po, outs, tmp = piece[0], piece[1], piece[2:2 + n], piece[2 + n], piece[3 + n:3 + 2 * n], piece[-1]
-            now = dict(zip(self.slot_names(), ins))
-            new = dict(zip(self.slot_names(), outs))
+        for piece in self.pieces(p, g, slot, p_out, slot_out):    # p, g, slots, p_out, slots_out, tmp
+            p_, g_, po, tmp = piece[0], piece[1], piece[2 + n], piece[-1]
+            now, new = dict(zip(names, piece[2:2 + n])), dict(zip(names, piece[3 + n:3 + 2 * n]))
             np.multiply(now["v"], rho, out=new["v"])                 # v = rho v + (1 - rho) g^2
             np.multiply(g_, g_, out=tmp)
             tmp *= dt(1 - self.rho)

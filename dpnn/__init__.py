@@ -9,11 +9,11 @@ from .placement import configure_threads
 configure_threads()     # both must run before NumPy is imported to take effect:
 configure_denormals()   # OpenBLAS starts its threads when NumPy loads, and they inherit the mode
 
-from . import data, losses, optim  # noqa: E402, F401
+from . import data, losses, optim, optimizers  # noqa: E402, F401
 from .callbacks import Callback, EarlyStopping  # noqa: E402, F401
 from .data import Dataset, one_hot  # noqa: E402, F401
 from .errors import DataError, WeightsError, WorkerError  # noqa: E402, F401
-from .keras import Input, Sequential, utils  # noqa: E402, F401  (Keras's names: see dpnn/keras.py)
+from .keras import Input, Sequential, utils  # noqa: E402, F401  (Keras's names: see dpnn/keras/)
 from .layers import (  # noqa: E402, F401
     LAYER_REGISTRY,
     Activation,
@@ -30,7 +30,7 @@ from .layers import (  # noqa: E402, F401
     register_layer,
 )
 from .model import Model  # noqa: E402, F401
-from .optim import SGD, Adam, Optimizer, adam, sgd  # noqa: E402, F401
+from .optimizers import SGD, Adam, AdamW, Optimizer, RMSprop, adam, sgd  # noqa: E402, F401
 from .tensorboard import TensorBoard  # noqa: E402, F401  (tensorboardX is imported when used)
 
 __version__ = "0.1.0"

@@ -120,12 +120,12 @@ def _activation(g: GraphBuilder, t: Tensor, func: str | None, where: str) -> Ten
 
 def _conv(g: GraphBuilder, layer: Conv2D, t: Tensor, where: str) -> Tensor:
     t = g.to_layout(t, "NCHW", where)
-    kernel, stride = layer.kernel_size, (layer.stride, layer.stride)
-    inputs = [t.name, g.const(f"{where}.W", layer.params["W"].transpose(3, 2, 0, 1))]  # (F, C, KH, KW)
+    _, _, (top, bottom, left, right) = layer.geometry(t.shape[1], t.shape[2])     # dpnn (NHWC) shape
+    inputs = [t.name, g.const(f"{where}.W", layer.params["W"].transpose(3, 2, 0, 1))]  # (F, C/groups, KH, KW)
     if layer.use_bias:
         inputs.append(g.const(f"{where}.b", layer.params["b"]))
-    out = g.node("Conv", inputs, where, kernel_shape=list(kernel), strides=list(stride),
-                 pads=_pads(t.shape, kernel, stride, layer.padding))
+    out = g.node("Conv", inputs, where, kernel_shape=list(layer.kernel_size), strides=list(layer.strides),
+                 pads=[top, left, bottom, right], dilations=list(layer.dilation_rate), group=layer.groups)
     return _activation(g, Tensor(out, "NCHW", layer.output_shape), layer.activation, where)
 
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from . import initializers
 
 LAYER_REGISTRY: dict[str, type] = {}
 
@@ -95,12 +98,33 @@ class Layer:
         self.needs_input_grad = True      # False for a model's first layer: skip computing dx
         self.rng: np.random.Generator | None = None   # set by Model.build for initialisation
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Every layer class takes Keras's ``input_shape=`` (no batch axis) besides its own
+        arguments: on the first layer of a ``keras.Sequential`` it builds the model at once."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "takes_input_shape", False):
+            return
+
+        @functools.wraps(init)
+        def __init__(self, *args, input_shape=None, **kw):
+            init(self, *args, **kw)
+            if input_shape is not None:
+                self.declared_input_shape = tuple(input_shape) if not isinstance(input_shape, int) \
+                    else (input_shape,)
+        __init__.takes_input_shape = True
+        cls.__init__ = __init__
+
     def add_param(self, name: str, shape: tuple, init: str | Callable = "zeros",
-                  fan_in: int | None = None) -> np.ndarray:
-        """Create a float32 parameter and its zero gradient; ``init`` is 'zeros', 'ones' or 'he'."""
+                  fan_in: int | None = None, fan_out: int | None = None) -> np.ndarray:
+        """Create a float32 parameter and its zero gradient; ``init`` is 'zeros', 'ones', 'he'
+        (nn's He-normal), a Keras name ('glorot_uniform'...), an initializer object or a
+        function ``f(shape, rng)`` (see :mod:`dpnn.layers.initializers`)."""
         rng = self.rng if self.rng is not None else np.random.default_rng()
-        if callable(init):
-            value = np.asarray(init(shape, rng), dtype=np.float32)
+        if callable(init) or (isinstance(init, str) and init not in ("he", "zeros", "ones")):
+            value = np.asarray(initializers.get(init)(tuple(shape), rng, fan_in, fan_out), dtype=np.float32)
+            if value.shape != tuple(shape):
+                raise ValueError(f"initializer {init!r} returned shape {value.shape} for {name}, not {tuple(shape)}")
         elif init == "he":
             std = np.sqrt(2.0 / (fan_in or int(np.prod(shape[:-1]))))
             value = (rng.standard_normal(shape) * std).astype(np.float32)

@@ -13,6 +13,7 @@ from ..im2col import (
     pad_nhwc,
     scratch,
 )
+from . import conv_general, initializers
 from .base import Layer, check_rank, register_layer
 from .simple import activate_in_place, activation_grad, check_activation
 
@@ -29,6 +30,13 @@ def _pair(v, name: str) -> tuple[int, int]:
     return int(t[0]), int(t[1])
 
 
+def stride_pair(stride, strides, name: str = "stride") -> tuple[int, int]:
+    """dpnn's ``stride=`` or Keras's ``strides=`` (one of them) as a pair of positive ints."""
+    if strides is not None and stride not in (None, 1) and _pair(stride, name) != _pair(strides, "strides"):
+        raise TypeError(f"give {name}= or strides=, not both (they are the same setting)")
+    return _pair(strides if strides is not None else (1 if stride is None else stride), "strides")
+
+
 def sum_rows(g: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out[...] = g.sum(axis=0) for g (M, F), as one BLAS GEMV with a ones vector."""
     np.matmul(np.ones(g.shape[0], g.dtype), g, out=out)
@@ -43,40 +51,68 @@ class Conv2D(Layer):
     than a separate Activation layer, and no extra (N, OH, OW, F) array); any other name of
     :data:`dpnn.layers.simple.ACTIVATIONS` is applied as an Activation layer would (Keras's
     ``activation=``). ``padding`` defaults to 'same' (nn's), where Keras's is 'valid'.
+
+    Keras's options: ``strides`` (or dpnn's ``stride``; an int or a pair), ``dilation_rate``,
+    ``groups`` (W is then (KH, KW, C/groups, F)), ``padding`` as an int, a pair or
+    ((top, bottom), (left, right)) besides 'same'/'valid', ``kernel_initializer`` and
+    ``bias_initializer`` (a Keras name or object; dpnn's default kernel is nn's He-normal,
+    'he', where Keras's is 'glorot_uniform'). Any of the first four off its default runs the
+    general path (:mod:`dpnn.layers.conv_general`).
     """
     shifted_dx_from: int | None = SHIFTED_DX_FROM   # None: always im2col for the input gradient
     backward_chunk: int | None = BACKWARD_CHUNK     # None: the shifted backward on the whole batch
 
-    def __init__(self, filters: int, kernel_size=(3, 3), stride: int = 1,
-                 padding: str = "same", use_bias: bool = True, activation: str | None = None) -> None:
+    def __init__(self, filters: int, kernel_size=(3, 3), stride=1, padding="same", use_bias: bool = True,
+                 activation: str | None = None, *, strides=None, dilation_rate=1, groups: int = 1,
+                 kernel_initializer="he", bias_initializer="zeros") -> None:
         super().__init__()
         if not isinstance(filters, (int, np.integer)) or filters <= 0:
             raise ValueError(f"filters must be a positive int, got {filters!r}")
-        if padding not in ("same", "valid"):
-            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
-        if not isinstance(stride, (int, np.integer)) or stride <= 0:
-            raise ValueError(f"stride must be a positive int, got {stride!r}")
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1 \
+                or filters % groups:
+            raise ValueError(f"groups must be a positive int that divides filters ({filters}), got {groups!r}")
         self.filters, self.kernel_size = int(filters), _pair(kernel_size, "kernel_size")
-        self.stride, self.padding, self.use_bias = int(stride), padding, bool(use_bias)
+        self.strides = stride_pair(stride, strides)
+        self.stride = self.strides[0] if self.strides[0] == self.strides[1] else self.strides
+        self.padding = conv_general.padding_pairs(padding)
+        self.dilation_rate, self.groups = _pair(dilation_rate, "dilation_rate"), int(groups)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        initializers.get(kernel_initializer), initializers.get(bias_initializer)      # refuse a bad name now
         self.activation = None if activation == "linear" else check_activation(activation, none_ok=True)
         # buffers reused across steps (same batch size -> no allocation, no page faults)
         self._cols = self._cols_aug = self._xpad = self._gcols = self._gpad = None
         self._dxq = self._gchunk = self._dWb = self._dWtmp = None   # the shifted backward's
         self._ones_set = None     # the memory whose ones column (bias in the GEMM) is written
 
+    @property
+    def general(self) -> bool:
+        """True when an option runs the general path (conv_general) instead of the tuned one."""
+        return (self.groups != 1 or self.dilation_rate != (1, 1) or isinstance(self.stride, tuple)
+                or not isinstance(self.padding, str))
+
+    def geometry(self, H: int, W: int) -> tuple[int, int, tuple[int, int, int, int]]:
+        """(OH, OW, (top, bottom, left, right) padding) for an (H, W) input."""
+        return conv_general.geometry((H, W), self.kernel_size, self.strides, self.dilation_rate, self.padding)
+
     def build(self, input_shape: tuple) -> None:
         check_rank(self, input_shape, (4,), "Conv2D takes NHWC images (N, H, W, C)")
         N, H, W, C = input_shape
+        if C % self.groups:
+            raise ValueError(f"Conv2D groups={self.groups} must divide the input channels ({C})")
         kh, kw = self.kernel_size
-        oh = conv_output_size(H, kh, self.stride, self.padding)[0]
-        ow = conv_output_size(W, kw, self.stride, self.padding)[0]
-        self.add_param("W", (kh, kw, C, self.filters), "he", fan_in=kh * kw * C)
+        oh, ow, _ = self.geometry(H, W)
+        Cg = C // self.groups
+        self.add_param("W", (kh, kw, Cg, self.filters), self.kernel_initializer, fan_in=kh * kw * Cg,
+                       fan_out=kh * kw * self.filters)
         if self.use_bias:
-            self.add_param("b", (self.filters,), "zeros")
+            self.add_param("b", (self.filters,), self.bias_initializer)
         self.input_shape, self.output_shape = tuple(input_shape), (N, oh, ow, self.filters)
         self.built = True
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
+        if self.general:
+            return self._forward_general(x)
         N, H, W, C = x.shape
         (kh, kw), s, F = self.kernel_size, self.stride, self.filters
         oh, pt, pb = conv_output_size(H, kh, s, self.padding)
@@ -104,9 +140,32 @@ class Conv2D(Layer):
             out = self._y = activate_in_place(self.activation, out)
         return out.reshape(N, oh, ow, F)                                   # (N, OH, OW, F)
 
+    def _forward_general(self, x: np.ndarray) -> np.ndarray:
+        N, H, W, C = x.shape
+        oh, ow, pads = self.geometry(H, W)
+        self._pads, self._x_shape, self._out_hw = pads, x.shape, (oh, ow)
+        out, self._cols = conv_general.forward(x, self.params["W"], self.params.get("b"), self.strides,
+                                               self.dilation_rate, pads, self.groups, (oh, ow))  # (N*OH*OW, F)
+        if self.activation is not None:
+            out = self._y = activate_in_place(self.activation, out)
+        return out.reshape(N, oh, ow, self.filters)                        # (N, OH, OW, F)
+
+    def _backward_general(self, g2: np.ndarray) -> np.ndarray | None:
+        dW, db, dx = conv_general.backward(g2, self._cols, self.params["W"], self.groups, self._x_shape,
+                                           self.strides, self.dilation_rate, self._pads, self._out_hw,
+                                           self.needs_input_grad)
+        self.grads["W"][...] = dW
+        if self.use_bias:
+            self.grads["b"][...] = db
+        return dx
+
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
         F = self.filters
         g2 = grad.reshape(-1, F)                                           # (N*OH*OW, F)
+        if self.general:
+            if self.activation is not None:
+                g2 = activation_grad(self.activation, g2, self._y, self.fused_with_loss)
+            return self._backward_general(g2)
         shifted = self.needs_input_grad and self.stride == 1 and self.shifted_dx_from is not None \
             and F >= self.shifted_dx_from
         if self.activation is not None and not (shifted and self.activation == "relu"):
@@ -188,30 +247,49 @@ class Conv2D(Layer):
         return self.activation
 
     def get_config(self) -> dict:
-        cfg = {"filters": self.filters, "kernel_size": list(self.kernel_size), "stride": self.stride,
-               "padding": self.padding, "use_bias": self.use_bias}
+        stride = list(self.stride) if isinstance(self.stride, tuple) else self.stride
+        padding = self.padding if isinstance(self.padding, str) else [list(p) for p in self.padding]
+        cfg = {"filters": self.filters, "kernel_size": list(self.kernel_size), "stride": stride,
+               "padding": padding, "use_bias": self.use_bias}
         if self.activation is not None:
             cfg["activation"] = self.activation
-        return cfg
+        if self.dilation_rate != (1, 1):
+            cfg["dilation_rate"] = list(self.dilation_rate)
+        if self.groups != 1:
+            cfg["groups"] = self.groups
+        return initializer_config(cfg, self.kernel_initializer, self.bias_initializer)
+
+
+def initializer_config(cfg: dict, kernel, bias) -> dict:
+    """Add the initializers a config can name when they are not dpnn's defaults ('he', 'zeros')."""
+    for key, init, default in (("kernel_initializer", kernel, "he"), ("bias_initializer", bias, "zeros")):
+        name = initializers.config_name(init)
+        if name is not None and name != default:
+            cfg[key] = name
+    return cfg
 
 
 @register_layer
 class Dense(Layer):
-    """Fully connected layer on (N, D) input; W (D, units), b (units,); ``activation`` as Conv2D's."""
+    """Fully connected layer on (N, D) input; W (D, units), b (units,); ``activation`` and the
+    initializers as Conv2D's."""
 
-    def __init__(self, units: int, use_bias: bool = True, activation: str | None = None) -> None:
+    def __init__(self, units: int, use_bias: bool = True, activation: str | None = None, *,
+                 kernel_initializer="he", bias_initializer="zeros") -> None:
         super().__init__()
         if not isinstance(units, (int, np.integer)) or units <= 0:
             raise ValueError(f"units must be a positive int, got {units!r}")
         self.units, self.use_bias = int(units), bool(use_bias)
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        initializers.get(kernel_initializer), initializers.get(bias_initializer)      # refuse a bad name now
         self.activation = None if activation == "linear" else check_activation(activation, none_ok=True)
 
     def build(self, input_shape: tuple) -> None:
         check_rank(self, input_shape, (2,), "insert Flatten() before Dense")
         N, D = input_shape
-        self.add_param("W", (D, self.units), "he", fan_in=D)
+        self.add_param("W", (D, self.units), self.kernel_initializer, fan_in=D, fan_out=self.units)
         if self.use_bias:
-            self.add_param("b", (self.units,), "zeros")
+            self.add_param("b", (self.units,), self.bias_initializer)
         self.input_shape, self.output_shape = tuple(input_shape), (N, self.units)
         self.built = True
 
@@ -243,4 +321,4 @@ class Dense(Layer):
         cfg = {"units": self.units, "use_bias": self.use_bias}
         if self.activation is not None:
             cfg["activation"] = self.activation
-        return cfg
+        return initializer_config(cfg, self.kernel_initializer, self.bias_initializer)

@@ -17,11 +17,14 @@ from .conv import _pair
 
 
 class _Pool2D(Layer):
-    def __init__(self, pool_size=(2, 2), stride=None, padding: str = "valid") -> None:
+    def __init__(self, pool_size=(2, 2), stride=None, padding: str = "valid", *, strides=None) -> None:
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         self.pool_size = _pair(pool_size, "pool_size")
+        if stride is not None and strides is not None and _pair(stride, "stride") != _pair(strides, "strides"):
+            raise TypeError("give stride= or strides= (Keras's name), not both")
+        stride = strides if strides is not None else stride
         self.stride = _pair(stride if stride is not None else self.pool_size, "stride")
         self.padding = padding
 

@@ -12,8 +12,11 @@ class Adam(ElementwiseOptimizer):
     ``beta_1``, ``beta_2``, ``epsilon``); ``weight_decay`` is decoupled, as in Keras's Adam.
 
     The step is ``lr * m_hat / (sqrt(v_hat) + eps)`` (PyTorch's placement of eps); Keras adds
-    eps to sqrt(v) before the bias correction, which differs only while v is about eps**2.
+    eps to sqrt(v) before the bias correction, which differs only while v is about eps**2
+    (``dpnn.keras.optimizers.Adam`` does that: its ``keras_epsilon`` is True).
     """
+
+    keras_epsilon = False   # True: eps added to sqrt(v) itself, not to the bias-corrected sqrt(v_hat)
 
     def __init__(self, lr: float | None = None, beta1: float | None = None, beta2: float | None = None,
                  eps: float | None = None, amsgrad: bool = False, weight_decay: float = 0.0, *,
@@ -39,7 +42,8 @@ class Adam(ElementwiseOptimizer):
         (the sharded step writes the other parameter set); the same arrays update in place."""
         bc1, bc2 = 1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t
         # p -= lr/bc1 * m / (sqrt(v/bc2) + eps), written as lr*sqrt(bc2)/bc1 * m / (sqrt(v) + eps*sqrt(bc2))
-        step, eps = p.dtype.type(self.lr * np.sqrt(bc2) / bc1), p.dtype.type(self.eps * np.sqrt(bc2))
+        step = p.dtype.type(self.lr * np.sqrt(bc2) / bc1)
+        eps = p.dtype.type(self.eps if self.keras_epsilon else self.eps * np.sqrt(bc2))
         for piece in self.pieces(p, g, slot, p_out, slot_out):
             if self.amsgrad:
                 p_, g_, m, v, vh, po, mo, vo, vho, tmp = piece

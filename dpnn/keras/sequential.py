@@ -1,4 +1,4 @@
-"""Keras's names for what a Sequential CNN script uses, so that it runs with its imports changed.
+"""``keras.Sequential`` and ``keras.Input``: a dpnn Model built the way Keras builds one.
 
 ::
 
@@ -14,20 +14,16 @@
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     model.fit(x, keras.utils.to_categorical(y, 10), batch_size=128, epochs=1, validation_split=0.1)
 
-The layer aliases (``MaxPooling2D``...) live with the layers (:mod:`dpnn.layers`); here are
-``Sequential``, ``Input`` and ``utils``. Where dpnn's defaults differ on purpose (Conv2D's
-padding is 'same', as in the nn framework; BatchNorm's momentum 0.9), README.md says so.
+The layer aliases (``MaxPooling2D``...) live with the layers (:mod:`dpnn.layers`). Where dpnn's
+defaults differ on purpose (Conv2D's padding is 'same', as in the nn framework; BatchNorm's
+momentum 0.9), docs/keras.md says so.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 
-from . import callbacks  # noqa: F401  (keras.callbacks.EarlyStopping... after import dpnn.keras as keras)
-from .data import one_hot
-from .layers.base import Layer
-from .model import Model
+from ..layers.base import Layer
+from ..model import Model
 
 
 class Input:
@@ -65,25 +61,12 @@ class Sequential(Model):
             return self
         if not isinstance(layer, Layer):
             raise TypeError(f"Sequential.add expects a dpnn Layer or Input, got {type(layer).__name__}")
+        shape = getattr(layer, "declared_input_shape", None)
+        if shape is not None and not self.layers and self.input_spec is None:
+            self.input_spec = Input(shape)     # Keras's Dense(64, input_shape=(784,)) on the first layer
         if self.built and self.input_spec is not None and self.loss is None:
             self.built = False             # built from the Input only: build again with the new layer
         super().add(layer)
         if self.input_spec is not None:
             self.build((1, *self.input_spec.shape))
         return self
-
-
-def to_categorical(y, num_classes: int | None = None, dtype: str = "float32") -> np.ndarray:
-    """Integer class labels (N,) as one-hot rows (N, num_classes), Keras's ``utils.to_categorical``."""
-    y = np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    if y.ndim != 1 or y.dtype.kind not in "iuf" or (y.size and not np.all(y == np.round(y))):
-        raise ValueError(f"to_categorical needs whole-number class labels (N,), got shape {y.shape} "
-                         f"of {y.dtype}")
-    y = y.astype(np.int64)
-    k = int(y.max()) + 1 if num_classes is None and y.size else int(num_classes or 0)
-    return one_hot(y, k).astype(dtype)          # which refuses labels outside 0..k-1
-
-
-utils = SimpleNamespace(to_categorical=to_categorical)    # keras.utils.to_categorical

@@ -8,8 +8,8 @@
 packages, so a name added there appears here too. ``import dpnn as keras`` keeps working for
 ``Sequential``, ``Input``, ``layers`` and ``utils``. docs/keras.md lists what still differs.
 """
-from . import callbacks, datasets, layers, losses, models, optimizers, utils  # noqa: F401
 from ..model import Model  # noqa: F401
+from . import callbacks, datasets, layers, losses, models, optimizers, utils  # noqa: F401
 from .models import load_model  # noqa: F401
 from .sequential import Input, Sequential  # noqa: F401
 from .utils import to_categorical  # noqa: F401

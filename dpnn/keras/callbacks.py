@@ -1,2 +1,2 @@
 """``keras.callbacks``: dpnn's callbacks (:mod:`dpnn.callbacks`), every public name it has."""
-from ..callbacks import *  # noqa: F401,F403
+from ..callbacks import *  # noqa: F403

@@ -16,7 +16,7 @@ def _keras_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
 def load_data(name: str):
     """((x_train, y_train), (x_test, y_test)) of the named data set ('mnist', 'fashion-mnist');
     a :class:`dpnn.DataError` saying how to install or place the files when they are missing."""
-    from ..datasets import load_dataset      # imported on use: ``import dpnn`` stays light
+    from ..datasets import load_dataset  # imported on use: ``import dpnn`` stays light
     train, test, _ = load_dataset(name)
     return _keras_arrays(train), _keras_arrays(test)
 

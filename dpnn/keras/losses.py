@@ -1,2 +1,2 @@
 """``keras.losses``: dpnn's losses (:mod:`dpnn.losses`), every public name it has."""
-from ..losses import *  # noqa: F401,F403
+from ..losses import *  # noqa: F403

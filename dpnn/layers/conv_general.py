@@ -91,7 +91,8 @@ def backward(g2: np.ndarray, cols: np.ndarray, W: np.ndarray, groups: int, x_sha
         cg = cols[..., g * Cg:(g + 1) * Cg].reshape(M, -1)                 # (M, KH*KW*Cg)
         dW[..., g * Fg:(g + 1) * Fg] = (cg.T @ gg).reshape(KH, KW, Cg, Fg)
         if need_dx:
-            dcols[..., g * Cg:(g + 1) * Cg] = (gg @ W[..., g * Fg:(g + 1) * Fg].reshape(-1, Fg).T).reshape(M, KH, KW, Cg)
+            Wg = W[..., g * Fg:(g + 1) * Fg].reshape(-1, Fg)                 # (KH*KW*Cg, Fg)
+            dcols[..., g * Cg:(g + 1) * Cg] = (gg @ Wg.T).reshape(M, KH, KW, Cg)
     db = g2.sum(axis=0)
     if not need_dx:
         return dW, db, None

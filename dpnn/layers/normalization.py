@@ -67,6 +67,8 @@ class BatchNorm2D(Layer):
         """Mean and biased variance per channel of (M, C) rows, over every shard when synced."""
         M = x2.shape[0]
         if self.sync is None:
+            if not M:                               # nothing to average: the caller keeps running stats
+                return np.zeros(x2.shape[1], x2.dtype), np.ones(x2.shape[1], x2.dtype), 0
             mean = x2.mean(axis=0)
             return mean, ((x2 - mean) ** 2).mean(axis=0), M
         C = x2.shape[1]

@@ -11,9 +11,8 @@ import pytest
 
 import dpnn
 import dpnn.keras as keras
-from dpnn import Model
 from dpnn.callbacks import Callback
-from dpnn.optimizers import SGD, Adam, AdamW, RMSprop, regularize
+from dpnn.optimizers import SGD, Adam, AdamW, RMSprop
 
 from conftest import cnn
 
@@ -212,23 +211,6 @@ def test_rmsprop_epsilon_is_inside_the_root_as_in_keras():
     assert var[0] == pytest.approx(-1 / math.sqrt(2))          # torch: -1 / (1 + 1) = -0.5
 
 
-def test_compile_weight_decay_stays_coupled_l2():
-    """compile(weight_decay=) adds wd * p to the gradient (torch.optim.Adam's weight_decay)."""
-    p, ref, _ = torch_steps(_CoupledAdam(0.05), lambda t, ps: t.optim.Adam(ps, lr=0.01, weight_decay=0.05))
-    np.testing.assert_allclose(p, ref, rtol=1e-9, atol=1e-11)
-
-
-class _CoupledAdam(Adam):
-    def __init__(self, wd):
-        super().__init__(lr=0.01)
-        self.l2 = wd
-
-    def step(self, params_and_grads):
-        for p, g in params_and_grads:
-            regularize(p, g, weight_decay=self.l2)
-        super().step(params_and_grads)
-
-
 # -- learning_rate set by a callback or a user changes the next step, on every engine --------
 class HalveEachEpoch(Callback):
     def on_epoch_begin(self, epoch, logs=None):
@@ -282,4 +264,3 @@ def test_a_users_rmsprop_subclass_is_stepped_whole():
     class Mine(RMSprop):            # defined here, as a user would: it may do anything in step
         pass
     assert Mine().sharded_slots() is None and RMSprop(momentum=0.5).sharded_slots() == ("v", "mom")
-    assert isinstance(Model, type)

@@ -392,7 +392,7 @@ def test_a_users_adam_subclass_steps_as_written_on_the_workers():
     assert not np.array_equal(results[0], ref.params)           # the subclass's update ran
 
 
-@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("workers", [1, 2, 3, "rank"])
 def test_a_frozen_layer_stays_bitwise_on_every_worker_count(workers):
     """layer.trainable = False: the layer's weights and its optimizer slots leave every step
     bitwise as they came (no step, no decoupled or L2 decay, no moment change), its gradient
@@ -408,11 +408,7 @@ def test_a_frozen_layer_stays_bitwise_on_every_worker_count(workers):
         if engine is None:
             norms = [LocalEngine(m, deterministic=True).train_step(*b).grad_norm for b in data[1:]]
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                with DataParallel(m, workers=engine, deterministic=True, shard_optimizer=True) as dp:
-                    norms = [dp.train_step(*b).grad_norm for b in data[1:]]
-                    assert dp.node._sets is not None and dp.node._sets.ready()   # the workers stepped
+            norms = _train_frozen(m, engine, data[1:])
         models.append((m, norms))
         assert np.array_equal(m.layers[0].params["W"], frozen_w)
         a, b = m.frozen_ranges()[0]
@@ -420,3 +416,23 @@ def test_a_frozen_layer_stays_bitwise_on_every_worker_count(workers):
         assert not np.array_equal(m.optimizer.slots[0]["m"], frozen_m)     # the others moved
     (ref, ref_norms), (m, norms) = models
     assert np.array_equal(m.params, ref.params) and norms == ref_norms
+
+
+def _train_frozen(m, workers, data):
+    """Gradient norms of training ``data`` on ``workers`` (a count, or "rank": a rank of an MPI
+    job whose 2 workers sum their chunks and then update from the all-reduced gradient)."""
+    from dpnn.distributed import DistributedEngine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if workers == "rank":
+            e = DistributedEngine(m, OneRank(), workers=2, deterministic=True, seed=0, shard_optimizer=True)
+            try:
+                norms = [e.train_step(*b).grad_norm for b in data]
+                assert e.node._sets is not None and e.node._sets.ready()   # the workers updated
+                return norms
+            finally:
+                e.close()
+        with DataParallel(m, workers=workers, deterministic=True, shard_optimizer=True) as dp:
+            norms = [dp.train_step(*b).grad_norm for b in data]
+            assert dp.node._sets is not None and dp.node._sets.ready()   # the workers stepped
+            return norms

@@ -267,12 +267,25 @@ class Model:
         keep_frozen(frozen, before, arrays)
         return norm
 
+    @property
+    def trainable(self) -> bool:
+        """False when every layer is frozen; setting it sets every layer's (Keras's
+        ``model.trainable = False``, e.g. on a pretrained base)."""
+        return any(getattr(layer, "trainable", True) for layer in self.layers)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"trainable must be True or False, got {value!r}")
+        for layer in self.layers:
+            layer.trainable = bool(value)
+
     def frozen_ranges(self) -> tuple[tuple[int, int], ...]:
         """[start, stop) of the flat parameter vector held by layers with ``trainable = False``."""
         if not self.built:
             return ()
-        return tuple((e.offset, e.offset + e.size) for e in self.param_layout.entries
-                     if not getattr(self.layers[e.layer], "trainable", True))
+        frozen = [layer.frozen_params() for layer in self.layers]
+        return tuple((e.offset, e.offset + e.size) for e in self.param_layout.entries if e.name in frozen[e.layer])
 
     def _flat_slots(self) -> list[np.ndarray]:
         """The optimizer's per-parameter arrays shaped like ``params`` (Adam's m and v...)."""

@@ -334,3 +334,19 @@ def test_import_dpnn_keras_covers_the_keras_io_namespaces():
     for name in dir(dpnn.losses):
         if not name.startswith("_") and isinstance(getattr(dpnn.losses, name), type):
             assert getattr(keras.losses, name) is getattr(dpnn.losses, name), name
+
+
+def test_freezing_a_layer_inside_a_residual_block_or_the_whole_model():
+    from dpnn import Residual
+    x, y = _data()
+    block = Residual([Conv2D(1, 3), Conv2D(1, 3)])
+    m = Model([block, Flatten(), Dense(10)], seed=0).build((1, 8, 8, 1)).compile(optimizer="adam", lr=0.01)
+    block.layers[1].trainable = False
+    inner = block.layers[1].params["W"].copy()
+    m.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.array_equal(block.layers[1].params["W"], inner)
+    assert len(m.frozen_ranges()) == 2                              # the inner conv's W and b
+    m.trainable = False
+    params = m.params.copy()
+    m.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.array_equal(m.params, params) and not m.trainable

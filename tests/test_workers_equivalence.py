@@ -278,11 +278,19 @@ def test_a_step_with_the_update_can_be_redone(options):
     assert np.array_equal(m.params, ref.params)
 
 
-def test_optimizer_state_loaded_between_steps_is_adopted():
-    """A resumed optimizer (load_state_dict) replaces the slot arrays: the engine copies them in."""
+@pytest.mark.parametrize("optimizer", [None, {"optimizer": "rmsprop", "momentum": 0.9, "centered": True},
+                                       {"optimizer": "adamw", "amsgrad": True}])
+def test_optimizer_state_loaded_between_steps_is_adopted(optimizer):
+    """A resumed optimizer (load_state_dict) replaces the slot arrays: the engine copies them in
+    (each optimizer's slots: RMSprop's v, mg, mom; AMSGrad's vhat)."""
     data = batches([24] * 4)
-    ref, _ = local(data, deterministic=True)
+    ref = cnn()
+    if optimizer:
+        ref.compile(**optimizer)
+    train(LocalEngine(ref, deterministic=True), data)
     m = cnn()
+    if optimizer:
+        m.compile(**optimizer)
     with DataParallel(m, workers=2, deterministic=True, shard_optimizer=True) as dp:
         for b in data[:2]:
             dp.train_step(*b)

@@ -175,6 +175,11 @@ class Layer:
                     setattr(clone, name, None)
         return clone
 
+    def frozen_params(self) -> set[str]:
+        """Names of the params no optimizer step may change: all of them when ``trainable`` is
+        False (a container adds its frozen children's)."""
+        return set() if self.trainable else set(self.params)
+
     def param_count(self) -> int:
         return int(sum(p.size for p in self.params.values()))
 

@@ -109,6 +109,11 @@ class Residual(Layer):
         self.salt = 0                      # Model.build sets it (the layer's index)
         self._sample_keys: np.ndarray | None = None
 
+    def frozen_params(self) -> set[str]:
+        if not self.trainable:
+            return set(self.params)
+        return {prefix + name for prefix, child in self.params._prefixes() for name in child.frozen_params()}
+
     def named_sublayers(self) -> list[tuple[str, Layer]]:
         return [(str(j), layer) for j, layer in enumerate(self.layers)] + \
                [(f"shortcut{j}", layer) for j, layer in enumerate(self.shortcut or [])]

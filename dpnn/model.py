@@ -14,7 +14,7 @@ from .layers.base import Layer, summary_rows
 from .limits import check_model_memory
 from .losses import BinaryCrossentropy, check_metrics, fit_loss_to_output, get_loss, softmax
 from .losses.binary import sigmoid
-from .optimizers import check_number, get_optimizer, keep_frozen, regularize
+from .optimizers import check_number, get_optimizer, regularize, step_keeping_frozen
 from .random import sample_keys as make_sample_keys
 from .recipe import evaluation_sums, run_shard
 from .sample_weights import attach, check_sample_weight, sample_weights
@@ -253,24 +253,15 @@ class Model:
 
     def apply_gradients(self) -> float:
         """Weight decay, global-norm clipping, then one optimizer step on ``params``; returns the norm.
-
-        The parameters of frozen layers (``trainable = False``) and their optimizer slots come
-        out of the step bitwise as they went in, and their gradient counts as zero."""
+        Frozen layers (``trainable = False``) keep their parameters and slots bitwise."""
         frozen = self.frozen_ranges()
         norm = regularize(self.params, self.grads, self.weight_decay, self.clip_norm, frozen)
-        if not frozen:
-            self.optimizer.step([(self.params, self.grads)])
-            return norm
-        arrays = [self.params, *self._flat_slots()]
-        before = [a.copy() for a in arrays]
-        self.optimizer.step([(self.params, self.grads)])
-        keep_frozen(frozen, before, arrays)
+        step_keeping_frozen(self.optimizer, self.params, self.grads, frozen)
         return norm
 
     @property
     def trainable(self) -> bool:
-        """False when every layer is frozen; setting it sets every layer's (Keras's
-        ``model.trainable = False``, e.g. on a pretrained base)."""
+        """False when every layer is frozen; setting it sets every layer's (Keras's)."""
         return any(getattr(layer, "trainable", True) for layer in self.layers)
 
     @trainable.setter
@@ -281,16 +272,11 @@ class Model:
             layer.trainable = bool(value)
 
     def frozen_ranges(self) -> tuple[tuple[int, int], ...]:
-        """[start, stop) of the flat parameter vector held by layers with ``trainable = False``."""
+        """[start, stop) of the flat parameter vector held by frozen layers (``trainable = False``)."""
         if not self.built:
             return ()
         frozen = [layer.frozen_params() for layer in self.layers]
         return tuple((e.offset, e.offset + e.size) for e in self.param_layout.entries if e.name in frozen[e.layer])
-
-    def _flat_slots(self) -> list[np.ndarray]:
-        """The optimizer's per-parameter arrays shaped like ``params`` (Adam's m and v...)."""
-        slots = getattr(self.optimizer, "slots", None) or [{}]
-        return [v for v in slots[0].values() if isinstance(v, np.ndarray) and v.shape == self.params.shape]
 
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None, *, sample_weight=None,
                        class_weight: dict | None = None) -> tuple[float, float]:

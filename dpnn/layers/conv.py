@@ -34,7 +34,9 @@ def stride_pair(stride, strides, name: str = "stride") -> tuple[int, int]:
     """dpnn's ``stride=`` or Keras's ``strides=`` (one of them) as a pair of positive ints."""
     if strides is not None and stride not in (None, 1) and _pair(stride, name) != _pair(strides, "strides"):
         raise TypeError(f"give {name}= or strides=, not both (they are the same setting)")
-    return _pair(strides if strides is not None else (1 if stride is None else stride), "strides")
+    if strides is not None:
+        return _pair(strides, "strides")
+    return _pair(1 if stride is None else stride, name)
 
 
 def sum_rows(g: np.ndarray, out: np.ndarray) -> np.ndarray:

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from .adam import Adam, AdamW
 from .base import BLOCK, NORM_BLOCK, ElementwiseOptimizer, Optimizer, blocks, check_number  # noqa: F401
-from .regularization import clip_ranges, keep_frozen, regularize, square_sums, sum_of_squares  # noqa: F401
+from .regularization import (  # noqa: F401
+    clip_ranges,
+    keep_frozen,
+    regularize,
+    square_sums,
+    step_keeping_frozen,
+    sum_of_squares,
+)
 from .rmsprop import RMSprop
 from .sgd import SGD
 

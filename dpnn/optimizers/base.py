@@ -29,17 +29,19 @@ def blocks(a: int, b: int, size: int = BLOCK):
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf,
                  low_open: bool = False, high_open: bool = True) -> float:
     """``value`` as a float if it is finite and inside the interval, else one ValueError."""
-    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
-    where = f"in {lo}{low}, {high}{hi}" if high < math.inf else f">{'' if low_open else '='} {low}"
+    if high < math.inf:
+        where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    else:
+        where = "positive" if low_open and low == 0 else f"{'>' if low_open else '>='} {low:g}"
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number {where}, got {value!r} (a learning-rate "
-                         "schedule is set by a callback here, e.g. LearningRateScheduler)") from None
-    bad = isinstance(value, bool) or not math.isfinite(v) or v < low or v > high \
-        or (low_open and v == low) or (high_open and v == high)
-    if bad:
+        raise ValueError(f"{name} must be a number {where}, got {value!r} (a learning-rate schedule is "
+                         "a callback here, e.g. LearningRateScheduler)") from None
+    if isinstance(value, bool) or not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+    if v < low or v > high or (low_open and v == low) or (high_open and v == high):
+        raise ValueError(f"{name} must be {where}, got {value!r}")
     return v
 
 

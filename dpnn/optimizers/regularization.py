@@ -67,3 +67,16 @@ def keep_frozen(frozen, arrays_before: list[np.ndarray], arrays_after: list[np.n
         b, a = before.reshape(-1), after.reshape(-1)
         for x, y in clip_ranges(frozen, lo, b.size + lo if hi is None else hi):
             a[x:y] = b[x:y]
+
+
+def step_keeping_frozen(optimizer, params: np.ndarray, grads: np.ndarray, frozen) -> None:
+    """``optimizer.step`` on the flat vector, after which the ``frozen`` ranges of the parameters
+    and of the optimizer's slots (arrays shaped like ``params``) are as before it, bitwise."""
+    if not frozen:
+        optimizer.step([(params, grads)])
+        return
+    slots = getattr(optimizer, "slots", None) or [{}]
+    arrays = [params, *(v for v in slots[0].values() if isinstance(v, np.ndarray) and v.shape == params.shape)]
+    before = [a.copy() for a in arrays]
+    optimizer.step([(params, grads)])
+    keep_frozen(frozen, before, arrays)

@@ -444,3 +444,24 @@ def _train_frozen(m, workers, data):
             norms = [dp.train_step(*b).grad_norm for b in data]
             assert dp.node._sets is not None and dp.node._sets.ready()   # the workers stepped
             return norms
+
+
+def test_a_frozen_batchnorm_with_synchronised_statistics_and_an_empty_shard():
+    """A frozen BatchNorm exchanges no statistics (it normalises with its running ones), so a
+    worker with no samples must not wait for its exchange: 3 workers, a batch of 2."""
+    data = batches([2, 24])
+    models = []
+    for workers in (None, 3):
+        m = cnn(batchnorm=True)
+        next(layer for layer in m.layers if type(layer).__name__ == "BatchNorm2D").trainable = False
+        state = m.state.copy()
+        if workers is None:
+            train(LocalEngine(m, deterministic=False), data)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                with DataParallel(m, workers=workers, sync_batchnorm=True) as dp:
+                    train(dp, data)
+        assert np.array_equal(m.state, state)
+        models.append(m)
+    np.testing.assert_allclose(models[1].params, models[0].params, rtol=1e-4, atol=1e-6)

@@ -48,17 +48,10 @@ class Adam(ElementwiseOptimizer):
             if self.amsgrad:
                 p_, g_, m, v, vh, po, mo, vo, vho, tmp = piece
             else:
-                (p_, g_, m, v, po, mo, vo, tmp), vh = piece, None
-            self._moments(g_, m, v, mo, vo, tmp)
-            if vh is not None:                                       # the largest v so far
-                np.maximum(vh, vo, out=vho)
-            np.sqrt(vo if vh is None else vho, out=tmp)
-            tmp += eps
-            np.divide(mo, tmp, out=tmp)
-            tmp *= step
-            np.subtract(self.decay_into(p_, po), tmp, out=po)
+                (p_, g_, m, v, po, mo, vo, tmp), vh, vho = piece, None, None
+            self._update_block(p_, g_, m, v, po, mo, vo, tmp, step, eps, vh, vho)
 
-    def _moments(self, g, m, v, m_out, v_out, tmp) -> None:
+    def _update_block(self, p, g, m, v, p_out, m_out, v_out, tmp, step, eps, vhat=None, vhat_out=None) -> None:
         b1, b2 = self.beta1, self.beta2
         np.multiply(m, b1, out=m_out)                                 # m = b1 m + (1 - b1) g
         np.multiply(g, 1 - b1, out=tmp)
@@ -67,6 +60,13 @@ class Adam(ElementwiseOptimizer):
         np.multiply(g, g, out=tmp)
         tmp *= 1 - b2
         v_out += tmp
+        if vhat is not None:                                          # AMSGrad: the largest v so far
+            np.maximum(vhat, v_out, out=vhat_out)
+        np.sqrt(v_out if vhat is None else vhat_out, out=tmp)
+        tmp += eps
+        np.divide(m_out, tmp, out=tmp)
+        tmp *= step
+        np.subtract(self.decay_into(p, p_out), tmp, out=p_out)
 
     def get_config(self) -> dict:
         cfg = {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

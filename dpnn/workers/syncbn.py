@@ -39,7 +39,8 @@ class ShardExchange:
 
     def take_part_empty(self, bn_layers) -> None:
         """A worker with no samples still joins every exchange (forward order, then backward)."""
-        for layer in list(bn_layers) + list(reversed(bn_layers)):
+        bn_layers = [layer for layer in bn_layers if layer.trainable]     # a frozen one exchanges nothing
+        for layer in bn_layers + bn_layers[::-1]:
             self(np.zeros(2 * layer.channels + 1))
 
 

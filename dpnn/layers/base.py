@@ -85,7 +85,9 @@ class Layer:
     # Keras's switch: a layer with trainable = False is frozen. Its parameters and their
     # optimizer slots stay bitwise as they are on every engine (no step, no weight decay),
     # its gradient counts as zero in the norm; a frozen BatchNorm also keeps its running
-    # statistics and normalises with them, as in Keras. Saved with the architecture.
+    # statistics and normalises with them, as in Keras. Saved with the architecture. Set it
+    # before fit (Keras: before compile): an open DataParallel's workers hold copies of the
+    # layers, so a BatchNorm frozen after they start keeps its mode there (parameters follow).
     trainable = True
 
     def __init__(self) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 from . import saving
 from .data import as_arrays
 from .flat import FlatLayout
+from .freezing import Freezing
 from .layers import execution_order
 from .layers.base import Layer, summary_rows
 from .limits import check_model_memory
@@ -22,7 +23,7 @@ from .sample_weights import attach, check_sample_weight, sample_weights
 AUTO_MICRO_BATCH = 64     # samples per forward/backward piece (python -m benchmarks.ablation measures it)
 
 
-class Model:
+class Model(Freezing):
     """A sequential network with a Keras-like API.
 
     ``params``, ``grads`` and ``state`` are flat float32 vectors; each layer's arrays are
@@ -222,9 +223,8 @@ class Model:
         ``AUTO_MICRO_BATCH``. ``metrics``: Keras's ``['accuracy']`` is accepted (accuracy is
         always reported for classifiers); no other metric exists.
 
-        ``weight_decay`` here is PyTorch's coupled L2 (``grad += weight_decay * param``, before
-        clipping); an optimizer's own ``weight_decay`` (``AdamW``, Keras's) is decoupled. Without
-        an ``optimizer`` dpnn picks Adam (Keras picks RMSprop: pass ``optimizer="rmsprop"``).
+        ``weight_decay`` is coupled L2 (grad += wd * param, PyTorch's); an optimizer's own is
+        decoupled (Keras's). No ``optimizer``: Adam (Keras: RMSprop; pass ``optimizer="rmsprop"``).
         """
         check_metrics(metrics)
         self.loss = get_loss(loss)
@@ -258,25 +258,6 @@ class Model:
         norm = regularize(self.params, self.grads, self.weight_decay, self.clip_norm, frozen)
         step_keeping_frozen(self.optimizer, self.params, self.grads, frozen)
         return norm
-
-    @property
-    def trainable(self) -> bool:
-        """False when every layer is frozen; setting it sets every layer's (Keras's)."""
-        return any(getattr(layer, "trainable", True) for layer in self.layers)
-
-    @trainable.setter
-    def trainable(self, value: bool) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"trainable must be True or False, got {value!r}")
-        for layer in self.layers:
-            layer.trainable = bool(value)
-
-    def frozen_ranges(self) -> tuple[tuple[int, int], ...]:
-        """[start, stop) of the flat parameter vector held by frozen layers (``trainable = False``)."""
-        if not self.built:
-            return ()
-        frozen = [layer.frozen_params() for layer in self.layers]
-        return tuple((e.offset, e.offset + e.size) for e in self.param_layout.entries if e.name in frozen[e.layer])
 
     def train_on_batch(self, x, y, sample_keys: np.ndarray | None = None, *, sample_weight=None,
                        class_weight: dict | None = None) -> tuple[float, float]:

@@ -130,8 +130,7 @@ class Step:
         else:
             bounds = self._shards(n)
             if self.sync_batchnorm and bounds[0][0] == bounds[0][1]:
-                bn = [layer for layer in self._bn if layer.trainable]    # a frozen one exchanges nothing
-                for layer in bn + bn[::-1]:                 # join every exchange of the others
+                for layer in (bn := [b for b in self._bn if b.trainable]) + bn[::-1]:   # join every exchange
                     self._allreduce_sums(np.zeros(2 * layer.channels + 1))
             result = self.node.run(batch, bounds, n, keys, Finish.SLOTS if self.deterministic else Finish.SUM)
             t1 = time.perf_counter()

@@ -15,6 +15,7 @@ from .regularization import (  # noqa: F401
     square_sums,
     step_keeping_frozen,
     sum_of_squares,
+    zero_ranges,
 )
 from .rmsprop import RMSprop
 from .sgd import SGD

@@ -43,14 +43,19 @@ def clip_ranges(ranges, lo: int, hi: int):
             yield a - lo, b - lo
 
 
+def zero_ranges(g: np.ndarray, ranges, lo: int = 0) -> None:
+    """g[...] = 0 on the parts of ``ranges`` inside the piece of the vector that starts at ``lo``."""
+    for a, b in clip_ranges(ranges, lo, lo + g.size):
+        g[a:b] = 0
+
+
 def regularize(params: np.ndarray, grads: np.ndarray, weight_decay: float = 0.0,
                clip_norm: float | None = None, frozen=()) -> float:
     """In place: grads += weight_decay * params, zero on the ``frozen`` ranges, then clip to
     global L2 norm ``clip_norm``. Returns the global gradient norm before clipping."""
     if weight_decay:
         grads += grads.dtype.type(weight_decay) * params
-    for a, b in frozen:
-        grads[a:b] = 0
+    zero_ranges(grads, frozen)
     norm = float(np.sqrt(sum_of_squares(grads)))
     if clip_norm is not None and norm > clip_norm:
         grads *= grads.dtype.type(clip_norm / (norm + 1e-6))

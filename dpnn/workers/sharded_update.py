@@ -24,9 +24,8 @@ updated and some not, and the old values are gone. So parameters and optimizer s
 written during the step) and writes set ``1 - cur``; only when every chunk is done does
 the coordinator flip ``cur``. Redoing the step after a death rewrites the same values.
 
-Kept in the coordinator (``Model.apply_gradients``): optimizers that are not plain SGD or
-Adam (a user's subclass may do anything in ``step``), and the first step, so the
-optimizer creates its slots exactly as in one process.
+Kept in the coordinator (``Model.apply_gradients``): a user's optimizer and the first step (its
+slots are made as in one process). Frozen layers' ranges get a zero gradient and keep set cur's values.
 """
 from __future__ import annotations
 
@@ -34,7 +33,7 @@ import math
 
 import numpy as np
 
-from ..optimizers import BLOCK, NORM_BLOCK, blocks, clip_ranges, keep_frozen, square_sums
+from ..optimizers import BLOCK, NORM_BLOCK, blocks, keep_frozen, square_sums, zero_ranges
 from ..recipe import add_slots, shard_bounds
 from .messages import UpdateArgs
 
@@ -72,24 +71,21 @@ def update_chunk(arena, a: int, b: int, cur: int, args: UpdateArgs, optimizer, w
     (the factor needs every chunk's square sums), so every worker calls it, even one whose
     chunk is empty. Without clipping each cache block is summed and updated in one go.
     """
-    weight_decay, clip_norm = args.weight_decay, args.clip_norm
     optimizer.set_hyperparameters(args.hyperparameters)
-    sum_slots = count is not None
-    scratch = None if sum_slots else np.empty(min(BLOCK, max(b - a, 0)), np.float32)
+    scratch = None if count is not None else np.empty(min(BLOCK, max(b - a, 0)), np.float32)
 
     def gradient(lo: int, hi: int) -> np.ndarray:
-        if sum_slots:
+        if count is not None:                       # sum the slots into grads_sum
             g = add_slots(arena["grads"][:count, lo:hi], arena["grads_sum"][lo:hi])
         else:                                       # the input stays as it is: work in scratch
             g = scratch[:hi - lo]
             np.copyto(g, arena["grads_sum"][lo:hi])
-        if weight_decay:
-            g += np.float32(weight_decay) * arena["params"][cur, lo:hi]
-        for x, y in clip_ranges(args.frozen, lo, hi):       # a frozen layer's gradient counts as 0
-            g[x:y] = 0
+        if args.weight_decay:
+            g += np.float32(args.weight_decay) * arena["params"][cur, lo:hi]
+        zero_ranges(g, args.frozen, lo)                     # a frozen layer's gradient counts as 0
         return g
 
-    if clip_norm is None:
+    if args.clip_norm is None:
         for lo, hi in blocks(a, b):
             g = gradient(lo, hi)
             square_sums(g, arena["norm_parts"], lo)
@@ -99,19 +95,18 @@ def update_chunk(arena, a: int, b: int, cur: int, args: UpdateArgs, optimizer, w
         square_sums(gradient(lo, hi), arena["norm_parts"], lo)
     wait()
     norm = global_norm(arena["norm_parts"])
-    factor = np.float32(clip_norm / (norm + 1e-6)) if norm > clip_norm else None   # as regularize
+    factor = np.float32(args.clip_norm / (norm + 1e-6)) if norm > args.clip_norm else None   # as regularize
     for lo, hi in blocks(a, b):
-        g = arena["grads_sum"][lo:hi] if sum_slots else gradient(lo, hi)   # the same values again
+        g = arena["grads_sum"][lo:hi] if count is not None else gradient(lo, hi)   # the same values again
         _update(arena, lo, hi, cur, args, optimizer, g, factor)
 
 
 def _update(arena, lo: int, hi: int, cur: int, args: UpdateArgs, optimizer, g: np.ndarray, factor) -> None:
     if factor is not None:
         g *= factor
-    sets = [[arena["params"][s, lo:hi], *(arena[f"opt_{k}"][s, lo:hi] for k in args.keys)] for s in (cur, 1 - cur)]
-    slots = [dict(zip(args.keys, arrays[1:])) for arrays in sets]
-    optimizer.update_into(sets[0][0], g, slots[0], sets[1][0], slots[1])
-    keep_frozen(args.frozen, sets[0], sets[1], lo, hi)      # as Model.apply_gradients: bitwise kept
+    now, new = ([arena["params"][s, lo:hi], *(arena[f"opt_{k}"][s, lo:hi] for k in args.keys)] for s in (cur, 1 - cur))
+    optimizer.update_into(now[0], g, dict(zip(args.keys, now[1:])), new[0], dict(zip(args.keys, new[1:])))
+    keep_frozen(args.frozen, now, new, lo, hi)          # as Model.apply_gradients: bitwise kept
 
 
 class ShardedUpdate:

@@ -360,3 +360,21 @@ def test_summary_shows_the_threads_that_ran(tmp_path, idx_dir):
                 "--threads-per-worker", 1, "--quiet", "--checkpoint-dir", "none", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "workers         1 x 1 thread\n" in r.stdout + "\n", r.stdout
+
+
+@pytest.mark.parametrize("name, coupled", [("adam", 0.01), ("sgd", 0.01), ("rmsprop", 0.01), ("adamw", 0.0)])
+def test_every_optimizer_of_the_cli_and_where_its_weight_decay_goes(name, coupled):
+    """--optimizer adamw takes --weight-decay as AdamW's own (decoupled); the others add it to the
+    gradient (L2), as compile(weight_decay=) does."""
+    from dpnn.cli.arguments import check_args, resolve_defaults
+    from dpnn.cli.train import build_parser, make_model
+    from dpnn.datasets import load_dataset
+    args = build_parser().parse_args(["--dataset", "synthetic", "--model", "mlp", "--optimizer", name,
+                                      "--weight-decay", "0.01"])
+    check_args(args)
+    resolve_defaults(args)
+    train, _, info = load_dataset("synthetic")
+    model = make_model(args, train, info, None)
+    assert type(model.optimizer).__name__.lower() == name and model.weight_decay == coupled
+    assert getattr(model.optimizer, "weight_decay", 0.0) == 0.01 - coupled
+    assert model.optimizer.learning_rate == (0.01 if name == "sgd" else 1e-3)

@@ -16,7 +16,7 @@ from .plot import INSTALL_HINT, matplotlib_available
 from .presets import PRESETS
 
 PROG = prog("train")
-DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01}
+DEFAULT_LR = {"adam": 1e-3, "sgd": 0.01, "adamw": 1e-3, "rmsprop": 1e-3}
 DEFAULT_MOMENTUM = 0.9
 # Settings that define the computation: --resume takes them from the checkpoint and refuses
 # a different value on the command line. Every other flag may change when resuming.
@@ -96,13 +96,15 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=5, metavar="N", help="total number of epochs (also when resuming)")
     g.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="global batch size, split across the workers")
-    g.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="optimizer")
+    g.add_argument("--optimizer", choices=tuple(DEFAULT_LR), default="adam",
+                   help="optimizer (adamw: Adam with decoupled weight decay; rmsprop: Keras's RMSprop)")
     g.add_argument("--lr", type=finite_float, default=None,
                    help="learning rate (default: 0.001 for adam, 0.01 for sgd)")
     g.add_argument("--momentum", type=finite_float, default=None, metavar="M",
                    help=f"SGD momentum, only with --optimizer sgd (default: {DEFAULT_MOMENTUM})")
     g.add_argument("--weight-decay", type=finite_float, default=0.0, metavar="WD",
-                   help="L2 weight decay added to the gradients")
+                   help="L2 weight decay added to the gradients (with --optimizer adamw: decoupled, "
+                        "taken from the weights as AdamW does)")
     g.add_argument("--clip-norm", type=finite_float, default=None, metavar="C",
                    help="clip the global gradient norm to C (default: no clipping)")
     g.add_argument("--lr-schedule", choices=("none", "plateau", "cosine"), default="none",

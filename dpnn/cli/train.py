@@ -29,6 +29,7 @@ from dpnn.callbacks import LRScheduler
 from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
 from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
+from dpnn.optimizers import get_optimizer
 from dpnn.signals import raise_terminated
 from dpnn.tensorboard import TensorBoard
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
@@ -188,8 +189,10 @@ def make_model(args, train, info, resumed):
         raise UsageError(f"--model {args.model} outputs shape {model.output_shape[1:]} but "
                          f"{info['name']} has {num_classes} classes; end the model with Dense({num_classes})")
     extra = {"momentum": args.momentum} if args.optimizer == "sgd" else {}
-    model.compile(loss="categorical_crossentropy", optimizer=args.optimizer, lr=args.lr,
-                  weight_decay=args.weight_decay, clip_norm=args.clip_norm, **extra)
+    decoupled = args.optimizer == "adamw"          # AdamW's own weight_decay; the others: L2 on the gradient
+    optimizer = get_optimizer("adamw", lr=args.lr, weight_decay=args.weight_decay) if decoupled else args.optimizer
+    model.compile(loss="categorical_crossentropy", optimizer=optimizer, lr=None if decoupled else args.lr,
+                  weight_decay=0.0 if decoupled else args.weight_decay, clip_norm=args.clip_norm, **extra)
     if resumed:
         try:
             model.optimizer.load_state_dict(resumed.info["optimizer"])

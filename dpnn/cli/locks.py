@@ -8,6 +8,8 @@ import os
 import sys
 import time
 
+RETRIES = 100           # times a lock file's folder may vanish under us (another run finishing)
+
 
 def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
@@ -27,10 +29,13 @@ class RunLocks:
         self._created: list[str] = []          # directories made for the lock files, outer first
 
     def acquire(self, lock_path: str, what: str, error=RuntimeError) -> None:
-        """Lock ``lock_path``; ``error(message)`` is raised when another run holds it."""
+        """Lock ``lock_path``; ``error(message)`` is raised when another run holds it, or when its
+        folder cannot be made (a broken symbolic link, a file in the way)."""
         lock_path = os.path.abspath(lock_path)
-        while lock_path not in self._held:
-            self._make_parents(os.path.dirname(lock_path))
+        for _ in range(RETRIES):
+            if lock_path in self._held:
+                return
+            self._make_parents(os.path.dirname(lock_path), what, error)
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except FileNotFoundError:          # a finishing run removed the directory: again
@@ -55,12 +60,15 @@ class RunLocks:
                 self._held[lock_path] = fd
             else:
                 os.close(fd)
+        if lock_path not in self._held:        # its folder vanished RETRIES times in a row
+            raise error(f"{what}: the folder of {lock_path} keeps disappearing; is another program "
+                        "deleting it?")
 
-    def new_run_folder(self, root: str) -> str:
+    def new_run_folder(self, root: str, error=RuntimeError) -> str:
         """Create ``root/<date-time>`` (``-2``, ``-3``... when taken: mkdir is atomic, so two runs
         started in the same second get different folders) for one run's checkpoints; it is
-        removed by :meth:`release` if it stays empty."""
-        self._make_parents(os.path.abspath(root))
+        removed by :meth:`release` if it stays empty; ``error(message)`` when it cannot be."""
+        self._make_parents(os.path.abspath(root), f"the run folder in {root}", error)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for n in range(1, 10_000):
             path = os.path.join(root, stamp if n == 1 else f"{stamp}-{n}")
@@ -68,19 +76,33 @@ class RunLocks:
                 os.mkdir(path)
             except FileExistsError:
                 continue
+            except OSError as e:
+                raise error(f"cannot create the run folder {path}: {e.strerror}") from None
             self._created.append(os.path.abspath(path))
             return path
         raise FileExistsError(f"{root}: no free run folder named {stamp}-N")
 
-    def _make_parents(self, directory: str) -> None:
+    def _make_parents(self, directory: str, what: str, error) -> None:
+        """Create ``directory`` and the folders above it that are missing; ``error(message)``
+        when a broken symbolic link or a file stands where a folder must be (mkdir would say
+        "exists" and open "not found" forever)."""
         missing = []
         while not os.path.exists(directory):
+            if os.path.lexists(directory):
+                raise error(f"{what}: {directory} is a broken symbolic link (to {os.readlink(directory)}); "
+                            "create its target or give another path")
             missing.append(directory)
             directory = os.path.dirname(directory)
+        if not os.path.isdir(directory):
+            raise error(f"{what}: {directory} is not a directory; give another path")
         for d in reversed(missing):
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(d)
-                self._created.append(d)
+            except FileExistsError:            # made by another run at the same moment
+                continue
+            except OSError as e:
+                raise error(f"{what}: cannot create the folder {d}: {e.strerror}") from None
+            self._created.append(d)
 
     def release(self) -> None:
         """Unlock (deleting each lock file first, while still holding it) and tidy up."""

@@ -222,7 +222,7 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
         check_args(args)
     resolve_defaults(args)
     if per_run and not args.resume:
-        args.checkpoint_dir = mpi.rank0_only(comm, locks.new_run_folder, ckpt.RUNS_ROOT)
+        args.checkpoint_dir = mpi.rank0_only(comm, locks.new_run_folder, ckpt.RUNS_ROOT, UsageError)
     mpi.check_backend(comm, args.backend, UsageError)
     mpi.rank0_only(comm, outputs.check_outputs, args, locks, UsageError)     # only rank 0 writes files
     resolve_workers(args, note, comm)

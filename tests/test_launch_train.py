@@ -191,7 +191,8 @@ def test_resume_is_bitwise_equal_to_a_straight_run(tmp_path, idx_dir, tiny_cnn, 
               "--batch-size", 32, "--seed", 7, *options]
     straight = run_cli(*common, "--epochs", 4, "--out", "straight.hdf5", "--checkpoint-dir", "a", cwd=tmp_path)
     first = run_cli(*common, "--epochs", 2, "--out", "resumed.hdf5", "--checkpoint-dir", "b", cwd=tmp_path)
-    second = run_cli("--resume", "--checkpoint-dir", "b", "--epochs", 4, "--quiet", cwd=tmp_path)
+    second = run_cli("--resume", "--checkpoint-dir", "b", "--epochs", 4, "--quiet", "--out", "resumed.hdf5",
+                     cwd=tmp_path)
     for r in (straight, first, second):
         assert r.returncode == 0, r.stderr
     assert same_weights(tmp_path / "straight.hdf5", tmp_path / "resumed.hdf5")

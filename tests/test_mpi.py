@@ -370,7 +370,7 @@ def test_launch_train_over_two_ranks_resumes_bitwise(tmp_path):
     assert code == 0, err
     assert out.count("summary:") == 1 and out.count("epoch 2/2: loss") == 1, (out, err)  # rank 0 alone prints
     code, out, err = finish(launch_two_ranks(tmp_path, "--resume", "--checkpoint-dir", "ck", "--epochs", 3,
-                                             "--quiet"), timeout=60)
+                                             "--quiet", "--out", "w.hdf5"), timeout=60)
     assert code == 0, err        # rank 1 resumed from rank 0's checkpoint: its own ck/ does not exist
     assert list((tmp_path / "r1").iterdir()) == [], "only rank 0 writes files"
     mine, _ = read_arrays(str(tmp_path / "r0" / "w.hdf5"))

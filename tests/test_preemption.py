@@ -147,7 +147,8 @@ def test_interrupt_at_a_step_then_resume_is_bitwise_an_uninterrupted_run(
     stopped = kill_at(plan, *argv, cwd=tmp_path)
     assert stopped.returncode == status, stopped.stderr
     assert "Traceback" not in stopped.stderr, stopped.stderr
-    hint = f"resume with: {shlex.quote(sys.executable)} -m launch.train --resume --checkpoint-dir checkpoints"
+    hint = (f"resume with: {shlex.quote(sys.executable)} -m launch.train --resume --checkpoint-dir checkpoints "
+            "--out resumed.hdf5")
     assert hint in stopped.stderr
     newest = list_checkpoints(str(tmp_path / "checkpoints"))[-1][1]
     assert os.path.basename(newest) == expected
@@ -155,7 +156,7 @@ def test_interrupt_at_a_step_then_resume_is_bitwise_an_uninterrupted_run(
     assert not (tmp_path / "resumed.hdf5").exists()
     assert not [f for f in os.listdir(tmp_path / "checkpoints") if f.startswith(".tmp-")]
 
-    resumed = cli("--resume", "--workers", 1, cwd=tmp_path)
+    resumed = cli("--resume", "--workers", 1, "--out", "resumed.hdf5", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert same_weights(straight(settings), tmp_path / "resumed.hdf5")
 
@@ -185,7 +186,7 @@ def test_checkpoint_every_writes_step_checkpoints_and_prunes_them(tmp_path, monk
                 os.unlink(path)
                 os.unlink(path[:-len(".hdf5")] + ".json")
     capsys.readouterr()
-    assert train_cli.main(["--resume", "--workers", "1"]) == 0
+    assert train_cli.main(["--resume", "--workers", "1", "--out", "resumed.hdf5"]) == 0
     assert f"resuming from checkpoints/{checkpoint_name(2, 4)} (2 epochs and 4 steps done)" in capsys.readouterr().err
     assert same_weights(straight("adam"), tmp_path / "resumed.hdf5")
 

@@ -24,6 +24,9 @@ RUN_KEYS = ("dataset", "image_size", "label_column", "test_split", "model", "bat
             "weight_decay",
             "clip_norm", "val_split", "early_stopping", "patience", "min_delta", "lr_schedule",
             "seed", "deterministic", "micro_shards", "limit", "augment")
+# What a run writes: --resume takes them from its own command line alone, never from the
+# checkpoint (a checkpoint folder from elsewhere must not decide which files are replaced).
+OUTPUT_KEYS = ("out", "history", "plot", "tensorboard")
 
 
 class UsageError(ValueError):
@@ -221,6 +224,14 @@ def resolve_defaults(args) -> None:
         args.checkpoint_dir = None
 
 
+def _parses(parse, text: str) -> bool:
+    try:
+        parse(text)
+    except (argparse.ArgumentTypeError, ValueError, TypeError):
+        return False
+    return True
+
+
 def check_config(config: dict, path: str) -> None:
     """A checkpoint's saved configuration has the types its flags parse to (UsageError otherwise),
     so that a damaged checkpoint is one line, not a TypeError deep in training."""
@@ -242,6 +253,8 @@ def check_config(config: dict, path: str) -> None:
             ok, want = v is None or type(v) in (int, float) and math.isfinite(v), "a number"
         else:
             ok, want = v is None or isinstance(v, (str, int)) and type(v) is not bool, "text"
+            if ok and isinstance(v, str) and action.type not in (None, str):
+                ok, want = _parses(action.type, v), f"a valid {action.option_strings[0]}"
         if not ok:
             raise UsageError(f"{path}: config.{key} is {str(repr(v))[:60]}, not {want}; the checkpoint "
                              "is damaged: resume from another one or start a new run")

@@ -63,67 +63,107 @@ def check_writable(path: str, flag: str, usage_error) -> None:
         raise usage_error(f"{flag} {path}: cannot create files in {parent}")
 
 
+FILE_FLAGS = ("--out", "--history", "--plot")
+DEFAULT_OUT = "weights.hdf5"          # --out when not given (arguments.py's default)
+
+
+def _files(args) -> list[tuple[str, str]]:
+    """(flag, path) of the file outputs given."""
+    return [(flag, path) for flag, path in zip(FILE_FLAGS, (args.out, args.history, args.plot)) if path]
+
+
+def _folders(args) -> list[tuple[str, str]]:
+    """(flag, path) of the folder outputs given."""
+    return [(flag, path) for flag, path in (("--checkpoint-dir", args.checkpoint_dir),
+                                            ("--tensorboard", getattr(args, "tensorboard", None))) if path]
+
+
 def planned_outputs(args) -> list[tuple[str, str, str]]:
-    """(label, description, path) of every file and lock this run writes, in a fixed order;
-    a label names the path as the user gave it, a description says what it is."""
+    """(label, description, path) of every file, folder and lock this run writes, in a fixed
+    order; a label names the path as the user gave it, a description says what it is."""
+    guarded = _guarded(args)
+    return [(label, what, path) for label, what, path, _ in guarded] + \
+        [(f"the lock file of {what} ({lock})", f"the lock file of {what}", lock) for _, what, _, lock in guarded]
+
+
+def run_locks(args) -> list[tuple[str, str]]:
+    """(lock file, what it guards, as the user named it) of every output: a file's lock beside
+    it (the architecture file of --out too, so no other run writes it as --history), a
+    folder's lock inside it."""
+    return [(lock, label) for label, _, _, lock in _guarded(args)]
+
+
+def _guarded(args) -> list[tuple[str, str, str, str]]:
+    """(label, description, path, lock file) of each output."""
     found = []
-    if args.out:
-        weights = weights_path(args.out)
-        found += [(f"--out {args.out}", "--out", weights),
-                  (f"the architecture file of --out ({architecture_path(weights)})",
-                   "the architecture file of --out", architecture_path(weights))]
-    for flag, path in (("--history", args.history), ("--plot", args.plot)):
-        if path:
-            found.append((f"{flag} {path}", flag, path))
-    if args.checkpoint_dir:
-        found.append((f"--checkpoint-dir {args.checkpoint_dir}", "--checkpoint-dir", args.checkpoint_dir))
-    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
-        if path:
-            found.append((f"the lock file of {flag} ({path}.lock)", f"the lock file of {flag}", path + ".lock"))
-    if args.checkpoint_dir:
-        lock = os.path.join(args.checkpoint_dir, ".lock")
-        found.append((f"the lock file of --checkpoint-dir ({lock})", "the lock file of --checkpoint-dir", lock))
+    for flag, path in _files(args):
+        target = weights_path(path) if flag == "--out" else path
+        found.append((f"{flag} {path}", flag, target, path + ".lock"))
+        if flag == "--out":
+            arch = architecture_path(target)
+            found.append((f"the architecture file of --out ({arch})", "the architecture file of --out",
+                          arch, arch + ".lock"))
+    found += [(f"{flag} {path}", flag, path, os.path.join(path, ".lock")) for flag, path in _folders(args)]
+    return found
+
+
+def input_paths(args) -> list[tuple[str, str]]:
+    """(what, path) of what this run reads, so that no output replaces it: the --dataset folder
+    (every file in it), a --model architecture file, the --plugin files."""
+    found = []
+    if os.path.isdir(args.dataset):
+        found.append((f"the data set --dataset {args.dataset}", args.dataset))
+    if args.model.endswith(".json") or os.path.isfile(args.model):
+        found.append((f"--model {args.model}", args.model))
+    found += [(f"--plugin {p}", p) for p in (getattr(args, "plugin", None) or [])]
     return found
 
 
 def check_distinct(args, usage_error) -> None:
-    """Every output and lock of the run is a different file, and none inside --checkpoint-dir
-    is named like a checkpoint (pruning would delete it, or it would replace one)."""
+    """Every output and lock of the run is a different file, none is an input of the run (the
+    data, the model file, a plugin) and none inside --checkpoint-dir is named like a checkpoint
+    (pruning would delete it, or it would replace one)."""
     seen: dict[str, str] = {}
     for label, what, path in planned_outputs(args):
         key = os.path.realpath(path)
         if key in seen:
             raise usage_error(f"{label} is also {seen[key]}; give each output its own path")
         seen[key] = what
+    for what, path in input_paths(args):
+        read = os.path.realpath(path)
+        for label, _, out in planned_outputs(args):
+            key = os.path.realpath(out)
+            inside = os.path.isdir(read) and os.path.lexists(out) and key.startswith(read + os.sep)
+            if key == read or inside:
+                raise usage_error(f"{label} is {'in ' * (key != read)}{what}, which this run reads; "
+                                  "give each output its own path")
     d = args.checkpoint_dir
     if not d:
         return
-    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
-        if path and os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(d) \
+    for flag, path in _files(args):
+        if os.path.realpath(os.path.dirname(os.path.abspath(path))) == os.path.realpath(d) \
                 and ckpt.named_like_checkpoint(path):
             raise usage_error(f"{flag} {path} is inside --checkpoint-dir {d} and named like a checkpoint, "
                               "which pruning deletes or a later checkpoint replaces; choose another name")
 
 
 def check_outputs(args, locks: ckpt.RunLocks, usage_error) -> None:
-    """Output paths are writable files, distinct from each other and from the locks, this run
-    alone holds them, no earlier run is overwritten; ``usage_error(message)`` is raised otherwise."""
-    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
-        if path is not None:
-            check_writable(path, flag, usage_error)
+    """Output paths are writable files (folders for --checkpoint-dir and --tensorboard),
+    distinct from each other, from the locks and from the inputs; this run alone holds them,
+    no earlier run is overwritten; ``usage_error(message)`` is raised otherwise."""
+    for flag, path in _files(args):
+        check_writable(path, flag, usage_error)
+    for flag, path in _folders(args):
+        if os.path.lexists(path) and not os.path.isdir(path):
+            problem = input_problem(path) or "exists and is not a directory"
+            raise usage_error(f"{flag} {path} {problem}; give a folder")
+        check_writable(os.path.join(path, ".lock"), flag, usage_error)
     check_distinct(args, usage_error)
     d = args.checkpoint_dir
-    if d is None:
-        if args.resume:
-            raise usage_error("--resume needs --checkpoint-dir DIR")
-    else:
-        if os.path.exists(d) and not os.path.isdir(d):
-            raise usage_error(f"--checkpoint-dir {d} exists and is not a directory")
-        check_writable(os.path.join(d, "epoch-0000.hdf5"), "--checkpoint-dir", usage_error)
-        lock_checkpoints(args, locks, usage_error)
-    for flag, path in (("--out", args.out), ("--history", args.history), ("--plot", args.plot)):
-        if path:
-            locks.acquire(path + ".lock", f"{flag} {path}", usage_error)
+    if d is None and args.resume:
+        raise usage_error("--resume needs --checkpoint-dir DIR")
+    for lock, label in run_locks(args):
+        locks.acquire(lock, label, usage_error)
     found = ckpt.list_checkpoints(d) if d and os.path.isdir(d) else []
     if found and not args.resume:
         raise usage_error(f"{d} already holds checkpoints of an earlier run (up to epoch {found[-1][0]}); "
@@ -171,13 +211,23 @@ def write_outputs(run, config: dict, test_loss: float, test_acc: float, events: 
 def after_write_error(run, error: OutputError, prog: str) -> str:
     """What is left and what to do after ``error`` (the rest of its one-line message)."""
     d = run.args.checkpoint_dir
-    resume = f"{runnable('train')} --resume --checkpoint-dir {shlex.quote(d)}" if d else None
-    if error.what == "checkpoint":
+    resume = resume_command(run.args) if d else None
+    if error.what in ("checkpoint", "--tensorboard"):
         return f"the checkpoints before it are intact; free some space, then resume with: {resume}"
     if resume:
         return (f"the previous file is unchanged and training is saved in {d}; free some space, "
                 f"then {resume} writes the outputs again")
     return "the previous file is unchanged; free some space and run again"
+
+
+def resume_command(args) -> str:
+    """The command that resumes this run, writing the same outputs: --resume takes the outputs
+    from its command line only (a checkpoint never decides which files are replaced)."""
+    words = [runnable("train"), "--resume", "--checkpoint-dir", shlex.quote(args.checkpoint_dir)]
+    given = [("--out", args.out if args.out != DEFAULT_OUT else None), ("--history", args.history),
+             ("--plot", args.plot), ("--tensorboard", getattr(args, "tensorboard", None))]
+    words += [f"{flag} {shlex.quote(path)}" for flag, path in given if path]
+    return " ".join(words)
 
 
 def summary(run, log: EpochLog, test_loss: float, test_acc: float) -> str:
@@ -236,7 +286,7 @@ def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str, saved: st
         latest = ckpt.latest_checkpoint(a.checkpoint_dir)
     if latest:
         lines += [f"last complete checkpoint: {latest}",
-                  f"resume with: {runnable('train')} --resume --checkpoint-dir {shlex.quote(a.checkpoint_dir)}"]
+                  f"resume with: {resume_command(a)}"]
     else:
         lines.append("no checkpoint was written yet; run the command again to start over")
     print("\n".join(lines), file=sys.stderr, flush=True)

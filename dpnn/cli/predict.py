@@ -153,6 +153,26 @@ def kaggle_rows(rows: list[list]) -> list[list]:
     return [["ImageId", "Label"]] + [[i, row[2]] for i, row in enumerate(rows[1:], start=1)]
 
 
+def check_out(args) -> None:
+    """--out is none of the files this command reads (the inputs, the weights, the architecture
+    beside them, a plugin), nor an image inside an input folder: the CSV would replace it."""
+    if args.out == "-":
+        return
+    from dpnn.io import architecture_path, weights_path
+    weights = weights_path(args.weights)
+    reads = [(f"--weights {args.weights}", weights),
+             (f"the architecture file of --weights ({architecture_path(weights)})", architecture_path(weights))]
+    reads += [(f"the input {p}", p) for p in args.inputs] + [(f"--plugin {p}", p) for p in args.plugin or []]
+    out = os.path.realpath(args.out)
+    for what, path in reads:
+        read = os.path.realpath(path)
+        image = out.lower().endswith(images.EXTENSIONS)
+        if out == read or image and os.path.isdir(read) and out.startswith(read + os.sep):
+            where = "" if out == read else "inside "
+            raise UsageError(f"--out {args.out} is {where}{what}, which this command reads; "
+                             "give the predictions their own file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -177,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-        if args.out != "-" and any(os.path.abspath(args.out) == os.path.abspath(p) for p in args.inputs):
-            raise UsageError(f"--out {args.out} is also an input; give the predictions their own file")
+        check_out(args)
         plugins.load(args)
         model = load_model(args.weights)
         rows, hits = predict_rows(model, args.inputs, args.label_column, args.batch_size)

@@ -36,7 +36,7 @@ from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 
 from . import arguments, mpi, outputs, plugins
 from . import checkpoint as ckpt
-from .arguments import PROG, RUN_KEYS, UsageError, check_args, resolve_defaults
+from .arguments import OUTPUT_KEYS, PROG, RUN_KEYS, UsageError, check_args, resolve_defaults
 from .presets import build_model
 
 try:
@@ -123,7 +123,7 @@ def merge_checkpoint_config(args, explicit: dict, comm=None):
             flag = "--" + key.replace("_", "-")
             raise UsageError(f"{flag} {explicit[key]} differs from the checkpoint's {saved.get(key)}; "
                              f"--resume continues {path} with its own settings (drop {flag})")
-    merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args)}}
+    merged = {**vars(args), **{k: v for k, v in saved.items() if k in vars(args) and k not in OUTPUT_KEYS}}
     merged.update({k: v for k, v in explicit.items() if k not in RUN_KEYS})
     merged.update(resume=True, checkpoint_dir=args.checkpoint_dir, quiet=args.quiet)
     if info["epoch"] + (info["step"] > 0) > merged["epochs"]:

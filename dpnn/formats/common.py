@@ -82,9 +82,14 @@ def check_memory(path: str, nbytes: int, what: str) -> None:
 
 def to_unit_float(x: np.ndarray, path: str) -> np.ndarray:
     """Pixels -> float32 of the same shape: bytes 0..255 (any integer dtype) are divided by 255,
-    floats are kept as they are (assumed already scaled)."""
+    floats are kept as they are (assumed already scaled); NaN or infinity is a DataError (a CSV
+    with one ``nan`` cell reads as floats, and its byte pixels would go in unscaled)."""
     check_memory(path, x.size * FLOAT_BYTES, f"its {x.shape} pixels as float32")
     if x.dtype.kind == "f":
+        bad = np.count_nonzero(~np.isfinite(x))
+        if bad:
+            raise DataError(f"{path}: {bad:,} pixel{'s are' if bad > 1 else ' is'} NaN or infinite; "
+                            "fix or drop those images (or rows)")
         peak = max(-float(x.min()), float(x.max())) if x.size else 0.0
         if peak > MAX_FLOAT_PIXEL:
             raise DataError(f"{path}: float pixels reach {peak:.3g}; they are taken as they are "

@@ -17,6 +17,7 @@ unpickled. Writing goes to a temporary file renamed over the target, so a failed
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -47,11 +48,17 @@ def _array_writer(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str
                 np.savez(f, **arrays, **{f"__attr__{k}": np.array(v) for k, v in attrs.items()})
     else:
         def write(tmp):
-            with h5py.File(tmp, "w") as f:
+            # HDF5 is built in memory, then written with plain file I/O: HDF5 writing to disk
+            # itself turns a full disk (ENOSPC, EFBIG) into RuntimeErrors raised from
+            # destructors, or a crash, never one OSError naming the file.
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
                 for k, v in arrays.items():
                     f.create_dataset(k, data=v)
                 for k, v in attrs.items():
                     f.attrs[k] = v
+            with open(tmp, "wb") as out:
+                out.write(image.getbuffer())
     return write
 
 

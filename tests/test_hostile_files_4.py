@@ -1,0 +1,162 @@
+"""Hostile users, fourth round (issue 30): the table of round three (tests/test_hostile_files_3.py:
+a capped child process, its exit status, its one stderr line, nothing left behind), on the
+surfaces round three added: outputs against inputs, broken symbolic links where folders must
+be, --tensorboard, launch.predict's --out and pixels, --resume's saved configuration."""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hostile_makers import TINY, checkpoint, csv_file, csv_rows, npz_dir, outputs, saved, train_on
+from test_hostile_files_3 import leftovers, processes_with, run_capped
+
+pytest.importorskip("h5py")
+pytestmark = pytest.mark.slow
+
+
+def predict(*flags):
+    def make(tmp: Path) -> list[str]:
+        saved(tmp)
+        np.savez(tmp / "x.npz", x=np.random.default_rng(0).uniform(0, 1, (3, 28, 28, 1)).astype("f4"))
+        return ["launch.predict", "--weights", "w.hdf5", "x.npz", *flags]
+    make.__name__ = "predict_" + "_".join(flags)
+    return make
+
+
+def broken_link(name: str, *flags):
+    """``name`` is a symbolic link to nothing, then ``outputs(*flags)``."""
+    def make(tmp: Path) -> list[str]:
+        os.symlink(tmp / "nowhere" / "x", tmp / name)
+        return outputs(*flags)(tmp)
+    return make
+
+
+def file_at(name: str, *flags):
+    def make(tmp: Path) -> list[str]:
+        (tmp / name).write_text("a file, not a folder")
+        return outputs(*flags)(tmp)
+    return make
+
+
+def out_is_training_data(tmp: Path) -> list[str]:
+    d = npz_dir(tmp)
+    return train_on(d, "--out", str(d / "train.npz"))
+
+
+def history_is_model(tmp: Path) -> list[str]:
+    (tmp / "m.json").write_text('[{"class": "Flatten", "config": {}}, {"class": "Dense", "config": {"units": 10}}]')
+    flags = [f for f in TINY if f not in ("mlp",)]
+    flags[flags.index("--model") + 1:flags.index("--model") + 1] = ["m.json"]
+    return ["launch.train", "--dataset", "synthetic", "--limit", "32", *flags, "--history", "m.json"]
+
+
+def predict_nan_csv(tmp: Path) -> list[str]:
+    saved(tmp)
+    rows = [",".join(["128"] * 784) for _ in range(3)]
+    rows[1] = rows[1].replace("128", "nan", 1)          # the whole file then reads as floats
+    (tmp / "x.csv").write_text("\n".join(rows) + "\n")
+    return ["launch.predict", "--weights", "w.hdf5", "x.csv"]
+
+
+def train_nan_csv(tmp: Path) -> list[str]:
+    rows = csv_rows([0, 1] * 10).splitlines()
+    rows[3] = "nan," + rows[3].split(",", 1)[1]
+    return train_on(csv_file(tmp, "\n".join(rows) + "\n"), "--label-column", "-1")
+
+
+def augment_text(info, f, tmp):
+    info["config"]["augment"] = "spin:9000"
+
+
+def image_size_text(info, f, tmp):
+    info["config"]["image_size"] = "huge"
+
+
+# id: (maker, exit status, stderr regex, stderr lines)
+CASES = {
+    # hangs that were: a broken symbolic link where a folder must be
+    "--checkpoint-dir a broken link": (broken_link("ck", "--checkpoint-dir", "ck"), 2,
+                                       r"--checkpoint-dir ck is a broken symbolic link; give a folder", 1),
+    "folder of --out a broken link": (broken_link("o", "--out", "o/w.hdf5"), 2,
+                                      r"--out o/w\.hdf5: .*/o is a broken symbolic link \(to .*nowhere/x\)", 1),
+    "./checkpoints a broken link": (broken_link("checkpoints"), 2,
+                                    r"the run folder in checkpoints: .*/checkpoints is a broken symbolic link", 1),
+    "./checkpoints a file": (file_at("checkpoints"), 2,
+                             r"the run folder in checkpoints: .*/checkpoints is not a directory", 1),
+    # outputs that replaced inputs
+    "--out is the training data": (out_is_training_data, 2,
+                                   r"--out .*data/train\.npz is in the data set --dataset .*data, which this "
+                                   r"run reads", 1),
+    "--history is the --model file": (history_is_model, 2, r"--history m\.json is --model m\.json, which this "
+                                                           r"run reads", 1),
+    "--tensorboard is --out": (outputs("--out", "w.hdf5", "--tensorboard", "w.hdf5"), 2,
+                               r"--tensorboard w\.hdf5 is also --out", 1),
+    "--tensorboard a file": (file_at("tb", "--tensorboard", "tb"), 2,
+                             r"--tensorboard tb exists and is not a directory; give a folder", 1),
+    "--tensorboard a broken link": (broken_link("tb", "--tensorboard", "tb"), 2,
+                                    r"--tensorboard tb is a broken symbolic link; give a folder", 1),
+    "predict --out is --weights": (predict("--out", "w.hdf5"), 2,
+                                   r"--out w\.hdf5 is --weights w\.hdf5, which this command reads", 1),
+    "predict --out is the architecture": (predict("--out", "./w.json"), 2,
+                                          r"--out \./w\.json is the architecture file of --weights", 1),
+    # wrong answers with exit 0 that were
+    "predict a csv with a nan cell": (predict_nan_csv, 2, r"x\.csv: 1 pixel is NaN or infinite", 1),
+    "train on a csv with a nan cell": (train_nan_csv, 2, r"train\.csv: 1 pixel is NaN or infinite", 1),
+    # tracebacks that were
+    "checkpoint augment unparsable": (checkpoint(augment_text), 2,
+                                      r"config\.augment is 'spin:9000', not a valid --augment", 1),
+    "checkpoint image size unparsable": (checkpoint(image_size_text), 2,
+                                         r"config\.image_size is 'huge', not a valid --image-size", 1),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_case(case, tmp_path):
+    make, status, pattern, lines = CASES[case]
+    argv = make(tmp_path)
+    before = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")}
+    marker = uuid.uuid4().hex
+    out, pid = run_capped(argv, tmp_path, marker)
+    err = out.stderr
+    assert out.returncode == status, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == lines, err
+    assert re.search(pattern, err), err
+    assert processes_with(marker) == []
+    assert not [s for s in os.listdir("/dev/shm") if s.startswith(f"dpnn_{pid}_")]
+    assert leftovers(tmp_path, before) == [], err
+
+
+# -- outside the table ------------------------------------------------------------------------------
+SAVE_ON_A_FULL_DISK = """
+from dpnn import Dense, Flatten, Model
+from dpnn.errors import OutputError
+model = Model([Flatten(), Dense(100)], seed=0).build((1, 28, 28, 1))
+try:
+    model.save("big.hdf5")
+except OutputError as e:
+    print("OutputError:", e)
+"""
+
+
+@pytest.mark.parametrize("limit", [1_000, 20_000, 100_000])
+def test_an_hdf5_write_error_is_one_output_error_and_no_temporary(tmp_path, limit):
+    """EFBIG (a file size limit, as a full disk) at any point of writing the HDF5 file: HDF5's own
+    writes raised RuntimeErrors from destructors (or crashed); the image is now built in memory."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def cap():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # EFBIG instead of death by SIGXFSZ
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", SAVE_ON_A_FULL_DISK], cwd=tmp_path, env=env, preexec_fn=cap,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.strip() == "OutputError: cannot write big.hdf5: File too large; nothing was overwritten"
+    assert sorted(os.listdir(tmp_path)) == []

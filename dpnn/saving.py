@@ -12,6 +12,7 @@ import numpy as np
 from . import io
 from .errors import WeightsError
 from .layers.base import layer_from_config
+from .limits import check_model_memory, dry_build
 
 
 def save(model, path: str, extra_arrays: dict[str, np.ndarray] | None = None) -> str:
@@ -38,10 +39,38 @@ def load(cls, path: str):
         model._pending_weights = path
         return model
     try:
+        check_model_memory(model.layers, (1, *input_shape))          # what build checks first
+        check_file_holds(path, model.layers, (1, *input_shape))     # before any layer allocates
         model.build((1, *input_shape))
     except ValueError as e:
-        raise WeightsError(f"{path}: {e}") from None
+        raise WeightsError(str(e) if str(e).startswith(f"{path}:") else f"{path}: {e}") from None
     return load_weights(model, path)
+
+
+def check_file_holds(path: str, layers: list, input_shape: tuple) -> None:
+    """The arrays in ``path`` are those the layers will allocate, from the file's headers and a
+    build that records shapes (:func:`dpnn.limits.dry_build`): a 1 KB file whose architecture
+    says ``Dense(200000)`` is refused before 2 GB are initialised. Arrays are checked by name
+    and shape; a container layer's (``Residual``), which it names itself, by their total size."""
+    listing, expected, totals = io.list_arrays(path), {}, {}
+    shape = input_shape
+    for i, layer in enumerate(layers):
+        arrays, shape = dry_build(layer, shape)
+        if any("/" in name for name in arrays):             # a container: names of its own
+            totals[io.weight_key(i, layer, "")] = (layer, sum(_size(s) for s in arrays.values()))
+            expected.update({k: v for k, (v, _) in listing.items() if k.startswith(io.weight_key(i, layer, ""))})
+        else:
+            expected.update({io.weight_key(i, layer, name): s for name, s in arrays.items()})
+    io.check_arrays(path, listing, expected, extra_limit=sum(_size(s) for s in expected.values()))
+    for prefix, (layer, need) in totals.items():
+        have = sum(_size(s) for k, (s, _) in listing.items() if k.startswith(prefix) and "/" not in k)
+        if need != have:
+            raise WeightsError(f"{path}: {layer!r} has {need:,} weights but the file holds {have:,} "
+                               "for it; load weights saved from the same architecture")
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=object))
 
 
 def save_weights(model, path: str) -> str:

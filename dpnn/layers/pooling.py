@@ -31,6 +31,11 @@ class _Pool2D(Layer):
     def build(self, input_shape: tuple) -> None:
         check_rank(self, input_shape, (4,), "pooling takes NHWC images (N, H, W, C)")
         N, H, W, C = input_shape
+        for size, side, name in zip(self.pool_size, (H, W), ("height", "width")):
+            if size > side:     # before the work it bounds: one offset per window cell, padded to fit
+                raise ValueError(f"{type(self).__name__}: pool_size {size} is larger than the input's "
+                                 f"{name} {side}; a window covers at most the whole input (use "
+                                 f"pool_size <= {side}, or GlobalAvgPool2D)")
         oh = conv_output_size(H, self.pool_size[0], self.stride[0], self.padding)[0]
         ow = conv_output_size(W, self.pool_size[1], self.stride[1], self.padding)[0]
         self.input_shape, self.output_shape = tuple(input_shape), (N, oh, ow, C)

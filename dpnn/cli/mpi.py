@@ -81,6 +81,34 @@ def check_backend(comm: Communicator | None, backend: str, usage_error) -> None:
                           "add --backend mpi")
 
 
+# Flags each rank may set for itself: how it runs on its own node, and what it prints. Every
+# other flag defines the computation (or the outputs rank 0 writes) and must be the same on
+# every rank: ranks with and without --deterministic wait in different collectives forever.
+PER_RANK = frozenset({"workers", "threads_per_worker", "oversubscribe", "worker_timeout", "quiet",
+                      "verbose", "show_step_times"})
+
+
+def check_same_command(comm: Communicator | None, args, usage_error) -> None:
+    """Every rank was started with the same flags (but PER_RANK), checked where the ranks start,
+    before any collective could pair a rank's call with another kind on its peer; otherwise
+    ``usage_error`` naming the first flag that differs, raised on every rank alike."""
+    if comm is None or comm.size == 1:
+        return
+    mine = {k: v for k, v in sorted(vars(args).items()) if k not in PER_RANK}
+    every = [comm.bcast_object(mine if comm.rank == r else None, r) for r in range(comm.size)]
+    for r, theirs in enumerate(every[1:], start=1):
+        differ = [k for k in every[0].keys() | theirs.keys() if every[0].get(k) != theirs.get(k)]
+        if differ:
+            key = sorted(differ)[0]
+            flag = "--" + key.replace("_", "-")
+            raise usage_error(f"MPI rank {r} was started with {flag} {_shown(theirs.get(key))} but rank 0 "
+                              f"with {_shown(every[0].get(key))}; start every rank with the same command")
+
+
+def _shown(value) -> str:
+    return "(not given)" if value in (None, False) else "(given)" if value is True else repr(value)
+
+
 def finish(comm: Communicator | None, status: int) -> int:
     """Exit status for main(); a failed rank aborts every rank instead of leaving them waiting."""
     if comm is not None and comm.size > 1 and status != 0:

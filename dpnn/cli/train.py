@@ -208,6 +208,7 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
     """Everything between parsing and training: validate, lock the outputs, resume, load data,
     build the model."""
     check_args(args)
+    mpi.check_same_command(comm, args, UsageError)     # before any collective: no rank waits alone
     load_plugins(args)                  # before any architecture is read: its layers register
     resumed, per_run = None, args.checkpoint_dir is None     # not given: a folder per run
     args.checkpoint_dir = ckpt.RUNS_ROOT if per_run else args.checkpoint_dir
@@ -322,7 +323,12 @@ def execute(run, rank: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:            # a bad flag on this rank alone: the others must not wait for it
+        if e.code and mpi.launched_ranks() > 1 and importlib.util.find_spec("mpi4py") is not None:
+            mpi.finish(mpi.communicator("mpi", UsageError), e.code)
+        raise
     rank = mpi_rank(args)
     quiet = args.quiet or args.verbose == 0 or rank != 0
     previous = signal.signal(signal.SIGTERM, raise_terminated)

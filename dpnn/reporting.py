@@ -17,14 +17,19 @@ from tqdm.auto import tqdm
 
 from .callbacks import Callback
 from .placement import contention_note
+from .signals import say
 
 BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]"
 
 
 def write(line: str) -> None:
-    """One line to stdout, clear of any progress bar (tqdm's bar is on stderr)."""
-    tqdm.write(line, file=sys.stdout)
-    sys.stdout.flush()
+    """One line to stdout, clear of any progress bar (tqdm's bar is on stderr); a closed pipe
+    (``| head``, ``| tee`` ended by Ctrl-C) silences it instead of stopping training."""
+    try:
+        tqdm.write(line, file=sys.stdout)
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        say("", sys.stdout)                 # points the broken stdout at /dev/null
 
 
 def is_terminal(stream) -> bool:

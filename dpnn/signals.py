@@ -13,6 +13,7 @@ and optimizer state are those of a completed step, which :class:`TrainingInterru
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -77,14 +78,34 @@ class DeferredSignals:
             raise KeyboardInterrupt(f"{signal.Signals(signum).name} received twice")
         self.pending = signum
         if self.verbose:
-            print(f"\ndpnn: {signal.Signals(signum).name} received; stopping after this step "
-                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            say(f"\ndpnn: {signal.Signals(signum).name} received; stopping after this step "
+                "(send it again to stop at once)")
 
     def check(self, progress: Progress) -> None:
         """Raise TrainingInterrupted(progress) if a signal arrived since the last check."""
         if self.pending is not None:
             signum, self.pending = self.pending, None
             raise TrainingInterrupted(signum, progress)
+
+
+def say(text: str, stream=None) -> None:
+    """Print ``text`` (to stderr by default), never raising: under ``... 2>&1 | tee log`` the
+    Ctrl-C that stops training also ends ``tee``, and a BrokenPipeError from the notice (inside a
+    signal handler, or on the way out) would turn a clean stop into exit 1 with no checkpoint.
+    A stream that failed is pointed at /dev/null, so later writes and the flush at exit succeed."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        print(text, file=stream, flush=True)
+    except (OSError, ValueError):          # a closed pipe; a closed file object
+        _to_devnull(stream)
+
+
+def _to_devnull(stream) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        fd = stream.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 class Terminated(KeyboardInterrupt):

@@ -160,3 +160,30 @@ def test_an_hdf5_write_error_is_one_output_error_and_no_temporary(tmp_path, limi
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert out.stdout.strip() == "OutputError: cannot write big.hdf5: File too large; nothing was overwritten"
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_ctrl_c_through_a_pipe_that_closes_still_stops_cleanly(tmp_path):
+    """``dpnn train ... 2>&1 | tee log`` and Ctrl-C: tee ends too, and the "stopping after this
+    step" notice hit a broken pipe inside the signal handler (exit 1, no step checkpoint)."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env, wait_until
+
+    from dpnn.cli.checkpoint import list_checkpoints
+    argv = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "50", "--workers", "1", "--batch-size", "16",
+            "--checkpoint-dir", "ck", "--checkpoint-every", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "launch.train", *argv], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert wait_until(lambda: list_checkpoints(str(tmp_path / "ck")) or proc.poll() is not None, 60)
+        proc.stdout.close()                       # the reader (tee) is gone
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert code == 130
+    assert "-step-" in list_checkpoints(str(tmp_path / "ck"))[-1][1]     # the step where it stopped

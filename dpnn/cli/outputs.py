@@ -7,13 +7,12 @@ import math
 import os
 import shlex
 import signal
-import sys
 
 from dpnn import Callback, placement
 from dpnn.errors import OutputError
 from dpnn.files import input_problem
 from dpnn.io import architecture_path, atomic_write, weights_path
-from dpnn.signals import Terminated, held_signals
+from dpnn.signals import Terminated, held_signals, say
 from dpnn.training import TrainingInterrupted
 
 from . import checkpoint as ckpt
@@ -269,7 +268,7 @@ def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str, saved: st
     ``saved``: the checkpoint just written at the step where ``fit`` stopped, if any."""
     a = run.args
     if log.stage == "writing":         # the outputs were finished before the interrupt was taken
-        print(f"{prog}: interrupted; the outputs were completed first", file=sys.stderr, flush=True)
+        say(f"{prog}: interrupted; the outputs were completed first")
         return exit_status(exc)
     progress = exc.progress if isinstance(exc, TrainingInterrupted) else None
     if log.stage == "evaluating":
@@ -289,7 +288,7 @@ def interrupted(run, log: EpochLog, exc: KeyboardInterrupt, prog: str, saved: st
                   f"resume with: {resume_command(a)}"]
     else:
         lines.append("no checkpoint was written yet; run the command again to start over")
-    print("\n".join(lines), file=sys.stderr, flush=True)
+    say("\n".join(lines))           # never raises: a closed pipe must not cost the exit status
     return exit_status(exc)
 
 

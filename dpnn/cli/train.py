@@ -30,7 +30,7 @@ from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
 from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
 from dpnn.optimizers import get_optimizer
-from dpnn.signals import raise_terminated
+from dpnn.signals import raise_terminated, say
 from dpnn.tensorboard import TensorBoard
 from dpnn.training import Progress, TrainingDiverged, TrainingInterrupted
 
@@ -303,7 +303,7 @@ def execute(run, rank: int) -> int:
         try:
             saved = saver.save_interrupted(e.progress)
         except OutputError as error:
-            print(f"{PROG}: error: {error}", file=sys.stderr)
+            say(f"{PROG}: error: {error}")
             saved = None
         return outputs.interrupted(run, log, e, PROG, saved) if rank == 0 else outputs.exit_status(e)
     except KeyboardInterrupt as e:         # a second signal, or one outside fit's steps
@@ -318,7 +318,7 @@ def execute(run, rank: int) -> int:
         print(f"{PROG}: error: {e}; {outputs.after_write_error(run, e, PROG)}", file=sys.stderr)
         return 1
     if rank == 0:
-        print(outputs.summary(run, log, test_loss, test_acc), flush=True)
+        say(outputs.summary(run, log, test_loss, test_acc), sys.stdout)
     return 0
 
 
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         return mpi.finish(comm, 2)
     except KeyboardInterrupt as e:         # mpiexec signals every rank: one notice for the job
         if rank == 0:
-            print(f"{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
+            say(f"{PROG}: interrupted before training started; nothing was written")
         return mpi.finish(comm, outputs.exit_status(e))
     finally:
         locks.release()

@@ -76,6 +76,24 @@ def image_size_text(info, f, tmp):
     info["config"]["image_size"] = "huge"
 
 
+def pooled_model(pool: list[int]):
+    """A saved model whose MaxPool2D window becomes ``pool`` ('same' padding): the arrays still
+    fit (one output cell per image either way), so only the window itself is hostile."""
+    def make(tmp: Path) -> list[str]:
+        import json
+
+        from dpnn import Dense, Flatten, MaxPool2D, Model
+        Model([MaxPool2D(28, padding="same"), Flatten(), Dense(10)], seed=0).build((1, 28, 28, 1)).save(
+            str(tmp / "w.hdf5"))
+        arch = json.loads((tmp / "w.json").read_text())
+        arch[0]["config"].update(pool_size=pool, stride=pool)
+        (tmp / "w.json").write_text(json.dumps(arch))
+        np.savez(tmp / "x.npz", x=np.zeros((1, 28, 28, 1), "f4"))
+        return ["launch.predict", "--weights", "w.hdf5", "x.npz"]
+    make.__name__ = f"pool_{pool[0]}x{pool[1]}"
+    return make
+
+
 # id: (maker, exit status, stderr regex, stderr lines)
 CASES = {
     # hangs that were: a broken symbolic link where a folder must be
@@ -87,6 +105,10 @@ CASES = {
                                     r"the run folder in checkpoints: .*/checkpoints is a broken symbolic link", 1),
     "./checkpoints a file": (file_at("checkpoints"), 2,
                              r"the run folder in checkpoints: .*/checkpoints is not a directory", 1),
+    "MaxPool2D pool 5000 'same' (predict)": (pooled_model([5000, 5000]), 2,
+                                             r"MaxPool2D: pool_size 5000 is larger than the input's height 28", 1),
+    "MaxPool2D pool 1x1e9 'same' (predict)": (pooled_model([1, 10**9]), 2,
+                                              r"pool_size 1000000000 is larger than the input's width 28", 1),
     # outputs that replaced inputs
     "--out is the training data": (out_is_training_data, 2,
                                    r"--out .*data/train\.npz is in the data set --dataset .*data, which this "
@@ -169,9 +191,9 @@ def test_ctrl_c_through_a_pipe_that_closes_still_stops_cleanly(tmp_path):
     import subprocess
     import sys
 
-    from conftest import subprocess_env, wait_until
-
     from dpnn.cli.checkpoint import list_checkpoints
+
+    from conftest import subprocess_env, wait_until
     argv = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "50", "--workers", "1", "--batch-size", "16",
             "--checkpoint-dir", "ck", "--checkpoint-every", "2"]
     proc = subprocess.Popen([sys.executable, "-m", "launch.train", *argv], cwd=tmp_path, env=subprocess_env(),
@@ -187,3 +209,30 @@ def test_ctrl_c_through_a_pipe_that_closes_still_stops_cleanly(tmp_path):
             proc.wait()
     assert code == 130
     assert "-step-" in list_checkpoints(str(tmp_path / "ck"))[-1][1]     # the step where it stopped
+
+
+def test_load_checks_the_arrays_before_any_layer_allocates(tmp_path):
+    """A user's layer records what its builds allocated: an architecture saying 200,000 units beside
+    a file that holds 10 is refused before that layer allocates and initialises its weights (a
+    build that only records shapes, dpnn.limits.dry_build, allocates nothing)."""
+    import json
+
+    from dpnn import Dense, Flatten, Model, WeightsError, register_layer
+
+    built = []
+
+    @register_layer
+    class RecordingDense(Dense):
+        def build(self, input_shape):
+            super().build(input_shape)
+            built.append(sum(np.asarray(p).size for p in self.params.values()))
+
+    Model([Flatten(), RecordingDense(10)], seed=0).build((1, 28, 28, 1)).save(str(tmp_path / "w.hdf5"))
+    built.clear()
+    arch = json.loads((tmp_path / "w.json").read_text())
+    arch[1]["config"]["units"] = 200_000
+    (tmp_path / "w.json").write_text(json.dumps(arch))
+    with pytest.raises(WeightsError, match=r"1_RecordingDense_W have shape \(784, 10\) but the model needs "
+                                           r"\(784, 200000\)"):
+        Model.load(str(tmp_path / "w.hdf5"))
+    assert not any(built), built

@@ -70,6 +70,10 @@ def hold_lock(path) -> int:
     ("weights.hdf5.lock", [], "--out weights.hdf5 is in use by another run"),
     ("w/out.hdf5.lock", ["--out", "w/out.hdf5"], "--out w/out.hdf5 is in use by another run"),
     ("ck/.lock", ["--checkpoint-dir", "ck"], "--checkpoint-dir ck is in use by another run"),
+    # issue 30: run A writes w.json beside --out w.hdf5; run B's --history w.json was not refused
+    ("w.json.lock", ["--history", "w.json"], "--history w.json is in use by another run"),
+    ("w.json.lock", ["--out", "w.hdf5"], "the architecture file of --out (w.json) is in use by another run"),
+    ("tb/.lock", ["--tensorboard", "tb"], "--tensorboard tb is in use by another run"),
 ])
 def test_a_file_in_use_by_another_run_is_refused_naming_its_pid(in_tmp, capsys, lock, flags, needle):
     os.makedirs(os.path.dirname(lock) or ".", exist_ok=True)

@@ -62,3 +62,49 @@ def test_launch_train_tensorboard_flag(tmp_path, monkeypatch, capsys):
     assert train_cli.main(argv) == 0, capsys.readouterr().err
     scalars = read_scalars(str(tmp_path / "tb" / "train"))
     assert len(scalars["epoch_loss"]) == 1 and len(scalars["batch_loss"]) >= 1
+
+
+def test_a_write_error_is_one_output_error_not_a_hang(tmp_path, monkeypatch):
+    """A full disk under the log folder: tensorboardX's writer thread died on it, its queue filled
+    and training blocked forever (SIGTERM did not end it). Events are now written in the training
+    thread: the error is one OutputError naming the folder, and fit returns."""
+    import errno
+    import threading
+
+    from tensorboardX import record_writer
+
+    from dpnn.errors import OutputError
+    real = record_writer.RecordWriter.write
+    writes = []
+
+    def fails_from_the_third(self, data):
+        writes.append(1)
+        if len(writes) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+    monkeypatch.setattr(record_writer.RecordWriter, "write", fails_from_the_third)
+    X, y = blobs(40)
+    outcome = []
+
+    def train():
+        try:
+            tiny().fit(X, y, epochs=3, batch_size=2, seed=0, verbose=0,
+                       callbacks=[TensorBoard(str(tmp_path / "tb"), update_freq=1)])
+        except Exception as e:
+            outcome.append(e)
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "fit blocked on the TensorBoard writer"
+    (error,) = outcome
+    assert isinstance(error, OutputError) and error.what == "--tensorboard"
+    assert str(error) == f"cannot write TensorBoard events in {tmp_path / 'tb' / 'train'}: No space left on device"
+
+
+def test_two_runs_in_one_folder_in_one_second_keep_their_own_event_files(tmp_path):
+    X, y = blobs(40)
+    for seed in (0, 1):
+        tiny(seed).fit(X, y, epochs=1, batch_size=10, seed=seed, verbose=0,
+                       callbacks=[TensorBoard(str(tmp_path / "tb"))])
+    assert len(glob.glob(str(tmp_path / "tb" / "train" / "events.out.tfevents.*"))) == 2
+    assert len(read_scalars(str(tmp_path / "tb" / "train"))["epoch_loss"]) == 2

@@ -236,3 +236,19 @@ def test_load_checks_the_arrays_before_any_layer_allocates(tmp_path):
                                            r"\(784, 200000\)"):
         Model.load(str(tmp_path / "w.hdf5"))
     assert not any(built), built
+
+
+def test_resume_takes_its_outputs_from_the_command_line_alone(tmp_path):
+    """A checkpoint folder from elsewhere, whose saved configuration names files here, does not
+    decide which files --resume replaces; the resume hint carries the outputs instead."""
+    victim = tmp_path / "victim.json"
+    victim.write_text("someone's notes")
+
+    def names_the_victim(info, f, tmp):
+        info["config"].update(history=str(victim), plot=None, out=str(tmp / "victim.hdf5"))
+    argv = checkpoint(names_the_victim)(tmp_path)
+    argv = [a for a in argv if a not in ("--out", str(tmp_path / "second.hdf5"))]      # no outputs given
+    out, _ = run_capped(argv, tmp_path, uuid.uuid4().hex)
+    assert out.returncode == 0, out.stderr
+    assert victim.read_text() == "someone's notes" and not (tmp_path / "victim.hdf5").exists()
+    assert (tmp_path / "weights.hdf5").exists()                   # --out's default, as for any run

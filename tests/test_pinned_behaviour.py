@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from dpnn import BatchNorm2D, Callback, Conv2D, Dense, Dropout, Flatten, Model
+from dpnn import Dense, Dropout, Flatten, Model
 
 from conftest import MPIEXEC, finish, mpi_env, needs_mpi
 
@@ -107,3 +107,88 @@ def test_batchnorm_statistics_across_mpi_ranks_are_weighted_per_sample(bn, tmp_p
     reference = one_shard(bn_model)
     for rank in (0, 1):
         np.testing.assert_allclose(np.load(tmp_path / f"mean-{rank}.npy"), reference, atol=2e-4)
+
+
+# -- MaxPool2D against PyTorch: ties, and windows that overlap along one axis ----------------------
+@pytest.mark.parametrize("pool, stride", [((2, 2), (2, 2)), ((3, 3), (2, 2)), ((3, 2), (2, 2)), ((2, 3), (1, 3))],
+                         ids=["tiled", "overlapping", "overlap along H only", "overlap along W only"])
+def test_maxpool_ties_and_overlaps_match_pytorch(pool, stride):
+    """Quantised pixels (4 levels) tie in most windows: the gradient goes to the first maximum in
+    the window, as PyTorch's; where windows overlap, the gradients of each window add up."""
+    torch = pytest.importorskip("torch")
+    from dpnn import MaxPool2D
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, (2, 9, 10, 3)).astype(np.float64)                 # (N, H, W, C), many ties
+    layer = MaxPool2D(pool, stride=stride)
+    layer.build(x.shape)
+    out = layer.forward(x, training=True)
+    grad = rng.normal(size=out.shape)
+    dx = layer.backward(grad)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), requires_grad=True)         # NCHW
+    ot = torch.nn.functional.max_pool2d(xt, pool, stride)
+    ot.backward(torch.tensor(grad.transpose(0, 3, 1, 2)))
+    np.testing.assert_array_equal(out, ot.detach().numpy().transpose(0, 2, 3, 1))
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-12)
+
+
+# -- Dropout, order, divergence, the last batch ------------------------------------------------------
+def test_two_dropout_layers_draw_independent_masks():
+    """Each layer's mask is keyed by its position too: with the same mask twice, half the units
+    would survive both layers instead of a quarter."""
+    model = Model([Dropout(0.5), Dropout(0.5)], seed=0).build((1, 20_000))
+    out = model.forward(np.ones((2, 20_000), np.float32), training=True)
+    survived = np.count_nonzero(out) / out.size
+    assert abs(survived - 0.25) < 0.02, survived
+
+
+class RecordBatches(Dense):
+    """A user's layer that records the sample numbers (pixel 0) of each training batch it sees."""
+
+    def __init__(self, units, log):
+        super().__init__(units)
+        self.log = log
+
+    def forward(self, x, training=False):
+        if training:
+            self.log.append(x[:, 0].round().astype(int).tolist())
+        return super().forward(x, training)
+
+
+def batches_seen(n: int, batch_size: int, epochs: int = 1, **options) -> list[list[int]]:
+    log: list = []
+    x = np.tile(np.arange(n, dtype=np.float32)[:, None], (1, 3))            # sample i reads i
+    model = Model([RecordBatches(2, log)], seed=0).compile(optimizer="sgd", lr=1e-6)
+    model.fit(x, np.arange(n) % 2, epochs=epochs, batch_size=batch_size, seed=3, verbose=0, **options)
+    return log
+
+
+def test_shuffle_false_keeps_the_order_and_the_last_batch_holds_what_is_left():
+    assert batches_seen(10, 4, epochs=2, shuffle=False) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] * 2
+
+
+def test_a_shuffled_epoch_sees_every_sample_once_and_the_last_batch_is_not_topped_up():
+    seen = batches_seen(10, 4, epochs=2)
+    assert [len(b) for b in seen] == [4, 4, 2] * 2
+    for epoch in (seen[:3], seen[3:]):
+        assert sorted(sum(epoch, [])) == list(range(10))
+    assert seen[:3] != seen[3:] and sum(seen[:3], []) != list(range(10))     # shuffled, anew each epoch
+
+
+def test_an_infinite_loss_is_divergence_like_nan():
+    from dpnn.losses import Loss
+    from dpnn.training import TrainingDiverged
+
+    class Explodes(Loss):
+        """Mean squared output; infinite from the third batch on (a user's loss)."""
+        calls = 0
+
+        def forward(self, y_pred, y_true):
+            self.y_pred, self.calls = y_pred, self.calls + 1
+            return float("inf") if self.calls >= 3 else float(np.mean(y_pred ** 2))
+
+        def backward(self, denominator=None):
+            return 2 * self.y_pred / (denominator or len(self.y_pred)) / self.y_pred.shape[1]
+    model = Model([Flatten(), Dense(2)], seed=0).compile(loss=Explodes(), optimizer="sgd", lr=0.01)
+    x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
+    with pytest.raises(TrainingDiverged, match=r"the loss became inf at epoch 1, step 3"):
+        model.fit(x, np.zeros(40, int), epochs=2, batch_size=8, verbose=0)

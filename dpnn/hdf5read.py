@@ -80,12 +80,31 @@ def datasets(path: str, f) -> dict:
 
 
 def attributes(path: str, f) -> dict[str, str]:
-    """The file's attributes as text, each bounded in size before it is read."""
+    """The file's attributes as text, each at most MAX_ATTRIBUTE_BYTES: a fixed-size one checked
+    before it is read; a variable-length string (what h5py writes for a Python ``str``) reports
+    16 bytes of storage whatever its length, its text lying in the file's heap, so it is
+    measured once read (it can be no larger than the file being read)."""
+    out = {}
     for k in f.attrs:
         if f.attrs.get_id(k).get_storage_size() > MAX_ATTRIBUTE_BYTES:
-            raise WeightsError(f"{path}: attribute {k} is larger than "
-                               f"{format_bytes(MAX_ATTRIBUTE_BYTES)}; re-save the model")
-    return {k: str(v) for k, v in f.attrs.items()}
+            raise _too_large(path, k)
+        value = f.attrs[k]
+        if _text_bytes(value) > MAX_ATTRIBUTE_BYTES:
+            raise _too_large(path, k)
+        out[k] = str(value)
+    return out
+
+
+def _text_bytes(value) -> int:
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    a = np.asarray(value)
+    return a.nbytes if a.dtype != object else sum(len(v) if isinstance(v, (str, bytes)) else 8 for v in a.flat)
+
+
+def _too_large(path: str, key: str) -> WeightsError:
+    return WeightsError(f"{path}: attribute {key} is larger than {format_bytes(MAX_ATTRIBUTE_BYTES)}; "
+                        "re-save the model")
 
 
 def read_hdf5(path: str, check: Callable[[Listing], None], with_arrays: bool):

@@ -192,3 +192,29 @@ def test_an_infinite_loss_is_divergence_like_nan():
     x = np.random.default_rng(0).normal(size=(40, 3)).astype(np.float32)
     with pytest.raises(TrainingDiverged, match=r"the loss became inf at epoch 1, step 3"):
         model.fit(x, np.zeros(40, int), epochs=2, batch_size=8, verbose=0)
+
+
+# -- HDF5 attributes are bounded, variable-length strings included ---------------------------------
+@pytest.mark.parametrize("kind", ["variable-length string", "fixed-size array", "array of strings"])
+def test_an_hdf5_attribute_larger_than_the_limit_is_refused(tmp_path, kind):
+    """The limit is what stops a file from making the loader hold an attribute of any size; h5py
+    writes a Python str as a variable-length string, whose reported storage size is 16 bytes."""
+    h5py = pytest.importorskip("h5py")
+    from dpnn import WeightsError
+    from dpnn.hdf5read import MAX_ATTRIBUTE_BYTES
+    path = str(tmp_path / "w.hdf5")
+    Model([Flatten(), Dense(2)], seed=0).build((1, 3)).save(str(tmp_path / "small.hdf5"))
+    big = MAX_ATTRIBUTE_BYTES + 1
+    with h5py.File(tmp_path / "small.hdf5") as small, h5py.File(path, "w", libver="latest") as f:
+        for k in small:                                      # the same model, in a file whose root
+            small.copy(k, f)                                 # group stores attributes of any size
+        f.attrs.update(small.attrs)
+        (tmp_path / "small.json").rename(tmp_path / "w.json")
+        if kind == "variable-length string":
+            f.attrs["notes"] = "x" * big
+        elif kind == "fixed-size array":
+            f.attrs.create("notes", np.zeros(big, np.uint8))
+        else:
+            f.attrs.create("notes", ["x" * (big // 4 + 1)] * 4, dtype=h5py.string_dtype())
+    with pytest.raises(WeightsError, match=r"w\.hdf5: attribute notes is larger than 16 MB; re-save the model"):
+        Model.load(path)

@@ -131,6 +131,13 @@ def subprocess_env(*paths) -> dict:
                 PYTHONPATH=os.pathsep.join([*map(str, paths), ROOT, os.environ.get("PYTHONPATH", "")]))
 
 
+def interruptible() -> None:
+    """``preexec_fn`` for a child the test will interrupt: SIGINT back to its default, so Python
+    installs its KeyboardInterrupt handler even when pytest itself runs with SIGINT ignored (a
+    background job of a non-interactive shell: ``make test &``, CI), which the child inherits."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of ``proc``, started with ``start_new_session=True``; its
     whole session is killed and the test fails if it runs past ``timeout``."""

@@ -25,7 +25,7 @@ from dpnn.errors import WorkerError
 from dpnn.workers import DataParallel, SharedMemoryError
 from dpnn.workers import arena as arena_module
 
-from conftest import SHM, batch, cnn, our_segments, wait_until, workers_alive
+from conftest import SHM, batch, cnn, interruptible, our_segments, subprocess_env, wait_until, workers_alive
 
 pytestmark = pytest.mark.slow
 
@@ -276,7 +276,7 @@ def start_coordinator(tmp_path):
     (tmp_path / "train.py").write_text(textwrap.dedent(SCRIPT))
     ready, err = tmp_path / "ready", open(tmp_path / "stderr.txt", "w+")
     proc = subprocess.Popen([sys.executable, str(tmp_path / "train.py"), str(ready)],
-                            stdout=subprocess.PIPE, stderr=err, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=err, text=True, cwd=tmp_path, preexec_fn=interruptible)
     if not wait_until(lambda: ready.exists() or proc.poll() is not None, 120) or not ready.exists():
         proc.kill()
         err.seek(0)
@@ -293,14 +293,36 @@ def gone(family):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupting_the_coordinator_stops_every_worker(tmp_path, sig):
     proc, family, err = start_coordinator(tmp_path)
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=30)
+    try:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:                           # a signal that did nothing must not leave a training run behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     err.seek(0)
     stderr = err.read()
     assert "INTERRUPTED" in out and "TrainingInterrupted" in stderr    # a KeyboardInterrupt
     assert wait_until(lambda: gone(family), 10), "processes outlived the coordinator"
     assert our_segments(proc.pid) == set()
     assert "leaked" not in stderr
+
+
+def test_the_interrupt_test_holds_when_pytest_runs_with_sigint_ignored(tmp_path):
+    """Started in the background (``make test &``), pytest and every child inherit SIGINT ignored:
+    the SIGINT case above then waited 30 s, failed, and left the training run and its shared
+    memory behind. Run it that way and check it passes and leaves nothing."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    test = f"{os.path.basename(__file__)}::test_interrupting_the_coordinator_stops_every_worker[SIGINT]"
+    before = {p.pid for p in psutil.process_iter()}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test,
+                          "--basetemp", str(tmp_path / "inner")], cwd=here, env=subprocess_env(),
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-3000:]
+    started = [p for p in psutil.process_iter(["cmdline"]) if p.pid not in before
+               and any("train.py" in a for a in (p.info["cmdline"] or []))]
+    assert started == [], "a training run outlived the test"
 
 
 def test_a_killed_coordinator_leaves_no_worker_and_no_shared_memory(tmp_path):

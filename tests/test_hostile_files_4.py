@@ -252,3 +252,38 @@ def test_resume_takes_its_outputs_from_the_command_line_alone(tmp_path):
     assert out.returncode == 0, out.stderr
     assert victim.read_text() == "someone's notes" and not (tmp_path / "victim.hdf5").exists()
     assert (tmp_path / "weights.hdf5").exists()                   # --out's default, as for any run
+
+
+# -- pixels and labels read as they were meant ---------------------------------------------------
+def test_deep_images_are_scaled_by_their_depth_not_clipped(tmp_path):
+    """Pillow's convert('L') clips: a 16-bit PNG saturated to white, a [0, 1] float TIFF turned black."""
+    from PIL import Image
+
+    from dpnn.formats.images import read_image
+    ramp = np.arange(64, dtype=np.float64).reshape(8, 8) / 63                  # 0..1
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(tmp_path / "deep.png")
+    Image.fromarray(ramp.astype(np.float32), "F").save(tmp_path / "float.tif")
+    Image.fromarray((ramp * 200).astype(np.float32), "F").save(tmp_path / "float255.tif")
+    want = np.round(ramp * 255)
+    for name, expected in (("deep.png", want), ("float.tif", want), ("float255.tif", np.round(ramp * 200))):
+        got = read_image(str(tmp_path / name), (8, 8, 1))[..., 0]
+        np.testing.assert_allclose(got, expected, atol=1, err_msg=name)
+
+
+def test_a_csv_with_quoted_text_labels_reads_the_labels_without_quotes(tmp_path):
+    """csv.QUOTE_NONNUMERIC quotes the header and every text label: the labels kept their quotes
+    and predict scored "accuracy 0.0000" against the model's class names."""
+    import csv
+
+    from dpnn.formats import csvrows
+    d = tmp_path / "data"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    with open(d / "train.csv", "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_NONNUMERIC)
+        w.writerow(["label"] + [f"p{i}" for i in range(16)])
+        for i in range(20):
+            w.writerow([["cat", "dog"][i % 2]] + [float(v) for v in rng.integers(0, 256, 16)])
+    _, labels, _ = csvrows.read_rows(str(d / "train.csv"), 16)
+    assert labels.tolist()[:2] == ["cat", "dog"]
+    assert csvrows.load(str(d), None).class_names == ["cat", "dog"]

@@ -169,7 +169,7 @@ def test_bad_weights_and_out_equal_to_an_input(tmp_path, weights, capsys):
     assert run(["--weights", tmp_path / "none.hdf5", tmp_path / "ok.npz"]) == 2
     assert "none.hdf5 not found" in capsys.readouterr().err
     assert run(["--weights", weights, tmp_path / "ok.npz", "--out", tmp_path / "ok.npz"]) == 2
-    assert "also an input" in capsys.readouterr().err
+    assert "ok.npz is the input" in capsys.readouterr().err
 
 
 # -- --plugin / --import ------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def _column_index(spec, header: list[str] | None, ncols: int, path: str) -> int:
 def _loadtxt(path: str, **kwargs) -> np.ndarray:
     with open_maybe_gzip(path) as f, warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Input line .* contained no data")    # blank lines: skipped
-        return np.loadtxt(io.TextIOWrapper(f, encoding="utf-8"), delimiter=",", **kwargs)
+        return np.loadtxt(io.TextIOWrapper(f, encoding="utf-8"), delimiter=",", quotechar='"', **kwargs)
 
 
 def _read_column(path: str, col: int, skip: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from .common import FLOAT_BYTES, ImageSize, Splits, check_input, check_memory
 NAME = "images"
 LAYOUT = "DIR/train/<class>/*.png|jpg [DIR/test/<class>/*], grayscale or RGB"
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-GRAY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 INSTALL_HINT = "pip install pillow (in a dpnn checkout: pip install -e '.[images]')"
 
 
@@ -103,10 +103,11 @@ def _read_one(path: str, shape: tuple[int, int, int], resize: bool, first: str) 
     h, w, c = shape
     try:
         with open_regular(path) as f, Image.open(f) as im:
+            if im.size != (w, h) and not resize:
+                raise DataError(f"{path} is {im.size[1]}x{im.size[0]} but {first} is {h}x{w}; "
+                                f"pass --image-size {h}x{w} to resize every image")
+            im = to_bytes(im, path)
             if im.size != (w, h):
-                if not resize:
-                    raise DataError(f"{path} is {im.size[1]}x{im.size[0]} but {first} is {h}x{w}; "
-                                    f"pass --image-size {h}x{w} to resize every image")
                 im = im.resize((w, h), Image.BILINEAR)
             pixels = np.asarray(im.convert("L" if c == 1 else "RGB"))    # (H, W) or (H, W, 3) uint8
     except DataError:
@@ -114,6 +115,26 @@ def _read_one(path: str, shape: tuple[int, int, int], resize: bool, first: str) 
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({e}); remove or re-save it") from None
     return pixels.reshape(h, w, c)
+
+
+DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")     # 16/32-bit integers, 32-bit floats
+
+
+def to_bytes(im, path: str):
+    """A 16-bit, 32-bit or float grayscale image as 8-bit ``L``, scaled by its depth: Pillow's
+    ``convert('L')`` clips, so a 16-bit image saturated to white and a [0, 1] float one turned
+    black. Integers are taken as 16-bit (0..65535); floats in [0, 1] as fractions, else 0..255."""
+    if im.mode not in DEEP_MODES:
+        return im
+    a = np.asarray(im, dtype=np.float64)                                  # (H, W)
+    if im.mode == "F":
+        top = 1.0 if a.size and np.isfinite(a).all() and 0 <= a.min() and a.max() <= 1 else 255.0
+    else:
+        top = 65535.0
+    if not np.isfinite(a).all() or (a.size and (a.min() < 0 or a.max() > top)):
+        raise DataError(f"{path}: {im.mode} pixels outside 0..{top:g} (or NaN); save it as 8- or "
+                        "16-bit, or as floats in [0, 1]")
+    return _pil().fromarray(np.round(a * (255.0 / top)).astype(np.uint8), "L")
 
 
 def read_image(path: str, shape: tuple[int, int, int]) -> np.ndarray:

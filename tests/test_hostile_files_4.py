@@ -94,6 +94,13 @@ def pooled_model(pool: list[int]):
     return make
 
 
+def npz_bomb(tmp: Path) -> list[str]:
+    """62 MB of zero pixels in 60 KB: the check of the declared size against free memory passed."""
+    saved(tmp)
+    np.savez_compressed(tmp / "x.npz", x=np.zeros((20_000, 28, 28, 1), "f4"))
+    return ["launch.predict", "--weights", "w.hdf5", "x.npz"]
+
+
 # id: (maker, exit status, stderr regex, stderr lines)
 CASES = {
     # hangs that were: a broken symbolic link where a folder must be
@@ -109,6 +116,8 @@ CASES = {
                                              r"MaxPool2D: pool_size 5000 is larger than the input's height 28", 1),
     "MaxPool2D pool 1x1e9 'same' (predict)": (pooled_model([1, 10**9]), 2,
                                               r"pool_size 1000000000 is larger than the input's width 28", 1),
+    "compressed npz 1000x (predict)": (npz_bomb, 2, r"x\.npz: x\.npy expands more than 200 times its "
+                                                    r"compressed size", 1),
     # outputs that replaced inputs
     "--out is the training data": (out_is_training_data, 2,
                                    r"--out .*data/train\.npz is in the data set --dataset .*data, which this "

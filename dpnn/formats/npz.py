@@ -12,7 +12,7 @@ import zipfile
 import numpy as np
 
 from dpnn.errors import DataError
-from dpnn.files import open_regular
+from dpnn.files import MAX_GZIP_RATIO, open_regular
 
 from .common import FLOAT_BYTES, ImageSize, Splits, check_input, check_memory, row_image_shape
 
@@ -32,8 +32,13 @@ def detect(directory: str) -> bool:
 
 
 def _header(path: str, z: zipfile.ZipFile, member: str) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) from a member's .npy header, checked against the zip entry's size."""
+    """(shape, dtype) from a member's .npy header, checked against the zip entry's size, which is
+    itself checked against the bytes that hold it (a compressed member may declare any size)."""
     info = z.getinfo(member)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_GZIP_RATIO * max(info.compress_size, 1):
+        raise DataError(f"{path}: {member} expands more than {MAX_GZIP_RATIO} times its compressed size "
+                        f"({info.compress_size:,} bytes declaring {info.file_size:,}); save it with "
+                        "np.savez, or np.savez_compressed of real data")
     with z.open(info) as m:
         version = np.lib.format.read_magic(m)
         if version not in ((1, 0), (2, 0), (3, 0)):

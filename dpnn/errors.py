@@ -9,6 +9,11 @@ class WeightsError(ValueError):
     """A weights/architecture file is missing, corrupt, or does not match its model."""
 
 
+class NotPortableError(TypeError):
+    """A layer, loss, optimizer or augmentation function cannot be sent to the worker processes
+    (it holds a lock, an open file...); the message names it and says what to do."""
+
+
 class WorkerError(RuntimeError):
     """A data-parallel worker raised or died; the message names it and carries its traceback."""
 

@@ -101,6 +101,37 @@ def npz_bomb(tmp: Path) -> list[str]:
     return ["launch.predict", "--weights", "w.hdf5", "x.npz"]
 
 
+LOCKED_LAYER = """
+import threading
+from dpnn import Layer, register_layer
+
+@register_layer
+class Locked(Layer):
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def forward(self, x, training=False):
+        return x
+
+    def backward(self, grad):
+        return grad
+"""
+
+
+def plugin_layer_with_a_lock(tmp: Path) -> list[str]:
+    """A --plugin layer holding a lock, on 2 workers: documented as a one-line TypeError."""
+    import json
+    (tmp / "locked.py").write_text(LOCKED_LAYER)
+    (tmp / "arch.json").write_text(json.dumps([{"class": "Locked", "config": {}}, {"class": "Flatten", "config": {}},
+                                               {"class": "Dense", "config": {"units": 10}}]))
+    flags = [f for f in TINY if f != "mlp"]
+    flags[flags.index("--model") + 1:flags.index("--model") + 1] = ["arch.json"]
+    flags[flags.index("--workers") + 1] = "2"
+    return ["launch.train", "--dataset", "synthetic", "--limit", "32", *flags, "--plugin", "locked.py",
+            "--checkpoint-dir", "none"]
+
+
 # id: (maker, exit status, stderr regex, stderr lines)
 CASES = {
     # hangs that were: a broken symbolic link where a folder must be
@@ -138,6 +169,8 @@ CASES = {
     "predict a csv with a nan cell": (predict_nan_csv, 2, r"x\.csv: 1 pixel is NaN or infinite", 1),
     "train on a csv with a nan cell": (train_nan_csv, 2, r"train\.csv: 1 pixel is NaN or infinite", 1),
     # tracebacks that were
+    "a --plugin layer holding a lock, 2 workers": (plugin_layer_with_a_lock, 2,
+                                                   r"error: layer 0 \(Locked\) cannot be sent to the worker", 1),
     "checkpoint augment unparsable": (checkpoint(augment_text), 2,
                                       r"config\.augment is 'spin:9000', not a valid --augment", 1),
     "checkpoint image size unparsable": (checkpoint(image_size_text), 2,

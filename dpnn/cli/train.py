@@ -28,7 +28,7 @@ from dpnn.augment import parse_spec
 from dpnn.callbacks import LRScheduler
 from dpnn.datasets import load_dataset
 from dpnn.engine import Engine, make_engine
-from dpnn.errors import DataError, OutputError, WeightsError, WorkerError
+from dpnn.errors import DataError, NotPortableError, OutputError, WeightsError, WorkerError
 from dpnn.optimizers import get_optimizer
 from dpnn.signals import raise_terminated, say
 from dpnn.tensorboard import TensorBoard
@@ -311,6 +311,9 @@ def execute(run, rank: int) -> int:
     except (TrainingDiverged, WorkerError) as e:
         print(f"{PROG}: training failed: {e}", file=sys.stderr)
         return 1
+    except NotPortableError as e:          # a --plugin layer holding a lock: one line, as documented
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
     except SharedMemoryError as e:         # the machine cannot hold this model on these workers
         print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

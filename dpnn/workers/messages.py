@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import cloudpickle
 
+from ..errors import NotPortableError
 from ..floatmode import flush_denormals_enabled
 from ..node import Finish
 from .arena import Region
@@ -144,7 +145,7 @@ def portable_blob(model) -> bytes:
             except Exception as e:
                 culprit, error = name, e
                 break
-        raise TypeError(f"{culprit} cannot be sent to the worker processes ({type(error).__name__}: {error}); "
+        raise NotPortableError(f"{culprit} cannot be sent to the worker processes ({type(error).__name__}: {error}); "
                         "keep only picklable attributes on it (arrays, numbers, strings), or train "
                         "with workers=1") from None
 
@@ -158,5 +159,5 @@ def augment_blob(augment) -> bytes | None:
     try:
         return cloudpickle.dumps(augment)
     except Exception as e:
-        raise TypeError(f"augment ({augment!r}) cannot be sent to the worker processes "
+        raise NotPortableError(f"augment ({augment!r}) cannot be sent to the worker processes "
                         f"({type(e).__name__}: {e}); use a module-level function or class") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 
@@ -329,3 +330,41 @@ def test_a_csv_with_quoted_text_labels_reads_the_labels_without_quotes(tmp_path)
     _, labels, _ = csvrows.read_rows(str(d / "train.csv"), 16)
     assert labels.tolist()[:2] == ["cat", "dog"]
     assert csvrows.load(str(d), None).class_names == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_ctrl_c_while_the_pool_starts_is_an_interrupt(tmp_path, attempt):
+    """A terminal's Ctrl-C reaches the whole process group: landing while the fork server imports
+    its preload, or while a worker starts, it killed that process and the run ended in EOFError or
+    "worker exited during start-up" (exit 1) instead of its own interrupt (exit 130)."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from conftest import interruptible, subprocess_env, wait_until
+    argv = ["--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--workers", "2", "--batch-size", "16",
+            "--checkpoint-dir", "ck", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "launch.train", *argv], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=interruptible)
+
+    def starting() -> bool:
+        try:
+            children = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return True
+        return any("forkserver" in " ".join(c.cmdline()) for c in children if c.is_running()) \
+            or proc.poll() is not None
+    try:
+        assert wait_until(starting, 60, interval=0.002)
+        time.sleep(0.05 * attempt)                   # the server's preload, then the workers' start
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted" in err

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import signal
 
 from ..placement import BLAS_THREAD_VARS
+from ..signals import blocked_signals
 from .liveness import process_gone, watch
 
 START_METHODS = ("forkserver", "spawn")
@@ -65,8 +67,13 @@ def forkserver_alive() -> bool:
 def ensure_forkserver() -> int | None:
     """Start the fork server, or a new one if it died (multiprocessing reaps the old one); its pid.
 
-    Started with one BLAS thread, so forking it never copies a running thread pool."""
+    Started with one BLAS thread, so forking it never copies a running thread pool, and with
+    SIGINT blocked, which it and every worker it forks inherit: a Ctrl-C from the terminal
+    reaches the whole process group, and one landing while the server imports its preload
+    (before it ignores SIGINT) or while a worker starts (before ``worker_main`` ignores it) killed
+    that process, so the coordinator read EOFError or "exited during start-up" instead of its own
+    interrupt. Ctrl-C is the coordinator's to handle; a SIGINT for it meanwhile waits, not lost."""
     from multiprocessing import forkserver
-    with blas_environment(1):
+    with blas_environment(1), blocked_signals((signal.SIGINT,)):
         forkserver.ensure_running()
     return forkserver_pid()

@@ -158,7 +158,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in --checkpoint-dir or in its newest "
                         "run folder (an epoch's end or a step within one) with its saved settings; "
-                        "damaged ones are skipped")
+                        "damaged ones are skipped; the outputs (--out, --history, --plot, --tensorboard) "
+                        "are this command line's, never the checkpoint's")
     g.add_argument("--history", default=None, metavar="PATH",
                    help="write the per-epoch history, test accuracy and configuration as JSON (default: none)")
     g.add_argument("--plot", default=None, metavar="PATH",

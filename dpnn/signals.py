@@ -81,10 +81,13 @@ class DeferredSignals:
             say(f"\ndpnn: {signal.Signals(signum).name} received; stopping after this step "
                 "(send it again to stop at once)")
 
-    def check(self, progress: Progress) -> None:
-        """Raise TrainingInterrupted(progress) if a signal arrived since the last check."""
-        if self.pending is not None:
-            signum, self.pending = self.pending, None
+    def check(self, progress: Progress, agree=None) -> None:
+        """Raise TrainingInterrupted(progress) if a signal arrived since the last check;
+        ``agree(signum or None)`` (an engine's :meth:`agree_signal`) makes it the decision of
+        every MPI rank: one rank's SIGTERM (a preempted node) stops them all at this step."""
+        signum = self.pending if agree is None else agree(self.pending)
+        if signum is not None:
+            self.pending = None
             raise TrainingInterrupted(signum, progress)
 
 

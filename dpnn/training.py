@@ -171,7 +171,7 @@ class TrainingSession:
                 if self.model.stop_training:
                     break
                 if epoch + 1 < epochs:
-                    self.signals.check(self.progress)
+                    self.signals.check(self.progress, engine.agree_signal)
         finally:
             for cb in cbs.callbacks:          # a bar or open file left by Ctrl-C, a divergence...
                 if isinstance(cb, (reporting.ProgressBar, TensorBoard, CSVLogger)):
@@ -200,7 +200,7 @@ class TrainingSession:
         for step, first in enumerate(range(0, n, batch_size)):
             if step < p.step:
                 continue
-            self.signals.check(p)
+            self.signals.check(p, self.engine.agree_signal)
             idx = order[first:first + batch_size]
             self.callbacks.on_train_batch_begin(step, {"batch": step, "size": len(idx)})
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the check below says it

@@ -50,3 +50,46 @@ def test_a_flag_bad_on_one_rank_alone_ends_the_job(tmp_path):
     code, out, err = finish(two_ranks(tmp_path, [], ["--augment", "shift:2"]), timeout=60)
     assert code != 0 and "argument --augment: augmentation spec 'shift:2'" in err, err
     assert "Traceback" not in err, err
+
+
+@needs_mpi
+def test_sigterm_to_one_rank_stops_every_rank_at_that_step_with_a_checkpoint(tmp_path):
+    """A preempted node: SIGTERM reaches one rank alone. It stopped alone and aborted the job
+    with no checkpoint at that step; the ranks now agree on the interrupt at each step."""
+    import os
+    import signal
+
+    import psutil
+
+    from dpnn.cli.checkpoint import list_checkpoints
+
+    from conftest import launch_two_ranks, wait_until
+    before = mpich_segments()
+    flags = ["--dataset", "synthetic", "--limit", "256", "--model", "mlp", "--batch-size", "16", "--workers", "1",
+             "--backend", "mpi", "--quiet", "--epochs", "1000", "--checkpoint-dir", "ck", "--checkpoint-every", "2"]
+    proc = launch_two_ranks(tmp_path, *flags)
+    ck = tmp_path / "r0" / "ck"
+
+    def rank1():
+        for p in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if p.cwd() == str(tmp_path / "r1") and "launch.train" in " ".join(p.cmdline()):
+                    return p
+            except psutil.Error:
+                continue
+        return None
+    try:
+        assert wait_until(lambda: list_checkpoints(str(ck)) or proc.poll() is not None, 60), "no checkpoint"
+        target = rank1()
+        assert target is not None and proc.poll() is None
+        os.kill(target.pid, signal.SIGTERM)
+        code, out, err = finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 143, err
+    newest = list_checkpoints(str(ck))[-1][1]
+    assert "-step-" in newest, newest
+    assert f"last complete checkpoint: ck/{os.path.basename(newest)}" in err, err
+    assert "Traceback" not in err and "BAD TERMINATION" not in err, err
+    assert unmapped(mpich_segments() - before) == set()

@@ -109,8 +109,14 @@ def _shown(value) -> str:
     return "(not given)" if value in (None, False) else "(given)" if value is True else repr(value)
 
 
-def finish(comm: Communicator | None, status: int) -> int:
-    """Exit status for main(); a failed rank aborts every rank instead of leaving them waiting."""
+def finish(comm: Communicator | None, status: int, together: bool = False) -> int:
+    """Exit status for main(); a failed rank aborts every rank instead of leaving them waiting.
+
+    ``together``: every rank stopped at the same step (an interrupt they agreed on), so none is
+    waiting: they meet once (rank 0 has written the step's checkpoint) and exit, no abort."""
+    if comm is not None and comm.size > 1 and together:
+        comm.barrier()
+        return status
     if comm is not None and comm.size > 1 and status != 0:
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)      # let mpiexec forward the error message first

@@ -237,7 +237,7 @@ def prepare(args, argv, note, locks: ckpt.RunLocks, comm=None):
                            history=history, initial_epoch=resumed.info["epoch"] if resumed else 0,
                            progress=progress,
                            resume_state=resumed.state if resumed else None,
-                           resumed_from=resumed.path if resumed else None)
+                           resumed_from=resumed.path if resumed else None, stopped_together=False)
 
 
 # -- running it -------------------------------------------------------------------------------
@@ -300,6 +300,7 @@ def execute(run, rank: int) -> int:
         if rank == 0:
             outputs.write_outputs(run, config_of(run.args), test_loss, test_acc, log.events)
     except TrainingInterrupted as e:       # stopped between two steps: keep that step
+        run.stopped_together = True        # MPI: every rank stopped at this step (agree_signal)
         try:
             saved = saver.save_interrupted(e.progress)
         except OutputError as error:
@@ -342,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         run = prepare(args, argv, note=lambda m: None if quiet else print(m, file=sys.stderr),
                       locks=locks, comm=comm)
         run.args.quiet = run.args.quiet or quiet
-        return mpi.finish(comm, execute(run, rank))
+        status = execute(run, rank)
+        return mpi.finish(comm, status, together=run.stopped_together)
     except UsageError as e:                  # every rank hits it alike: rank 0 says it
         mpi.report_once(comm, f"{PROG}: error: {e}")
         return mpi.finish(comm, 2)

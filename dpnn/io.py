@@ -57,9 +57,14 @@ def _array_writer(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str
                     f.create_dataset(k, data=v)
                 for k, v in attrs.items():
                     f.attrs[k] = v
-            with open(tmp, "wb") as out:
-                out.write(image.getbuffer())
+            write_bytes(tmp, image.getbuffer())
     return write
+
+
+def write_bytes(path: str, data) -> None:
+    """``data`` into a new file ``path`` (an OSError such as ENOSPC propagates)."""
+    with open(path, "wb") as out:
+        out.write(data)
 
 
 def write_arrays(path: str, arrays: dict[str, np.ndarray], attrs: dict[str, str]) -> str:

@@ -351,12 +351,19 @@ def test_ctrl_c_while_the_pool_starts_is_an_interrupt(tmp_path, attempt):
                             preexec_fn=interruptible)
 
     def starting() -> bool:
+        if proc.poll() is not None:
+            return True
         try:
             children = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             return True
-        return any("forkserver" in " ".join(c.cmdline()) for c in children if c.is_running()) \
-            or proc.poll() is not None
+        for child in children:
+            try:
+                if "forkserver" in " ".join(child.cmdline()):
+                    return True
+            except psutil.Error:                   # a child that just ended
+                continue
+        return False
     try:
         assert wait_until(starting, 60, interval=0.002)
         time.sleep(0.05 * attempt)                   # the server's preload, then the workers' start

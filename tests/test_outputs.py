@@ -147,16 +147,21 @@ def test_special_files_are_refused_before_training(in_tmp, capsys, flag, kind):
 
 @pytest.fixture
 def full_disk(monkeypatch):
-    """full_disk(name): HDF5 writes to a file whose name contains ``name`` fail with ENOSPC
-    after part of the file is written (the temporary file, since writes are atomic)."""
-    def arm(name: str):
-        create = h5py.Group.create_dataset
+    """full_disk(name): writing an HDF5 file whose name contains ``name`` fails with ENOSPC after
+    part of it is written (the temporary file, since writes are atomic; dpnn builds the HDF5
+    image in memory and writes its bytes with dpnn.io.write_bytes)."""
+    import dpnn.io
 
-        def create_dataset(self, key, *args, **kwargs):
-            if name in os.path.basename(self.file.filename):
+    def arm(name: str):
+        write = dpnn.io.write_bytes
+
+        def half_then_full(path, data):
+            if name in os.path.basename(path):
+                with open(path, "wb") as f:
+                    f.write(bytes(data[:len(data) // 2]))
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return create(self, key, *args, **kwargs)
-        monkeypatch.setattr(h5py.Group, "create_dataset", create_dataset)
+            return write(path, data)
+        monkeypatch.setattr(dpnn.io, "write_bytes", half_then_full)
     return arm
 
 
@@ -219,7 +224,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(in_tmp, capsys, h
     assert exit_code(TINY + ["--epochs", 2, "--out", "resumed.hdf5", "--checkpoint-dir", "b"]) == 0
     damage("b/epoch-0002.hdf5", how)
     capsys.readouterr()
-    assert exit_code(["--resume", "--checkpoint-dir", "b", "--epochs", 3]) == 0
+    assert exit_code(["--resume", "--checkpoint-dir", "b", "--epochs", 3, "--out", "resumed.hdf5"]) == 0
     err = capsys.readouterr().err.strip().splitlines()
     warnings = [line for line in err if "epoch-0002" in line]
     assert len(warnings) == 1 and "warning" in warnings[0] and "skipping" in warnings[0], err

@@ -150,8 +150,9 @@ def check_outputs(args, locks: ckpt.RunLocks, usage_error) -> None:
     """Output paths are writable files (folders for --checkpoint-dir and --tensorboard),
     distinct from each other, from the locks and from the inputs; this run alone holds them,
     no earlier run is overwritten; ``usage_error(message)`` is raised otherwise."""
-    for flag, path in _files(args):
-        check_writable(path, flag, usage_error)
+    for flag, path in zip(FILE_FLAGS, (args.out, args.history, args.plot)):
+        if path is not None:                   # "" too: refused as empty
+            check_writable(path, flag, usage_error)
     for flag, path in _folders(args):
         if os.path.lexists(path) and not os.path.isdir(path):
             problem = input_problem(path) or "exists and is not a directory"

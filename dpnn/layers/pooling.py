@@ -15,6 +15,11 @@ from ..im2col import conv_output_size, pad_nhwc
 from .base import Layer, check_rank, register_layer
 from .conv import _pair
 
+# A window larger than the input covers the whole input and padding (Keras allows it with
+# 'same'); past this many cells the padding is only work: one pass per window offset over an
+# input padded to the window's size (pool_size 5000 on 28x28: 25 million passes).
+MAX_WINDOW_PAST_INPUT = 64
+
 
 class _Pool2D(Layer):
     def __init__(self, pool_size=(2, 2), stride=None, padding: str = "valid", *, strides=None) -> None:
@@ -32,7 +37,7 @@ class _Pool2D(Layer):
         check_rank(self, input_shape, (4,), "pooling takes NHWC images (N, H, W, C)")
         N, H, W, C = input_shape
         for size, side, name in zip(self.pool_size, (H, W), ("height", "width")):
-            if size > side:     # before the work it bounds: one offset per window cell, padded to fit
+            if size > max(side, MAX_WINDOW_PAST_INPUT):   # before the work: an offset per window cell
                 raise ValueError(f"{type(self).__name__}: pool_size {size} is larger than the input's "
                                  f"{name} {side}; a window covers at most the whole input (use "
                                  f"pool_size <= {side}, or GlobalAvgPool2D)")

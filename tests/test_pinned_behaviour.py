@@ -69,10 +69,10 @@ def one_shard(bn_model) -> np.ndarray:
 @pytest.mark.parametrize("options", [{"deterministic": True},
                                      pytest.param({"workers": 2}, marks=pytest.mark.slow),
                                      pytest.param({"workers": 2, "deterministic": True}, marks=pytest.mark.slow)],
-                         ids=["8 micro-shards in process", "2 workers", "2 workers, 8 micro-shards"])
+                         ids=["micro-shards in process", "2 workers", "2 workers, micro-shards"])
 def test_batchnorm_statistics_of_uneven_shards_are_weighted_per_sample(bn, options):
-    """Shards of 2, 2, 2, 2, 2, 1, 1, 1 (13 in 8 micro-shards), 7 and 6 (13 on 2 workers), 2 and 1
-    (the last batch): weighting each shard alike moves the running mean by ~0.07."""
+    """Shards of 4, 3, 3, 3 (13 in deterministic mode's 4 micro-shards), 7 and 6 (13 on 2 workers),
+    1, 1, 1 or 2 and 1 (the last batch): weighting each shard alike moves the running mean by ~0.07."""
     bn_model, _ = bn
     if options.get("workers", 1) > 1 and not HAVE_ENGINE:
         pytest.skip("dpnn.workers (the shared-memory engine) is not available")

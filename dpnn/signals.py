@@ -83,8 +83,8 @@ class DeferredSignals:
 
     def check(self, progress: Progress, agree=None) -> None:
         """Raise TrainingInterrupted(progress) if a signal arrived since the last check;
-        ``agree(signum or None)`` (an engine's :meth:`agree_signal`) makes it the decision of
-        every MPI rank: one rank's SIGTERM (a preempted node) stops them all at this step."""
+        ``agree(signum or None)`` (:func:`agree` over the engine's ranks) makes it the decision
+        of every MPI rank: one rank's SIGTERM (a preempted node) stops them all at this step."""
         signum = self.pending if agree is None else agree(self.pending)
         if signum is not None:
             self.pending = None
@@ -109,6 +109,17 @@ def _to_devnull(stream) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, fd)
         os.close(devnull)
+
+
+def agree(comm, signum: int | None) -> int | None:
+    """The interrupt every rank of ``comm`` acts on at this step: SIGTERM if any rank holds one,
+    else SIGINT if any does, else None (one small all-reduce per step across MPI ranks)."""
+    if comm.size == 1:
+        return signum
+    import numpy as np
+    held = np.array([signum == signal.SIGINT, signum == signal.SIGTERM], np.float32)
+    comm.allreduce(held)
+    return signal.SIGTERM if held[1] else signal.SIGINT if held[0] else None
 
 
 class Terminated(KeyboardInterrupt):

@@ -25,7 +25,6 @@ steps and at every epoch end: a mismatch raises :class:`RanksDiverged` on every 
 from __future__ import annotations
 
 import hashlib
-import signal
 import time
 
 import numpy as np
@@ -81,15 +80,6 @@ class Step:
         kind = self.node.kind if isinstance(self.comm, LocalComm) else "mpi"
         return EngineInfo(kind, self.node.workers, self.node.threads_per_worker, self.size,
                           self.deterministic, self.rank, self.seed, micro_shards=self.micro_shards)
-
-    def agree_signal(self, signum: int | None) -> int | None:
-        """The interrupt every rank acts on at this step: SIGTERM if any rank holds one, else
-        SIGINT if any does, else None (one small all-reduce per step across MPI ranks)."""
-        if isinstance(self.comm, LocalComm):
-            return signum
-        held = np.array([signum == signal.SIGINT, signum == signal.SIGTERM], np.float32)
-        self.comm.allreduce(held)
-        return signal.SIGTERM if held[1] else signal.SIGINT if held[0] else None
 
     def __enter__(self) -> "Step":
         return self

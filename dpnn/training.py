@@ -6,6 +6,7 @@ import math
 import time
 import warnings
 from contextlib import closing, nullcontext
+from functools import partial
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from .engine import Engine, make_engine
 from .random import fresh_seed, sample_keys
 from .recipe import Sums
 from .sample_weights import attach, check_sample_weight, sample_weights
-from .signals import DeferredSignals, Progress, TrainingInterrupted  # noqa: F401 (part of the API)
+from .signals import DeferredSignals, Progress, TrainingInterrupted, agree  # noqa: F401 (part of the API)
 
 
 class TrainingDiverged(FloatingPointError):
@@ -171,7 +172,7 @@ class TrainingSession:
                 if self.model.stop_training:
                     break
                 if epoch + 1 < epochs:
-                    self.signals.check(self.progress, engine.agree_signal)
+                    self.signals.check(self.progress, partial(agree, engine.comm))
         finally:
             for cb in cbs.callbacks:          # a bar or open file left by Ctrl-C, a divergence...
                 if isinstance(cb, (reporting.ProgressBar, TensorBoard, CSVLogger)):
@@ -200,7 +201,7 @@ class TrainingSession:
         for step, first in enumerate(range(0, n, batch_size)):
             if step < p.step:
                 continue
-            self.signals.check(p, self.engine.agree_signal)
+            self.signals.check(p, partial(agree, self.engine.comm))
             idx = order[first:first + batch_size]
             self.callbacks.on_train_batch_begin(step, {"batch": step, "size": len(idx)})
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # the check below says it

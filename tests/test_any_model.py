@@ -207,8 +207,7 @@ def test_every_engine_implements_the_whole_contract():
     from dpnn.distributed import DistributedEngine
     from dpnn.engine import Engine, LocalEngine
     methods = {n for n, v in vars(Engine).items() if callable(v) and not n.startswith("_")}
-    assert methods == {"train_step", "place_data", "train_rows", "evaluate", "sync_state", "close", "describe",
-                       "agree_signal"}
+    assert methods == {"train_step", "place_data", "train_rows", "evaluate", "sync_state", "close", "describe"}
     for cls in (LocalEngine, DataParallel, DistributedEngine):
         for name in methods:
             ours = inspect.signature(getattr(Engine, name))

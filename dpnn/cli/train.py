@@ -300,7 +300,7 @@ def execute(run, rank: int) -> int:
         if rank == 0:
             outputs.write_outputs(run, config_of(run.args), test_loss, test_acc, log.events)
     except TrainingInterrupted as e:       # stopped between two steps: keep that step
-        run.stopped_together = True        # MPI: every rank stopped at this step (agree_signal)
+        run.stopped_together = True        # MPI: every rank stopped at this step (signals.agree)
         try:
             saved = saver.save_interrupted(e.progress)
         except OutputError as error:

@@ -146,8 +146,7 @@ def portable_blob(model) -> bytes:
                 culprit, error = name, e
                 break
         raise NotPortableError(f"{culprit} cannot be sent to the worker processes ({type(error).__name__}: {error}); "
-                        "keep only picklable attributes on it (arrays, numbers, strings), or train "
-                        "with workers=1") from None
+                               "keep only picklable attributes (arrays, numbers, strings), or use workers=1") from None
 
 
 def augment_blob(augment) -> bytes | None:
@@ -160,4 +159,4 @@ def augment_blob(augment) -> bytes | None:
         return cloudpickle.dumps(augment)
     except Exception as e:
         raise NotPortableError(f"augment ({augment!r}) cannot be sent to the worker processes "
-                        f"({type(e).__name__}: {e}); use a module-level function or class") from None
+                               f"({type(e).__name__}: {e}); use a module-level function or class") from None

@@ -1,7 +1,9 @@
 """``python -m launch.data``: ``dpnn data`` run from the checkout (the code: dpnn/cli/data.py)."""
 import sys
 
-from dpnn.cli.data import main
-
 if __name__ == "__main__":
+    try:                                     # Ctrl-C while dpnn imports: an interrupt, not a traceback
+        from dpnn.cli.data import main
+    except KeyboardInterrupt:
+        sys.exit(130)
     sys.exit(main())

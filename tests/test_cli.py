@@ -168,3 +168,27 @@ def test_the_wheel_installs_into_a_fresh_venv_and_trains(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr + f" ({time.monotonic() - t0:.0f} s)"
     assert "2 x 1 thread" in r.stdout and sorted(os.listdir(work)) == ["w.hdf5", "w.json"]
+
+
+# -- Ctrl-C while the command still imports --------------------------------------------------------------
+class _Interrupting:
+    """A module whose names raise KeyboardInterrupt: Ctrl-C landing while it is imported."""
+
+    def __getattr__(self, name):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("name", cli.COMMANDS)
+def test_ctrl_c_while_a_launch_module_imports_exits_130(name, monkeypatch):
+    import runpy
+    monkeypatch.setitem(sys.modules, f"dpnn.cli.{name}", _Interrupting())
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(os.path.join(ROOT, "launch", f"{name}.py"), run_name="__main__")
+    assert e.value.code == 130
+
+
+def test_ctrl_c_while_the_dpnn_command_imports_exits_130(monkeypatch):
+    def interrupted(module):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dpnn_main.importlib, "import_module", interrupted)
+    assert dpnn_main.main(["train", "--help"]) == 130

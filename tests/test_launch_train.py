@@ -99,7 +99,7 @@ def test_help_explains_every_flag_with_its_default(tmp_path):
     (["--patience", "2"], "--early-stopping"),
     (["--val-split", "1.5"], "--val-split"),
     (["--limit", "0"], "--limit"),
-    (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--optimizer", "adagrad"], "--optimizer"),
     (["--resume", "--checkpoint-dir", "empty"], "no checkpoint in empty"),
     (["--model", "resnet-9000"], "unknown model 'resnet-9000'"),
     (["--model", "missing.json"], "missing.json"),

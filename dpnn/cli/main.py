@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dpnn: error: unknown command {name!r}; choose one of {', '.join(COMMANDS)} (dpnn --help)",
               file=sys.stderr)
         return 2
-    return importlib.import_module(f"dpnn.cli.{name}").main(rest) or 0
+    try:                                        # Ctrl-C while the command imports: exit 130, no traceback
+        command = importlib.import_module(f"dpnn.cli.{name}")
+    except KeyboardInterrupt:
+        return 130
+    return command.main(rest) or 0
 
 
 if __name__ == "__main__":

@@ -252,10 +252,19 @@ TORCH_NEEDLES = ('importorskip("torch"', 'find_spec("torch")')
 
 def pytest_collection_modifyitems(config, items):
     """Mark every test that reads PyTorch (``pytest.importorskip("torch")`` or ``find_spec("torch")``
-    in the test or at its module's top) ``torch``, so ``pytest -m torch`` is the PyTorch lane:
-    ``make test`` runs them too, skipped where PyTorch is absent (it is a reference, never a
-    dependency); ``make test-torch`` installs it and runs them alone."""
+    in the test, in a helper function of its module that it calls, or at its module's top)
+    ``torch``, so ``pytest -m torch`` is the PyTorch lane: ``make test`` runs them too, skipped where
+    PyTorch is absent (it is a reference, never a dependency); ``make test-torch`` installs it and
+    runs them alone."""
     import inspect
+
+    def reads_torch(obj) -> bool:
+        try:
+            source = inspect.getsource(obj)
+        except (OSError, TypeError):                # made at run time (exec, a lambda's module...)
+            return False
+        return any(n in source for n in TORCH_NEEDLES)
+
     modules: dict = {}
     for item in items:
         fn = getattr(item, "function", None)
@@ -264,6 +273,9 @@ def pytest_collection_modifyitems(config, items):
         module = item.module
         if module not in modules:
             top = [ln for ln in inspect.getsource(module).splitlines() if not ln.startswith((" ", "\t"))]
-            modules[module] = any(n in ln for ln in top for n in TORCH_NEEDLES)
-        if modules[module] or any(n in inspect.getsource(fn) for n in TORCH_NEEDLES):
+            helpers = {name for name, obj in vars(module).items() if inspect.isfunction(obj)
+                       and obj.__module__ == module.__name__ and not name.startswith("test_") and reads_torch(obj)}
+            modules[module] = (any(n in ln for ln in top for n in TORCH_NEEDLES), helpers)
+        at_top, helpers = modules[module]
+        if at_top or reads_torch(fn) or helpers & set(fn.__code__.co_names):
             item.add_marker(pytest.mark.torch)

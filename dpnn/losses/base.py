@@ -47,6 +47,17 @@ def check_reduction(reduction) -> str | None:
     return None if reduction == "none" else reduction
 
 
+def check_keras_options(from_logits, label_smoothing, axis: int, what: str) -> float:
+    """The options Keras's cross-entropy classes share, checked; the smoothing as a float."""
+    if from_logits not in (None, True, False):
+        raise TypeError(f"from_logits must be True, False or None, got {from_logits!r}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    if axis != -1:
+        raise ValueError(f"dpnn's {what}; got axis={axis!r}")
+    return float(label_smoothing)
+
+
 def weighted_values(values: np.ndarray, sample_weight) -> tuple[np.ndarray, np.ndarray | None]:
     """(values * sample_weight, the weights) with Keras's broadcasting: a scalar, one weight per
     sample (N,) or (N, 1), or one per value (the shape of ``values``)."""

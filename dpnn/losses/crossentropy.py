@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import EPSILON, Loss, log_softmax, softmax
+from .base import EPSILON, Loss, check_keras_options, log_softmax, softmax
 
 
 def labels_to_index(y_true: np.ndarray, K: int) -> np.ndarray:
@@ -66,13 +66,9 @@ class CategoricalCrossentropy(Loss):
     def __init__(self, from_logits: bool | None = None, label_smoothing: float = 0.0,
                  reduction: str | None = "sum_over_batch_size", name: str | None = None, axis: int = -1) -> None:
         super().__init__(reduction, name)
-        if from_logits not in (None, True, False):
-            raise TypeError(f"from_logits must be True, False or None, got {from_logits!r}")
-        if not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-        if axis != -1:
-            raise ValueError(f"dpnn's cross-entropy reads the classes on the last axis; got axis={axis!r}")
-        self.from_logits, self.label_smoothing = from_logits, float(label_smoothing)
+        self.label_smoothing = check_keras_options(from_logits, label_smoothing, axis,
+                                                   "cross-entropy reads the classes on the last axis")
+        self.from_logits = from_logits
         self.on_probabilities = from_logits is False   # the decision compile made
         self.decided = from_logits is not None          # compile decides a None (fit_loss_to_output)
 

@@ -319,7 +319,7 @@ def fit(model, x, y=None, *, epochs: int = 1, batch_size: int = 32, num_classes:
     if lr_schedule:
         cbs.append(LRScheduler(lr_schedule, epochs, lr_factor, lr_patience, lr_min))
     if early_stopping:
-        cbs.append(EarlyStopping(patience=patience, min_delta=min_delta))
+        cbs.append(EarlyStopping(monitor=None, patience=patience, min_delta=min_delta, restore_best_weights=True))
     model.stop_training = False
     with DeferredSignals(verbose=bool(verbose)) as signals:
         opened = nullcontext(engine) if engine is not None else closing(     # the caller's stays open

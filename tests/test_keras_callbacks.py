@@ -75,6 +75,12 @@ def test_early_stopping_default_patience_is_keras_zero():
     assert EarlyStopping().patience == 0
 
 
+def test_early_stopping_defaults_are_keras_s():
+    """Keras's class, Keras's defaults: val_loss, no restore (dpnn's own option asks for more)."""
+    stopper = EarlyStopping()
+    assert stopper.monitor == "val_loss" and stopper.restore_best_weights is False
+
+
 def test_early_stopping_reuse():
     stopper = EarlyStopping(monitor="loss", patience=3, min_delta=1.0)
     model = tiny()

@@ -47,20 +47,21 @@ class EarlyStopping(MonitorCallback):
     ``EarlyStopping`` does: after ``patience`` epochs without an improvement of at least
     ``min_delta`` (and none beating ``baseline``, if given), counting from ``start_from_epoch``.
 
-    ``monitor``: a name in the epoch logs ('val_loss', 'val_accuracy', 'loss', 'accuracy', or
-    any with ``mode='min'``/``'max'``); a name missing from the logs gets Keras's warning and
-    training goes on. ``monitor=None`` (dpnn's default; Keras's is 'val_loss') watches
-    val_accuracy with validation data, else accuracy.
-    ``restore_best_weights`` (dpnn's default True, Keras's False; ``restore_best`` is dpnn's
-    name): the weights of the best epoch are put back when training ends, however it ends
-    (epochs ran out, this or another callback stopped it). ``verbose``: None (dpnn's default)
-    says what happened when fit is verbose; 0 never; 1 always.
+    ``monitor``: a name in the epoch logs ('val_loss', Keras's default, 'val_accuracy', 'loss',
+    'accuracy', or any with ``mode='min'``/``'max'``); a name missing from the logs gets Keras's
+    warning and training goes on. ``monitor=None`` is dpnn's own figure (what
+    ``fit(early_stopping=True)`` and ``dpnn train --early-stopping`` watch): val_accuracy with
+    validation data, else accuracy.
+    ``restore_best_weights`` (Keras's default False; ``restore_best`` is dpnn's name for it): the
+    weights of the best epoch are put back when training ends, however it ends (epochs ran out,
+    this or another callback stopped it). ``verbose``: None (dpnn's default) says what happened
+    when fit is verbose; 0 never; 1 always.
     """
 
-    def __init__(self, monitor: str | None = None, min_delta: float = 0.0, patience: int = 0,
+    def __init__(self, monitor: str | None = "val_loss", min_delta: float = 0.0, patience: int = 0,
                  verbose: int | None = None, mode: str = "auto", baseline: float | None = None,
                  restore_best_weights: bool | None = None, start_from_epoch: int = 0,
-                 restore_best: bool = True) -> None:
+                 restore_best: bool = False) -> None:
         super().__init__(monitor, mode, min_delta)
         for name, value in (("patience", patience), ("start_from_epoch", start_from_epoch)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:

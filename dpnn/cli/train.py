@@ -253,7 +253,8 @@ def make_callbacks(run, rank: int) -> tuple[outputs.EpochLog, ckpt.Checkpointer,
     if a.lr_schedule != "none":
         cbs.append(LRScheduler(a.lr_schedule, a.epochs))
     if a.early_stopping:
-        cbs.append(EarlyStopping(patience=a.patience, min_delta=a.min_delta))
+        cbs.append(EarlyStopping(monitor=None, patience=a.patience, min_delta=a.min_delta,
+                                   restore_best_weights=True))   # dpnn's figure: (val) accuracy
     if a.tensorboard:
         try:
             cbs.append(TensorBoard(a.tensorboard, update_freq=10))      # rank 0 alone writes

@@ -119,6 +119,61 @@ def im2col_padded(xp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: in
     return cols
 
 
+def row_blocks(N: int, OH: int, OW: int, row_bytes: int, budget: int) -> list[tuple[int, int, int, int]]:
+    """Blocks ``(a, b, r0, r1)`` (samples a..b, output rows r0..r1) covering an (N, OH, OW) output
+    whose im2col rows (``row_bytes`` each) fit in ``budget`` bytes: as many whole samples as fit,
+    or, when one sample does not, one sample's rows in equal bands (at least one row each).
+
+    The blocks depend on the shapes and the budget only, so the same shard is always cut alike.
+    """
+    per_sample = OH * OW * row_bytes
+    if per_sample <= budget:
+        pieces = -(-N // max(1, budget // per_sample))                    # fewest blocks that fit
+        n = -(-N // pieces)                                                 # samples each, evened out
+        return [(a, min(N, a + n), 0, OH) for a in range(0, N, n)]
+    bands = -(-OH // max(1, budget // (OW * row_bytes)))
+    rows = -(-OH // bands)
+    return [(a, a + 1, r, min(OH, r + rows)) for a in range(N) for r in range(0, OH, rows)]
+
+
+def block_rows(block: tuple[int, int, int, int], OH: int, OW: int) -> slice:
+    """The rows of the (N*OH*OW, ...) im2col / output matrix that ``block`` covers (contiguous)."""
+    a, b, r0, r1 = block
+    return slice((a * OH + r0) * OW, ((b - 1) * OH + r1) * OW)
+
+
+def im2col_block(x: np.ndarray, block: tuple[int, int, int, int], kh: int, kw: int, stride: int,
+                 pads: tuple[int, int, int, int], ow: int, out: np.ndarray | None = None,
+                 slab_buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The im2col rows of one :func:`row_blocks` block of an unpadded (N, H, W, C) input:
+    cols (n*(r1-r0)*OW, KH*KW*C) into ``out``, and the zero-padded slab of input rows they were
+    read from (``slab_buf`` reused; None when no padding is needed and the rows are read in place).
+    """
+    a, b, r0, r1 = block
+    N, H, W, C = x.shape
+    pt, pb, pl, pr = pads
+    y0, y1 = r0 * stride - pt, (r1 - 1) * stride - pt + kh              # input rows read (may be pads)
+    top, bottom = max(0, -y0), max(0, y1 - H)
+    if not (top or bottom or pl or pr):
+        return im2col_padded(x[a:b, y0:y1], kh, kw, stride, r1 - r0, ow, out), None
+    S = y1 - y0
+    slab = scratch(slab_buf, (b - a, S, W + pl + pr, C), x.dtype)        # (n, S, Wp, C)
+    slab[:, :top], slab[:, S - bottom:] = 0, 0                           # border strips only
+    slab[:, top:S - bottom, :pl], slab[:, top:S - bottom, pl + W:] = 0, 0
+    slab[:, top:S - bottom, pl:pl + W] = x[a:b, y0 + top:y1 - bottom]
+    return im2col_padded(slab, kh, kw, stride, r1 - r0, ow, out), slab
+
+
+def col2im_add(cols: np.ndarray, dxp: np.ndarray, kh: int, kw: int, stride: int, oh: int, ow: int) -> None:
+    """dxp (n, Hp', Wp, C) += the adjoint of im2col of cols (n*OH*OW, KH*KW*C): each window's
+    column block added back where it was read (a block's slab of a padded input gradient)."""
+    N, C = dxp.shape[0], dxp.shape[3]
+    c6 = cols.reshape(N, oh, ow, kh, kw, C)
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + stride * oh:stride, j:j + stride * ow:stride, :] += c6[:, :, :, i, j, :]
+
+
 def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int, pads: tuple[int, int, int, int]) -> np.ndarray:
     """Adjoint of im2col: cols (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlaps summed.

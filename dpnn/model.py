@@ -190,12 +190,15 @@ class Model(Freezing):
         """
         if training and sample_keys is None:
             sample_keys = self.next_sample_keys(len(x))
+        owned = False                   # the caller's x is never overwritten
         for i in self._order:
             layer = self.layers[i]
             if hasattr(layer, "sample_keys"):
                 layer.sample_keys = sample_keys
             t0 = time.perf_counter() if hook else 0.0
+            layer.overwrite_input = owned
             x = layer.forward(x, training)
+            owned = layer.owns_output
             if hook:
                 hook(i, layer, "forward", time.perf_counter() - t0)
         return x

@@ -58,11 +58,14 @@ CONV_CASES = [  # (filters, kernel, stride, padding, relu, (N, H, W, C), backwar
 ]
 
 
+@pytest.mark.parametrize("budget", [None, 1, 3000], ids=["whole", "one-row-blocks", "some-rows-or-samples"])
 @pytest.mark.parametrize("F, k, stride, padding, relu, shape, chunk", CONV_CASES)
-def test_conv_matches_the_loop_reference(F, k, stride, padding, relu, shape, chunk):
+def test_conv_matches_the_loop_reference(F, k, stride, padding, relu, shape, chunk, budget):
+    """Every path, with im2col built at once, one output row at a time, or in blocks of a few
+    rows or samples (``im2col_budget``): the blocks change how the work is cut, not its result."""
     rng = np.random.default_rng(0)
     layer = Conv2D(F, k, stride=stride, padding=padding, activation="relu" if relu else None)
-    layer.backward_chunk = chunk
+    layer.backward_chunk, layer.im2col_budget = chunk, budget
     layer.build((None,) + shape[1:])
     _to64(layer)
     layer.params["W"][...] = rng.standard_normal(layer.params["W"].shape)
@@ -99,5 +102,5 @@ def test_seed_cnn_second_conv_at_real_batch_sizes(n):
 @pytest.mark.parametrize("chunk", [1, 3, None])
 def test_pieced_shifted_backward_passes_gradcheck(chunk):
     layer = Conv2D(32, 3, padding="same", activation="relu")
-    layer.backward_chunk = chunk
+    layer.backward_chunk, layer.im2col_budget = chunk, 1 if chunk == 1 else None
     check_layer(layer, (5, 4, 5, 2))

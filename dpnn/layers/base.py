@@ -89,6 +89,9 @@ class Layer:
     # before fit (Keras: before compile): an open DataParallel's workers hold copies of the
     # layers, so a BatchNorm frozen after they start keeps its mode there (parameters follow).
     trainable = True
+    # True when forward returns a new array that the layer keeps no reference to: the layer that
+    # runs next may then overwrite it (Activation('relu') in place after a BatchNorm2D or a pool).
+    owns_output = False
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}
@@ -98,6 +101,8 @@ class Layer:
         self.input_shape: tuple | None = None
         self.output_shape: tuple | None = None
         self.needs_input_grad = True      # False for a model's first layer: skip computing dx
+        self.overwrite_input = False      # set before forward by the container (Model, Residual): True
+                                          # when the input came from a layer that owns_output
         self.rng: np.random.Generator | None = None   # set by Model.build for initialisation
 
     def __init_subclass__(cls, **kwargs) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..im2col import (
-    col2im,
+    block_rows,
+    col2im_add,
     conv_input_grad_cols,
     conv_input_grad_taps,
     conv_output_size,
     flip_kernel,
-    im2col_padded,
-    pad_nhwc,
+    im2col_block,
+    row_blocks,
     scratch,
 )
 from . import conv_general, initializers
@@ -21,6 +22,8 @@ FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (
 SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses one GEMM per window
                          # offset, added at its shift (python -m benchmarks.ablation measures both)
 BACKWARD_CHUNK = 8       # samples per piece of such a backward (the piece's rows stay in cache)
+IM2COL_BUDGET = 8 << 20  # bytes of im2col rows built at once: a layer never holds more, whatever the
+                         # image size (its input is kept instead, and backward rebuilds the rows)
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -63,6 +66,7 @@ class Conv2D(Layer):
     """
     shifted_dx_from: int | None = SHIFTED_DX_FROM   # None: always im2col for the input gradient
     backward_chunk: int | None = BACKWARD_CHUNK     # None: the shifted backward on the whole batch
+    im2col_budget: int | None = IM2COL_BUDGET       # None: the whole batch's im2col at once
 
     def __init__(self, filters: int, kernel_size=(3, 3), stride=1, padding="same", use_bias: bool = True,
                  activation: str | None = None, *, strides=None, dilation_rate=1, groups: int = 1,
@@ -83,7 +87,7 @@ class Conv2D(Layer):
         initializers.get(kernel_initializer), initializers.get(bias_initializer)      # refuse a bad name now
         self.activation = None if activation == "linear" else check_activation(activation, none_ok=True)
         # buffers reused across steps (same batch size -> no allocation, no page faults)
-        self._cols = self._cols_aug = self._xpad = self._gcols = self._gpad = None
+        self._cols = self._cols_aug = self._slab = self._gcols = self._gpad = None
         self._dxq = self._gchunk = self._dWb = self._dWtmp = None   # the shifted backward's
         self._ones_set = None     # the memory whose ones column (bias in the GEMM) is written
 
@@ -119,28 +123,49 @@ class Conv2D(Layer):
         (kh, kw), s, F = self.kernel_size, self.stride, self.filters
         oh, pt, pb = conv_output_size(H, kh, s, self.padding)
         ow, pl, pr = conv_output_size(W, kw, s, self.padding)
-        xp = pad_nhwc(x, (pt, pb, pl, pr), out=self._xpad)                 # (N, Hp, Wp, C)
-        if xp is not x:
-            self._xpad = xp
         K = kh * kw * C
-        self._pads, self._x_shape, self._out_hw = (pt, pb, pl, pr), x.shape, (oh, ow)
-        if self._fold_bias(K):   # few columns: a ones column puts the bias inside the GEMM
-            aug = self._cols_aug = scratch(self._cols_aug, (N * oh * ow, K + 1), x.dtype)
+        self._x, self._pads, self._out_hw = x, (pt, pb, pl, pr), (oh, ow)   # backward rebuilds cols from x
+        fold = self._fold_bias(K)        # few columns: a ones column puts the bias inside the GEMM
+        Wm = self.params["W"].reshape(K, F)
+        if fold:
+            Wm = np.concatenate([Wm, self.params["b"][None]])               # (K+1, F)
+        out = np.empty((N * oh * ow, F), x.dtype)                           # (N*OH*OW, F)
+        for block in self._blocks(N, K):
+            o = out[block_rows(block, oh, ow)]
+            np.matmul(self._block_cols(block), Wm, out=o)                   # the block's rows, in cache
+            if self.use_bias and not fold:
+                o += self.params["b"]
+            if self.activation == "relu":
+                np.maximum(o, 0, out=o)
+        if self.activation is not None:                                     # a softmax is over F
+            out = self._y = out if self.activation == "relu" else activate_in_place(self.activation, out)
+        return out.reshape(N, oh, ow, F)                                    # (N, OH, OW, F)
+
+    def _blocks(self, N: int, K: int) -> list[tuple[int, int, int, int]]:
+        """How N samples' im2col rows are cut so that one block's cols fit ``im2col_budget``."""
+        oh, ow = self._out_hw
+        row_bytes = (K + self._fold_bias(K)) * self._x.dtype.itemsize
+        return row_blocks(N, oh, ow, row_bytes, self.im2col_budget or 1 << 62)
+
+    def _block_cols(self, block: tuple[int, int, int, int]) -> np.ndarray:
+        """im2col of ``block`` of the kept input (n*OH'*OW, KH*KW*C), plus a ones column when the
+        bias rides in the GEMM; built in the layer's reused buffers."""
+        (kh, kw), C = self.kernel_size, self._x.shape[3]
+        a, b, r0, r1 = block
+        K, m = kh * kw * C, (b - a) * (r1 - r0) * self._out_hw[1]
+        fold = self._fold_bias(K)
+        if fold:
+            aug = self._cols_aug = scratch(self._cols_aug, (m, K + 1), self._x.dtype)
             if aug.base is not self._ones_set:          # fresh memory: (re)write the ones column
                 aug.base.reshape(-1, K + 1)[:, K] = 1
                 self._ones_set = aug.base
-            self._cols = im2col_padded(xp, kh, kw, s, oh, ow, out=aug[:, :K])
-            Wb = np.concatenate([self.params["W"].reshape(K, F), self.params["b"][None]])  # (K+1, F)
-            out = aug @ Wb                                                 # (N*OH*OW, F), bias included
-        else:
-            cols = im2col_padded(xp, kh, kw, s, oh, ow, out=self._cols)    # (N*OH*OW, KH*KW*C)
-            self._cols = cols
-            out = cols @ self.params["W"].reshape(K, F)                    # (N*OH*OW, F)
-            if self.use_bias:
-                out += self.params["b"]
-        if self.activation is not None:                                    # a softmax is over F
-            out = self._y = activate_in_place(self.activation, out)
-        return out.reshape(N, oh, ow, F)                                   # (N, OH, OW, F)
+        cols, slab = im2col_block(self._x, block, kh, kw, self.stride, self._pads, self._out_hw[1],
+                                  out=aug[:, :K] if fold else self._cols, slab_buf=self._slab)
+        self._slab = self._slab if slab is None else slab
+        if fold:
+            return aug                                                      # (m, K+1)
+        self._cols = cols
+        return cols                                                         # (m, K)
 
     def _forward_general(self, x: np.ndarray) -> np.ndarray:
         N, H, W, C = x.shape
@@ -168,78 +193,86 @@ class Conv2D(Layer):
             if self.activation is not None:
                 g2 = activation_grad(self.activation, g2, self._y, self.fused_with_loss)
             return self._backward_general(g2)
+        N, H, W, C = self._x.shape
+        (kh, kw), (oh, ow) = self.kernel_size, self._out_hw
         shifted = self.needs_input_grad and self.stride == 1 and self.shifted_dx_from is not None \
-            and F >= self.shifted_dx_from
+            and (F >= self.shifted_dx_from or self._im2col_dx_bytes() > (self.im2col_budget or 1 << 62))
         if self.activation is not None and not (shifted and self.activation == "relu"):
             g2 = activation_grad(self.activation, g2, self._y, self.fused_with_loss)   # ReLU: per piece
-        if shifted:
-            return self._backward_shifted(g2)
-        dW = self.grads["W"].reshape(-1, F)                                # (KH*KW*C, F), a view
-        if self._fold_bias(dW.shape[0]):
-            dWb = self._cols_aug.T @ g2                                    # (K+1, F): last row is db
-            dW[...], self.grads["b"][...] = dWb[:-1], dWb[-1]
-        else:
-            np.matmul(self._cols.T, g2, out=dW)
-            if self.use_bias:
-                sum_rows(g2, self.grads["b"])
-        if not self.needs_input_grad:
-            return None
-        N, H, W, C = self._x_shape
-        kh, kw = self.kernel_size
-        if self.stride == 1:     # dx is a correlation of the padded grad with the flipped kernel
-            g4 = g2.reshape(N, *self._out_hw, F)                           # (N, OH, OW, F)
-            self._gcols, self._gpad = conv_input_grad_cols(
-                g4, kh, kw, self._pads, (H, W), out=self._gcols, pad_buf=self._gpad)
-            dx = self._gcols @ flip_kernel(self.params["W"])                # (N*H*W, C)
-            return dx.reshape(N, H, W, C)
-        dcols = g2 @ self.params["W"].reshape(-1, F).T                     # (N*OH*OW, KH*KW*C)
-        return col2im(dcols, self._x_shape, kh, kw, self.stride, self._pads)
-
-    def _backward_shifted(self, g2: np.ndarray) -> np.ndarray:
-        """Stride-1 backward in pieces of ``backward_chunk`` samples: each piece's ReLU mask,
-        weight-gradient GEMM and per-offset input-gradient GEMMs (``conv_input_grad_taps``)
-        run while its rows are in cache."""
-        N, H, W, C = self._x_shape
-        F = self.filters
-        P = self._out_hw[0] * self._out_hw[1]                              # output pixels per sample
-        step = self.backward_chunk or N
-        dx = self._dxq = scratch(self._dxq, (N, H, W, C), g2.dtype)
-        for a in range(0, N, step):
+        P, step = oh * ow, (self.backward_chunk or N) if shifted else N
+        dx = self._dxq = scratch(self._dxq, (N, H, W, C), g2.dtype) if shifted else None
+        for a in range(0, N, step):        # pieces of samples: each one's rows stay in cache
             e = min(N, a + step)
             g = g2[a * P:e * P]                                            # (n*OH*OW, F)
-            if self.activation == "relu":
-                g = np.multiply(g, self._y[a * P:e * P] > 0,
-                                out=scratch(self._gchunk, g.shape, g.dtype))
-                self._gchunk = g
-            self._add_weight_grad(slice(a * P, e * P), g, first=a == 0)
-            _, self._gcols = conv_input_grad_taps(g.reshape(e - a, *self._out_hw, F), self.params["W"],
-                                                  self._pads, (H, W), out=dx[a:e], tmp_buf=self._gcols)
-        return dx                                                          # (N, H, W, C)
+            if shifted and self.activation == "relu":
+                g = self._gchunk = np.multiply(g, self._y[a * P:e * P] > 0,
+                                               out=scratch(self._gchunk, g.shape, g.dtype))
+            self._add_weight_grad(a, e, g, first=a == 0)
+            if shifted:
+                _, self._gcols = conv_input_grad_taps(g.reshape(e - a, oh, ow, F), self.params["W"],
+                                                      self._pads, (H, W), out=dx[a:e], tmp_buf=self._gcols)
+        self._write_weight_grad()
+        if shifted or not self.needs_input_grad:
+            return dx                                                      # (N, H, W, C) or None
+        if self.stride == 1:     # dx is a correlation of the padded grad with the flipped kernel
+            self._gcols, self._gpad = conv_input_grad_cols(
+                g2.reshape(N, oh, ow, F), kh, kw, self._pads, (H, W), out=self._gcols, pad_buf=self._gpad)
+            return (self._gcols @ flip_kernel(self.params["W"])).reshape(N, H, W, C)
+        return self._strided_input_grad(g2)
 
-    def _add_weight_grad(self, rows: slice, g: np.ndarray, first: bool) -> None:
-        """grads (+)= the weight (and bias) gradient of the im2col rows ``rows``, output grad ``g``."""
-        dW = self.grads["W"].reshape(-1, self.filters)                     # (KH*KW*C, F), a view
-        fold = self._fold_bias(dW.shape[0])
-        cols = self._cols_aug[rows] if fold else self._cols[rows]          # (n*OH*OW, K(+1))
-        if first:
-            dest = self._dWb = scratch(self._dWb, (cols.shape[1], dW.shape[1]), g.dtype) if fold else dW
-        else:
-            dest = self._dWtmp = scratch(self._dWtmp, (cols.shape[1], dW.shape[1]), g.dtype)
-        np.matmul(cols.T, g, out=dest)                                     # (K(+1), F)
-        if fold:
-            if first:
-                dW[...], self.grads["b"][...] = dest[:-1], dest[-1]
+    def _im2col_dx_bytes(self) -> int:
+        """Bytes of the im2col input gradient's cols (N*H*W, KH*KW*F) for the kept input."""
+        N, H, W, _ = self._x.shape
+        return N * H * W * self.kernel_size[0] * self.kernel_size[1] * self.filters * self._x.dtype.itemsize
+
+    def _strided_input_grad(self, g2: np.ndarray) -> np.ndarray:
+        """Input gradient of a strided convolution, block by block: each block's column gradient
+        (its rows of g2 @ W.T) added back into a zero-padded (N, Hp, Wp, C) gradient (col2im)."""
+        N, H, W, C = self._x.shape
+        (kh, kw), s, (oh, ow) = self.kernel_size, self.stride, self._out_hw
+        pt, pb, pl, pr = self._pads
+        Wt = self.params["W"].reshape(-1, self.filters).T                  # (F, KH*KW*C)
+        dxp = np.zeros((N, H + pt + pb, W + pl + pr, C), g2.dtype)         # (N, Hp, Wp, C)
+        for a, b, r0, r1 in self._blocks(N, Wt.shape[1]):
+            rows = g2[block_rows((a, b, r0, r1), oh, ow)]                  # (m, F)
+            dcols = self._cols = np.matmul(rows, Wt, out=scratch(self._cols, (len(rows), Wt.shape[1]), g2.dtype))
+            col2im_add(dcols, dxp[a:b, r0 * s:(r1 - 1) * s + kh], kh, kw, s, r1 - r0, ow)
+        return dxp[:, pt:pt + H, pl:pl + W, :]                             # (N, H, W, C)
+
+    def _add_weight_grad(self, a: int, e: int, g: np.ndarray, first: bool) -> None:
+        """The weight (and bias) gradient of samples a..e, output gradient ``g`` (their rows), added
+        into the accumulator (written when ``first``): block by block, each block's im2col rebuilt
+        from the kept input, so no (N*OH*OW, KH*KW*C) array is ever held."""
+        (kh, kw), C, F = self.kernel_size, self._x.shape[3], self.filters
+        K = kh * kw * C
+        fold = self._fold_bias(K)
+        acc = self._dWb = scratch(self._dWb, (K + fold, F), g.dtype)       # (K(+1), F)
+        oh, ow = self._out_hw
+        for j, (b0, b1, r0, r1) in enumerate(self._blocks(e - a, K)):
+            cols = self._block_cols((a + b0, a + b1, r0, r1))              # (m, K(+1))
+            rows = g[block_rows((b0, b1, r0, r1), oh, ow)]                 # (m, F)
+            if first and j == 0:
+                np.matmul(cols.T, rows, out=acc)
             else:
-                dW += dest[:-1]
-                self.grads["b"] += dest[-1]
-        elif not first:
-            dW += dest
+                tmp = self._dWtmp = scratch(self._dWtmp, acc.shape, g.dtype)
+                acc += np.matmul(cols.T, rows, out=tmp)
         if self.use_bias and not fold:
             db = self.grads["b"]
             if first:
                 sum_rows(g, db)
             else:
                 db += sum_rows(g, np.empty_like(db))
+
+    def _write_weight_grad(self) -> None:
+        """grads['W'] (and a folded bias's grads['b']) from the accumulator."""
+        dW = self.grads["W"].reshape(-1, self.filters)                     # (KH*KW*C, F), a view
+        dW[...] = self._dWb[:dW.shape[0]]
+        if self._dWb.shape[0] > dW.shape[0]:
+            self.grads["b"][...] = self._dWb[-1]
+
+    @property
+    def owns_output(self) -> bool:
+        return self.activation is None          # else it keeps its output for the activation's backward
 
     def _fold_bias(self, K: int) -> bool:
         return self.use_bias and K < FOLD_BIAS_BELOW
@@ -314,6 +347,10 @@ class Dense(Layer):
         if not self.needs_input_grad:
             return None
         return grad @ self.params["W"].T                                   # (N, D)
+
+    @property
+    def owns_output(self) -> bool:
+        return self.activation is None
 
     @property
     def output_activation(self) -> str | None:

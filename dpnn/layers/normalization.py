@@ -23,6 +23,7 @@ class BatchNorm2D(Layer):
     """
 
     batch_coupled = True
+    owns_output = True           # keeps xhat, not its output
 
     def __init__(self, momentum: float = 0.9, eps: float | None = None, center: bool = True,
                  scale: bool = True, *, epsilon: float | None = None) -> None:
@@ -63,27 +64,30 @@ class BatchNorm2D(Layer):
         self.add_state("running_var", np.ones(C))
         super().build(input_shape)
 
-    def _batch_moments(self, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """Mean and biased variance per channel of (M, C) rows, over every shard when synced."""
-        M = x2.shape[0]
+    def _batch_moments(self, x2: np.ndarray, xhat: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Mean and biased variance per channel of (M, C) rows, over every shard when synced;
+        unsynced, ``xhat`` is left holding x - mean (the variance's second pass)."""
+        M, C = x2.shape
+        ones = np.ones(M, x2.dtype)
         if self.sync is None:
             if not M:                               # nothing to average: the caller keeps running stats
-                return np.zeros(x2.shape[1], x2.dtype), np.ones(x2.shape[1], x2.dtype), 0
-            mean = x2.mean(axis=0)
-            return mean, ((x2 - mean) ** 2).mean(axis=0), M
-        C = x2.shape[1]
-        total = self.sync(np.concatenate([x2.sum(0), (x2 * x2).sum(0), [M]]).astype(np.float64))
+                return np.zeros(C, x2.dtype), np.ones(C, x2.dtype), 0
+            mean = ones @ x2 / np.float32(M)                                  # (C,): one GEMV pass
+            np.subtract(x2, mean, out=xhat)                                   # (M, C)
+            return mean, np.einsum("ij,ij->j", xhat, xhat) / np.float32(M), M
+        total = self.sync(np.concatenate([ones @ x2, np.einsum("ij,ij->j", x2, x2), [M]]).astype(np.float64))
         M = int(round(total[-1]))
-        mean = total[:C] / M
-        return mean.astype(x2.dtype), np.maximum(total[C:2 * C] / M - mean ** 2, 0).astype(x2.dtype), M
+        mean = total[:C] / max(M, 1)
+        return mean.astype(x2.dtype), np.maximum(total[C:2 * C] / max(M, 1) - mean ** 2, 0).astype(x2.dtype), M
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         C = x.shape[-1]
         x2 = x.reshape(-1, C)                                         # (M, C), M = N*H*W
         training = training and self.trainable       # Keras: a frozen BatchNorm runs in inference mode
+        xhat = np.empty_like(x2)                                      # (M, C), kept for backward
         M = 0
         if training:
-            mean, var, M = self._batch_moments(x2)
+            mean, var, M = self._batch_moments(x2, xhat)
         if M:               # no sample anywhere (an empty batch): no statistics to learn from
             m = self.momentum
             unbiased = var * (M / max(M - 1, 1))
@@ -93,33 +97,38 @@ class BatchNorm2D(Layer):
         else:
             training = False
             mean, var = self.state["running_mean"], self.state["running_var"]
+        if not (M and self.sync is None):                             # x - mean not taken yet
+            np.subtract(x2, mean.astype(x.dtype, copy=False), out=xhat)
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)      # (C,)
-        xhat = (x2 - mean) * inv_std                                  # (M, C)
+        xhat *= inv_std                                               # (M, C), in place: no temporaries
         self._xhat, self._inv_std, self._training = xhat, inv_std, training
-        out = xhat * self.params["gamma"] if self.scale else xhat.astype(x.dtype, copy=False)
+        out = np.multiply(xhat, self.params["gamma"], out=np.empty_like(xhat)) if self.scale else xhat.copy()
         if self.center:
-            out = out + self.params["beta"]
+            out += self.params["beta"]
         return out.reshape(x.shape)
 
     def backward(self, grad: np.ndarray) -> np.ndarray:
         C = grad.shape[-1]
         g2 = grad.reshape(-1, C)                                      # (M, C)
         xhat = self._xhat
+        sum_g, sum_gx = np.ones(len(g2), g2.dtype) @ g2, np.einsum("ij,ij->j", g2, xhat)   # (C,) each
         if self.scale:
-            self.grads["gamma"][...] = (g2 * xhat).sum(axis=0)
+            self.grads["gamma"][...] = sum_gx
         if self.center:
-            self.grads["beta"][...] = g2.sum(axis=0)
-        gamma = self.params["gamma"] if self.scale else np.ones(C, g2.dtype)
+            self.grads["beta"][...] = sum_g
+        a = self._inv_std * self.params["gamma"] if self.scale else self._inv_std    # (C,)
         if not self._training:                  # fixed running statistics: an affine map
-            dx = g2 * (gamma * self._inv_std)
-            return dx.astype(grad.dtype, copy=False).reshape(grad.shape)
-        sums = np.concatenate([g2.sum(0), (g2 * xhat).sum(0), [g2.shape[0]]])
+            return np.multiply(g2, a, out=np.empty_like(g2)).reshape(grad.shape)
+        sums = np.concatenate([sum_g, sum_gx, [g2.shape[0]]])
         if self.sync is not None:
-            sums = self.sync(sums.astype(np.float64)).astype(g2.dtype)
-        M = sums[-1]
-        dxhat_mean, dxhat_xhat_mean = sums[:C] / M, sums[C:2 * C] / M
-        dx = (g2 - dxhat_mean - xhat * dxhat_xhat_mean) * (gamma * self._inv_std)
-        return dx.astype(grad.dtype, copy=False).reshape(grad.shape)
+            sums = self.sync(sums.astype(np.float64))
+        M = max(sums[-1], 1)
+        m1, m2 = (sums[:C] / M).astype(g2.dtype), (sums[C:2 * C] / M).astype(g2.dtype)
+        dx = np.multiply(xhat, m2, out=np.empty_like(g2))             # (M, C): a * (g - m1 - xhat * m2),
+        np.subtract(g2, dx, out=dx)                                   # four in-place passes, all float32
+        dx -= m1
+        dx *= a
+        return dx.reshape(grad.shape)
 
     def get_config(self) -> dict:
         cfg = {"momentum": self.momentum, "eps": self.eps}

@@ -68,6 +68,8 @@ class _Pool2D(Layer):
 class MaxPool2D(_Pool2D):
     """Max over each window; stride defaults to the pool size."""
 
+    owns_output = True           # keeps the argmax, not its output
+
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         N, H, W, C = x.shape
         oh, ow, pads = self._geometry(x.shape)

@@ -131,6 +131,10 @@ class Residual(Layer):
         return self.activation
 
     @property
+    def owns_output(self) -> bool:
+        return self._act is None
+
+    @property
     def fused_with_loss(self) -> bool:
         """A softmax after the sum, read by cross-entropy as probabilities (``losses.fit_loss_to_output``)."""
         return self._act is not None and self._act.fused_with_loss
@@ -189,14 +193,25 @@ class Residual(Layer):
         for path in (self.layers, self.shortcut or []):
             if path:                    # the block's input gradient needs the paths' input gradients
                 path[0].needs_input_grad = self.needs_input_grad
-        out = x
-        for layer in self.layers:
-            out = layer.forward(out, training)
-        skip = x
-        for layer in self.shortcut or []:
-            skip = layer.forward(skip, training)
-        z = out + skip                   # a new array: the paths' last layers may keep their outputs
-        return z if self._act is None else self._act.forward(z, training)
+        out = self._run_path(self.layers, x, training)
+        skip = self._run_path(self.shortcut or [], x, training)
+        if self.layers[-1].owns_output:  # the sum may go into the main path's output
+            z = np.add(out, skip, out=out)
+        else:                            # a new array: the path's last layer keeps its output
+            z = out + skip
+        if self._act is None:
+            return z
+        self._act.overwrite_input = True                                 # z is the block's own
+        return self._act.forward(z, training)
+
+    @staticmethod
+    def _run_path(layers: list[Layer], x: np.ndarray, training: bool) -> np.ndarray:
+        owned = False                   # x is the block's input, read by both paths
+        for layer in layers:
+            layer.overwrite_input = owned
+            x = layer.forward(x, training)
+            owned = layer.owns_output
+        return x
 
     def backward(self, grad: np.ndarray) -> np.ndarray | None:
         if self._act is not None:

@@ -59,7 +59,8 @@ class Activation(Layer):
         self.func = check_activation(func)
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
-        self._out = activate(self.func, x)
+        in_place = self.overwrite_input and self.func == "relu"      # no second (N, ...) array
+        self._out = activate_in_place(self.func, x) if in_place else activate(self.func, x)
         return self._out
 
     def backward(self, grad: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile --batch-size 32          # one worker's shard at global batch 64
     python -m benchmarks.profile --batch-size 64 --model seed-cnn --json profile.json
+    python -m benchmarks.profile --model resnet --image-size 224 --channels 3 --batch-size 16 --steps 3
 
 Three measurements, each a median over repeated runs in this process:
 
@@ -34,13 +35,15 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from dpnn import Conv2D, Dense
+from dpnn.im2col import block_rows, row_blocks
+from dpnn.layers import walk_layers
 from dpnn.layers.conv import SHIFTED_DX_FROM
 from dpnn.placement import usable_cores
 from dpnn.random import sample_keys
 from dpnn.recipe import loss_gradient
 
 from . import peak, torch_ref
-from .measure import LocalRunner, TorchRunner, interleaved, synthetic_batch
+from .measure import INPUT, LocalRunner, TorchRunner, interleaved, synthetic_batch
 from .models import MODELS, build
 
 
@@ -67,9 +70,9 @@ class DpnnClock:
     piece's gradient is not added to the first's (timing only: the plain step does that).
     """
 
-    def __init__(self, model_name: str, batch: int, seed: int = 0) -> None:
-        self.model = build(model_name, seed=seed)
-        self.x, self.y = synthetic_batch(batch, seed)
+    def __init__(self, model_name: str, batch: int, seed: int = 0, shape=INPUT) -> None:
+        self.model = build(model_name, (1,) + tuple(shape), seed=seed)
+        self.x, self.y = synthetic_batch(batch, seed, shape)
         self.batch, self.seed = batch, seed
         self.names = [repr(layer) for layer in self.model.layers]
         self.execution_order = self.model.execution_order
@@ -151,20 +154,20 @@ def compare(dpnn: dict, torch: dict) -> dict:
 
 
 def step_budgets(model_name: str, batch: int, steps: int = 20, warmup: int = 3,
-                 with_torch: bool = True) -> dict:
+                 with_torch: bool = True, shape=INPUT) -> dict:
     """{'dpnn': budget, 'torch': budget or None, 'comparison': ... or None}, one thread each.
 
     dpnn's and PyTorch's steps, with hooks and without, take turns step by step
     (:func:`measure.interleaved`), so that the machine's drift falls on both alike.
     """
-    dclock = DpnnClock(model_name, batch)
-    runners = {"dpnn": Clocked(dclock, warmup), "dpnn plain": LocalRunner(model_name, 1, batch)}
+    dclock = DpnnClock(model_name, batch, shape=shape)
+    runners = {"dpnn": Clocked(dclock, warmup), "dpnn plain": LocalRunner(model_name, 1, batch, shape=shape)}
     if with_torch:
         from .torch_ref import LAYER_PAIRS, ClockedTorchStep
         tclock = ClockedTorchStep(dclock.x, dclock.y, threads=1, model=model_name)
         pairs = [LAYER_PAIRS[type(layer).__name__] for layer in dclock.model.layers]
         assert pairs == [type(m).__name__ for m in tclock.net], (pairs, tclock.net)
-        runners.update({"torch": Clocked(tclock, warmup), "torch plain": TorchRunner(1, batch)})
+        runners.update({"torch": Clocked(tclock, warmup), "torch plain": TorchRunner(1, batch, shape=shape)})
     rows = interleaved(runners, steps, warmup, rounds=steps)
     out = {"dpnn": budget(dclock, rows["dpnn"], rows["dpnn plain"]), "torch": None, "comparison": None}
     if with_torch:
@@ -181,30 +184,42 @@ def layer_rows(dpnn: dict) -> list[dict]:
             for i in dpnn["execution_order"]]
 
 
-def gemm_shapes(model_name: str, batch: int) -> list[tuple[str, int, int, int]]:
-    """(what, M, K, N) of every GEMM a training step runs for the model's Conv2D/Dense layers.
+def first_block(layer: Conv2D, n: int, k: int) -> int:
+    """im2col rows of the first block a built Conv2D cuts n samples into (k float32 columns)."""
+    _, oh, ow, _ = layer.output_shape
+    rows = block_rows(row_blocks(n, oh, ow, 4 * k, layer.im2col_budget or 1 << 62)[0], oh, ow)
+    return rows.stop - rows.start
 
-    A wide stride-1 Conv2D's backward GEMMs are listed at the size of one piece of
-    ``backward_chunk`` samples (the step runs them once per piece)."""
-    m = build(model_name)
-    first = next(i for i, layer in enumerate(m.layers) if layer.params)
+
+def gemm_shapes(model_name: str, batch: int, shape=INPUT) -> list[tuple[str, int, int, int]]:
+    """(what, M, K, N) of every GEMM a training step runs for the model's Conv2D/Dense layers (those
+    inside a Residual block too, numbered in the order they run).
+
+    A Conv2D's im2col GEMMs are listed at the size of its first block (``im2col_budget``) and a wide
+    stride-1 Conv2D's backward at the size of one piece of ``backward_chunk`` samples: the step
+    runs them once per block or piece."""
+    m = build(model_name, (1,) + tuple(shape))
+    layers = list(walk_layers(m.layers))
+    first = next(i for i, layer in enumerate(layers) if layer.params and not layer.sublayers())
     out = []
-    for i, layer in enumerate(m.layers):
+    for i, layer in enumerate(layers):
         if isinstance(layer, Conv2D):
             _, oh, ow, f = layer.output_shape
             kh, kw, c, _ = layer.params["W"].shape
-            rows, k = batch * oh * ow, kh * kw * c
-            k += layer._fold_bias(k)                     # the bias rides in the GEMM as a ones column
-            out.append((f"{i} Conv2D forward", rows, k, f))
+            k = kh * kw * c + layer._fold_bias(kh * kw * c)     # the bias rides in the GEMM as a ones column
+            out.append((f"{i} Conv2D forward", first_block(layer, batch, k), k, f))
             _, h, w, _ = layer.input_shape
             if i != first and layer.stride == 1 and f >= SHIFTED_DX_FROM:
-                n = min(batch, layer.backward_chunk or batch)    # backward in pieces of n samples
-                out += [(f"{i} Conv2D weight grad", k, n * oh * ow, f),      # per piece
+                fit = (layer.im2col_budget or 1 << 62) // (oh * ow * max(f, c) * 4)
+                n = min(batch, layer.backward_chunk or batch, max(1, fit))    # backward in pieces of n samples
+                out += [(f"{i} Conv2D weight grad", k, first_block(layer, n, k), f),
                         (f"{i} Conv2D input grad, {kh * kw}x", n * oh * ow, f, c)]   # one per offset
             else:
-                out.append((f"{i} Conv2D weight grad", k, rows, f))
-                if i != first:
+                out.append((f"{i} Conv2D weight grad", k, first_block(layer, batch, k), f))
+                if i != first and layer.stride == 1:
                     out.append((f"{i} Conv2D input grad", batch * h * w, kh * kw * f, c))
+                elif i != first:
+                    out.append((f"{i} Conv2D input grad", first_block(layer, batch, k), f, k))
         elif isinstance(layer, Dense):
             d, u = layer.params["W"].shape
             out += [(f"{i} Dense forward", batch, d, u), (f"{i} Dense weight grad", d, batch, u)]
@@ -338,18 +353,23 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="samples per step on one core (default 32, "
                    "a worker's shard of global batch 64 on 2 workers)")
     p.add_argument("--steps", type=int, default=20, help="timed steps for the layer profile (default 20)")
+    p.add_argument("--image-size", type=int, default=INPUT[0], help=f"image height and width in pixels "
+                   f"(default {INPUT[0]}; 224 for photos)")
+    p.add_argument("--channels", type=int, default=INPUT[2], help=f"image channels (default {INPUT[2]}; 3 for RGB)")
     p.add_argument("--no-concurrency", action="store_true", help="skip the 1-core vs all-cores test")
     p.add_argument("--json", help="write every measurement to this JSON file")
     a = p.parse_args(argv)
-    if a.batch_size < 1 or a.steps < 1:
-        p.error("--batch-size and --steps must be >= 1")
+    if min(a.batch_size, a.steps, a.image_size, a.channels) < 1:
+        p.error("--batch-size, --steps, --image-size and --channels must be >= 1")
+    shape = (a.image_size, a.image_size, a.channels)
     has_torch, version = torch_ref.available()
     if has_torch and a.model not in torch_ref.MODELS:
         has_torch, version = False, f"PyTorch: no {a.model} twin in benchmarks.torch_ref (only " \
                                     f"{', '.join(torch_ref.MODELS)}); dpnn alone"
-    out: dict = {"model": a.model, "batch": a.batch_size, "torch": version if has_torch else None}
+    out: dict = {"model": a.model, "batch": a.batch_size, "shape": list(shape),
+                 "torch": version if has_torch else None}
     pk = out["peak_gflops_per_core"] = peak.peak_per_core()
-    res = out["step"] = step_budgets(a.model, a.batch_size, a.steps, with_torch=has_torch)
+    res = out["step"] = step_budgets(a.model, a.batch_size, a.steps, with_torch=has_torch, shape=shape)
     out["layers"] = layer_rows(res["dpnn"])
     if has_torch:
         print_side_by_side(a.model, a.batch_size, res, pk, version)
@@ -357,9 +377,9 @@ def main(argv=None) -> int:
         out["torch_note"] = version
         print(version)
         print_alone(a.model, a.batch_size, res["dpnn"], pk)
-    print(f"\n{'GEMM (conv bwd: a piece)':<26}{'M x K x N':>22}{'GFLOP/s':>9}{'% peak':>8}")
+    print(f"\n{'GEMM (conv: one block)':<26}{'M x K x N':>22}{'GFLOP/s':>9}{'% peak':>8}")
     out["gemms"] = []
-    for what, M, K, N in gemm_shapes(a.model, a.batch_size):
+    for what, M, K, N in gemm_shapes(a.model, a.batch_size, shape):
         rate = gemm_rate(M, K, N)
         out["gemms"].append({"gemm": what, "M": M, "K": K, "N": N, "gflops": rate})
         print(f"{what:<26}{f'{M} x {K} x {N}':>22}{rate:>9.1f}{rate / pk:>8.0%}")

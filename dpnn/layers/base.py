@@ -66,6 +66,12 @@ def _check_int_arguments(cls: type, name: str, config: dict) -> None:
                              "without a decimal point or exponent")
 
 
+def runs_own_forward(layer: "Layer", cls: type) -> bool:
+    """True when ``layer`` runs ``cls.forward`` itself, not a subclass's override (which may keep
+    the output that ``cls`` does not)."""
+    return type(layer).forward is cls.forward
+
+
 class Layer:
     """A layer: ``build(input_shape)``, ``forward(x, training)``, ``backward(grad)``, ``to_config()``.
 
@@ -91,6 +97,8 @@ class Layer:
     trainable = True
     # True when forward returns a new array that the layer keeps no reference to: the layer that
     # runs next may then overwrite it (Activation('relu') in place after a BatchNorm2D or a pool).
+    # dpnn's layers that say True say it for their own forward only (see runs_own_forward): a
+    # user's subclass that overrides forward is False until it says otherwise.
     owns_output = False
 
     def __init__(self) -> None:

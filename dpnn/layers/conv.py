@@ -15,13 +15,14 @@ from ..im2col import (
     scratch,
 )
 from . import conv_general, initializers
-from .base import Layer, check_rank, register_layer
+from .base import Layer, check_rank, register_layer, runs_own_forward
 from .simple import activate_in_place, activation_grad, check_activation
 
 FOLD_BIAS_BELOW = 32     # im2col width under which the bias rides in the GEMM (saves a pass over out)
 SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses one GEMM per window
                          # offset, added at its shift (python -m benchmarks.ablation measures both)
-BACKWARD_CHUNK = 8       # samples per piece of such a backward (the piece's rows stay in cache)
+BACKWARD_CHUNK = 8       # samples per piece of such a backward (the piece's rows stay in cache;
+                         # fewer when their gradient rows would pass IM2COL_BUDGET)
 IM2COL_BUDGET = 8 << 20  # bytes of im2col rows built at once: a layer never holds more, whatever the
                          # image size (its input is kept instead, and backward rebuilds the rows)
 
@@ -199,8 +200,13 @@ class Conv2D(Layer):
             and (F >= self.shifted_dx_from or self._im2col_dx_bytes() > (self.im2col_budget or 1 << 62))
         if self.activation is not None and not (shifted and self.activation == "relu"):
             g2 = activation_grad(self.activation, g2, self._y, self.fused_with_loss)   # ReLU: per piece
-        P, step = oh * ow, (self.backward_chunk or N) if shifted else N
-        dx = self._dxq = scratch(self._dxq, (N, H, W, C), g2.dtype) if shifted else None
+        P, step = oh * ow, N
+        if shifted:        # pieces of backward_chunk samples, fewer if one's gradient rows pass the budget
+            fit = (self.im2col_budget or 1 << 62) // (P * max(F, C) * g2.dtype.itemsize)
+            step = min(self.backward_chunk or N, max(1, fit))
+        dx = scratch(self._dxq, (N, H, W, C), g2.dtype) if shifted else None
+        if shifted:      # reused next step when small; a photo's is fresh memory, not held between steps
+            self._dxq = dx if dx.nbytes <= (self.im2col_budget or 1 << 62) else None
         for a in range(0, N, step):        # pieces of samples: each one's rows stay in cache
             e = min(N, a + step)
             g = g2[a * P:e * P]                                            # (n*OH*OW, F)
@@ -271,8 +277,8 @@ class Conv2D(Layer):
             self.grads["b"][...] = self._dWb[-1]
 
     @property
-    def owns_output(self) -> bool:
-        return self.activation is None          # else it keeps its output for the activation's backward
+    def owns_output(self) -> bool:       # with an activation it keeps its output for the backward
+        return self.activation is None and runs_own_forward(self, Conv2D)
 
     def _fold_bias(self, K: int) -> bool:
         return self.use_bias and K < FOLD_BIAS_BELOW
@@ -350,7 +356,7 @@ class Dense(Layer):
 
     @property
     def owns_output(self) -> bool:
-        return self.activation is None
+        return self.activation is None and runs_own_forward(self, Dense)
 
     @property
     def output_activation(self) -> str | None:

@@ -6,7 +6,7 @@ from typing import Callable
 import numpy as np
 
 from ..optimizers.base import check_number
-from .base import Layer, check_rank, register_layer, walk_layers
+from .base import Layer, check_rank, register_layer, runs_own_forward, walk_layers
 
 
 @register_layer
@@ -23,7 +23,10 @@ class BatchNorm2D(Layer):
     """
 
     batch_coupled = True
-    owns_output = True           # keeps xhat, not its output
+
+    @property
+    def owns_output(self) -> bool:
+        return runs_own_forward(self, BatchNorm2D)          # keeps xhat, not its output
 
     def __init__(self, momentum: float = 0.9, eps: float | None = None, center: bool = True,
                  scale: bool = True, *, epsilon: float | None = None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..im2col import conv_output_size, pad_nhwc
-from .base import Layer, check_rank, register_layer
+from .base import Layer, check_rank, register_layer, runs_own_forward
 from .conv import _pair
 
 # A window larger than the input covers the whole input and padding (Keras allows it with
@@ -68,7 +68,9 @@ class _Pool2D(Layer):
 class MaxPool2D(_Pool2D):
     """Max over each window; stride defaults to the pool size."""
 
-    owns_output = True           # keeps the argmax, not its output
+    @property
+    def owns_output(self) -> bool:
+        return runs_own_forward(self, MaxPool2D)            # keeps the argmax, not its output
 
     def forward(self, x: np.ndarray, training: bool = False) -> np.ndarray:
         N, H, W, C = x.shape

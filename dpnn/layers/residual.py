@@ -14,7 +14,7 @@ from collections.abc import Iterator, MutableMapping
 
 import numpy as np
 
-from .base import Layer, layer_from_config, register_layer
+from .base import Layer, layer_from_config, register_layer, runs_own_forward
 from .simple import Activation, check_activation
 
 NESTED_SALT = 1 << 32      # Dropout salts inside a container: far from the top-level indices
@@ -132,7 +132,7 @@ class Residual(Layer):
 
     @property
     def owns_output(self) -> bool:
-        return self._act is None
+        return self._act is None and runs_own_forward(self, Residual)
 
     @property
     def fused_with_loss(self) -> bool:

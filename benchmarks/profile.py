@@ -34,15 +34,12 @@ from typing import ContextManager, Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from dpnn import Conv2D, Dense
-from dpnn.im2col import block_rows, row_blocks
-from dpnn.layers import walk_layers
-from dpnn.layers.conv import SHIFTED_DX_FROM
 from dpnn.placement import usable_cores
 from dpnn.random import sample_keys
 from dpnn.recipe import loss_gradient
 
 from . import peak, torch_ref
+from .gemms import gemm_rate, gemm_shapes
 from .measure import INPUT, LocalRunner, TorchRunner, interleaved, synthetic_batch
 from .models import MODELS, build
 
@@ -184,67 +181,6 @@ def layer_rows(dpnn: dict) -> list[dict]:
             for i in dpnn["execution_order"]]
 
 
-def first_block(layer: Conv2D, n: int, k: int) -> int:
-    """im2col rows of the first block a built Conv2D cuts n samples into (k float32 columns)."""
-    _, oh, ow, _ = layer.output_shape
-    rows = block_rows(row_blocks(n, oh, ow, 4 * k, layer.im2col_budget or 1 << 62)[0], oh, ow)
-    return rows.stop - rows.start
-
-
-def gemm_shapes(model_name: str, batch: int, shape=INPUT) -> list[tuple[str, int, int, int]]:
-    """(what, M, K, N) of every GEMM a training step runs for the model's Conv2D/Dense layers (those
-    inside a Residual block too, numbered in the order they run).
-
-    A Conv2D's im2col GEMMs are listed at the size of its first block (``im2col_budget``) and a wide
-    stride-1 Conv2D's backward at the size of one piece of ``backward_chunk`` samples: the step
-    runs them once per block or piece."""
-    m = build(model_name, (1,) + tuple(shape))
-    layers = list(walk_layers(m.layers))
-    first = next(i for i, layer in enumerate(layers) if layer.params and not layer.sublayers())
-    out = []
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Conv2D):
-            _, oh, ow, f = layer.output_shape
-            kh, kw, c, _ = layer.params["W"].shape
-            k = kh * kw * c + layer._fold_bias(kh * kw * c)     # the bias rides in the GEMM as a ones column
-            out.append((f"{i} Conv2D forward", first_block(layer, batch, k), k, f))
-            _, h, w, _ = layer.input_shape
-            if i != first and layer.stride == 1 and f >= SHIFTED_DX_FROM:
-                fit = (layer.im2col_budget or 1 << 62) // (oh * ow * max(f, c) * 4)
-                n = min(batch, layer.backward_chunk or batch, max(1, fit))    # backward in pieces of n samples
-                out += [(f"{i} Conv2D weight grad", k, first_block(layer, n, k), f),
-                        (f"{i} Conv2D input grad, {kh * kw}x", n * oh * ow, f, c)]   # one per offset
-            else:
-                out.append((f"{i} Conv2D weight grad", k, first_block(layer, batch, k), f))
-                if i != first and layer.stride == 1:
-                    out.append((f"{i} Conv2D input grad", batch * h * w, kh * kw * f, c))
-                elif i != first:
-                    out.append((f"{i} Conv2D input grad", first_block(layer, batch, k), f, k))
-        elif isinstance(layer, Dense):
-            d, u = layer.params["W"].shape
-            out += [(f"{i} Dense forward", batch, d, u), (f"{i} Dense weight grad", d, batch, u)]
-            if i != first:
-                out.append((f"{i} Dense input grad", batch, u, d))
-    return out
-
-
-def gemm_rate(M: int, K: int, N: int, min_time: float = 0.1) -> float:
-    """GFLOP/s of an (M, K) @ (K, N) float32 product, one thread, median of 5 timed runs."""
-    rng = np.random.default_rng(0)
-    a, b = rng.random((M, K), dtype=np.float32), rng.random((K, N), dtype=np.float32)
-    out = np.empty((M, N), np.float32)
-    rates = []
-    with threadpool_limits(limits=1, user_api="blas"):
-        np.matmul(a, b, out=out)
-        for _ in range(5):
-            calls, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < min_time:
-                np.matmul(a, b, out=out)
-                calls += 1
-            rates.append(2.0 * M * K * N * calls / (time.perf_counter() - t0) / 1e9)
-    return statistics.median(rates)
-
-
 def _kernel(kind: str, cpu: int | None, barrier, results) -> None:
     """One process of the concurrency test: 20 synchronised rounds of a stream or a GEMM."""
     if cpu is not None and hasattr(os, "sched_setaffinity"):
@@ -378,11 +314,16 @@ def main(argv=None) -> int:
         print(version)
         print_alone(a.model, a.batch_size, res["dpnn"], pk)
     print(f"\n{'GEMM (conv: one block)':<26}{'M x K x N':>22}{'GFLOP/s':>9}{'% peak':>8}")
-    out["gemms"] = []
-    for what, M, K, N in gemm_shapes(a.model, a.batch_size, shape):
+    out["gemms"], floor = [], 0.0
+    for what, M, K, N, flops in gemm_shapes(a.model, a.batch_size, shape):
         rate = gemm_rate(M, K, N)
-        out["gemms"].append({"gemm": what, "M": M, "K": K, "N": N, "gflops": rate})
+        floor += flops / rate / 1e9
+        out["gemms"].append({"gemm": what, "M": M, "K": K, "N": N, "gflops": rate, "step_flops": flops})
         print(f"{what:<26}{f'{M} x {K} x {N}':>22}{rate:>9.1f}{rate / pk:>8.0%}")
+    step = res["dpnn"]["plain_step_s"]
+    out["gemm_floor_s"] = floor
+    print(f"these GEMMs, every block of them at these rates: {floor * 1e3:.1f} ms of the {step * 1e3:.1f} ms step "
+          f"({floor / step:.0%}); the rest is im2col copies, BatchNorm, pooling, activations and Python")
     if not a.no_concurrency:
         cores = usable_cores()
         print(f"\nconcurrency: the same kernel on 1 core, then on all {cores} at once (per-process rate)")

@@ -3,6 +3,7 @@
     python -m benchmarks.image_size                                   # both models, 32/64/128/224 px
     python -m benchmarks.image_size --models gap-cnn --sizes 32,64 --rounds 2
     python -m benchmarks.image_size --background 2                    # 2 spinning processes beside
+    python -m benchmarks.image_size --background 1 --unpinned         # and dpnn with unpinned workers
 
 Two models users train on photos, RGB, batch 32: ``gap-cnn`` (Conv 32-64-128, 3x3 'same', ReLU,
 max pools between, global average pooling, Dense) and the ``resnet`` preset (the wide ResNet-8
@@ -79,9 +80,9 @@ def torch_model(name: str):
 
 # -- a contestant: its own process, driven over stdin/stdout --------------------------------------------
 class DpnnTrainer:
-    def __init__(self, model: str, size: int, cores: int, x, y) -> None:
+    def __init__(self, model: str, size: int, cores: int, x, y, pin: bool = True) -> None:
         from dpnn.engine import make_engine
-        self.engine = make_engine(dpnn_model(model, size), workers=cores, threads_per_worker=1)
+        self.engine = make_engine(dpnn_model(model, size), workers=cores, threads_per_worker=1, pin=pin)
         self.engine.place_data(x, y)
         self.rows = len(x)
 
@@ -120,8 +121,9 @@ def serve(spec: dict) -> None:
     rng = np.random.default_rng(0)
     x = rng.random((4 * BATCH, spec["size"], spec["size"], 3), dtype=np.float32)
     y = rng.integers(0, CLASSES, 4 * BATCH)
-    trainer = (DpnnTrainer if spec["kind"] == "dpnn" else TorchTrainer)(spec["model"], spec["size"],
-                                                                         spec["cores"], x, y)
+    args = (spec["model"], spec["size"], spec["cores"], x, y)
+    kind = spec["kind"]
+    trainer = TorchTrainer(*args) if kind == "torch" else DpnnTrainer(*args, pin=kind == "dpnn")
     i = 0
     trainer.step(i)
     print(json.dumps({"ready": True}), flush=True)
@@ -241,7 +243,9 @@ def report(rows: list[dict], meta: dict) -> str:
         m, p = r["median"], r["peak_mb"]
         t = f"{m['torch']:9.1f} {r['ratio']:6.2f}" if "torch" in m else f"{'-':>9} {'-':>6}"
         tm = f"{p['torch']:8.0f} {r['memory_ratio']:5.2f}" if "torch" in p else f"{'-':>8} {'-':>5}"
-        lines.append(f"{r['model']:<8} {r['size']:>4} {m['dpnn']:9.1f} {t} {p['dpnn']:8.0f} {tm}")
+        u = "dpnn-unpinned"
+        unpinned = f"  unpinned {m[u]:.1f} s/s, {p[u]:.0f} MB" if u in m else ""
+        lines.append(f"{r['model']:<8} {r['size']:>4} {m['dpnn']:9.1f} {t} {p['dpnn']:8.0f} {tm}{unpinned}")
     return "\n".join(lines)
 
 
@@ -260,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--turn-s", type=float, default=4.0, help="seconds of training per turn (default 4)")
     p.add_argument("--background", type=int, default=0, metavar="K", help="K spinning processes beside")
     p.add_argument("--no-torch", action="store_true", help="dpnn alone")
+    p.add_argument("--unpinned", action="store_true", help="a third contestant: dpnn with workers not pinned "
+                   "to cores (pin=False), the OS free to move them")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--serve", help=argparse.SUPPRESS)                  # a contestant's process
     a = p.parse_args(argv)
@@ -272,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import torch_ref
     from dpnn import placement
     have_torch, torch_version = torch_ref.available()
-    kinds = ["dpnn"] + (["torch"] if have_torch and not a.no_torch else [])
+    kinds = ["dpnn"] + (["torch"] if have_torch and not a.no_torch else []) + (["dpnn-unpinned"] if a.unpinned else [])
     cores = a.cores or placement.usable_cores()
     meta = {"cores": cores, "rounds": a.rounds, "turn_s": a.turn_s, "background": a.background,
             "torch": torch_version if "torch" in kinds else "not measured", "batch": BATCH,

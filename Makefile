@@ -97,6 +97,8 @@ bench: install     # pipefail: a failing benchmark must fail make, not hide behi
 	    --plot $(BENCH)/steady_state.png | tee $(BENCH)/steady_state.txt'
 	bash -o pipefail -c '$(PY) -m benchmarks.image_size --json $(BENCH)/image_size.json \
 	    | tee $(BENCH)/image_size.txt'
+	bash -o pipefail -c '$(PY) -m benchmarks.profile --model resnet --image-size 224 --channels 3 \
+	    --batch-size 16 --steps 3 --no-concurrency --json $(BENCH)/profile_224.json | tee $(BENCH)/profile_224.txt'
 ifneq ($(strip $(PUBLISH)),)
 	cp $(BENCH)/* docs/benchmarks/
 else

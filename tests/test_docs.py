@@ -188,7 +188,7 @@ def test_make_bench_writes_a_build_folder_unless_asked_to_publish():
         pytest.skip("make is not installed")
     commands = make.stdout.replace("\\\n", " ").splitlines()
     runs = [ln for ln in commands if "-m benchmarks." in ln]
-    assert len(runs) == 6 and all("build/bench/" in ln and "docs/benchmarks" not in ln for ln in runs), runs
+    assert len(runs) == 7 and all("build/bench/" in ln and "docs/benchmarks" not in ln for ln in runs), runs
     assert not any(ln.startswith("cp ") for ln in commands)
     published = subprocess.run(["make", "-n", "bench", "VENV=/nonexistent", "PUBLISH=1"], cwd=ROOT,
                                capture_output=True, text=True).stdout.splitlines()

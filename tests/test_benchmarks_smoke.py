@@ -277,20 +277,20 @@ def test_one_worker_benchmark_times_both_engines_in_turns(tmp_path):
 
 @pytest.mark.slow
 def test_image_size_benchmark_measures_speed_and_memory_of_each_contestant(tmp_path):
-    """benchmarks.image_size, tiny: one size, the contestants in their own processes, a peak
-    memory for each, and a background spinner that is gone afterwards."""
+    """benchmarks.image_size, tiny: one size, the contestants in their own processes (dpnn unpinned
+    too), a peak memory for each, and a background spinner that is gone afterwards."""
     out = tmp_path / "size.json"
     cmd = [sys.executable, "-m", "benchmarks.image_size", "--models", "gap-cnn", "--sizes", "16", "--rounds", "1",
-           "--turn-s", "0.05", "--background", "1", "--json", str(out)]
+           "--turn-s", "0.05", "--background", "1", "--unpinned", "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     res = json.loads(out.read_text())
-    kinds = {"dpnn", "torch"} if importlib.util.find_spec("torch") else {"dpnn"}
+    kinds = {"dpnn", "dpnn-unpinned"} | ({"torch"} if importlib.util.find_spec("torch") else set())
     assert [(r["model"], r["size"]) for r in res["rows"]] == [("gap-cnn", 16)]
     for r in res["rows"]:
         assert set(r["median"]) == set(r["peak_mb"]) == kinds
         assert all(v > 0 for v in r["median"].values()) and all(v > 10 for v in r["peak_mb"].values())
-    assert res["background"] == 1 and "dpnn s/s" in proc.stdout
+    assert res["background"] == 1 and "dpnn s/s" in proc.stdout and "unpinned" in proc.stdout
 
 
 @pytest.mark.parametrize("model", ["gap-cnn", "resnet"])

@@ -102,3 +102,30 @@ def test_a_users_subclass_that_keeps_its_output_is_never_overwritten():
     model.forward(rng.standard_normal((3, 6, 6, 2), dtype=np.float32), training=True)
     assert not bn.owns_output and (bn.kept < 0).any()
     assert np.array_equal(bn.kept, bn.kept_copy)
+
+
+def conv_net(budget):
+    layers = [Conv2D(8, 3), BatchNorm2D(), Activation("relu"), Conv2D(16, 3, stride=2), Activation("relu"),
+              GlobalAvgPool2D(), Dense(3)]
+    for layer in layers[:4:3]:
+        layer.im2col_budget = budget                   # on the instance: it travels to the workers
+    model = Model(layers, seed=5)
+    model.compile("categorical_crossentropy", "sgd", lr=0.05)
+    return model.build((None, 10, 10, 2))
+
+
+@pytest.mark.slow
+def test_a_budget_set_on_the_layer_reaches_the_workers_and_stays_bitwise():
+    """Deterministic mode: the blocks are a function of the micro-shard's shape and the layer's
+    budget, so 2 workers give the one-process weights bitwise with a budget of one output row;
+    the default budget (whole micro-shards) gives other float32 roundings."""
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((32, 10, 10, 2), dtype=np.float32), rng.integers(0, 3, 32)
+    runs = {}
+    for budget, workers in ((1, 1), (1, 2), (None, 1)):
+        model = conv_net(budget)
+        model.fit(x, y, epochs=2, batch_size=16, verbose=0, workers=workers, deterministic=True)
+        runs[budget, workers] = model.params.copy()
+    assert np.array_equal(runs[1, 1], runs[1, 2])
+    assert not np.array_equal(runs[1, 1], runs[None, 1])
+    np.testing.assert_allclose(runs[1, 1], runs[None, 1], rtol=1e-4, atol=1e-5)

@@ -38,15 +38,21 @@ CLASSES = 10
 
 
 # -- the models, twice ---------------------------------------------------------------------------
-def dpnn_model(name: str, size: int):
+def dpnn_model(name: str, size: int, budget: int | None | str = "default"):
+    """The dpnn model, built for RGB ``size`` px; ``budget``: every Conv2D's im2col_budget in bytes
+    (None: the whole batch at once; 'default': the layer's own)."""
     from dpnn import Activation, Conv2D, Dense, GlobalAvgPool2D, MaxPool2D, Model
     from dpnn.cli.presets import resnet
+    from dpnn.layers import walk_layers
     if name == "gap-cnn":
         layers = [Conv2D(32, 3, padding="same"), Activation("relu"), MaxPool2D(2),
                   Conv2D(64, 3, padding="same"), Activation("relu"), MaxPool2D(2),
                   Conv2D(128, 3, padding="same"), Activation("relu"), GlobalAvgPool2D(), Dense(CLASSES)]
     else:
         layers = resnet(CLASSES)
+    for layer in walk_layers(layers):
+        if isinstance(layer, Conv2D) and budget != "default":
+            layer.im2col_budget = budget
     model = Model(layers, seed=0)
     model.compile("categorical_crossentropy", "adam", lr=1e-3)
     return model.build((1, size, size, 3))
@@ -80,9 +86,9 @@ def torch_model(name: str):
 
 # -- a contestant: its own process, driven over stdin/stdout --------------------------------------------
 class DpnnTrainer:
-    def __init__(self, model: str, size: int, cores: int, x, y, pin: bool = True) -> None:
+    def __init__(self, model: str, size: int, cores: int, x, y, pin: bool = True, budget="default") -> None:
         from dpnn.engine import make_engine
-        self.engine = make_engine(dpnn_model(model, size), workers=cores, threads_per_worker=1, pin=pin)
+        self.engine = make_engine(dpnn_model(model, size, budget), workers=cores, threads_per_worker=1, pin=pin)
         self.engine.place_data(x, y)
         self.rows = len(x)
 
@@ -123,7 +129,8 @@ def serve(spec: dict) -> None:
     y = rng.integers(0, CLASSES, 4 * BATCH)
     args = (spec["model"], spec["size"], spec["cores"], x, y)
     kind = spec["kind"]
-    trainer = TorchTrainer(*args) if kind == "torch" else DpnnTrainer(*args, pin=kind == "dpnn")
+    trainer = TorchTrainer(*args) if kind == "torch" else DpnnTrainer(*args, pin=kind == "dpnn",
+                                                                      budget=spec.get("budget", "default"))
     i = 0
     trainer.step(i)
     print(json.dumps({"ready": True}), flush=True)
@@ -163,9 +170,9 @@ def pss_mb(pid: int) -> float:
 class Contestant:
     """A contestant's process, and a thread that keeps the peak Pss of its process tree."""
 
-    def __init__(self, kind: str, model: str, size: int, cores: int) -> None:
+    def __init__(self, kind: str, model: str, size: int, cores: int, budget="default") -> None:
         self.kind, self.peak, self._done = kind, 0.0, threading.Event()
-        spec = json.dumps({"kind": kind, "model": model, "size": size, "cores": cores})
+        spec = json.dumps({"kind": kind, "model": model, "size": size, "cores": cores, "budget": budget})
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.image_size", "--serve", spec],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=user_env())
         self._sampler = threading.Thread(target=self._sample, daemon=True)
@@ -209,11 +216,12 @@ def user_env() -> dict:
     return env
 
 
-def measure(model: str, size: int, cores: int, rounds: int, turn_s: float, kinds: list[str]) -> dict:
+def measure(model: str, size: int, cores: int, rounds: int, turn_s: float, kinds: list[str],
+            budget="default") -> dict:
     contestants = {}
     try:
         for kind in kinds:                                   # one at a time: start-up is not timed
-            contestants[kind] = Contestant(kind, model, size, cores)
+            contestants[kind] = Contestant(kind, model, size, cores, budget)
         rates = {k: [] for k in kinds}
         for r in range(rounds):
             for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
@@ -230,10 +238,18 @@ def measure(model: str, size: int, cores: int, rounds: int, turn_s: float, kinds
     return row
 
 
+def budget_text(budget) -> str:
+    if budget == "default":
+        from dpnn.layers.conv import IM2COL_BUDGET
+        return f"Conv2D's own ({IM2COL_BUDGET / 2**20:g} MiB)"
+    return "none (the whole batch at once)" if budget is None else f"{budget / 2**20:g} MiB"
+
+
 def report(rows: list[dict], meta: dict) -> str:
     lines = [f"image size: batch {BATCH}, RGB, dpnn {meta['cores']} workers x 1 thread against PyTorch "
              f"{meta['cores']} threads ({meta['torch']}); {meta['rounds']} rounds of {meta['turn_s']} s, "
-             f"taking turns; background: {meta['background']} spinning processes",
+             f"taking turns; background: {meta['background']} spinning processes; im2col budget: "
+             f"{budget_text(meta.get('im2col_budget', 'default'))}",
              f"load average before {' '.join(f'{v:.2f}' for v in meta['load_before'])}, after "
              f"{' '.join(f'{v:.2f}' for v in meta['load_after'])}", ""]
     head = (f"{'model':<8} {'px':>4} {'dpnn s/s':>9} {'torch s/s':>9} {'ratio':>6} {'dpnn MB':>8} "
@@ -266,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-torch", action="store_true", help="dpnn alone")
     p.add_argument("--unpinned", action="store_true", help="a third contestant: dpnn with workers not pinned "
                    "to cores (pin=False), the OS free to move them")
+    p.add_argument("--im2col-budget", type=float, metavar="MIB", help="every dpnn Conv2D's im2col_budget in "
+                   "MiB, 0 for the whole batch at once (default: the layer's own, 2)")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--serve", help=argparse.SUPPRESS)                  # a contestant's process
     a = p.parse_args(argv)
@@ -280,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     have_torch, torch_version = torch_ref.available()
     kinds = ["dpnn"] + (["torch"] if have_torch and not a.no_torch else []) + (["dpnn-unpinned"] if a.unpinned else [])
     cores = a.cores or placement.usable_cores()
-    meta = {"cores": cores, "rounds": a.rounds, "turn_s": a.turn_s, "background": a.background,
+    if a.im2col_budget is not None and a.im2col_budget < 0:
+        p.error("--im2col-budget must be >= 0 (0: the whole batch at once)")
+    budget = "default" if a.im2col_budget is None else int(a.im2col_budget * 2**20) or None
+    meta = {"cores": cores, "rounds": a.rounds, "turn_s": a.turn_s, "background": a.background, "im2col_budget": budget,
             "torch": torch_version if "torch" in kinds else "not measured", "batch": BATCH,
             "load_before": os.getloadavg()}
     spin = spinners(a.background)
@@ -288,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for model in models:
             for size in a.sizes:
-                rows.append(measure(model, size, cores, a.rounds, a.turn_s, kinds))
+                rows.append(measure(model, size, cores, a.rounds, a.turn_s, kinds, budget))
                 r = rows[-1]
                 print(f"  {model} {size}px: " + ", ".join(f"{k} {v:.1f} samples/s, {r['peak_mb'][k]:.0f} MB"
                                                           for k, v in r["median"].items()), flush=True)

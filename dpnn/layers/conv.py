@@ -23,8 +23,9 @@ SHIFTED_DX_FROM = 32     # filters from which a stride-1 input gradient uses one
                          # offset, added at its shift (python -m benchmarks.ablation measures both)
 BACKWARD_CHUNK = 8       # samples per piece of such a backward (the piece's rows stay in cache;
                          # fewer when their gradient rows would pass IM2COL_BUDGET)
-IM2COL_BUDGET = 8 << 20  # bytes of im2col rows built at once: a layer never holds more, whatever the
-                         # image size (its input is kept instead, and backward rebuilds the rows)
+IM2COL_BUDGET = 2 << 20  # bytes of im2col rows built at once: a layer never holds more, whatever the
+                         # image size (its input is kept instead, and backward rebuilds the rows);
+                         # python -m benchmarks.image_size --im2col-budget compares budgets
 
 
 def _pair(v, name: str) -> tuple[int, int]:
@@ -64,6 +65,10 @@ class Conv2D(Layer):
     ``bias_initializer`` (a Keras name or object; dpnn's default kernel is nn's He-normal,
     'he', where Keras's is 'glorot_uniform'). Any of the first four off its default runs the
     general path (:mod:`dpnn.layers.conv_general`).
+
+    Memory: the im2col rows are built and multiplied in blocks of at most ``im2col_budget`` bytes
+    (:func:`dpnn.im2col.row_blocks`); the layer keeps its input, not the unfolded rows, and
+    backward rebuilds each block's rows for the weight gradient.
     """
     shifted_dx_from: int | None = SHIFTED_DX_FROM   # None: always im2col for the input gradient
     backward_chunk: int | None = BACKWARD_CHUNK     # None: the shifted backward on the whole batch

@@ -3,8 +3,10 @@
 A convolution over an (N, H, W, C) input with a (KH, KW) window becomes one GEMM once
 every window is laid out as a row: ``cols`` has shape (N*OH*OW, KH*KW*C). ``im2col``
 builds it from a strided *view* of the padded input and copies it exactly once, into a
-buffer the caller may reuse across steps. ``col2im`` is its adjoint (sums overlapping
-windows back); a stride-1 convolution never needs it, because its input gradient is
+buffer the caller may reuse across steps; Conv2D builds it in blocks of rows instead
+(:func:`row_blocks`, :func:`im2col_block`), so that one block fits a memory budget whatever the
+image size. ``col2im`` is its adjoint (sums overlapping windows back, :func:`col2im_add` for one
+block); a stride-1 convolution never needs it, because its input gradient is
 itself a convolution (``conv_input_grad_cols``: im2col of the padded output gradient,
 then one GEMM with the flipped kernel; or ``conv_input_grad_taps``: one GEMM per window
 offset on the output gradient as it is, each product added into its shifted place).
@@ -176,21 +178,13 @@ def col2im_add(cols: np.ndarray, dxp: np.ndarray, kh: int, kw: int, stride: int,
 
 def col2im(cols: np.ndarray, x_shape: tuple[int, int, int, int], kh: int, kw: int,
            stride: int, pads: tuple[int, int, int, int]) -> np.ndarray:
-    """Adjoint of im2col: cols (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlaps summed.
-
-    Loops over the KH*KW window offsets; used for strided convolutions only (stride 1
-    goes through :func:`conv_input_grad_cols`, which needs no scatter-add).
-    """
+    """Adjoint of im2col: cols (N*OH*OW, KH*KW*C) -> (N, H, W, C), overlaps summed
+    (:func:`col2im_add` into a zero-padded gradient, then the padding cut off)."""
     N, H, W, C = x_shape
     pt, pb, pl, pr = pads
     Hp, Wp = H + pt + pb, W + pl + pr
-    oh, ow = (Hp - kh) // stride + 1, (Wp - kw) // stride + 1
-    c6 = cols.reshape(N, oh, ow, kh, kw, C)
     dxp = np.zeros((N, Hp, Wp, C), dtype=cols.dtype)                  # (N, Hp, Wp, C)
-    for i in range(kh):
-        hi = i + stride * oh
-        for j in range(kw):
-            dxp[:, i:hi:stride, j:j + stride * ow:stride, :] += c6[:, :, :, i, j, :]
+    col2im_add(cols, dxp, kh, kw, stride, (Hp - kh) // stride + 1, (Wp - kw) // stride + 1)
     return dxp[:, pt:pt + H, pl:pl + W, :]
 
 

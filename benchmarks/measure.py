@@ -9,6 +9,7 @@ mean of what the engine reports.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import statistics
 import time
@@ -179,3 +180,19 @@ def data_parallel(model_name: str, workers: int, threads: int, batch: int, steps
 def _rss_mb(pid: int) -> float:
     import psutil
     return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def rows_by_batch_size(batch_sizes, measure_one, report, json_path: str | None) -> list[dict]:
+    """``measure_one(b)`` for each batch size, each row's ``report(row)`` lines printed as it comes;
+    then the load average before and after, and every row written to ``json_path`` (if given)."""
+    load, rows = os.getloadavg(), []
+    for b in batch_sizes:
+        rows.append(measure_one(b))
+        print("\n".join(report(rows[-1])), flush=True)
+    after = os.getloadavg()
+    print(f"load average (1, 5, 15 min) before {' '.join(f'{x:.2f}' for x in load)}, "
+          f"after {' '.join(f'{x:.2f}' for x in after)}")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"rows": rows, "load_before": load, "load_after": after}, f, indent=1)
+    return rows

@@ -16,7 +16,6 @@ the process that computes (this one, or the worker).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -24,6 +23,7 @@ import time
 import numpy as np
 
 from benchmarks.args import positive_int, positive_ints
+from benchmarks.measure import rows_by_batch_size
 from benchmarks.models import build
 from dpnn.engine import LocalEngine
 from dpnn.workers import DataParallel
@@ -98,17 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=positive_int, default=10, help="turns of each engine (default 10)")
     p.add_argument("--json", help="also write the results here")
     a = p.parse_args(argv)
-    load = os.getloadavg()
-    rows = []
-    for b in a.batch_size:
-        rows.append(measure(b, max(1, a.steps * 64 // b), a.rounds))
-        print("\n".join(report(rows[-1])), flush=True)
-    after = os.getloadavg()
-    print(f"load average (1, 5, 15 min) before {' '.join(f'{x:.2f}' for x in load)}, "
-          f"after {' '.join(f'{x:.2f}' for x in after)}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"rows": rows, "load_before": load, "load_after": after}, f, indent=1)
+    rows_by_batch_size(a.batch_size, lambda b: measure(b, max(1, a.steps * 64 // b), a.rounds), report, a.json)
     return 0
 
 

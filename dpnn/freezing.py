@@ -8,7 +8,7 @@ unfreezing between steps takes effect at the next one.
 """
 from __future__ import annotations
 
-import numpy as np
+from .optimizers.base import check_flag
 
 
 class Freezing:
@@ -23,10 +23,9 @@ class Freezing:
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"trainable must be True or False, got {value!r}")
+        value = check_flag("trainable", value)
         for layer in self.layers:
-            layer.trainable = bool(value)
+            layer.trainable = value
 
     def frozen_ranges(self) -> tuple[tuple[int, int], ...]:
         """[start, stop) of the flat parameter vector held by frozen layers (``trainable = False``,

@@ -5,7 +5,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..optimizers.base import check_number
+from ..optimizers.base import check_flag, check_number
 from .base import Layer, check_rank, register_layer, runs_own_forward, walk_layers
 
 
@@ -36,10 +36,7 @@ class BatchNorm2D(Layer):
             raise TypeError("give eps= or epsilon=, not both (they are the same setting)")
         eps = 1e-5 if eps is None and epsilon is None else (eps if eps is not None else epsilon)
         self.eps = check_number("BatchNorm2D eps (epsilon)", eps, low_open=True)
-        for name, flag in (("center", center), ("scale", scale)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"BatchNorm2D {name} must be True or False, got {flag!r}")
-        self.center, self.scale = bool(center), bool(scale)
+        self.center, self.scale = check_flag("BatchNorm2D center", center), check_flag("BatchNorm2D scale", scale)
         self.sync: Callable[[np.ndarray], np.ndarray] | None = None
 
     @property

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ElementwiseOptimizer, check_number, pick
+from .base import ElementwiseOptimizer, check_flag, check_number, pick
 
 
 class Adam(ElementwiseOptimizer):
@@ -26,9 +26,7 @@ class Adam(ElementwiseOptimizer):
         self.beta1 = check_number("beta1 (beta_1)", pick("beta1", beta1, "beta_1", beta_1, 0.9), 0.0, 1.0)
         self.beta2 = check_number("beta2 (beta_2)", pick("beta2", beta2, "beta_2", beta_2, 0.999), 0.0, 1.0)
         self.eps = check_number("eps (epsilon)", pick("eps", eps, "epsilon", epsilon, 1e-8))
-        if not isinstance(amsgrad, (bool, np.bool_)):
-            raise TypeError(f"amsgrad must be True or False, got {amsgrad!r}")
-        self.amsgrad = bool(amsgrad)
+        self.amsgrad = check_flag("amsgrad", amsgrad)
 
     @property
     def epsilon(self) -> float:

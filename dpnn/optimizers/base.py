@@ -26,6 +26,13 @@ def blocks(a: int, b: int, size: int = BLOCK):
         start = stop
 
 
+def check_flag(name: str, value) -> bool:
+    """``value`` as a bool if it is True or False (NumPy's too), else one TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf,
                  low_open: bool = False, high_open: bool = True) -> float:
     """``value`` as a float if it is finite and inside the interval, else one ValueError."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ElementwiseOptimizer, check_number, pick
+from .base import ElementwiseOptimizer, check_flag, check_number, pick
 
 
 class RMSprop(ElementwiseOptimizer):
@@ -24,9 +24,7 @@ class RMSprop(ElementwiseOptimizer):
         self.rho = check_number("rho", pick("alpha", alpha, "rho", rho, 0.9), 0.0, 1.0)
         self.momentum = check_number("momentum", momentum, 0.0, 1.0)
         self.eps = check_number("epsilon", pick("eps", eps, "epsilon", epsilon, 1e-7))
-        if not isinstance(centered, (bool, np.bool_)):
-            raise TypeError(f"centered must be True or False, got {centered!r}")
-        self.centered = bool(centered)
+        self.centered = check_flag("centered", centered)
 
     @property
     def epsilon(self) -> float:

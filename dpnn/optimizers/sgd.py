@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ElementwiseOptimizer, check_number, pick
+from .base import ElementwiseOptimizer, check_flag, check_number, pick
 
 
 class SGD(ElementwiseOptimizer):
@@ -17,11 +17,9 @@ class SGD(ElementwiseOptimizer):
                  weight_decay: float = 0.0, *, learning_rate: float | None = None) -> None:
         super().__init__(pick("lr", lr, "learning_rate", learning_rate, 0.01), weight_decay=weight_decay)
         self.momentum = check_number("momentum", momentum, 0.0, 1.0)
-        if not isinstance(nesterov, (bool, np.bool_)):
-            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
-        if nesterov and not self.momentum:
+        self.nesterov = check_flag("nesterov", nesterov)
+        if self.nesterov and not self.momentum:
             raise ValueError("nesterov=True needs a momentum > 0 (as in Keras and PyTorch)")
-        self.nesterov = bool(nesterov)
 
     def slot_names(self) -> tuple[str, ...]:
         return ("v",) if self.momentum else ()
